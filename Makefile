@@ -1,0 +1,43 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Everything lives in ./.venv.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+OUT    ?= var
+
+# Telemetry off by default: this software touches PHI (override in your environment if you must).
+export DO_NOT_TRACK ?= 1
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export GX_ANALYTICS_ENABLED ?= False
+
+.PHONY: demo test bench venv clean docs lint-rules
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,dask,durable]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	rm -rf $(OUT)/landing
+	mkdir -p $(OUT)/landing
+	cp data/fixtures/*.csv data/fixtures/*.parquet $(OUT)/landing/ 2>/dev/null || true
+	$(VENV)/bin/b12pipeline nightly --landing $(OUT)/landing --out $(OUT) --as-of 2024-03-02; \
+	  rc=$$?; if [ $$rc -gt 1 ]; then exit $$rc; fi
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/run_bench.py
+
+docs: $(STAMP)
+	$(VENV)/bin/b12pipeline rules docs
+
+lint-rules: $(STAMP)
+	$(VENV)/bin/b12pipeline rules lint
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache

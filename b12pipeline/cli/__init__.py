@@ -1,0 +1,28 @@
+"""The b12pipeline command line: argument handling and calls into the library, nothing else.
+
+Exit codes: 0 processed (with or without findings), 1 a file was rejected, 2 usage error.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+import b12pipeline  # noqa: F401  (telemetry defaults first)
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  help="Check every vitamin B12 injection against billing rules before the claim goes out.")
+
+from b12pipeline.cli import run as _run  # noqa: E402
+
+_run.register(app)
+
+
+def main() -> None:
+    # Quiet Prefect's own INFO chatter on the terminal; the CLI prints its own summary.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

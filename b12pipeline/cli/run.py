@@ -1,0 +1,109 @@
+"""`b12pipeline run` and `b12pipeline nightly`: process one night through the Prefect flow."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from b12pipeline import progress
+from b12pipeline.cli.common import EXIT_OK, EXIT_REJECTED, console, err_console, parse_date, today, usage_error
+
+EXTRACT_SUFFIXES = (".csv", ".txt", ".parquet", ".pq", ".ndjson", ".jsonl")
+
+
+def run_night(extracts: list[Path], out: Path, night_text: Optional[str], rules: Optional[Path],
+              source: Optional[str], move_rejected: bool) -> int:
+    night = parse_date(night_text, "--night") or today()
+    if rules is not None and not rules.is_dir():
+        raise usage_error(f"--rules {rules} is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    from b12pipeline.engine.rulefile import RuleFileError
+    from flows.nightly import nightly_flow
+
+    with Progress(SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), console=err_console, transient=True) as bar:
+        task = bar.add_task(f"night {night}: starting Prefect, reading {len(extracts)} file(s)", total=len(extracts))
+        stop = progress.listen(lambda event, data: bar.update(
+            task, advance=1, description=f"night {night}: {data['file']} {data['status']}")
+            if event == "file_done" else None)
+        try:
+            manifest = nightly_flow(extracts=[str(p) for p in extracts], out=str(out), night=night,
+                                    rules_dir=str(rules) if rules else None, source=source,
+                                    move_rejected=move_rejected)
+        except RuleFileError as exc:
+            raise usage_error(str(exc)) from None
+        finally:
+            stop()
+    print_summary(manifest, out)
+    return EXIT_REJECTED if manifest["totals"]["files_rejected"] else EXIT_OK
+
+
+def print_summary(manifest: dict, out: Path) -> None:
+    t = manifest["totals"]
+    files = Table(title=f"Night {manifest['night']} - run {manifest['run_id']}", show_lines=False)
+    for col in ("file", "status", "rows read", "in scope", "out of scope", "quarantined"):
+        files.add_column(col, justify="left" if col in ("file", "status") else "right")
+    for i in manifest["inputs"]:
+        status = "[green]processed" if i["status"] == "processed" else "[red]rejected"
+        files.add_row(i["file"], status, f"{i['rows_read']:,}", f"{i['in_scope']:,}", f"{i['out_of_scope']:,}",
+                      f"{i['quarantined']:,}")
+    files.add_row("[bold]total", "", f"[bold]{t['rows_read']:,}", f"[bold]{t['in_scope']:,}",
+                  f"[bold]{t['out_of_scope']:,}", f"[bold]{t['quarantined']:,}")
+    console.print(files)
+    queues = Table(title="Findings on the dates evaluated")
+    queues.add_column("queue")
+    queues.add_column("findings", justify="right")
+    for q, n in manifest["findings"]["per_queue"].items():
+        queues.add_row(q, f"{n:,}")
+    console.print(queues)
+    for i in manifest["inputs"]:
+        if i["status"] == "rejected":
+            err_console.print(f"[red]rejected[/] {i['error']}  -> {out / 'rejected'}")
+    console.print(f"queues:     {out / 'queues'}")
+    console.print(f"quarantine: {out / 'quarantine'}")
+    console.print(f"run record: {out / 'runs' / manifest['run_id'] / 'manifest.json'}")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def run(
+        extract: List[Path] = typer.Option(..., "--extract", "-e", help="An extract file; repeat for several."),
+        out: Path = typer.Option(Path("var"), "--out", "-o", help="Output root (queues, quarantine, runs, ...)."),
+        night: Optional[str] = typer.Option(None, help="Date of the night (YYYY-MM-DD); default today."),
+        rules: Optional[Path] = typer.Option(None, help="Rules folder (default: the project's rules/)."),
+        source: Optional[str] = typer.Option(None, help="Source format (csv, parquet); default from the extension."),
+    ) -> None:
+        """Process the given extract files as one night."""
+        missing = [str(p) for p in extract if not p.is_file()]
+        if missing:
+            raise usage_error(f"no such file: {', '.join(missing)}")
+        raise typer.Exit(run_night(extract, out, night, rules, source, move_rejected=False))
+
+    @app.command()
+    def nightly(
+        landing: Path = typer.Option(..., help="Landing folder the nightly extracts arrive in."),
+        out: Path = typer.Option(Path("var"), "--out", "-o", help="Output root."),
+        night: Optional[str] = typer.Option(None, help="Date of the night (YYYY-MM-DD); default today."),
+        rules: Optional[Path] = typer.Option(None, help="Rules folder (default: the project's rules/)."),
+        source: Optional[str] = typer.Option(None, help="Source format for every file; default per extension."),
+    ) -> None:
+        """Process the files in LANDING that were not processed before (by checksum)."""
+        if not landing.is_dir():
+            raise usage_error(f"--landing {landing} is not a folder")
+        from b12pipeline.archive import archived_checksums
+        from b12pipeline.paths import OutputLayout
+        from b12pipeline.pipeline import sha256_file
+
+        seen = archived_checksums(OutputLayout(out).archive)
+        candidates = sorted(p for p in landing.iterdir() if p.is_file() and not p.name.startswith(".")
+                            and p.suffix.lower() in EXTRACT_SUFFIXES)
+        new = [p for p in candidates if sha256_file(p) not in seen]
+        if not new:
+            console.print(f"nothing new in {landing} ({len(candidates)} file(s) already processed)")
+            raise typer.Exit(EXIT_OK)
+        if len(new) < len(candidates):
+            console.print(f"skipping {len(candidates) - len(new)} file(s) already processed (same checksum)")
+        raise typer.Exit(run_night(new, out, night, rules, source, move_rejected=True))

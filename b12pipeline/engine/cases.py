@@ -1,0 +1,83 @@
+"""Run a rule's own cases: records that must fire it and near-misses that must not.
+
+A case is the clean record in rules/_case_defaults.yaml with the case's fields changed. Keys
+starting with "_" are not columns:
+  _note             what the case shows (docs and failure messages)
+  _history          earlier administrations of the same patient (lists of field changes), for
+                    cross-row rules; they get admin_ids HIST-1, HIST-2, ...
+  _absent_columns   columns the extract does not carry at all (CHG-002, ADMIN-001)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import yaml
+
+from b12pipeline import normalize
+from b12pipeline.contract import load_contract
+from b12pipeline.crossrow import add_cross_row_facts
+from b12pipeline.engine.evaluate import evaluate
+from b12pipeline.engine.rulefile import Rule
+
+CASE_KEYS = ("_note", "_history", "_absent_columns")
+
+
+@dataclass
+class CaseResult:
+    rule_id: str
+    kind: str            # fires | passes
+    index: int
+    note: str
+    ok: bool
+    detail: str = ""
+
+
+def case_defaults(rules_directory: Path) -> dict:
+    return yaml.safe_load((rules_directory / "_case_defaults.yaml").read_text())
+
+
+def case_frame(records: list[dict], absent: list[str] | None = None) -> pl.DataFrame:
+    """Canonical (text) frame of records, shaped exactly as ingest shapes an extract."""
+    contract = load_contract()
+    unknown = sorted({k for r in records for k in r} - set(contract.names))
+    if unknown:
+        raise ValueError(f"unknown column(s) in case: {', '.join(unknown)}")
+    data = {c: [None if r.get(c) is None else str(r.get(c)) for r in records] for c in contract.names}
+    frame = pl.DataFrame(data, schema={c: pl.String for c in contract.names})
+    frame = frame.with_columns(pl.lit("rule-case").alias("source_file"),
+                               pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("source_row"))
+    for name in contract.presence_tracked:
+        frame = frame.with_columns(pl.lit(name not in (absent or [])).alias(f"has_{name}"))
+    return frame
+
+
+def run_case(rule: Rule, case: dict, defaults: dict, rules) -> tuple[bool, str]:
+    """Does `rule` fire on the case's own record? Returns (fired, reason-if-error)."""
+    bad = [k for k in case if k.startswith("_") and k not in CASE_KEYS]
+    if bad:
+        raise ValueError(f"unknown case key(s) {', '.join(bad)}")
+    record = {**defaults, **{k: v for k, v in case.items() if not k.startswith("_")}}
+    history = [{**defaults, "admin_id": f"HIST-{i}", **h} for i, h in enumerate(case.get("_history", []), start=1)]
+    frame = case_frame(history + [record], case.get("_absent_columns"))
+    facts = add_cross_row_facts(normalize.facts(frame, rules.reference, rules.config), rules.config)
+    found = evaluate(facts, rules.ruleset, rules.config, run_id="rule-case", rules=[rule])
+    return bool(found.filter(pl.col("admin_id") == record["admin_id"]).height), ""
+
+
+def run_rule_cases(rule: Rule, rules) -> list[CaseResult]:
+    defaults = case_defaults(rules.ruleset.directory)
+    results = []
+    for kind in ("fires", "passes"):
+        for i, case in enumerate(rule.cases.get(kind, []) or [], start=1):
+            note = str(case.get("_note", ""))
+            try:
+                fired, _ = run_case(rule, case, defaults, rules)
+            except Exception as exc:  # a broken case is a failed case, with the reason
+                results.append(CaseResult(rule.id, kind, i, note, False, f"{type(exc).__name__}: {exc}"))
+                continue
+            ok = fired if kind == "fires" else not fired
+            detail = "" if ok else ("did not fire" if kind == "fires" else "fired")
+            results.append(CaseResult(rule.id, kind, i, note, ok, detail))
+    return results

@@ -1,0 +1,135 @@
+"""The condition language: rule conditions as data, compiled to one Polars expression each.
+
+    condition := {all: [condition, ...]} | {any: [condition, ...]} | {not: condition} | leaf
+    leaf      := {field: <column>, <operator>: <operand>}
+    operator  := eq | ne | lt | le | gt | ge          (operand: value | {field: col} | {config: key})
+               | in | not_in                          (operand: [values] | {config: key})
+               | is_null                              (operand: true | false)
+               | contains                             (list column holds the value)
+               | contains_any                         (list column holds any of [values] | {config: key})
+               | matches                              (regular expression, Rust regex syntax)
+
+Two-valued logic: a comparison that meets an empty (null) value is false, so `not` of it is true;
+test emptiness explicitly with is_null. Columns are those of the facts frame (docs/columns.md).
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Callable
+
+import polars as pl
+
+COMPARISONS = {"eq": "__eq__", "ne": "__ne__", "lt": "__lt__", "le": "__le__", "gt": "__gt__", "ge": "__ge__"}
+SET_OPS = ("in", "not_in", "contains_any")
+OTHER_OPS = ("is_null", "contains", "matches")
+OPERATORS = tuple(COMPARISONS) + SET_OPS + OTHER_OPS
+COMBINATORS = ("all", "any", "not")
+
+
+def _is_ref(value: Any, kind: str) -> bool:
+    return isinstance(value, dict) and set(value) == {kind}
+
+
+def check_condition(cond: Any, where: str = "") -> None:
+    """Raise ValueError naming the place if `cond` is not a well-formed condition."""
+    here = where or "condition"
+    if not isinstance(cond, dict) or not cond:
+        raise ValueError(f"{here}: expected a mapping, got {type(cond).__name__}")
+    keys = set(cond)
+    if keys & set(COMBINATORS):
+        if len(keys) != 1:
+            raise ValueError(f"{here}: a combinator ({', '.join(sorted(keys))}) must stand alone")
+        (key,) = keys
+        if key == "not":
+            return check_condition(cond["not"], f"{here}.not")
+        items = cond[key]
+        if not isinstance(items, list) or not items:
+            raise ValueError(f"{here}.{key}: expected a non-empty list of conditions")
+        for i, item in enumerate(items):
+            check_condition(item, f"{here}.{key}[{i}]")
+        return
+    if "field" not in cond or not isinstance(cond["field"], str):
+        raise ValueError(f"{here}: a leaf needs 'field' (a column name); got keys {', '.join(sorted(keys))}")
+    ops = keys - {"field"}
+    if len(ops) != 1:
+        raise ValueError(f"{here}: a leaf needs exactly one operator of {', '.join(OPERATORS)}; "
+                         f"got {', '.join(sorted(ops)) or 'none'}")
+    (op,) = ops
+    if op not in OPERATORS:
+        raise ValueError(f"{here}: unknown operator {op!r}; known: {', '.join(OPERATORS)}")
+    value = cond[op]
+    if op in SET_OPS and not (isinstance(value, list) or _is_ref(value, "config")):
+        raise ValueError(f"{here}: {op} needs a list or {{config: key}}")
+    if op == "is_null" and not isinstance(value, bool):
+        raise ValueError(f"{here}: is_null needs true or false")
+    if isinstance(value, dict) and not (_is_ref(value, "field") or _is_ref(value, "config")):
+        raise ValueError(f"{here}: {op} operand must be a value, {{field: col}} or {{config: key}}")
+
+
+def fields_used(cond: dict) -> set[str]:
+    """Every column a condition reads (for lint and for documentation)."""
+    if "all" in cond or "any" in cond:
+        return set().union(*(fields_used(c) for c in cond.get("all", cond.get("any"))))
+    if "not" in cond:
+        return fields_used(cond["not"])
+    used = {cond["field"]}
+    for key, value in cond.items():
+        if key != "field" and _is_ref(value, "field"):
+            used.add(value["field"])
+    return used
+
+
+def config_used(cond: dict) -> set[str]:
+    if "all" in cond or "any" in cond:
+        return set().union(*(config_used(c) for c in cond.get("all", cond.get("any"))))
+    if "not" in cond:
+        return config_used(cond["not"])
+    return {v["config"] for k, v in cond.items() if k != "field" and _is_ref(v, "config")}
+
+
+def compile_condition(cond: dict, config: Callable[[str], Any], columns: set[str] | None = None) -> pl.Expr:
+    """One boolean Polars expression, never null (see the module doc for the semantics)."""
+    if "all" in cond:
+        return pl.all_horizontal([compile_condition(c, config, columns) for c in cond["all"]])
+    if "any" in cond:
+        return pl.any_horizontal([compile_condition(c, config, columns) for c in cond["any"]])
+    if "not" in cond:
+        return ~compile_condition(cond["not"], config, columns)
+    name = cond["field"]
+    if columns is not None and name not in columns:
+        raise ValueError(f"unknown field {name!r}")
+    (op,) = set(cond) - {"field"}
+    col = pl.col(name)
+
+    def operand(value: Any) -> Any:
+        if _is_ref(value, "field"):
+            if columns is not None and value["field"] not in columns:
+                raise ValueError(f"unknown field {value['field']!r}")
+            return pl.col(value["field"])
+        if _is_ref(value, "config"):
+            value = config(value["config"])
+        if isinstance(value, tuple):
+            value = list(value)
+        if isinstance(value, dt.date) or isinstance(value, (str, int, float, bool)):
+            return pl.lit(value)
+        return value
+
+    value = cond[op]
+    if op in COMPARISONS:
+        expr = getattr(col, COMPARISONS[op])(operand(value))
+    elif op == "in":
+        expr = col.is_in(list(operand(value)))
+    elif op == "not_in":
+        expr = col.is_not_null() & ~col.is_in(list(operand(value)))
+    elif op == "contains_any":
+        wanted = list(operand(value))
+        expr = col.list.eval(pl.element().is_in(wanted)).list.any()
+    elif op == "contains":
+        expr = col.list.contains(operand(value))
+    elif op == "matches":
+        expr = col.str.contains(str(value))
+    elif op == "is_null":
+        expr = col.is_null() if value else col.is_not_null()
+    else:  # pragma: no cover - check_condition refuses it first
+        raise ValueError(f"unknown operator {op!r}")
+    return expr.fill_null(False)

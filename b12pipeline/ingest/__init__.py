@@ -1,0 +1,81 @@
+"""Ingest: one reader per source format, each returning the canonical frame.
+
+The canonical frame has every contract column as text (stripped; empty -> null), plus
+`source_file`, `source_row` (1-based data row, header not counted) and one `has_<column>` flag per
+presence-tracked column. A file that cannot be read into it raises FileRejected, naming the file
+and what is wrong; the caller moves it aside and goes on with the night.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from b12pipeline.contract import Contract, load_contract
+
+
+class FileRejected(Exception):
+    """The whole file cannot be read into the contract. str() is the operator-facing message."""
+
+    def __init__(self, path: Path | str, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass
+class Extract:
+    """A file read into the canonical frame."""
+
+    path: Path
+    source_format: str
+    frame: pl.DataFrame
+    ignored_columns: list[str] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return self.frame.height
+
+
+def canonicalise(raw: pl.DataFrame, path: Path, contract: Contract | None = None) -> tuple[pl.DataFrame, list[str]]:
+    """Shape an all-text frame into the canonical frame; reject it if a required column is absent."""
+    contract = contract or load_contract()
+    rename = {c: c.strip().lower() for c in raw.columns}
+    if len(set(rename.values())) != len(rename):
+        raise FileRejected(path, "duplicate column names (compared case-insensitively)")
+    raw = raw.rename(rename)
+    missing = [c for c in contract.required_in_file if c not in raw.columns]
+    if missing:
+        hint = ""
+        if raw.width == 1:
+            hint = f" (the header was read as one column {raw.columns[0][:60]!r}: is the delimiter ','?)"
+        raise FileRejected(path, f"missing required column(s) {', '.join(missing)}{hint}")
+    ignored = [c for c in raw.columns if c not in contract.columns]
+    exprs = []
+    for name in contract.names:
+        if name in raw.columns:
+            col = pl.col(name).cast(pl.String).str.strip_chars()
+            exprs.append(pl.when(col == "").then(None).otherwise(col).alias(name))
+        else:
+            exprs.append(pl.lit(None, dtype=pl.String).alias(name))
+    exprs.append(pl.lit(path.name).alias("source_file"))
+    exprs.append((pl.int_range(pl.len(), dtype=pl.Int64) + 1).alias("source_row"))
+    for name in contract.presence_tracked:
+        exprs.append(pl.lit(name in raw.columns).alias(f"has_{name}"))
+    return raw.select(exprs), ignored
+
+
+def read_extract(path: Path | str, source: str | None = None) -> Extract:
+    """Read one extract file in the format named by `source`, else by its extension."""
+    from b12pipeline.ingest import canonical
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileRejected(path, "no such file")
+    fmt = (source or canonical.format_from_suffix(path)).lower()
+    readers = {"csv": canonical.read_csv, "parquet": canonical.read_parquet}
+    if fmt not in readers:
+        raise FileRejected(path, f"unknown source format {fmt!r}; expected one of {', '.join(sorted(readers))}")
+    frame, ignored = readers[fmt](path)
+    return Extract(path=path, source_format=fmt, frame=frame, ignored_columns=ignored)

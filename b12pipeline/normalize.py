@@ -1,0 +1,250 @@
+"""Normalise: the contract's normalisation, every derived column once, vectorised.
+
+Input is the canonical (all-text) frame of valid B12 rows; output is the facts frame the rules read.
+Typed contract columns are replaced by their typed values (dose_value, charge_units, admin_time,
+expiration_date, ...); the derived columns below are added. Each derivation is one named function
+so a test can pin it; docs/columns.md lists them.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import polars as pl
+
+from b12pipeline.config import SiteConfig
+from b12pipeline.reference import Reference
+
+B12_NAME_PATTERN = r"(?i)cyanocobalamin|hydroxocobalamin|methylcobalamin|vitamin\s*b\s*-?\s*12\b"
+
+MCG_UNITS = ["mcg", "ug", "µg", "μg", "microgram", "micrograms", "mcgs"]
+MG_UNITS = ["mg", "milligram", "milligrams", "mgs"]
+ML_UNITS = ["ml", "milliliter", "milliliters", "millilitre", "millilitres", "mls"]
+
+ROUTE_CLASSES = {
+    "injectable": ["im", "intramuscular", "sc", "sq", "subq", "sub-q", "subcut", "subcutaneous",
+                   "deep sc", "deep subcut", "deep subcutaneous", "intramuscular injection",
+                   "subcutaneous injection"],
+    "intravenous": ["iv", "iv push", "ivp", "intravenous", "intravenous push", "iv piggyback", "iv infusion"],
+    "self_administered": ["intranasal", "nasal", "oral", "po", "sublingual", "sl", "by mouth"],
+}
+
+_TIMESTAMP_LOCAL = r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?)"
+
+
+def _blank_to_null(expr: pl.Expr) -> pl.Expr:
+    return pl.when(expr == "").then(None).otherwise(expr)
+
+
+# --- parsing helpers shared with validate -------------------------------------------------------
+
+def local_timestamp(col: str = "admin_time") -> pl.Expr:
+    """The wall-clock time as written (offset dropped): the date of service is its calendar date."""
+    parts = pl.col(col).str.extract_groups(_TIMESTAMP_LOCAL)
+    text = pl.concat_str(parts.struct.field("1"), pl.lit(" "), parts.struct.field("2"))
+    return pl.coalesce(
+        text.str.strptime(pl.Datetime("us"), "%Y-%m-%d %H:%M:%S%.f", strict=False),
+        text.str.strptime(pl.Datetime("us"), "%Y-%m-%d %H:%M:%S", strict=False),
+        text.str.strptime(pl.Datetime("us"), "%Y-%m-%d %H:%M", strict=False),
+    )
+
+
+def expiry_date(col: str = "expiration_date") -> pl.Expr:
+    """YYYY-MM-DD as is; YYYY-MM (month/year on a vial) = the last day of that month."""
+    full = pl.col(col).str.strptime(pl.Date, "%Y-%m-%d", strict=False)
+    month = (pl.col(col) + "-01").str.strptime(pl.Date, "%Y-%m-%d", strict=False).dt.month_end()
+    return pl.when(pl.col(col).str.len_chars() == 7).then(month).otherwise(full)
+
+
+def number(col: str) -> pl.Expr:
+    """Decimal text -> Float64; "1,000" thousands separators allowed; anything else null."""
+    return pl.col(col).str.replace_all(",", "").cast(pl.Float64, strict=False)
+
+
+# --- NDC ----------------------------------------------------------------------------------------
+
+def ndc_parts(col: str = "ndc") -> tuple[pl.Expr, pl.Expr]:
+    """(ndc11, ndc_status): status is empty | valid | ambiguous (ten bare digits) | malformed."""
+    s = pl.col(col).str.replace_all(r"\s+", "")
+    seg = s.str.extract_groups(r"^(\d{4,5})-(\d{3,4})-(\d{1,2})$")
+    a, b, c = (seg.struct.field(str(i)) for i in (1, 2, 3))
+    shape = pl.concat_str(a.str.len_chars().cast(pl.String), b.str.len_chars().cast(pl.String),
+                          c.str.len_chars().cast(pl.String))
+    hyphen_ok = shape.is_in(["442", "532", "541", "542"])
+    padded = pl.concat_str(a.str.zfill(5), b.str.zfill(4), c.str.zfill(2))
+    bare11 = s.str.contains(r"^\d{11}$")
+    bare10 = s.str.contains(r"^\d{10}$")
+    ndc11 = (pl.when(hyphen_ok).then(padded).when(bare11).then(s).otherwise(None))
+    status = (pl.when(s.is_null() | (s == "")).then(pl.lit("empty"))
+              .when(hyphen_ok | bare11).then(pl.lit("valid"))
+              .when(bare10).then(pl.lit("ambiguous"))
+              .otherwise(pl.lit("malformed")))
+    return ndc11, status
+
+
+# --- scope --------------------------------------------------------------------------------------
+
+def b12_scope(ref: Reference) -> pl.Expr:
+    """A B12 row: NDC in the reference, or a known B12 RxNorm code, or a B12 medication name."""
+    ndc11, _ = ndc_parts()
+    return (ndc11.is_in(ref.ndcs.implode()).fill_null(False)
+            | pl.col("rxnorm_code").is_in(ref.rxnorm["rxnorm_code"].implode()).fill_null(False)
+            | pl.col("medication_name").str.contains(B12_NAME_PATTERN).fill_null(False))
+
+
+def name_ingredient() -> pl.Expr:
+    """Ingredient named in medication_name; RxNorm's "vitamin B12" is cyanocobalamin."""
+    name = pl.col("medication_name").str.to_lowercase()
+    return (pl.when(name.str.contains("hydroxocobalamin")).then(pl.lit("hydroxocobalamin"))
+            .when(name.str.contains("methylcobalamin")).then(pl.lit("methylcobalamin"))
+            .when(name.str.contains("cyanocobalamin")).then(pl.lit("cyanocobalamin"))
+            .when(name.str.contains(r"vitamin\s*b\s*-?\s*12\b")).then(pl.lit("cyanocobalamin"))
+            .otherwise(None))
+
+
+def route_class() -> pl.Expr:
+    route = pl.col("route").str.to_lowercase().str.replace_all(r"\s+", " ").str.strip_chars()
+    expr = pl.when(False).then(None)
+    for klass, spellings in ROUTE_CLASSES.items():
+        expr = expr.when(route.is_in(spellings)).then(pl.lit(klass))
+    return expr.otherwise(pl.lit("unknown"))
+
+
+def code_list(col: str) -> pl.Expr:
+    """Upper-cased codes split on ',' ';' or whitespace."""
+    return (pl.col(col).fill_null("").str.to_uppercase().str.replace_all(r"[,;\s]+", ",").str.split(",")
+    ).list.eval(pl.element().filter(pl.element() != ""))
+
+
+def icd10_dotted(col: str = "diagnosis_codes") -> pl.Expr:
+    """Upper-cased ICD-10-CM codes with the dot after the third character (D510 -> D51.0)."""
+    return code_list(col).list.eval(
+        pl.when((pl.element().str.len_chars() > 3) & ~pl.element().str.contains(r"\.", literal=False))
+        .then(pl.concat_str(pl.element().str.slice(0, 3), pl.lit("."), pl.element().str.slice(3)))
+        .otherwise(pl.element()))
+
+
+@lru_cache(maxsize=200_000)
+def icd10_billable(code: str) -> bool:
+    """A valid ICD-10-CM code that is billable (a leaf), per simple-icd-10-cm."""
+    import simple_icd_10_cm as cm
+
+    try:
+        return bool(cm.is_valid_item(code) and cm.is_leaf(code))
+    except ValueError:
+        return False
+
+
+def npi_valid(col: str = "ordering_provider_npi") -> pl.Expr:
+    """10 digits whose last is the Luhn check digit over "80840" + the first nine (constant 24)."""
+    s = pl.col(col)
+    digit = [s.str.slice(i, 1).cast(pl.Int32, strict=False) for i in range(10)]
+
+    def doubled(d: pl.Expr) -> pl.Expr:
+        return pl.when(d * 2 > 9).then(d * 2 - 9).otherwise(d * 2)
+
+    total = pl.lit(24, dtype=pl.Int32)
+    for i in range(9):  # d1..d9; d9, d7, d5, d3, d1 (even indices) are doubled
+        total = total + (doubled(digit[i]) if i % 2 == 0 else digit[i])
+    check = (10 - total % 10) % 10
+    return (s.str.contains(r"^\d{10}$") & (check == digit[9])).fill_null(False)
+
+
+# --- the facts frame ----------------------------------------------------------------------------
+
+def _dx_facts(frame: pl.DataFrame, cfg: SiteConfig) -> pl.DataFrame:
+    """Per row: dx_codes (list), dx_invalid (";"-joined invalid codes or null), dx_covered (bool)."""
+    exploded = (frame.select(pl.col("_row"), pl.col("dx_codes").alias("code")).explode("code")
+                .filter(pl.col("code").is_not_null()))
+    unique = exploded.select("code").unique()
+    unique = unique.with_columns(
+        pl.Series("billable", [icd10_billable(c) for c in unique["code"].to_list()], dtype=pl.Boolean),
+        (pl.any_horizontal([pl.col("code").str.starts_with(p) for p in cfg.covered_dx_prefixes])
+         if cfg.covered_dx_prefixes else pl.lit(False)).alias("covered"),
+    )
+    per_row = (exploded.join(unique, on="code", how="left")
+               .group_by("_row")
+               .agg(pl.col("code").filter(~pl.col("billable")).alias("_invalid"),
+                    pl.col("covered").any().alias("dx_covered")))
+    per_row = per_row.with_columns(
+        pl.when(pl.col("_invalid").list.len() > 0).then(pl.col("_invalid").list.join(";"))
+        .otherwise(None).alias("dx_invalid")).drop("_invalid")
+    return (frame.join(per_row, on="_row", how="left")
+            .with_columns(pl.col("dx_covered").fill_null(False)))
+
+
+def facts(valid: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame:
+    """The facts frame: one row per valid B12 administration, every derived column computed once."""
+    products = ref.products.select(
+        pl.col("ndc11"),
+        pl.col("ingredient").alias("ref_ingredient"),
+        pl.col("mcg_per_ml").alias("ref_mcg_per_ml"),
+        pl.col("ml_per_container").alias("ref_ml_per_container"),
+        pl.col("container_type").alias("ref_container_type"),
+    )
+    rx = ref.rxnorm.rename({"ingredient": "rx_ingredient"})
+    ndc11, ndc_status = ndc_parts()
+    unit = pl.col("dose_unit").str.to_lowercase().str.strip_chars().str.replace(r"s$", "")
+    df = (valid.with_columns(
+            pl.int_range(pl.len(), dtype=pl.Int64).alias("_row"),
+            ndc11.alias("ndc11"), ndc_status.alias("ndc_status"),
+            local_timestamp().alias("admin_time"),
+            expiry_date().alias("expiration_date"),
+            number("dose_value").alias("dose_value"),
+            number("concentration_mcg_per_ml").alias("concentration_mcg_per_ml"),
+            number("container_volume_ml").alias("container_volume_ml"),
+            number("waste_mcg").alias("waste_mcg"),
+            number("charge_ndc_qty").alias("charge_ndc_qty"),
+            pl.col("charge_units").cast(pl.Int64, strict=False).alias("charge_units"),
+            pl.col("mar_action").str.strip_chars().str.to_lowercase().is_in(list(cfg.given_actions))
+              .fill_null(False).alias("given"),
+            name_ingredient().alias("name_ingredient"),
+            route_class().alias("route_class"),
+            pl.col("charge_hcpcs").str.to_uppercase().str.strip_chars().alias("charge_hcpcs"),
+            pl.col("admin_cpt").str.to_uppercase().str.strip_chars().alias("admin_cpt"),
+            pl.col("charge_ndc_unit").str.to_uppercase().str.strip_chars().alias("charge_ndc_unit"),
+            code_list("charge_modifiers").alias("modifiers"),
+            icd10_dotted().alias("dx_codes"),
+            code_list("same_day_em_codes").alias("em_codes"),
+            pl.col("payer_type").str.to_lowercase().str.strip_chars().alias("payer_type"),
+            pl.col("claim_type").str.to_lowercase().fill_null("professional").alias("claim_type"),
+            pl.col("place_of_service").str.zfill(2).alias("place_of_service"),
+            npi_valid().alias("npi_valid"),
+          )
+          .with_columns(pl.col("admin_time").dt.date().alias("service_date"))
+          .join(products, on="ndc11", how="left")
+          .join(rx, on="rxnorm_code", how="left"))
+    given_container = pl.when(pl.col("container_type") == "unknown").then(None).otherwise(pl.col("container_type"))
+    df = df.with_columns(
+        pl.col("ref_ingredient").is_not_null().alias("ndc_in_reference"),
+        pl.coalesce("ref_ingredient", "rx_ingredient", "name_ingredient").alias("ingredient"),
+        pl.coalesce(given_container, "ref_container_type", pl.lit("unknown")).alias("container"),
+        pl.coalesce("concentration_mcg_per_ml", "ref_mcg_per_ml").alias("concentration"),
+        pl.coalesce("container_volume_ml", "ref_ml_per_container").alias("container_ml"),
+        pl.col("charge_hcpcs").is_not_null().alias("charge_present"),
+        pl.col("modifiers").list.contains("JW").alias("has_jw"),
+        pl.col("modifiers").list.contains("JZ").alias("has_jz"),
+        pl.col("em_codes").list.eval(pl.element().str.slice(0, 5) == "99211").list.any().alias("em_has_99211"),
+        pl.col("em_codes").list.eval(
+            pl.element().str.contains(r"^(9920[2-5]|9921[2-5])") & (pl.element().str.slice(0, 5) != "99211")
+            & ~pl.element().str.contains(r"-25(-|$)")).list.any().alias("em_without_25"),
+    )
+    dose_mcg = (pl.when(unit.is_in(MCG_UNITS)).then(pl.col("dose_value"))
+                .when(unit.is_in(MG_UNITS)).then(pl.col("dose_value") * 1000)
+                .when(unit.is_in(ML_UNITS)).then(pl.col("dose_value") * pl.col("concentration"))
+                .otherwise(None))
+    df = df.with_columns(pl.when(dose_mcg > 0).then(dose_mcg).otherwise(None).alias("dose_mcg"))
+    code_map = cfg.code_for_ingredient
+    expected_code = pl.col("ingredient").replace_strict(code_map, default=None, return_dtype=pl.String)
+    df = df.with_columns(
+        expected_code.alias("expected_code"),
+        (pl.col("dose_mcg") / 1000).ceil().cast(pl.Int64).alias("expected_units"),
+        (pl.col("dose_mcg") / pl.col("concentration")).round(4).alias("dose_ml"),
+    )
+    df = _dx_facts(df, cfg)
+    return df.drop("_row", "rx_ingredient").sort("source_file", "source_row")
+
+
+def expected_units(dose_mcg: float) -> int:
+    """J3420 units for one administration: ceil(dose_mcg / 1000). Reference for tests and docs."""
+    return math.ceil(dose_mcg / 1000)

@@ -1,0 +1,58 @@
+"""Where the project's data folders live, and the layout of an output root.
+
+rules/ and schemas/ sit beside the package (the layout of the design card); an installation may
+point elsewhere with B12_RULES_DIR / B12_SCHEMAS_DIR or the CLI's --rules option.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def rules_dir() -> Path:
+    return Path(os.environ.get("B12_RULES_DIR", PROJECT_ROOT / "rules"))
+
+
+def schemas_dir() -> Path:
+    return Path(os.environ.get("B12_SCHEMAS_DIR", PROJECT_ROOT / "schemas"))
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """Every folder a run writes under one output root (work-queues.md)."""
+
+    root: Path
+
+    @property
+    def queues(self) -> Path:
+        return self.root / "queues"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine"
+
+    @property
+    def rejected(self) -> Path:
+        return self.root / "rejected"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history"
+
+    @property
+    def archive(self) -> Path:
+        return self.root / "archive"
+
+    @property
+    def staging(self) -> Path:
+        return self.root / "staging"
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.runs / run_id

@@ -1,0 +1,175 @@
+"""The night, as plain library functions on paths (the Prefect flows only orchestrate these).
+
+stage_file     ingest one extract -> scope -> validate; writes quarantine and the staged valid rows
+apply_staged   merges staged rows into history, re-evaluates every touched date, writes the queues
+evaluate_dates re-evaluates given dates from history (shared by nights and history re-runs)
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from b12pipeline import normalize, progress
+from b12pipeline.config import SiteConfig, load_site_config
+from b12pipeline.crossrow import add_cross_row_facts
+from b12pipeline.engine import load_ruleset
+from b12pipeline.engine.evaluate import empty_findings, evaluate
+from b12pipeline.engine.rulefile import Ruleset
+from b12pipeline.history import merge_into_history, read_history
+from b12pipeline.ingest import FileRejected, read_extract
+from b12pipeline.paths import OutputLayout
+from b12pipeline.queues import atomic_write_parquet, write_queue_partitions, write_quarantine
+from b12pipeline.reference import Reference, load_reference
+from b12pipeline.validate import validate
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class Rules:
+    """Everything that decides findings, loaded once per run."""
+
+    ruleset: Ruleset
+    config: SiteConfig
+    reference: Reference
+
+    @classmethod
+    def load(cls, rules_dir: Path | str | None = None) -> "Rules":
+        directory = Path(rules_dir) if rules_dir else None
+        ruleset = load_ruleset(directory)
+        return cls(ruleset=ruleset,
+                   config=load_site_config(ruleset.directory / "site.yaml"),
+                   reference=load_reference(ruleset.directory / "reference"))
+
+
+@dataclass
+class StageResult:
+    """Counts and paths for one input file: no row values, so it is safe for logs and artifacts."""
+
+    file: str
+    sha256: str
+    status: str = "processed"          # processed | rejected
+    error: str = ""
+    source_format: str = ""
+    rows_read: int = 0
+    in_scope: int = 0
+    out_of_scope: int = 0
+    quarantined: int = 0
+    staged: str = ""                   # Parquet of valid canonical B12 rows ("" when none)
+    unexpected_counts: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def reject_file(path: Path, layout: OutputLayout, reason: str, move: bool) -> None:
+    """Put the file aside intact in rejected/ with <file>.error.txt beside it."""
+    layout.rejected.mkdir(parents=True, exist_ok=True)
+    target = layout.rejected / path.name
+    if path.exists():
+        (shutil.move if move else shutil.copy2)(str(path), target)
+    (layout.rejected / f"{path.name}.error.txt").write_text(f"{path.name}: {reason}\n")
+
+
+def stage_file(path: Path | str, out: Path | str, run_id: str, night: dt.date, rules: Rules,
+               source: str | None = None, move_rejected: bool = False) -> StageResult:
+    path, layout = Path(path), OutputLayout(Path(out))
+    result = StageResult(file=path.name, sha256=sha256_file(path) if path.is_file() else "")
+    try:
+        extract = read_extract(path, source)
+        result.source_format = extract.source_format
+        frame = extract.frame
+        result.rows_read = frame.height
+        scope = frame.select(normalize.b12_scope(rules.reference).alias("s"))["s"]
+        b12 = frame.filter(scope)
+        result.out_of_scope = frame.height - b12.height
+        outcome = validate(b12)
+        result.unexpected_counts = outcome.unexpected_counts
+        share = outcome.quarantine.height / b12.height if b12.height else 0.0
+        if share > rules.config.max_quarantine_share:
+            raise FileRejected(path, f"{outcome.quarantine.height} of {b12.height} B12 rows failed validation "
+                                     f"({share:.0%} > max_quarantine_share {rules.config.max_quarantine_share:.0%}); "
+                                     f"most common: {_top_failures(outcome.unexpected_counts)}")
+    except FileRejected as exc:
+        reject_file(path, layout, exc.reason, move_rejected)
+        result.status, result.error = "rejected", str(exc)
+        result.in_scope = result.out_of_scope = result.quarantined = 0
+        progress.emit("file_done", file=result.file, status=result.status)
+        return result
+    key = f"{Path(result.file).stem}-{result.sha256[:12]}"
+    result.quarantined = write_quarantine(outcome.quarantine, layout.quarantine, key, night, run_id)
+    result.in_scope = outcome.valid.height
+    if outcome.valid.height:
+        staged = layout.staging / run_id / f"{key}.parquet"
+        atomic_write_parquet(outcome.valid, staged)
+        result.staged = str(staged)
+    progress.emit("file_done", file=result.file, status=result.status)
+    return result
+
+
+def _top_failures(counts: dict[str, int]) -> str:
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[:3]
+    return ", ".join(f"{name} x{n}" for name, n in top) or "none"
+
+
+def lookback_days(cfg: SiteConfig) -> int:
+    """How far back cross-row rules look from a date of service."""
+    return max(cfg.frequency_lookback_days, cfg.frequency_window_days, 1)
+
+
+def evaluate_dates(out: Path | str, dates: list[dt.date], rules: Rules, run_id: str) -> dict[str, int]:
+    """Re-evaluate every history row of `dates` and replace those dates' queue partitions."""
+    layout = OutputLayout(Path(out))
+    dates = sorted(set(dates))
+    if not dates:
+        return {}
+    start = dates[0] - dt.timedelta(days=lookback_days(rules.config))
+    canonical = read_history(layout.history, start, dates[-1])
+    findings = empty_findings() if canonical is None else _findings(canonical, dates, rules, run_id)
+    return write_queue_partitions(findings, layout.queues, dates)
+
+
+def _findings(canonical: pl.DataFrame, dates: list[dt.date], rules: Rules, run_id: str) -> pl.DataFrame:
+    facts = normalize.facts(canonical, rules.reference, rules.config)
+    facts = add_cross_row_facts(facts, rules.config)
+    targets = facts.filter(pl.col("service_date").is_in(dates))
+    return evaluate(targets, rules.ruleset, rules.config, run_id)
+
+
+def apply_staged(staged: list[str], out: Path | str, rules: Rules, run_id: str) -> dict:
+    """Merge the night's staged rows into history and re-evaluate every date they touched."""
+    layout = OutputLayout(Path(out))
+    frames = [pl.read_parquet(p) for p in staged if p]
+    rows = pl.concat(frames, how="diagonal_relaxed") if frames else None
+    touched = merge_into_history(layout.history, rows) if rows is not None else []
+    per_queue = evaluate_dates(out, touched, rules, run_id)
+    return {"dates": [d.isoformat() for d in touched], "findings_per_queue": per_queue}
+
+
+def cleanup_staging(out: Path | str, run_id: str) -> None:
+    shutil.rmtree(OutputLayout(Path(out)).staging / run_id, ignore_errors=True)
+
+
+def make_run_id(night: dt.date, checksums: list[str], ruleset_version: str, kind: str = "night") -> str:
+    """Deterministic: the same inputs and rules give the same run id, so re-runs are byte-identical."""
+    digest = hashlib.sha256("\n".join(sorted(checksums) + [ruleset_version, kind]).encode()).hexdigest()[:10]
+    return f"{kind}-{night.isoformat()}-{digest}"
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)

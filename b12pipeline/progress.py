@@ -1,0 +1,20 @@
+"""Progress events from the library to whoever displays them (the CLI's Rich progress bar).
+
+The library calls emit(); nothing happens unless a listener is registered. Events carry file names
+and counts only, never row values.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+_listeners: list[Callable[[str, dict], None]] = []
+
+
+def listen(callback: Callable[[str, dict], None]) -> Callable[[], None]:
+    _listeners.append(callback)
+    return lambda: _listeners.remove(callback)
+
+
+def emit(event: str, **data) -> None:
+    for callback in list(_listeners):
+        callback(event, data)

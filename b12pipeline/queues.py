@@ -1,0 +1,88 @@
+"""Work queues and quarantine on disk: atomic, idempotent Parquet partitions (work-queues.md).
+
+Layout: <out>/queues/<queue>/service_date=YYYY-MM-DD/part-0.parquet. A partition is one file,
+written under a dot-prefixed temporary name (readers skip dot files) and renamed into place, so a
+reader sees the old file or the new one, never half of one. Writing a night replaces exactly the
+partitions of the dates it evaluated; a partition with no findings left is removed.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import polars as pl
+
+from b12pipeline.engine.rulefile import QUEUES
+from b12pipeline.engine.evaluate import FINDING_COLUMNS
+
+PART_NAME = "part-0.parquet"
+
+
+def atomic_write_parquet(frame: pl.DataFrame, target: Path) -> None:
+    """Write `frame` to `target` so that no reader ever sees a partial file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        frame.write_parquet(tmp, compression="zstd", statistics=True)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def partition_dir(root: Path, queue: str, service_date: dt.date) -> Path:
+    return root / queue / f"service_date={service_date.isoformat()}"
+
+
+def write_queue_partitions(findings: pl.DataFrame, queues_root: Path, dates: list[dt.date]) -> dict[str, int]:
+    """Replace the partitions of `dates` in every queue with `findings`; returns rows per queue."""
+    written = {q: 0 for q in QUEUES}
+    findings = findings.select(list(FINDING_COLUMNS))
+    by_key = {(k[0], k[1]): g for k, g in findings.group_by(["queue", "service_date"])} if findings.height else {}
+    for queue in QUEUES:
+        for day in sorted(set(dates)):
+            part = partition_dir(queues_root, queue, day)
+            rows = by_key.get((queue, day))
+            if rows is None or rows.height == 0:
+                if part.exists():
+                    shutil.rmtree(part)
+                continue
+            # The partition value lives in the path; a stable row order keeps re-runs byte-identical.
+            atomic_write_parquet(rows.drop("service_date").sort("rule_id", "admin_id"), part / PART_NAME)
+            written[queue] += rows.height
+    return written
+
+
+def read_queue(queues_root: Path, queue: str | None = None) -> pl.DataFrame:
+    """Every finding under queues_root (optionally one queue) as one frame, service_date restored."""
+    paths = sorted((queues_root / queue).glob("service_date=*/*.parquet") if queue
+                   else queues_root.glob("*/service_date=*/*.parquet"))
+    if not paths:
+        return pl.DataFrame(schema=FINDING_COLUMNS)
+    frames = []
+    for p in paths:
+        day = dt.date.fromisoformat(p.parent.name.split("=", 1)[1])
+        frames.append(pl.read_parquet(p).with_columns(pl.lit(day).alias("service_date")))
+    return pl.concat(frames).select(list(FINDING_COLUMNS)).sort("service_date", "queue", "rule_id", "admin_id")
+
+
+def write_quarantine(rows: pl.DataFrame, quarantine_root: Path, file_key: str, night: dt.date,
+                     run_id: str) -> int:
+    """Quarantine rows of one source file, by service date when readable, else by extract date.
+
+    The file name is the source file's checksum key, so re-running the same file replaces its
+    quarantine rows instead of adding a second copy.
+    """
+    if rows.height == 0:
+        return 0
+    day = rows["admin_time"].str.extract(r"^(\d{4}-\d{2}-\d{2})", 1).str.strptime(pl.Date, "%Y-%m-%d", strict=False)
+    rows = rows.with_columns(day.alias("_day"), pl.lit(run_id).alias("run_id"))
+    for (value,), group in rows.group_by(["_day"]):
+        folder = (f"service_date={value.isoformat()}" if value is not None
+                  else f"extract_date={night.isoformat()}")
+        atomic_write_parquet(group.drop("_day").sort("source_row"), quarantine_root / folder / f"{file_key}.parquet")
+    return rows.height

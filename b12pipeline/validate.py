@@ -1,0 +1,152 @@
+"""Validate: run the Great Expectations suite on B12 rows; split valid rows from quarantine.
+
+GX is the authority on whether each expectation holds and on how many rows break it. It runs in
+SUMMARY mode (COMPLETE row lists cost seconds and gigabytes at 1M rows); the exact failing rows are
+then found by evaluating the same expectation in Polars, and the two counts must agree: a
+disagreement is a bug and stops the run rather than quarantining the wrong rows.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import polars as pl
+
+from b12pipeline import normalize
+from b12pipeline.paths import schemas_dir
+
+DEFAULT_SUITE = "expectations/canonical_extract.json"
+
+# Checks GX cannot express on text (a regex cannot know February has no 30th): same row-mask form.
+CALENDAR_CHECKS = {
+    "b12_admin_time_is_a_calendar_time(admin_time)": (
+        lambda: pl.col("admin_time").is_not_null() & normalize.local_timestamp().is_null(),
+        "admin_time is not a real calendar date and time"),
+    "b12_expiration_date_is_a_calendar_date(expiration_date)": (
+        lambda: pl.col("expiration_date").is_not_null() & normalize.expiry_date().is_null(),
+        "expiration_date is not a real calendar date"),
+}
+
+
+class SuiteError(RuntimeError):
+    """The expectation suite is unusable (GX dropped an expectation, or an unsupported type)."""
+
+
+@dataclass
+class ValidationOutcome:
+    valid: pl.DataFrame
+    quarantine: pl.DataFrame           # canonical columns + failed_expectations + failure_reasons
+    unexpected_counts: dict[str, int] = field(default_factory=dict)   # counts only: no values
+
+    @property
+    def rows(self) -> int:
+        return self.valid.height + self.quarantine.height
+
+
+def expectation_name(config: dict) -> str:
+    return f"{config['type']}({config['kwargs'].get('column', '')})"
+
+
+def polars_mask(config: dict) -> pl.Expr:
+    """Rows that break one expectation, the way GX counts them (map expectations skip nulls)."""
+    kind, kw = config["type"], config["kwargs"]
+    col = pl.col(kw["column"])
+    if kind == "expect_column_values_to_not_be_null":
+        return col.is_null()
+    if kind == "expect_column_values_to_match_regex":
+        return col.is_not_null() & ~col.str.contains(kw["regex"])
+    if kind == "expect_column_values_to_be_in_set":
+        return col.is_not_null() & ~col.is_in(list(kw["value_set"]))
+    if kind == "expect_column_value_lengths_to_be_between":
+        n = col.str.len_chars()
+        return col.is_not_null() & ~n.is_between(kw.get("min_value", 0), kw.get("max_value", 10**9))
+    raise SuiteError(f"expectation type {kind} has no row-mask translation; add one in validate.py")
+
+
+class SuiteRunner:
+    """One ephemeral GX context, datasource and validation definition per suite file."""
+
+    def __init__(self, suite_path: Path):
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        # GX announces its temporary docs folders at INFO; keep the run log to what matters.
+        logging.getLogger("great_expectations").setLevel(logging.WARNING)
+        self.path = suite_path
+        self.spec = json.loads(suite_path.read_text())
+        for exp in self.spec["expectations"]:
+            polars_mask(exp)  # refuse an expectation we cannot turn into exact row masks
+        self.context = gx.get_context(mode="ephemeral")
+        self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        suite = gx.ExpectationSuite(**self.spec)
+        # GX logs and drops an expectation it cannot build (a misspelled type) instead of raising.
+        if len(suite.expectations) != len(self.spec["expectations"]):
+            kept = {e.expectation_type if hasattr(e, "expectation_type") else e.type for e in suite.expectations}
+            dropped = [e["type"] for e in self.spec["expectations"] if e["type"] not in kept]
+            raise SuiteError(f"{suite_path}: GX loaded {len(suite.expectations)} of "
+                             f"{len(self.spec['expectations'])} expectations; dropped: {', '.join(dropped) or '?'}")
+        self.suite = self.context.suites.add(suite)
+        batch = (self.context.data_sources.add_pandas(name="extract")
+                 .add_dataframe_asset(name="b12_rows")
+                 .add_batch_definition_whole_dataframe("whole_frame"))
+        self.definition = self.context.validation_definitions.add(
+            gx.ValidationDefinition(name=self.spec["name"], data=batch, suite=self.suite))
+        self._lock = threading.Lock()
+
+    def unexpected_counts(self, frame: pl.DataFrame) -> dict[str, int]:
+        with self._lock:
+            result = self.definition.run(batch_parameters={"dataframe": frame.to_pandas()},
+                                         result_format={"result_format": "SUMMARY"})
+        counts = {}
+        for r in result.results:
+            cfg = r.expectation_config
+            name = f"{cfg.type}({cfg.kwargs.get('column', '')})"
+            if r.exception_info and r.exception_info.get("raised_exception"):
+                raise SuiteError(f"{self.path}: {name} raised in GX: {r.exception_info.get('exception_message')}")
+            counts[name] = int(r.result.get("unexpected_count") or 0)
+        return counts
+
+
+@lru_cache(maxsize=4)
+def suite_runner(suite_path: Path | None = None) -> SuiteRunner:
+    return SuiteRunner(Path(suite_path) if suite_path else schemas_dir() / DEFAULT_SUITE)
+
+
+def validate(frame: pl.DataFrame, suite_path: Path | None = None) -> ValidationOutcome:
+    """Split the canonical B12 rows of one file into valid rows and quarantine rows."""
+    runner = suite_runner(suite_path)
+    if frame.height == 0:
+        empty_q = frame.with_columns(pl.lit([], dtype=pl.List(pl.String)).alias("failed_expectations"),
+                                     pl.lit(None, dtype=pl.String).alias("failure_reasons"))
+        return ValidationOutcome(valid=frame, quarantine=empty_q.clear())
+    gx_counts = runner.unexpected_counts(frame)
+    names, masks, reasons = [], [], []
+    for exp in runner.spec["expectations"]:
+        names.append(expectation_name(exp))
+        masks.append(polars_mask(exp))
+        reasons.append(exp.get("meta", {}).get("reason", expectation_name(exp)))
+    for name, (mask, reason) in CALENDAR_CHECKS.items():
+        names.append(name)
+        masks.append(mask())
+        reasons.append(reason)
+    flags = frame.select([m.fill_null(False).alias(f"_f{i}") for i, m in enumerate(masks)])
+    counts = {name: int(flags[f"_f{i}"].sum()) for i, name in enumerate(names)}
+    for name, gx_count in gx_counts.items():
+        if counts.get(name) != gx_count:
+            raise SuiteError(f"row masks disagree with GX for {name}: polars {counts.get(name)} vs GX {gx_count}")
+    failed = pl.concat_list([pl.when(pl.col(f"_f{i}")).then(pl.lit(n)) for i, n in enumerate(names)]) \
+        .list.drop_nulls()
+    why = pl.concat_list([pl.when(pl.col(f"_f{i}")).then(pl.lit(r)) for i, r in enumerate(reasons)]) \
+        .list.drop_nulls().list.join("; ")
+    marked = pl.concat([frame, flags], how="horizontal").with_columns(
+        failed.alias("failed_expectations"), why.alias("failure_reasons"))
+    bad = pl.col("failed_expectations").list.len() > 0
+    return ValidationOutcome(
+        valid=marked.filter(~bad).select(frame.columns),
+        quarantine=marked.filter(bad).select(*frame.columns, "failed_expectations", "failure_reasons"),
+        unexpected_counts={k: v for k, v in counts.items() if v},
+    )

@@ -1,0 +1,1 @@
+"""Prefect flows: orchestration only. Every step is a b12pipeline library call on paths."""

@@ -1,0 +1,79 @@
+"""The nightly flow: stage each extract (ingest, validate, quarantine), apply the night, record it.
+
+Thin by design: tasks pass file paths and counts, never frames; all logic is in b12pipeline.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import b12pipeline  # noqa: F401  (telemetry defaults before prefect is imported)
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from b12pipeline import pipeline, report
+from b12pipeline.archive import archive_file
+from b12pipeline.paths import OutputLayout
+
+
+def _retry_on_io(task, task_run, state) -> bool:
+    """Retry transient I/O failures (network shares, locked files), never data or code errors."""
+    try:
+        state.result()
+    except OSError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(name="stage-extract", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_on_io)
+def stage_extract(path: str, out: str, run_id: str, night: dt.date, rules_dir: str | None,
+                  source: str | None, move_rejected: bool) -> dict:
+    rules = pipeline.Rules.load(rules_dir)
+    result = pipeline.stage_file(path, out, run_id, night, rules, source=source, move_rejected=move_rejected)
+    if result.status == "processed":
+        archive_file(Path(path), result.sha256, OutputLayout(Path(out)).archive, night.isoformat())
+    return result.to_dict()
+
+
+@task(name="apply-night", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_on_io)
+def apply_night(staged: list[str], out: str, rules_dir: str | None, run_id: str) -> dict:
+    return pipeline.apply_staged(staged, out, pipeline.Rules.load(rules_dir), run_id)
+
+
+@task(name="write-run-record", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_on_io)
+def write_run_record(run_id: str, night: dt.date, started_at: str, inputs: list[dict], applied: dict,
+                     out: str, rules_dir: str | None, ruleset_version: str) -> dict:
+    pipeline.cleanup_staging(out, run_id)
+    ended_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return report.build_manifest(run_id=run_id, kind="night", night=night.isoformat(), started_at=started_at,
+                                 ended_at=ended_at, inputs=inputs, applied=applied, out=Path(out),
+                                 ruleset_version=ruleset_version, rules_dir=rules_dir or "")
+
+
+@flow(name="b12-nightly", log_prints=False)
+def nightly_flow(extracts: list[str], out: str, night: dt.date, rules_dir: str | None = None,
+                 source: str | None = None, move_rejected: bool = False) -> dict:
+    """Process `extracts` as one night. `night` is passed in: nothing below reads the wall clock."""
+    logger = get_run_logger()
+    started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    rules = pipeline.Rules.load(rules_dir)
+    checksums = [pipeline.sha256_file(Path(p)) for p in extracts]
+    run_id = pipeline.make_run_id(night, checksums, rules.ruleset.version)
+    logger.info("run %s: %d extract(s), ruleset %s", run_id, len(extracts), rules.ruleset.version)
+    futures = [stage_extract.submit(p, out, run_id, night, rules_dir, source, move_rejected) for p in extracts]
+    inputs = [f.result() for f in futures]
+    for i in inputs:
+        if i["status"] == "rejected":
+            logger.warning("rejected %s", i["error"])
+        else:
+            logger.info("%s: %d rows read, %d in scope, %d quarantined", i["file"], i["rows_read"],
+                        i["in_scope"], i["quarantined"])
+    applied = apply_night([i["staged"] for i in inputs if i["staged"]], out, rules_dir, run_id)
+    manifest = write_run_record(run_id, night, started_at, inputs, applied, out, rules_dir, rules.ruleset.version)
+    create_markdown_artifact(key="b12-nightly-summary", markdown=report.summary_markdown(manifest),
+                             description="Counts only: no patient identifiers.")
+    create_table_artifact(key="b12-nightly-findings-per-rule", table=report.counts_table(manifest),
+                          description="Findings per rule for the dates this run evaluated.")
+    return manifest
