@@ -86,8 +86,10 @@ class SuiteRunner:
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
-        # GX announces its temporary docs folders at INFO; keep the run log to what matters.
-        logging.getLogger("great_expectations").setLevel(logging.WARNING)
+        # GX announces its temporary docs folders at INFO (and pins that module's level to INFO);
+        # keep the run log to what matters.
+        for name in ("great_expectations", "great_expectations.data_context.types.base"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         self.path = suite_path
         self.spec = json.loads(suite_path.read_text())
         for exp in self.spec["expectations"]:
