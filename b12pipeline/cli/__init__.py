@@ -18,6 +18,10 @@ from b12pipeline.cli import run as _run  # noqa: E402
 
 _run.register(app)
 
+from b12pipeline.cli import synth as _synth  # noqa: E402
+
+_synth.register(app)
+
 
 def main() -> None:
     # Quiet Prefect's own INFO chatter on the terminal; the CLI prints its own summary.
