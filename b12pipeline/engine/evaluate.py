@@ -41,6 +41,11 @@ def _text(name: str, dtype: pl.DataType) -> pl.Expr:
     return text.fill_null("(none)")
 
 
+def template_fields(template: str) -> list[str]:
+    """The columns a message template names ("{charge_units} unit(s)" -> ["charge_units"])."""
+    return _PLACEHOLDER.findall(template.replace("{{", "").replace("}}", "")) if template else []
+
+
 def render(template: str, schema: pl.Schema) -> pl.Expr:
     """A message template ("{charge_units} unit(s)") as one vectorised string expression."""
     if not template:
@@ -81,6 +86,17 @@ def evaluate(facts: pl.DataFrame, ruleset: Ruleset, cfg: SiteConfig, run_id: str
         return empty_findings()
     columns = set(facts.columns)
     flagged = facts.with_columns([rule_mask(r, cfg, columns).alias(f"__hit{i}") for i, r in enumerate(rules)])
+    return findings_from_hits(flagged, ruleset, rules, run_id)
+
+
+def findings_from_hits(flagged: pl.DataFrame, ruleset: Ruleset, rules: list[Rule], run_id: str) -> pl.DataFrame:
+    """The findings of `rules` given facts with one boolean column `__hit<i>` per rule.
+
+    Shared by every engine (engine/durable.py decides the hits its own way), so the finding shape,
+    messages and ids cannot drift between engines.
+    """
+    if flagged.height == 0 or not rules:
+        return empty_findings()
     schema = flagged.schema
     parts = []
     for i, rule in enumerate(rules):
