@@ -74,6 +74,21 @@ def rule_mask(rule: Rule, cfg: SiteConfig, columns: set[str]) -> pl.Expr:
     return in_window & compile_condition(rule.when, cfg.get, columns)
 
 
+ENGINES = ("polars", "durable")
+
+
+def evaluator(engine: str = "polars"):
+    """The evaluate function of an engine: polars (default) or durable (optional, differential checks)."""
+    if engine == "polars":
+        return evaluate
+    if engine == "durable":
+        from b12pipeline.engine import durable
+
+        durable.durable_engine()  # fail now, with the install hint, not mid-run
+        return durable.evaluate
+    raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+
+
 def empty_findings() -> pl.DataFrame:
     return pl.DataFrame(schema=FINDING_COLUMNS)
 
