@@ -112,6 +112,9 @@ def findings_from_hits(flagged: pl.DataFrame, ruleset: Ruleset, rules: list[Rule
     """
     if flagged.height == 0 or not rules:
         return empty_findings()
+    # One chunk: polars 2.1 panics ("assertion failed: i < self.len()" in a string UDF) when the
+    # filtered, formatted frame below is built from a multi-chunk frame with a materialised hit column.
+    flagged = flagged.rechunk()
     schema = flagged.schema
     parts = []
     for i, rule in enumerate(rules):
