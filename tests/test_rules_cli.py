@@ -153,3 +153,15 @@ def test_run_refuses_an_unknown_engine(tmp_path: Path):
     assert result.exit_code == 2
     assert "unknown engine 'drools'" in result.output
     assert not (tmp_path / "queues").exists()
+
+
+def test_durable_engine_without_the_package_names_the_install(tmp_path: Path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "durable", None)          # as if durable-rules were not installed
+    monkeypatch.setitem(sys.modules, "durable.engine", None)
+    extract = PROJECT_ROOT / "data" / "fixtures" / "emar_2024-03-01.csv"
+    result = invoke("run", "--extract", str(extract), "--out", str(tmp_path), "--night", "2024-03-01",
+                    "--engine", "durable")
+    assert result.exit_code == 2
+    assert "pip install '.[durable]'" in " ".join(result.output.split())

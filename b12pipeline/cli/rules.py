@@ -28,7 +28,7 @@ def _folder(rules: Optional[Path]) -> Path:
 
     folder = rules or rules_dir()
     if not folder.is_dir():
-        raise usage_error(f"--rules {folder} is not a folder")
+        raise usage_error(escape(f"--rules {folder} is not a folder"))
     return folder
 
 
@@ -42,7 +42,7 @@ def _load(rules: Optional[Path]):
     try:
         return Rules.load(folder)
     except (RuleFileError, ConfigError) as exc:
-        raise usage_error(f"{exc}\n(run `b12pipeline rules lint` to see every problem)") from None
+        raise usage_error(escape(f"{exc}\n(run `b12pipeline rules lint` to see every problem)")) from None
 
 
 def _short_window(rule) -> str:

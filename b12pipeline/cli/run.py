@@ -50,7 +50,9 @@ def check_engine(engine: str) -> None:
     try:
         evaluator(engine)
     except (ValueError, DurableUnavailable) as exc:
-        raise usage_error(f"--engine {engine}: {exc}") from None
+        from rich.markup import escape  # the hint contains [durable], which is not markup
+
+        raise usage_error(escape(f"--engine {engine}: {exc}")) from None
 
 
 ENGINE_HELP = "Rule engine: polars (default) or durable (optional second engine; pip install '.[durable]')."
