@@ -11,6 +11,7 @@ from pathlib import Path
 import b12pipeline  # noqa: F401  (telemetry defaults before prefect is imported)
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.context import FlowRunContext
 
 from b12pipeline import backfill, pipeline, report
 
@@ -24,7 +25,7 @@ def backfill_chunk(out: str, dates: list[str], rules_dir: str | None, run_id: st
 
 @task(name="backfill-record")
 def backfill_record(out: str, plan: backfill.BackfillPlan, chunk_paths: list[str], started_at: str,
-                    rules_dir: str | None) -> dict:
+                    rules_dir: str | None, task_runner: str) -> dict:
     diff = backfill.summarise_diff(out, plan.run_id, chunk_paths, plan.ruleset_version)
     ended_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     dates = [d.isoformat() for d in plan.dates]
@@ -33,6 +34,7 @@ def backfill_record(out: str, plan: backfill.BackfillPlan, chunk_paths: list[str
                                      applied={"dates": dates}, out=Path(out),
                                      ruleset_version=plan.ruleset_version, rules_dir=rules_dir or "")
     manifest.update({"from": plan.start.isoformat(), "to": plan.end.isoformat(), "chunks": len(plan.chunks),
+                     "task_runner": task_runner,
                      "diff": diff, "diff_report": f"runs/{plan.run_id}/diff.parquet",
                      "diff_findings": f"runs/{plan.run_id}/diff_findings.parquet"})
     pipeline.write_json(Path(out) / "runs" / plan.run_id / "manifest.json", manifest)
@@ -52,7 +54,8 @@ def backfill_flow(start: dt.date, end: dt.date, out: str, rules_dir: str | None 
     futures = [backfill_chunk.submit(out, [d.isoformat() for d in chunk], rules_dir, plan.run_id)
                for chunk in plan.chunks]
     chunk_paths = [f.result() for f in futures]
-    manifest = backfill_record(out, plan, chunk_paths, started_at, rules_dir)
+    runner = type(FlowRunContext.get().task_runner).__name__
+    manifest = backfill_record(out, plan, chunk_paths, started_at, rules_dir, runner)
     create_markdown_artifact(key="b12-backfill-diff", markdown=backfill.diff_markdown(manifest),
                              description="Findings new / resolved / unchanged per rule: counts only.")
     create_table_artifact(key="b12-backfill-diff-per-rule",
