@@ -61,5 +61,5 @@ def print_diff(manifest: dict, out: Path) -> None:
     previous = ", ".join(diff["previous_ruleset_versions"]) or "(none)"
     err_console.print(f"ruleset {previous} -> {diff['ruleset_version']}")
     console.print(f"diff:       {out / manifest['diff_report']}")
-    console.print(f"per finding: {out / manifest['diff_findings']}")
+    console.print(f"findings:   {out / manifest['diff_findings']}")
     console.print(f"run record: {out / 'runs' / manifest['run_id'] / 'manifest.json'}")
