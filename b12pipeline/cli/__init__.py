@@ -24,6 +24,10 @@ from b12pipeline.cli import synth as _synth  # noqa: E402
 
 _synth.register(app)
 
+from b12pipeline.cli import backfill as _backfill  # noqa: E402
+
+_backfill.register(app)
+
 
 def main() -> None:
     # Quiet Prefect's own INFO chatter on the terminal; the CLI prints its own summary.
