@@ -22,7 +22,8 @@ T_START = time.perf_counter()
 
 
 def _write(path: str, payload: dict) -> None:
-    Path(path).write_text(json.dumps(payload, indent=2, default=str)  # steps keep their order + "\n")
+    # No sort_keys: the profile steps keep their order.
+    Path(path).write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 
 def floor(args: argparse.Namespace) -> dict:

@@ -462,7 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1",
                         help="small sizes (also BENCH_QUICK=1); exercises the harness, numbers mean nothing")
     parser.add_argument("--out", type=Path, default=None,
-                        help="RESULTS.md to write (default bench/RESULTS.md; quick: <workdir>/RESULTS.md)")
+                        help="RESULTS.md to write, RESULTS.json beside it (default bench/RESULTS.md; "
+                             "quick: $TMPDIR/b12bench-quick/RESULTS.md)")
     parser.add_argument("--workdir", type=Path, default=None, help="data and outputs (default: a temp folder)")
     parser.add_argument("--date", default=None, help="date recorded in RESULTS.md (default: today)")
     parser.add_argument("--keep", action="store_true", help="keep the workdir (data, outputs, logs)")
@@ -471,7 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     date = args.date or dt.date.today().isoformat()   # the script boundary reads the clock, nothing below
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="b12bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    out = args.out or (workdir / "RESULTS.md" if plan.mode == "quick" else BENCH / "RESULTS.md")
+    # Quick results never overwrite the committed bench/RESULTS.md, and outlive the temp workdir.
+    out = args.out or (Path(tempfile.gettempdir()) / "b12bench-quick" / "RESULTS.md" if plan.mode == "quick"
+                       else BENCH / "RESULTS.md")
     facts = machine_facts(date)
     print(f"b12pipeline bench ({plan.mode}) in {workdir}")
     started = time.perf_counter()
