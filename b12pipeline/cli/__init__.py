@@ -16,9 +16,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="
 
 from b12pipeline.cli import run as _run  # noqa: E402
 from b12pipeline.cli import backfill as _backfill  # noqa: E402
+from b12pipeline.cli import rules as _rules  # noqa: E402
 
 _run.register(app)
 _backfill.register(app)
+_rules.register(app)
 
 
 def main() -> None:
