@@ -19,7 +19,7 @@ NIGHT = dt.date(2024, 3, 2)
 def run_night(rules_folder: Path, out: Path) -> tuple[pl.DataFrame, str, str]:
     """Stage both fixture extracts and apply them: (documentation queue, ruleset_version, run_id)."""
     rules = Rules.load(rules_folder)
-    extracts = sorted(FIXTURES.glob("emar_*"))
+    extracts = [FIXTURES / "emar_2024-03-01.csv", FIXTURES / "emar_2024-03-02.parquet"]
     run_id = make_run_id(NIGHT, [sha256_file(p) for p in extracts], rules.ruleset.version)
     staged = [stage_file(p, out, run_id, NIGHT, rules).staged for p in extracts]
     apply_staged([s for s in staged if s], out, rules, run_id)
@@ -31,8 +31,9 @@ def test_one_yaml_edit_changes_findings_and_ruleset_version(tmp_path: Path):
     shutil.copytree(rules_dir(), folder)
     before, version_before, run_before = run_night(folder, tmp_path / "before")
     doc = before.filter(pl.col("rule_id") == "DOC-001")
-    assert sorted(doc["service_date"].to_list()) == [dt.date(2024, 3, 1), dt.date(2024, 3, 2)]
+    assert {dt.date(2024, 3, 1), dt.date(2024, 3, 2)} <= set(doc["service_date"])
     assert set(doc["severity"]) == {"warning"}
+    others = before.filter(pl.col("rule_id") != "DOC-001").drop("run_id", "ruleset_version")
     assert set(doc["ruleset_version"]) == {version_before}
 
     # Compliance decides: a missing lot is an error, and only from 2024-03-02 on. One file, no code.
@@ -45,10 +46,11 @@ def test_one_yaml_edit_changes_findings_and_ruleset_version(tmp_path: Path):
 
     after, version_after, run_after = run_night(folder, tmp_path / "after")
     doc = after.filter(pl.col("rule_id") == "DOC-001")
-    assert doc["service_date"].to_list() == [dt.date(2024, 3, 2)]
-    assert doc["severity"].to_list() == ["error"]
+    assert doc.height > 0 and doc["service_date"].min() == dt.date(2024, 3, 2)
+    assert set(doc["severity"]) == {"error"}
+    assert after.filter(pl.col("rule_id") != "DOC-001").drop("run_id", "ruleset_version").equals(others)
     assert version_after != version_before and run_after != run_before
     assert set(after["ruleset_version"]) == {version_after}
     # the finding that remains keeps its id: the same (admin_id, rule_id) across rule versions
-    kept = before.filter((pl.col("rule_id") == "DOC-001") & (pl.col("service_date") == dt.date(2024, 3, 2)))
-    assert kept["finding_id"].to_list() == doc["finding_id"].to_list()
+    kept = before.filter((pl.col("rule_id") == "DOC-001") & (pl.col("service_date") >= dt.date(2024, 3, 2)))
+    assert sorted(kept["finding_id"]) == sorted(doc["finding_id"])
