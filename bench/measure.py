@@ -41,11 +41,15 @@ def floor(args: argparse.Namespace) -> dict:
 def profile(args: argparse.Namespace) -> dict:
     """The night's steps in-process, timed one by one (the same library calls stage_file and
     apply_staged make, minus Prefect), and the facts frame saved for the rule-stage measurements."""
+    import resource
+
     steps: dict[str, float] = {}
+    rss: dict[str, float] = {}     # the process's peak RSS so far, after each step (MB)
 
     def step(name: str, t0: float) -> float:
         now = time.perf_counter()
         steps[name] = now - t0
+        rss[name] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         return now
 
     t = time.perf_counter()
@@ -85,14 +89,14 @@ def profile(args: argparse.Namespace) -> dict:
     facts.write_parquet(args.facts)
     return {"rows_read": extract.rows, "b12_rows": b12.height, "valid_rows": outcome.valid.height,
             "facts_rows": facts.height, "findings": findings.height, "dates": len(touched),
-            "steps": steps, "work_s": sum(v for k, v in steps.items())}
+            "steps": steps, "peak_rss_after_mb": rss, "work_s": sum(steps.values())}
 
 
 def rules_stage(args: argparse.Namespace) -> dict:
     """The rule stage alone: facts frame -> findings, with the chosen engine, on the first N rows.
 
-    Timed twice; the first call includes compiling the rules (Polars expressions / durable rulesets),
-    the best of the two is the steady state a long night sees."""
+    Called twice: the first call includes compiling the rules (Polars expressions / durable
+    rulesets), as a night's single call does; the second shows the steady state."""
     import polars as pl
 
     from b12pipeline.engine.evaluate import evaluate, evaluator
