@@ -6,6 +6,7 @@ on Prefect's default thread pool or, through prefect-dask, on a local or existin
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 import b12pipeline  # noqa: F401  (telemetry defaults before prefect is imported)
@@ -69,7 +70,11 @@ def task_runner(dask_address: str | None = None, workers: int | None = None):
     if dask_address and workers:
         raise ValueError("give either a Dask address or a number of local workers, not both")
     if not dask_address and not workers:
-        return None
+        # Bounded: Prefect's default pool has no limit, so every chunk ran at once, each holding its
+        # look-back of history (a 365-night backfill of 1.1M rows was OOM-killed at 22 GB, bench/RESULTS.md).
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=os.cpu_count() or 1)
     from prefect_dask import DaskTaskRunner
 
     if dask_address:
