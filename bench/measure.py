@@ -19,6 +19,10 @@ import time
 from pathlib import Path
 
 T_START = time.perf_counter()
+# The profile's steps, in the order the night runs them (run_bench.py orders its tables by this).
+STEPS = ("import", "load rules", "ingest (read_extract)", "B12 scope filter", "validate (GX + row masks)",
+         "merge into history", "read history", "normalize.facts", "cross-row facts", "evaluate (polars rules)",
+         "write queue partitions")
 
 
 def _write(path: str, payload: dict) -> None:
