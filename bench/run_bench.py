@@ -447,7 +447,7 @@ def render(plan: Plan, facts: dict, r: dict, targets: dict, elapsed: float) -> s
           "tree (the `run` CLI plus Prefect's temporary API server). Load = 1-min load average before it started:",
           "the machine is shared, so a load above the core count inflates wall time (CPU time is not).", "",
           "## Machine", ""]
-    pk = ", ".join(f"{k} {v}" for k, v in facts["packages"].items())
+    pk = ", ".join(f"{k} {facts['packages'][k]}" for k in [p for p in PACKAGES if p in facts["packages"]])
     L += _table(["fact", "value"], [
         ["date", facts["date"]], ["CPU", facts["cpu"]], ["cores", str(facts["cores"])],
         ["RAM", f"{facts['ram_gb']:.1f} GB" if facts["ram_gb"] else "unknown"], ["OS", facts["os"]],
@@ -523,7 +523,7 @@ def render(plan: Plan, facts: dict, r: dict, targets: dict, elapsed: float) -> s
          v["load_before"]] for v in r["backfill"].values()])
     if r["synth"]:
         L += ["", "## Data generation (`b12pipeline synth`, not part of any measurement)", ""]
-        L += _table(["dataset", "rows", "wall s"], [[k, v["rows"], v["wall_s"]] for k, v in r["synth"].items()])
+        L += _table(["dataset", "rows", "wall s"], [[k, v["rows"], v["wall_s"]] for k, v in _by_size(r["synth"]).items()])
     return "\n".join(L) + "\n"
 
 
