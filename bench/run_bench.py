@@ -73,7 +73,7 @@ FULL = Plan(
                      label="365 nights x 3k B12 rows"),
     durable_rows=20_000,
     prefect_startup=True,
-    backfill_chunks=(None, 365),       # the default, and the whole year as one chunk
+    backfill_chunks=(None, 7),         # the default (the look-back, 365 days), and 7-day chunks
 )
 # One small all-medication extract over a few nights plays every part (run, all-medication,
 # backfill), so the harness test starts Prefect only twice (run + backfill).

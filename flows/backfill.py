@@ -44,7 +44,7 @@ def backfill_record(out: str, plan: backfill.BackfillPlan, chunk_paths: list[str
 
 @flow(name="b12-backfill", log_prints=False)
 def backfill_flow(start: dt.date, end: dt.date, out: str, rules_dir: str | None = None,
-                  chunk_days: int = 7) -> dict:
+                  chunk_days: int | None = None) -> dict:
     """Re-evaluate history rows with service_date in [start, end]; replace those dates' partitions."""
     logger = get_run_logger()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -65,6 +65,9 @@ def backfill_flow(start: dt.date, end: dt.date, out: str, rules_dir: str | None 
     return manifest
 
 
+DASK_CHUNK_DAYS = 7
+
+
 def task_runner(dask_address: str | None = None, workers: int | None = None):
     """Prefect's thread pool by default; a Dask cluster (existing, or local with N workers) on request."""
     if dask_address and workers:
@@ -83,9 +86,12 @@ def task_runner(dask_address: str | None = None, workers: int | None = None):
                                           "dashboard_address": None})
 
 
-def run_backfill(start: dt.date, end: dt.date, out: str, rules_dir: str | None = None, chunk_days: int = 7,
+def run_backfill(start: dt.date, end: dt.date, out: str, rules_dir: str | None = None, chunk_days: int | None = None,
                  dask_address: str | None = None, workers: int | None = None) -> dict:
-    """Run the backfill flow on the chosen task runner."""
+    """Run the backfill flow on the chosen task runner. Default chunking: the look-back length on the
+    local thread pool (Polars already uses every core), 7 days on Dask (chunks are its parallelism)."""
+    if chunk_days is None and (dask_address or workers):
+        chunk_days = DASK_CHUNK_DAYS
     runner = task_runner(dask_address, workers)
     target = backfill_flow if runner is None else backfill_flow.with_options(task_runner=runner)
     return target(start=start, end=end, out=out, rules_dir=rules_dir, chunk_days=chunk_days)
