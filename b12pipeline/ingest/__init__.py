@@ -13,6 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from b12pipeline.contract import Contract, load_contract
+from b12pipeline.limits import current_limits, file_problem, frame_problem
 
 
 class FileRejected(Exception):
@@ -77,5 +78,12 @@ def read_extract(path: Path | str, source: str | None = None) -> Extract:
     readers = {"csv": canonical.read_csv, "parquet": canonical.read_parquet}
     if fmt not in readers:
         raise FileRejected(path, f"unknown source format {fmt!r}; expected one of {', '.join(sorted(readers))}")
+    limits = current_limits()
+    problem = file_problem(path, fmt, limits)
+    if problem:
+        raise FileRejected(path, problem)
     frame, ignored = readers[fmt](path)
+    problem = frame_problem(frame, load_contract().names, limits)
+    if problem:
+        raise FileRejected(path, problem)
     return Extract(path=path, source_format=fmt, frame=frame, ignored_columns=ignored)
