@@ -233,12 +233,14 @@ def facts(valid: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame:
                 .when(unit.is_in(MG_UNITS)).then(pl.col("dose_value") * 1000)
                 .when(unit.is_in(ML_UNITS)).then(pl.col("dose_value") * pl.col("concentration"))
                 .otherwise(None))
-    df = df.with_columns(pl.when(dose_mcg > 0).then(dose_mcg).otherwise(None).alias("dose_mcg"))
+    # A non-finite dose (a 400-digit typo parses to inf) is unknown, like a non-positive one.
+    df = df.with_columns(pl.when((dose_mcg > 0) & dose_mcg.is_finite()).then(dose_mcg).otherwise(None).alias("dose_mcg"))
     code_map = cfg.code_for_ingredient
     expected_code = pl.col("ingredient").replace_strict(code_map, default=None, return_dtype=pl.String)
     df = df.with_columns(
         expected_code.alias("expected_code"),
-        (pl.col("dose_mcg") / 1000).ceil().cast(pl.Int64).alias("expected_units"),
+        # strict=False: a dose beyond Int64 units (a typo like 1e23 mcg) gives unknown units, not a crash.
+        (pl.col("dose_mcg") / 1000).ceil().cast(pl.Int64, strict=False).alias("expected_units"),
         (pl.col("dose_mcg") / pl.col("concentration")).round(4).alias("dose_ml"),
     )
     df = _dx_facts(df, cfg)
