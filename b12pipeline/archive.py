@@ -15,7 +15,13 @@ def archived_checksums(archive_root: Path) -> set[str]:
     index = archive_root / INDEX
     if not index.exists():
         return set()
-    return {json.loads(line)["sha256"] for line in index.read_text().splitlines() if line.strip()}
+    checksums = set()
+    for line in index.read_text().splitlines():
+        try:
+            checksums.add(json.loads(line)["sha256"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a line torn by a run killed mid-append: that file is simply archived again
+    return checksums
 
 
 def archive_file(path: Path, sha256: str, archive_root: Path, night: str) -> Path:
@@ -29,6 +35,12 @@ def archive_file(path: Path, sha256: str, archive_root: Path, night: str) -> Pat
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.copyfile(path, tmp)
     tmp.replace(target)
+    with open(archive_root / INDEX, "a+b") as fh:
+        fh.seek(0, 2)
+        if fh.tell():  # start on a fresh line even after a torn last line
+            fh.seek(-1, 2)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
     with open(archive_root / INDEX, "a") as fh:
         fh.write(json.dumps({"sha256": sha256, "file": path.name, "night": night,
                              "path": str(target.relative_to(archive_root))}, sort_keys=True) + "\n")

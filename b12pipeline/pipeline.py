@@ -26,6 +26,7 @@ from b12pipeline.ingest import FileRejected, read_extract
 from b12pipeline.paths import OutputLayout
 from b12pipeline.queues import atomic_write_parquet, write_queue_partitions, write_quarantine
 from b12pipeline.reference import Reference, load_reference
+from b12pipeline.runguard import restrict
 from b12pipeline.validate import validate
 
 
@@ -80,6 +81,7 @@ def reject_file(path: Path, layout: OutputLayout, reason: str, move: bool) -> No
     target = layout.rejected / path.name
     if path.exists():
         (shutil.move if move else shutil.copy2)(str(path), target)
+        restrict(target)  # copy2/move keep the source's mode; the output root is owner-only
     (layout.rejected / f"{path.name}.error.txt").write_text(f"{path.name}: {reason}\n")
 
 

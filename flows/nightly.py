@@ -14,6 +14,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from b12pipeline import pipeline, report
 from b12pipeline.archive import archive_file
 from b12pipeline.paths import OutputLayout
+from b12pipeline.runguard import guard_output, note_run
 
 
 def _retry_on_io(task, task_run, state) -> bool:
@@ -32,9 +33,16 @@ def stage_extract(path: str, out: str, run_id: str, night: dt.date, rules_dir: s
                   source: str | None, move_rejected: bool) -> dict:
     rules = pipeline.Rules.load(rules_dir)
     result = pipeline.stage_file(path, out, run_id, night, rules, source=source, move_rejected=move_rejected)
-    if result.status == "processed":
-        archive_file(Path(path), result.sha256, OutputLayout(Path(out)).archive, night.isoformat())
     return result.to_dict()
+
+
+@task(name="archive-extracts", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_on_io)
+def archive_extracts(paths: list[str], inputs: list[dict], out: str, night: dt.date) -> None:
+    """Archive processed files only after their rows are in history: `nightly` skips archived
+    checksums, so archiving earlier would lose a night's rows if the run died in between."""
+    for path, result in zip(paths, inputs):
+        if result["status"] == "processed":
+            archive_file(Path(path), result["sha256"], OutputLayout(Path(out)).archive, night.isoformat())
 
 
 @task(name="apply-night", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_on_io)
@@ -56,11 +64,18 @@ def write_run_record(run_id: str, night: dt.date, started_at: str, inputs: list[
 def nightly_flow(extracts: list[str], out: str, night: dt.date, rules_dir: str | None = None,
                  source: str | None = None, move_rejected: bool = False) -> dict:
     """Process `extracts` as one night. `night` is passed in: nothing below reads the wall clock."""
+    with guard_output(out):  # one run per output root, owner-only files (a no-op inside the CLI's guard)
+        return _nightly(extracts, out, night, rules_dir, source, move_rejected)
+
+
+def _nightly(extracts: list[str], out: str, night: dt.date, rules_dir: str | None, source: str | None,
+             move_rejected: bool) -> dict:
     logger = get_run_logger()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     rules = pipeline.Rules.load(rules_dir)
     checksums = [pipeline.sha256_file(Path(p)) for p in extracts]
     run_id = pipeline.make_run_id(night, checksums, rules.ruleset.version)
+    note_run(out, run_id)
     logger.info("run %s: %d extract(s), ruleset %s", run_id, len(extracts), rules.ruleset.version)
     futures = [stage_extract.submit(p, out, run_id, night, rules_dir, source, move_rejected) for p in extracts]
     inputs = [f.result() for f in futures]
@@ -71,6 +86,7 @@ def nightly_flow(extracts: list[str], out: str, night: dt.date, rules_dir: str |
             logger.info("%s: %d rows read, %d in scope, %d quarantined", i["file"], i["rows_read"],
                         i["in_scope"], i["quarantined"])
     applied = apply_night([i["staged"] for i in inputs if i["staged"]], out, rules_dir, run_id)
+    archive_extracts(extracts, inputs, out, night)
     manifest = write_run_record(run_id, night, started_at, inputs, applied, out, rules_dir, rules.ruleset.version)
     create_markdown_artifact(key="b12-nightly-summary", markdown=report.summary_markdown(manifest),
                              description="Counts only: no patient identifiers.")

@@ -9,17 +9,24 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from b12pipeline import progress
-from b12pipeline.cli.common import EXIT_OK, EXIT_REJECTED, console, err_console, parse_date, today, usage_error
+from b12pipeline.cli.common import (EXIT_OK, EXIT_REJECTED, console, err_console, output_guard, parse_date, today,
+                                    usage_error)
 
+WAIT_HELP = "If another run holds --out, wait for it instead of stopping (exit code 3)."
 EXTRACT_SUFFIXES = (".csv", ".txt", ".parquet", ".pq", ".ndjson", ".jsonl")
 
 
 def run_night(extracts: list[Path], out: Path, night_text: Optional[str], rules: Optional[Path],
-              source: Optional[str], move_rejected: bool) -> int:
+              source: Optional[str], move_rejected: bool, wait: bool = False) -> int:
     night = parse_date(night_text, "--night") or today()
     if rules is not None and not rules.is_dir():
         raise usage_error(f"--rules {rules} is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    with output_guard(out, wait):
+        return _run_night(extracts, out, night, rules, source, move_rejected)
+
+
+def _run_night(extracts: list[Path], out: Path, night, rules: Optional[Path], source: Optional[str],
+               move_rejected: bool) -> int:
     from b12pipeline.engine.rulefile import RuleFileError
     from flows.nightly import nightly_flow
 
@@ -75,12 +82,13 @@ def register(app: typer.Typer) -> None:
         night: Optional[str] = typer.Option(None, help="Date of the night (YYYY-MM-DD); default today."),
         rules: Optional[Path] = typer.Option(None, help="Rules folder (default: the project's rules/)."),
         source: Optional[str] = typer.Option(None, help="Source format (csv, parquet); default from the extension."),
+        wait: bool = typer.Option(False, "--wait", help=WAIT_HELP),
     ) -> None:
         """Process the given extract files as one night."""
         missing = [str(p) for p in extract if not p.is_file()]
         if missing:
             raise usage_error(f"no such file: {', '.join(missing)}")
-        raise typer.Exit(run_night(extract, out, night, rules, source, move_rejected=False))
+        raise typer.Exit(run_night(extract, out, night, rules, source, move_rejected=False, wait=wait))
 
     @app.command()
     def nightly(
@@ -89,10 +97,16 @@ def register(app: typer.Typer) -> None:
         night: Optional[str] = typer.Option(None, help="Date of the night (YYYY-MM-DD); default today."),
         rules: Optional[Path] = typer.Option(None, help="Rules folder (default: the project's rules/)."),
         source: Optional[str] = typer.Option(None, help="Source format for every file; default per extension."),
+        wait: bool = typer.Option(False, "--wait", help=WAIT_HELP),
     ) -> None:
         """Process the files in LANDING that were not processed before (by checksum)."""
         if not landing.is_dir():
             raise usage_error(f"--landing {landing} is not a folder")
+        with output_guard(out, wait):  # held from the archive lookup to the end of the night
+            _nightly(landing, out, night, rules, source)
+
+    def _nightly(landing: Path, out: Path, night: Optional[str], rules: Optional[Path],
+                 source: Optional[str]) -> None:
         from b12pipeline.archive import archived_checksums
         from b12pipeline.paths import OutputLayout
         from b12pipeline.pipeline import sha256_file
