@@ -81,6 +81,7 @@ class SuiteRunner:
         for exp in self.spec["expectations"]:
             polars_mask(exp)  # refuse an expectation we cannot turn into exact row masks
         self.context = gx.get_context(mode="ephemeral")
+        self.context.enable_analytics(False)  # no usage telemetry from a process that holds PHI
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
         suite = gx.ExpectationSuite(**self.spec)
         # GX logs and drops an expectation it cannot build (a misspelled type) instead of raising.
