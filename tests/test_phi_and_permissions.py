@@ -8,6 +8,7 @@ docs site added later under <out> is covered by this test as soon as it is writt
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -96,14 +97,21 @@ def canary_night(prefect_harness, tmp_path_factory):
     flow_run_id = state.state_details.flow_run_id
 
     async def from_api():
+        from prefect.logging.handlers import APILogHandler
+
+        await APILogHandler.aflush()  # log lines are shipped in the background, in batches
         async with get_client() as client:
-            logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+            logs = []
+            for _ in range(50):  # and stored asynchronously by the server
+                logs = await client.read_logs(
+                    log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+                if any("rejected" in log.message for log in logs):
+                    break
+                await asyncio.sleep(0.2)
             artifacts = await client.read_artifacts(
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
             run = await client.read_flow_run(flow_run_id)
             return logs, artifacts, run
-
-    import asyncio
 
     logs, artifacts, flow_run = asyncio.run(from_api())
     return {"out": out, "landing": landing, "manifest": manifest, "records": records, "logs": logs,
