@@ -92,7 +92,7 @@ def stage_file(path: Path | str, out: Path | str, run_id: str, night: dt.date, r
         result.source_format = extract.source_format
         frame = extract.frame
         result.rows_read = frame.height
-        scope = frame.select(normalize.b12_scope(rules.reference).alias("s"))["s"]
+        scope = normalize.scope_mask(frame, rules.reference)
         b12 = frame.filter(scope)
         result.out_of_scope = frame.height - b12.height
         outcome = validate(b12)
