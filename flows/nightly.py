@@ -38,8 +38,8 @@ def stage_extract(path: str, out: str, run_id: str, night: dt.date, rules_dir: s
 
 
 @task(name="apply-night", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_on_io)
-def apply_night(staged: list[str], out: str, rules_dir: str | None, run_id: str) -> dict:
-    return pipeline.apply_staged(staged, out, pipeline.Rules.load(rules_dir), run_id)
+def apply_night(staged: list[str], out: str, rules_dir: str | None, run_id: str, engine: str = "polars") -> dict:
+    return pipeline.apply_staged(staged, out, pipeline.Rules.load(rules_dir), run_id, engine)
 
 
 @task(name="write-run-record", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_on_io)
@@ -54,7 +54,7 @@ def write_run_record(run_id: str, night: dt.date, started_at: str, inputs: list[
 
 @flow(name="b12-nightly", log_prints=False)
 def nightly_flow(extracts: list[str], out: str, night: dt.date, rules_dir: str | None = None,
-                 source: str | None = None, move_rejected: bool = False) -> dict:
+                 source: str | None = None, move_rejected: bool = False, engine: str = "polars") -> dict:
     """Process `extracts` as one night. `night` is passed in: nothing below reads the wall clock."""
     logger = get_run_logger()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -70,7 +70,7 @@ def nightly_flow(extracts: list[str], out: str, night: dt.date, rules_dir: str |
         else:
             logger.info("%s: %d rows read, %d in scope, %d quarantined", i["file"], i["rows_read"],
                         i["in_scope"], i["quarantined"])
-    applied = apply_night([i["staged"] for i in inputs if i["staged"]], out, rules_dir, run_id)
+    applied = apply_night([i["staged"] for i in inputs if i["staged"]], out, rules_dir, run_id, engine)
     manifest = write_run_record(run_id, night, started_at, inputs, applied, out, rules_dir, rules.ruleset.version)
     create_markdown_artifact(key="b12-nightly-summary", markdown=report.summary_markdown(manifest),
                              description="Counts only: no patient identifiers.")
