@@ -91,15 +91,16 @@ def stage_file(path: Path | str, out: Path | str, run_id: str, night: dt.date, r
         extract = read_extract(path, source)
         result.source_format = extract.source_format
         frame = extract.frame
-        result.rows_read = frame.height
+        result.rows_read = extract.rows   # includes rows the reader itself quarantined
         scope = normalize.scope_mask(frame, rules.reference)
         b12 = frame.filter(scope)
-        result.out_of_scope = frame.height - b12.height
-        outcome = validate(b12)
+        held = extract.quarantine_in_scope(normalize.b12_scope(rules.reference))
+        outcome = validate(b12).with_reader_quarantine(held)
+        result.out_of_scope = extract.rows - outcome.rows
         result.unexpected_counts = outcome.unexpected_counts
-        share = outcome.quarantine.height / b12.height if b12.height else 0.0
+        share = outcome.quarantine.height / outcome.rows if outcome.rows else 0.0
         if share > rules.config.max_quarantine_share:
-            raise FileRejected(path, f"{outcome.quarantine.height} of {b12.height} B12 rows failed validation "
+            raise FileRejected(path, f"{outcome.quarantine.height} of {outcome.rows} B12 rows failed validation "
                                      f"({share:.0%} > max_quarantine_share {rules.config.max_quarantine_share:.0%}); "
                                      f"most common: {_top_failures(outcome.unexpected_counts)}")
     except FileRejected as exc:

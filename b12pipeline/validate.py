@@ -47,6 +47,17 @@ class ValidationOutcome:
     def rows(self) -> int:
         return self.valid.height + self.quarantine.height
 
+    def with_reader_quarantine(self, held: pl.DataFrame | None) -> "ValidationOutcome":
+        """Add rows a reader quarantined before validation (an unknown source code, an invalid
+        FHIR line): they carry their own failed_expectations and failure_reasons."""
+        if held is None or held.height == 0:
+            return self
+        counts = dict(self.unexpected_counts)
+        for name, n in held["failed_expectations"].explode().value_counts().iter_rows():
+            counts[name] = counts.get(name, 0) + n
+        quarantine = pl.concat([self.quarantine, held.select(self.quarantine.columns)], how="vertical_relaxed")
+        return ValidationOutcome(valid=self.valid, quarantine=quarantine.sort("source_row"), unexpected_counts=counts)
+
 
 def expectation_name(config: dict) -> str:
     return f"{config['type']}({config['kwargs'].get('column', '')})"

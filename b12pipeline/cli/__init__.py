@@ -22,6 +22,10 @@ _run.register(app)
 _backfill.register(app)
 _rules.register(app)
 
+from b12pipeline.cli import synth as _synth  # noqa: E402
+
+_synth.register(app)
+
 
 def main() -> None:
     # Quiet Prefect's own INFO chatter on the terminal; the CLI prints its own summary.

@@ -92,7 +92,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("var"), "--out", "-o", help="Output root (queues, quarantine, runs, ...)."),
         night: Optional[str] = typer.Option(None, help="Date of the night (YYYY-MM-DD); default today."),
         rules: Optional[Path] = typer.Option(None, help="Rules folder (default: the project's rules/)."),
-        source: Optional[str] = typer.Option(None, help="Source format (csv, parquet); default from the extension."),
+        source: Optional[str] = typer.Option(None, help="Source format (csv, parquet, clarity, fhir, or a schemas/sources mapping); default from the extension and header."),
         engine: str = typer.Option("polars", help=ENGINE_HELP),
     ) -> None:
         """Process the given extract files as one night."""

@@ -8,14 +8,15 @@ import pyarrow.parquet as pq
 
 from b12pipeline.ingest import FileRejected, canonicalise
 
-SUFFIX_FORMATS = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}
+SUFFIX_FORMATS = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet",
+                  ".ndjson": "fhir", ".jsonl": "fhir"}
 
 
 def format_from_suffix(path: Path) -> str:
     fmt = SUFFIX_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise FileRejected(path, f"cannot tell the format from the extension {path.suffix!r}; "
-                                 f"name it .csv or .parquet, or pass --source")
+                                 f"name it .csv, .parquet or .ndjson, or pass --source")
     return fmt
 
 
