@@ -21,13 +21,14 @@ from b12pipeline.paths import schemas_dir
 
 DEFAULT_SUITE = "expectations/canonical_extract.json"
 
-# Checks GX cannot express on text (a regex cannot know February has no 30th): same row-mask form.
+# Checks GX cannot express on text (a regex cannot know February has no 30th): same row-mask form,
+# applied only where the column passed its GX expectations (one reason per problem).
 CALENDAR_CHECKS = {
     "b12_admin_time_is_a_calendar_time(admin_time)": (
-        lambda: pl.col("admin_time").is_not_null() & normalize.local_timestamp().is_null(),
+        "admin_time", lambda: pl.col("admin_time").is_not_null() & normalize.local_timestamp().is_null(),
         "admin_time is not a real calendar date and time"),
     "b12_expiration_date_is_a_calendar_date(expiration_date)": (
-        lambda: pl.col("expiration_date").is_not_null() & normalize.expiry_date().is_null(),
+        "expiration_date", lambda: pl.col("expiration_date").is_not_null() & normalize.expiry_date().is_null(),
         "expiration_date is not a real calendar date"),
 }
 
@@ -45,6 +46,17 @@ class ValidationOutcome:
     @property
     def rows(self) -> int:
         return self.valid.height + self.quarantine.height
+
+    def with_reader_quarantine(self, held: pl.DataFrame | None) -> "ValidationOutcome":
+        """Add rows a reader quarantined before validation (an unknown source code, an invalid
+        FHIR line): they carry their own failed_expectations and failure_reasons."""
+        if held is None or held.height == 0:
+            return self
+        counts = dict(self.unexpected_counts)
+        for name, n in held["failed_expectations"].explode().value_counts().iter_rows():
+            counts[name] = counts.get(name, 0) + n
+        quarantine = pl.concat([self.quarantine, held.select(self.quarantine.columns)], how="vertical_relaxed")
+        return ValidationOutcome(valid=self.valid, quarantine=quarantine.sort("source_row"), unexpected_counts=counts)
 
 
 def expectation_name(config: dict) -> str:
@@ -74,8 +86,10 @@ class SuiteRunner:
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
-        # GX announces its temporary docs folders at INFO; keep the run log to what matters.
-        logging.getLogger("great_expectations").setLevel(logging.WARNING)
+        # GX announces its temporary docs folders at INFO (and pins that module's level to INFO);
+        # keep the run log to what matters.
+        for name in ("great_expectations", "great_expectations.data_context.types.base"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         self.path = suite_path
         self.spec = json.loads(suite_path.read_text())
         for exp in self.spec["expectations"]:
@@ -98,9 +112,15 @@ class SuiteRunner:
             gx.ValidationDefinition(name=self.spec["name"], data=batch, suite=self.suite))
         self._lock = threading.Lock()
 
+    @property
+    def columns(self) -> list[str]:
+        """The columns the suite reads: GX's cost grows with the frame it is handed, not the suite."""
+        return sorted({e["kwargs"]["column"] for e in self.spec["expectations"] if "column" in e["kwargs"]})
+
     def unexpected_counts(self, frame: pl.DataFrame) -> dict[str, int]:
+        batch = frame.select(self.columns).to_pandas()
         with self._lock:
-            result = self.definition.run(batch_parameters={"dataframe": frame.to_pandas()},
+            result = self.definition.run(batch_parameters={"dataframe": batch},
                                          result_format={"result_format": "SUMMARY"})
         counts = {}
         for r in result.results:
@@ -126,13 +146,16 @@ def validate(frame: pl.DataFrame, suite_path: Path | None = None) -> ValidationO
         return ValidationOutcome(valid=frame, quarantine=empty_q.clear())
     gx_counts = runner.unexpected_counts(frame)
     names, masks, reasons = [], [], []
+    by_column: dict[str, list[pl.Expr]] = {}
     for exp in runner.spec["expectations"]:
         names.append(expectation_name(exp))
         masks.append(polars_mask(exp))
         reasons.append(exp.get("meta", {}).get("reason", expectation_name(exp)))
-    for name, (mask, reason) in CALENDAR_CHECKS.items():
+        by_column.setdefault(exp["kwargs"].get("column", ""), []).append(masks[-1])
+    for name, (column, mask, reason) in CALENDAR_CHECKS.items():
         names.append(name)
-        masks.append(mask())
+        earlier = by_column.get(column, [])
+        masks.append(mask() & ~pl.any_horizontal([m.fill_null(False) for m in earlier]) if earlier else mask())
         reasons.append(reason)
     flags = frame.select([m.fill_null(False).alias(f"_f{i}") for i, m in enumerate(masks)])
     counts = {name: int(flags[f"_f{i}"].sum()) for i, name in enumerate(names)}

@@ -46,8 +46,8 @@ def archive_extracts(paths: list[str], inputs: list[dict], out: str, night: dt.d
 
 
 @task(name="apply-night", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_on_io)
-def apply_night(staged: list[str], out: str, rules_dir: str | None, run_id: str) -> dict:
-    return pipeline.apply_staged(staged, out, pipeline.Rules.load(rules_dir), run_id)
+def apply_night(staged: list[str], out: str, rules_dir: str | None, run_id: str, engine: str = "polars") -> dict:
+    return pipeline.apply_staged(staged, out, pipeline.Rules.load(rules_dir), run_id, engine)
 
 
 @task(name="write-run-record", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_on_io)
@@ -62,14 +62,14 @@ def write_run_record(run_id: str, night: dt.date, started_at: str, inputs: list[
 
 @flow(name="b12-nightly", log_prints=False)
 def nightly_flow(extracts: list[str], out: str, night: dt.date, rules_dir: str | None = None,
-                 source: str | None = None, move_rejected: bool = False) -> dict:
+                 source: str | None = None, move_rejected: bool = False, engine: str = "polars") -> dict:
     """Process `extracts` as one night. `night` is passed in: nothing below reads the wall clock."""
     with guard_output(out):  # one run per output root, owner-only files (a no-op inside the CLI's guard)
-        return _nightly(extracts, out, night, rules_dir, source, move_rejected)
+        return _nightly(extracts, out, night, rules_dir, source, move_rejected, engine)
 
 
 def _nightly(extracts: list[str], out: str, night: dt.date, rules_dir: str | None, source: str | None,
-             move_rejected: bool) -> dict:
+             move_rejected: bool, engine: str) -> dict:
     logger = get_run_logger()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     rules = pipeline.Rules.load(rules_dir)
@@ -85,7 +85,7 @@ def _nightly(extracts: list[str], out: str, night: dt.date, rules_dir: str | Non
         else:
             logger.info("%s: %d rows read, %d in scope, %d quarantined", i["file"], i["rows_read"],
                         i["in_scope"], i["quarantined"])
-    applied = apply_night([i["staged"] for i in inputs if i["staged"]], out, rules_dir, run_id)
+    applied = apply_night([i["staged"] for i in inputs if i["staged"]], out, rules_dir, run_id, engine)
     archive_extracts(extracts, inputs, out, night)
     manifest = write_run_record(run_id, night, started_at, inputs, applied, out, rules_dir, rules.ruleset.version)
     create_markdown_artifact(key="b12-nightly-summary", markdown=report.summary_markdown(manifest),

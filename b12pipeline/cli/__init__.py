@@ -15,8 +15,16 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="
                   help="Check every vitamin B12 injection against billing rules before the claim goes out.")
 
 from b12pipeline.cli import run as _run  # noqa: E402
+from b12pipeline.cli import backfill as _backfill  # noqa: E402
+from b12pipeline.cli import rules as _rules  # noqa: E402
 
 _run.register(app)
+_backfill.register(app)
+_rules.register(app)
+
+from b12pipeline.cli import synth as _synth  # noqa: E402
+
+_synth.register(app)
 
 
 def main() -> None:

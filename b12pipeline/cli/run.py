@@ -17,16 +17,17 @@ EXTRACT_SUFFIXES = (".csv", ".txt", ".parquet", ".pq", ".ndjson", ".jsonl")
 
 
 def run_night(extracts: list[Path], out: Path, night_text: Optional[str], rules: Optional[Path],
-              source: Optional[str], move_rejected: bool, wait: bool = False) -> int:
+              source: Optional[str], move_rejected: bool, engine: str = "polars", wait: bool = False) -> int:
     night = parse_date(night_text, "--night") or today()
     if rules is not None and not rules.is_dir():
         raise usage_error(f"--rules {rules} is not a folder")
+    check_engine(engine)
     with output_guard(out, wait):
-        return _run_night(extracts, out, night, rules, source, move_rejected)
+        return _run_night(extracts, out, night, rules, source, move_rejected, engine)
 
 
 def _run_night(extracts: list[Path], out: Path, night, rules: Optional[Path], source: Optional[str],
-               move_rejected: bool) -> int:
+               move_rejected: bool, engine: str) -> int:
     from b12pipeline.engine.rulefile import RuleFileError
     from flows.nightly import nightly_flow
 
@@ -39,7 +40,7 @@ def _run_night(extracts: list[Path], out: Path, night, rules: Optional[Path], so
         try:
             manifest = nightly_flow(extracts=[str(p) for p in extracts], out=str(out), night=night,
                                     rules_dir=str(rules) if rules else None, source=source,
-                                    move_rejected=move_rejected)
+                                    move_rejected=move_rejected, engine=engine)
         except RuleFileError as exc:
             raise usage_error(str(exc)) from None
         finally:
@@ -48,11 +49,28 @@ def _run_night(extracts: list[Path], out: Path, night, rules: Optional[Path], so
     return EXIT_REJECTED if manifest["totals"]["files_rejected"] else EXIT_OK
 
 
+def check_engine(engine: str) -> None:
+    """Usage error for an unknown engine, or durable when durable-rules is not installed."""
+    from b12pipeline.engine.durable import DurableUnavailable
+    from b12pipeline.engine.evaluate import evaluator
+
+    try:
+        evaluator(engine)
+    except (ValueError, DurableUnavailable) as exc:
+        from rich.markup import escape  # the hint contains [durable], which is not markup
+
+        raise usage_error(escape(f"--engine {engine}: {exc}")) from None
+
+
+ENGINE_HELP = "Rule engine: polars (default) or durable (optional second engine; pip install '.[durable]')."
+
+
 def print_summary(manifest: dict, out: Path) -> None:
     t = manifest["totals"]
     files = Table(title=f"Night {manifest['night']} - run {manifest['run_id']}", show_lines=False)
-    for col in ("file", "status", "rows read", "in scope", "out of scope", "quarantined"):
-        files.add_column(col, justify="left" if col in ("file", "status") else "right")
+    files.add_column("file", no_wrap=True, overflow="fold")
+    for col in ("status", "rows read", "in scope", "out of scope", "quarantined"):
+        files.add_column(col, justify="left" if col == "status" else "right")
     for i in manifest["inputs"]:
         status = "[green]processed" if i["status"] == "processed" else "[red]rejected"
         files.add_row(i["file"], status, f"{i['rows_read']:,}", f"{i['in_scope']:,}", f"{i['out_of_scope']:,}",
@@ -81,14 +99,16 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("var"), "--out", "-o", help="Output root (queues, quarantine, runs, ...)."),
         night: Optional[str] = typer.Option(None, help="Date of the night (YYYY-MM-DD); default today."),
         rules: Optional[Path] = typer.Option(None, help="Rules folder (default: the project's rules/)."),
-        source: Optional[str] = typer.Option(None, help="Source format (csv, parquet); default from the extension."),
+        source: Optional[str] = typer.Option(None, help="Source format (csv, parquet, clarity, fhir, or a schemas/sources mapping); default from the extension and header."),
+        engine: str = typer.Option("polars", help=ENGINE_HELP),
         wait: bool = typer.Option(False, "--wait", help=WAIT_HELP),
     ) -> None:
         """Process the given extract files as one night."""
         missing = [str(p) for p in extract if not p.is_file()]
         if missing:
             raise usage_error(f"no such file: {', '.join(missing)}")
-        raise typer.Exit(run_night(extract, out, night, rules, source, move_rejected=False, wait=wait))
+        raise typer.Exit(run_night(extract, out, night, rules, source, move_rejected=False, engine=engine,
+                                   wait=wait))
 
     @app.command()
     def nightly(
@@ -97,16 +117,17 @@ def register(app: typer.Typer) -> None:
         night: Optional[str] = typer.Option(None, help="Date of the night (YYYY-MM-DD); default today."),
         rules: Optional[Path] = typer.Option(None, help="Rules folder (default: the project's rules/)."),
         source: Optional[str] = typer.Option(None, help="Source format for every file; default per extension."),
+        engine: str = typer.Option("polars", help=ENGINE_HELP),
         wait: bool = typer.Option(False, "--wait", help=WAIT_HELP),
     ) -> None:
         """Process the files in LANDING that were not processed before (by checksum)."""
         if not landing.is_dir():
             raise usage_error(f"--landing {landing} is not a folder")
         with output_guard(out, wait):  # held from the archive lookup to the end of the night
-            _nightly(landing, out, night, rules, source)
+            _nightly(landing, out, night, rules, source, engine)
 
     def _nightly(landing: Path, out: Path, night: Optional[str], rules: Optional[Path],
-                 source: Optional[str]) -> None:
+                 source: Optional[str], engine: str) -> None:
         from b12pipeline.archive import archived_checksums
         from b12pipeline.paths import OutputLayout
         from b12pipeline.pipeline import sha256_file
@@ -120,4 +141,4 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(EXIT_OK)
         if len(new) < len(candidates):
             console.print(f"skipping {len(candidates) - len(new)} file(s) already processed (same checksum)")
-        raise typer.Exit(run_night(new, out, night, rules, source, move_rejected=True))
+        raise typer.Exit(run_night(new, out, night, rules, source, move_rejected=True, engine=engine))

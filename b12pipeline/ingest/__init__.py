@@ -33,10 +33,37 @@ class Extract:
     source_format: str
     frame: pl.DataFrame
     ignored_columns: list[str] = field(default_factory=list)
+    # Rows the reader could not map into the contract (an unparseable FHIR line, an unknown MAR
+    # action code): canonical columns (what could be read) + failed_expectations + failure_reasons.
+    # They count as rows read and flow to the quarantine output beside validation's rows.
+    quarantine: pl.DataFrame | None = None
 
     @property
     def rows(self) -> int:
-        return self.frame.height
+        return self.frame.height + self.quarantined_rows
+
+    @property
+    def quarantined_rows(self) -> int:
+        return 0 if self.quarantine is None else self.quarantine.height
+
+    def quarantine_in_scope(self, scope: pl.Expr) -> pl.DataFrame | None:
+        """Reader-quarantined rows that are B12 rows, or whose medication could not be read at all
+        (an unparseable line might be a B12 dose: it is kept rather than counted out of scope)."""
+        if not self.quarantined_rows:
+            return None
+        unreadable = pl.all_horizontal(pl.col(c).is_null() for c in ("medication_name", "ndc", "rxnorm_code"))
+        return self.quarantine.filter(scope | unreadable)
+
+
+def split_quarantine(frame: pl.DataFrame, reasons: pl.Series, check: str) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """Split a canonical frame on a reader's per-row reason (null = fine) into (rows, quarantine)."""
+    bad = reasons.is_not_null()
+    if not bad.any():
+        return frame, None
+    held = frame.filter(bad).with_columns(
+        pl.lit([check], dtype=pl.List(pl.String)).alias("failed_expectations"),
+        reasons.filter(bad).alias("failure_reasons"))
+    return frame.filter(~bad), held
 
 
 def canonicalise(raw: pl.DataFrame, path: Path, contract: Contract | None = None) -> tuple[pl.DataFrame, list[str]]:
@@ -75,15 +102,26 @@ def read_extract(path: Path | str, source: str | None = None) -> Extract:
     if not path.is_file():
         raise FileRejected(path, "no such file")
     fmt = (source or canonical.format_from_suffix(path)).lower()
+    from b12pipeline.ingest import fhir, sourcemapped
+
+    if source is None and fmt == "csv":
+        fmt = sourcemapped.recognise(path) or fmt   # a Clarity-style header is read as clarity
     readers = {"csv": canonical.read_csv, "parquet": canonical.read_parquet}
-    if fmt not in readers:
-        raise FileRejected(path, f"unknown source format {fmt!r}; expected one of {', '.join(sorted(readers))}")
     limits = current_limits()
     problem = file_problem(path, fmt, limits)
     if problem:
         raise FileRejected(path, problem)
-    frame, ignored = readers[fmt](path)
-    problem = frame_problem(frame, load_contract().names, limits)
+    if fmt in readers:
+        frame, ignored = readers[fmt](path)
+        extract = Extract(path=path, source_format=fmt, frame=frame, ignored_columns=ignored)
+    elif fmt == "fhir":
+        extract = fhir.read_fhir(path)
+    elif fmt in sourcemapped.delimited_names():
+        extract = sourcemapped.read_mapped(path, fmt)
+    else:
+        known = sorted(set(readers) | {"fhir"} | set(sourcemapped.delimited_names()))
+        raise FileRejected(path, f"unknown source format {fmt!r}; expected one of {', '.join(known)}")
+    problem = frame_problem(extract.frame, load_contract().names, limits)
     if problem:
         raise FileRejected(path, problem)
-    return Extract(path=path, source_format=fmt, frame=frame, ignored_columns=ignored)
+    return extract

@@ -15,7 +15,8 @@ from b12pipeline.limits import Limits, current_limits, human
 
 DUPLICATE_SUFFIX = r"_duplicated_\d+$"
 COMPRESSED_SUFFIXES = (".gz", ".gzip", ".bz2", ".xz", ".zst", ".zip", ".7z")
-SUFFIX_FORMATS = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}
+SUFFIX_FORMATS = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet",
+                  ".ndjson": "fhir", ".jsonl": "fhir"}
 
 
 def format_from_suffix(path: Path) -> str:
@@ -25,7 +26,7 @@ def format_from_suffix(path: Path) -> str:
                                  f"decompress it into the landing folder first")
     if fmt is None:
         raise FileRejected(path, f"cannot tell the format from the extension {path.suffix!r}; "
-                                 f"name it .csv or .parquet, or pass --source")
+                                 f"name it .csv, .parquet or .ndjson, or pass --source")
     return fmt
 
 

@@ -1,0 +1,138 @@
+"""The synthetic generator: seeded, realistic, and its labels are exactly the findings (docs/synth.md)."""
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from b12pipeline import normalize, synth
+from b12pipeline.cli import app
+from b12pipeline.config import load_site_config
+from b12pipeline.crossrow import add_cross_row_facts
+from b12pipeline.pipeline import Rules, apply_staged, stage_file
+from b12pipeline.queues import read_queue
+
+SPEC_CATALOG = Path("/work/shared/spec/rule-catalog.md")
+CATALOG_IDS = {  # the rule ids of rule-catalog.md (the spec is not read at run time)
+    "CHG-001", "CHG-002", "CODE-001", "CODE-002", "CODE-003", "UNITS-001", "UNITS-002", "UNITS-003",
+    "ADMIN-001", "ADMIN-002", "ADMIN-003", "ADMIN-004", "ADMIN-005", "MOD-001", "MOD-002", "MOD-003",
+    "MOD-004", "MOD-005", "NDC-001", "NDC-002", "NDC-003", "NDC-004", "NDC-005", "DX-001", "DX-002",
+    "DX-003", "FREQ-001", "DUP-001", "DOC-001", "DOC-002", "DOC-003", "DOC-004", "DOC-005", "DOC-006",
+    "DOC-007"}
+
+
+def test_every_catalog_rule_has_a_seeded_defect():
+    seeded = {rule for rule, _ in synth.RECIPES} | set(synth.STRUCTURAL)
+    assert seeded == CATALOG_IDS
+    if SPEC_CATALOG.is_file():   # cross-check against the spec when it is at hand
+        assert set(re.findall(r"^\| ([A-Z]+-\d{3}) \|", SPEC_CATALOG.read_text(), re.M)) == CATALOG_IDS
+
+
+def test_same_seed_same_extract_and_labels_other_seed_differs():
+    a, b = synth.generate(2000, seed=4), synth.generate(2000, seed=4)
+    assert a.frame.equals(b.frame) and a.labels.equals(b.labels)
+    assert not synth.generate(2000, seed=5).frame.equals(a.frame)
+
+
+def test_rows_shares_and_realism():
+    night = synth.generate(8000, seed=2, b12_share=0.25, defect_rate=0.1)
+    frame, ref = night.frame, Rules.load().reference
+    assert frame.height == 8000 and frame["admin_id"].n_unique() == 8000
+    b12 = frame.filter(normalize.b12_scope(ref))
+    assert b12.height == 2000 == night.counts["b12_rows"]
+    labelled = set(night.labels["admin_id"].to_list())
+    clean = b12.filter(~pl.col("admin_id").is_in(list(labelled)))
+    given = clean.filter(pl.col("mar_action") == "Given")
+    # real reference NDCs, Luhn-valid NPIs, mostly 1000 mcg, IM/SC only, covered diagnoses
+    ndc11, _ = normalize.ndc_parts()
+    assert given.select(ndc11.is_in(ref.ndcs.implode()).all()).item()
+    assert given.select(normalize.npi_valid().all()).item()
+    mcg = given.filter(pl.col("dose_unit") == "mcg")["dose_value"].cast(pl.Float64)
+    assert mcg.is_between(100, 1000).all() and (mcg == 1000).mean() > 0.7
+    assert set(given["route"].unique()) == {"IM", "SC"}
+    assert given["diagnosis_codes"].is_not_null().all()
+    assert 0 < (b12["mar_action"] != "Given").sum() < 0.1 * b12.height
+    assert night.labels["admin_id"].is_in(b12["admin_id"].implode()).all()   # defects only on B12 rows
+    assert night.labels.height == pytest.approx(0.1 * 2000, abs=3)
+
+
+def test_patient_histories_have_loading_then_monthly_doses():
+    frame = synth.generate(20000, seed=8, defect_rate=0.0, b12_share=0.5, days=180).frame
+    given = frame.filter((pl.col("mar_action") == "Given") & normalize.b12_scope(Rules.load().reference))
+    gaps = (given.select("patient_id", pl.col("admin_time").str.slice(0, 10).str.to_date().alias("d"))
+            .sort("patient_id", "d")
+            .with_columns((pl.col("d") - pl.col("d").shift().over("patient_id")).dt.total_days().alias("gap"))
+            .drop_nulls("gap"))
+    counts = gaps["gap"].value_counts()
+    assert set(gaps["gap"].unique()) <= {7} | set(range(31, 39))   # weekly loading, then monthly
+    assert counts.filter(pl.col("gap") == 7)["count"].item() > 0
+    assert counts.filter(pl.col("gap") > 30)["count"].sum() > 0
+
+
+def test_cli_writes_the_extract_and_its_labels(tmp_path):
+    out = tmp_path / "night.ndjson"
+    result = CliRunner().invoke(app, ["synth", "--rows", "500", "--seed", "3", "--format", "fhir",
+                                      "--out", str(out), "--defect-rate", "0.2"])
+    assert result.exit_code == 0, result.output
+    assert len(out.read_text().splitlines()) == 500
+    labels = pl.read_parquet(tmp_path / "night.ndjson.labels.parquet")
+    assert labels.columns == ["admin_id", "rule_id"] and labels.height > 0
+    bad = CliRunner().invoke(app, ["synth", "--rows", "5", "--format", "xml", "--out", str(out)])
+    assert bad.exit_code == 2
+
+
+# --- must show 2: a 100k-row night with seeded defects: findings == labels -----------------------
+
+@pytest.fixture(scope="module")
+def night_100k(tmp_path_factory):
+    rules = Rules.load()
+    night = synth.generate(100_000, seed=2024, defect_rate=0.05)
+    root = tmp_path_factory.mktemp("synth100k")
+    path = root / "night.parquet"
+    from b12pipeline.writers import write_extract
+
+    write_extract(night.frame, "parquet", path)
+    result = stage_file(path, root / "out", "run-synth", dt.date(2024, 5, 1), rules)
+    assert result.status == "processed", result.error
+    apply_staged([result.staged], root / "out", rules, "run-synth")
+    findings = read_queue(root / "out" / "queues").select("admin_id", "rule_id")
+    return night, rules, result, findings, pl.read_parquet(result.staged) if result.staged else None
+
+
+def test_100k_night_findings_equal_the_labels_for_every_rule_in_the_ruleset(night_100k):
+    night, rules, result, findings, _ = night_100k
+    assert result.rows_read == 100_000 and result.quarantined == 0
+    assert result.in_scope == night.counts["b12_rows"] == 25_000
+    ids = {r.id for r in rules.ruleset.active}
+    assert CATALOG_IDS <= ids          # the whole catalog is checked (a retired rule drops its labels)
+    expected = night.labels.filter(pl.col("rule_id").is_in(list(ids)))
+    per_rule_expected = dict(expected.group_by("rule_id").len().iter_rows())
+    per_rule_found = dict(findings.group_by("rule_id").len().iter_rows())
+    assert per_rule_found == per_rule_expected                       # counts per rule
+    assert all(per_rule_expected.get(r, 0) >= 30 for r in ids if r in CATALOG_IDS)  # every rule seeded
+    missed = expected.join(findings, on=["admin_id", "rule_id"], how="anti")
+    extra = findings.join(expected, on=["admin_id", "rule_id"], how="anti")
+    assert missed.height == 0, f"seeded defects not found: {missed.group_by('rule_id').len().rows()}"
+    assert extra.height == 0, f"findings on clean rows: {extra.group_by('rule_id').len().rows()}"
+    clean = night.frame.filter(~pl.col("admin_id").is_in(night.labels["admin_id"].implode()))
+    assert not findings["admin_id"].is_in(clean["admin_id"].implode()).any()
+
+
+def test_100k_night_cross_row_labels_match_the_cross_row_facts(night_100k):
+    """FREQ-001 and DUP-001 labels, checked again on the cross-row facts those rules read."""
+    night, rules, _, _, staged = night_100k
+    cfg = load_site_config(rules.ruleset.directory / "site.yaml")
+    facts = add_cross_row_facts(normalize.facts(staged, rules.reference, cfg), cfg)
+    injection = pl.col("given") & pl.col("route_class").is_in(["injectable", "intravenous"])
+    freq = facts.filter(injection & pl.col("payer_type").is_in(list(cfg.frequency_payers))
+                        & pl.col("prior_injection_within_window")
+                        & (pl.col("days_since_first_injection") > cfg.loading_phase_days))
+    dup = facts.filter(injection & pl.col("duplicate_of_prior"))
+    labels = night.labels
+    assert set(freq["admin_id"]) == set(labels.filter(pl.col("rule_id") == "FREQ-001")["admin_id"])
+    assert set(dup["admin_id"]) == set(labels.filter(pl.col("rule_id") == "DUP-001")["admin_id"])
+    assert freq.height >= 30 and dup.height >= 30
