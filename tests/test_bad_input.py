@@ -278,3 +278,66 @@ def test_validation_splits_every_row_exactly_once(rows):
     rows_seen = outcome.valid["source_row"].to_list() + outcome.quarantine["source_row"].to_list()
     assert sorted(rows_seen) == list(range(1, frame.height + 1))
     assert all(outcome.quarantine["failure_reasons"].to_list())
+
+
+# --- Clarity-style CSV and FHIR NDJSON (the source readers) --------------------------------------
+
+SOURCES = Path(__file__).resolve().parent.parent / "data" / "fixtures" / "sources"
+CLARITY_ROWS = list(csv.reader(io.StringIO((SOURCES / "emar_2024-03-01.clarity.csv").read_text())))
+FHIR_LINES = (SOURCES / "emar_2024-03-01.fhir.ndjson").read_text().splitlines()
+
+
+@st.composite
+def clarity_files(draw) -> tuple[bytes, int]:
+    header, body = CLARITY_ROWS[0], CLARITY_ROWS[1:]
+    rows = [list(draw(st.sampled_from(body))) for _ in range(draw(st.integers(0, 12)))]
+    for row in rows:
+        if draw(st.booleans()):
+            for i in draw(st.lists(st.integers(0, len(header) - 1), max_size=4, unique=True)):
+                row[i] = draw(text_value)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerows([header, *rows])
+    return buf.getvalue().encode(), len(rows)
+
+
+@STAGED
+@given(clarity_files())
+def test_generated_clarity_rows_are_all_accounted_for(rules_lenient, generated):
+    data, n_rows = generated
+    result, path, out = _stage(data, "gen.clarity.csv", rules_lenient)
+    assert result.status == "rejected" or result.source_format == "clarity"
+    _assert_accounted(result, path, out, n_rows)
+
+
+def _json_mutation(line: str) -> st.SearchStrategy[str]:
+    import json as _json
+
+    def set_value(value, key):
+        res = _json.loads(line)
+        res[key] = value
+        return _json.dumps(res)
+
+    keys = list(_json.loads(line))
+    json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | text_value,
+                               lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                           max_size=3), max_leaves=6)
+    return st.one_of(
+        st.just(line),
+        st.builds(set_value, json_values, st.sampled_from(keys + ["id", "status", "effectiveDateTime", "dosage"])),
+        text_value.map(lambda t: t.replace("\n", " ").replace("\r", " ")),   # not JSON at all
+    )
+
+
+@st.composite
+def fhir_files(draw) -> tuple[bytes, int]:
+    lines = [draw(_json_mutation(draw(st.sampled_from(FHIR_LINES)))) for _ in range(draw(st.integers(1, 10)))]
+    return ("\n".join(lines) + "\n").encode(), len(lines)
+
+
+@STAGED
+@given(fhir_files())
+def test_generated_fhir_resources_are_all_accounted_for(rules_lenient, generated):
+    data, n_lines = generated
+    result, path, out = _stage(data, "gen.ndjson", rules_lenient)
+    _assert_accounted(result, path, out, n_lines)

@@ -132,7 +132,7 @@ def test_killed_runs_leave_no_partial_files_and_the_rerun_completes_the_night(bi
     done = _run(args + [str(reference)], cli_env)
     assert done.returncode == 0, done.stderr
     expected = _findings(reference)
-    assert expected.height > DAYS and set(expected["queue"]) == {"coding", "documentation"}
+    assert expected.height > DAYS and {"coding", "documentation"} <= set(expected["queue"])
 
     out = tmp_path / "crashed"
     rng = random.Random(20240301)
