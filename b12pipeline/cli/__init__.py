@@ -15,8 +15,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="
                   help="Check every vitamin B12 injection against billing rules before the claim goes out.")
 
 from b12pipeline.cli import run as _run  # noqa: E402
+from b12pipeline.cli import queue as _queue  # noqa: E402
 
 _run.register(app)
+_queue.register(app)
 
 
 def main() -> None:
