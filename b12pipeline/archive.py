@@ -33,3 +33,16 @@ def archive_file(path: Path, sha256: str, archive_root: Path, night: str) -> Pat
         fh.write(json.dumps({"sha256": sha256, "file": path.name, "night": night,
                              "path": str(target.relative_to(archive_root))}, sort_keys=True) + "\n")
     return target
+
+
+EXTRACT_SUFFIXES = (".csv", ".txt", ".parquet", ".pq", ".ndjson", ".jsonl")
+
+
+def landing_extracts(landing: Path, archive_root: Path) -> tuple[list[Path], list[Path]]:
+    """(every extract file in `landing`, the ones whose checksum is not archived yet), sorted by name."""
+    from b12pipeline.pipeline import sha256_file   # pipeline imports this module's neighbours
+
+    seen = archived_checksums(archive_root)
+    candidates = sorted(p for p in landing.iterdir() if p.is_file() and not p.name.startswith(".")
+                        and p.suffix.lower() in EXTRACT_SUFFIXES)
+    return candidates, [p for p in candidates if sha256_file(p) not in seen]

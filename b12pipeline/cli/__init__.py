@@ -16,9 +16,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="
 
 from b12pipeline.cli import run as _run  # noqa: E402
 from b12pipeline.cli import queue as _queue  # noqa: E402
+from b12pipeline.cli import serve as _serve  # noqa: E402
 
 _run.register(app)
 _queue.register(app)
+_serve.register(app)
 
 
 def main() -> None:
