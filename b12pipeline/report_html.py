@@ -165,7 +165,7 @@ def bar_chart(chart_id: str, title: str, items: list[tuple[str, int]], colours: 
     height = pad * 2 + row_h * max(len(items), 1)
     top = max((n for _, n in items), default=0) or 1
     parts = [f"<figure class='chart'><figcaption>{e(title)}</figcaption>",
-             f"<svg xmlns='http://www.w3.org/2000/svg' class='chart' data-chart='{e(chart_id)}' role='img' "
+             f"<svg class='chart' data-chart='{e(chart_id)}' role='img' "
              f"aria-label='{e(title)}' width='{label_w + bar_w + 70}' height='{height}' "
              f"viewBox='0 0 {label_w + bar_w + 70} {height}'>"]
     if not items:
@@ -196,7 +196,7 @@ def trend_chart(chart_id: str, trend: list[dict]) -> str:
         return round(x, 1), round(top_pad + plot_h - plot_h * v / peak, 1)
 
     parts = [f"<figure class='chart wide'><figcaption>Findings per queue, per night</figcaption>",
-             f"<svg xmlns='http://www.w3.org/2000/svg' class='chart' data-chart='{e(chart_id)}' role='img' "
+             f"<svg class='chart' data-chart='{e(chart_id)}' role='img' "
              f"aria-label='Findings per queue per night' width='{width}' height='{height}' "
              f"viewBox='0 0 {width} {height}'>",
              f"<line x1='{left}' y1='{top_pad + plot_h}' x2='{left + plot_w}' y2='{top_pad + plot_h}' class='axis'/>",
