@@ -21,13 +21,14 @@ from b12pipeline.paths import schemas_dir
 
 DEFAULT_SUITE = "expectations/canonical_extract.json"
 
-# Checks GX cannot express on text (a regex cannot know February has no 30th): same row-mask form.
+# Checks GX cannot express on text (a regex cannot know February has no 30th): same row-mask form,
+# applied only where the column passed its GX expectations (one reason per problem).
 CALENDAR_CHECKS = {
     "b12_admin_time_is_a_calendar_time(admin_time)": (
-        lambda: pl.col("admin_time").is_not_null() & normalize.local_timestamp().is_null(),
+        "admin_time", lambda: pl.col("admin_time").is_not_null() & normalize.local_timestamp().is_null(),
         "admin_time is not a real calendar date and time"),
     "b12_expiration_date_is_a_calendar_date(expiration_date)": (
-        lambda: pl.col("expiration_date").is_not_null() & normalize.expiry_date().is_null(),
+        "expiration_date", lambda: pl.col("expiration_date").is_not_null() & normalize.expiry_date().is_null(),
         "expiration_date is not a real calendar date"),
 }
 
@@ -75,8 +76,10 @@ class SuiteRunner:
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
-        # GX announces its temporary docs folders at INFO; keep the run log to what matters.
-        logging.getLogger("great_expectations").setLevel(logging.WARNING)
+        # GX announces its temporary docs folders at INFO (and pins that module's level to INFO);
+        # keep the run log to what matters.
+        for name in ("great_expectations", "great_expectations.data_context.types.base"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         self.path = suite_path
         self.spec = json.loads(suite_path.read_text())
         for exp in self.spec["expectations"]:
@@ -134,13 +137,16 @@ def validate(frame: pl.DataFrame, suite_path: Path | None = None) -> ValidationO
         return ValidationOutcome(valid=frame, quarantine=empty_q.clear())
     gx_counts, gx_result = runner.run(frame)
     names, masks, reasons = [], [], []
+    by_column: dict[str, list[pl.Expr]] = {}
     for exp in runner.spec["expectations"]:
         names.append(expectation_name(exp))
         masks.append(polars_mask(exp))
         reasons.append(exp.get("meta", {}).get("reason", expectation_name(exp)))
-    for name, (mask, reason) in CALENDAR_CHECKS.items():
+        by_column.setdefault(exp["kwargs"].get("column", ""), []).append(masks[-1])
+    for name, (column, mask, reason) in CALENDAR_CHECKS.items():
         names.append(name)
-        masks.append(mask())
+        earlier = by_column.get(column, [])
+        masks.append(mask() & ~pl.any_horizontal([m.fill_null(False) for m in earlier]) if earlier else mask())
         reasons.append(reason)
     flags = frame.select([m.fill_null(False).alias(f"_f{i}") for i, m in enumerate(masks)])
     counts = {name: int(flags[f"_f{i}"].sum()) for i, name in enumerate(names)}

@@ -43,8 +43,9 @@ def run_night(extracts: list[Path], out: Path, night_text: Optional[str], rules:
 def print_summary(manifest: dict, out: Path) -> None:
     t = manifest["totals"]
     files = Table(title=f"Night {manifest['night']} - run {manifest['run_id']}", show_lines=False)
-    for col in ("file", "status", "rows read", "in scope", "out of scope", "quarantined"):
-        files.add_column(col, justify="left" if col in ("file", "status") else "right")
+    files.add_column("file", no_wrap=True, overflow="fold")
+    for col in ("status", "rows read", "in scope", "out of scope", "quarantined"):
+        files.add_column(col, justify="left" if col == "status" else "right")
     for i in manifest["inputs"]:
         status = "[green]processed" if i["status"] == "processed" else "[red]rejected"
         files.add_row(i["file"], status, f"{i['rows_read']:,}", f"{i['in_scope']:,}", f"{i['out_of_scope']:,}",

@@ -1,0 +1,120 @@
+"""Ingest and validation on real file shapes: canonical CSV and typed Parquet, real GX."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from b12pipeline.ingest import FileRejected, read_extract
+from b12pipeline.pipeline import stage_file
+from b12pipeline.validate import SuiteError, SuiteRunner, validate
+
+NIGHT_CSV = "emar_2024-03-01.csv"
+
+
+def test_csv_reads_every_contract_column_as_text_with_lineage(fixtures_dir):
+    ex = read_extract(fixtures_dir / NIGHT_CSV)
+    frame = ex.frame
+    assert ex.source_format == "csv"
+    assert frame.height == 16
+    assert frame["source_row"].to_list() == list(range(1, 17))
+    assert set(frame["source_file"]) == {NIGHT_CSV}
+    assert all(dtype == pl.String for name, dtype in frame.schema.items()
+               if name not in ("source_row", "has_charge_hcpcs", "has_admin_cpt"))
+    # an empty cell is null, not ""
+    assert frame.filter(pl.col("admin_id") == "MAR-1004-1")["dose_value"].to_list() == [None]
+
+
+def test_parquet_typed_columns_become_the_same_text(fixtures_dir):
+    frame = read_extract(fixtures_dir / "emar_2024-03-02.parquet").frame
+    first = frame.row(0, named=True)
+    # tz-aware timestamp: wall-clock time as written, with its offset; floats and dates as text
+    assert first["admin_time"] == "2024-03-02T09:00:00-05:00"
+    assert first["dose_value"] == "1000.0"
+    assert first["expiration_date"] == "2025-06-30"
+
+
+def test_missing_required_column_rejects_the_file_naming_file_and_column(tmp_path, fixtures_dir):
+    bad = tmp_path / "no_admin_id.csv"
+    pl.read_csv(fixtures_dir / NIGHT_CSV, infer_schema=False).drop("admin_id").write_csv(bad)
+    with pytest.raises(FileRejected) as err:
+        read_extract(bad)
+    assert "no_admin_id.csv" in str(err.value) and "admin_id" in str(err.value)
+
+
+def test_wrong_delimiter_is_named_in_the_rejection(tmp_path, fixtures_dir):
+    bad = tmp_path / "semicolons.csv"
+    pl.read_csv(fixtures_dir / NIGHT_CSV, infer_schema=False).write_csv(bad, separator=";")
+    with pytest.raises(FileRejected, match="delimiter"):
+        read_extract(bad)
+
+
+def test_bad_rows_are_quarantined_with_the_failed_expectations(fixtures_dir):
+    frame = read_extract(fixtures_dir / NIGHT_CSV).frame
+    outcome = validate(frame)
+    assert outcome.rows == frame.height  # nothing lost
+    q = {r["admin_id"]: r for r in outcome.quarantine.iter_rows(named=True)}
+    assert set(q) == {"MAR-1009-1", "MAR-1010-1", "MAR-1016-1"}
+    assert q["MAR-1009-1"]["failed_expectations"] == ["expect_column_values_to_match_regex(admin_time)"]
+    assert "admin_time" in q["MAR-1009-1"]["failure_reasons"]
+    assert q["MAR-1010-1"]["failed_expectations"] == ["expect_column_values_to_match_regex(dose_value)"]
+    assert "negative" in q["MAR-1010-1"]["failure_reasons"]
+    assert q["MAR-1010-1"]["source_row"] == 10
+
+
+def test_a_real_calendar_check_catches_what_a_regex_cannot():
+    frame = pl.DataFrame({"admin_id": ["A1"], "patient_id": ["P"], "encounter_id": ["E"],
+                          "admin_time": ["2024-02-30T10:00:00"], "mar_action": ["Given"],
+                          "medication_name": ["cyanocobalamin"]})
+    from b12pipeline.contract import load_contract
+    full = frame.with_columns([pl.lit(None, dtype=pl.String).alias(c) for c in load_contract().names
+                               if c not in frame.columns])
+    outcome = validate(full)
+    assert outcome.quarantine["failed_expectations"].to_list() == [["b12_admin_time_is_a_calendar_time(admin_time)"]]
+
+
+def test_suite_with_a_misspelled_expectation_is_refused(tmp_path):
+    from b12pipeline.paths import schemas_dir
+
+    spec = json.loads((schemas_dir() / "expectations/canonical_extract.json").read_text())
+    spec["name"] = "typo_suite"
+    spec["expectations"].append({"type": "expect_column_values_to_not_be_nul", "kwargs": {"column": "admin_id"}})
+    path = tmp_path / "typo.json"
+    path.write_text(json.dumps(spec))
+    with pytest.raises(SuiteError):
+        SuiteRunner(path)
+
+
+def test_the_shipped_suite_loads_every_expectation():
+    from b12pipeline.validate import suite_runner
+
+    runner = suite_runner()
+    assert len(runner.suite.expectations) == len(runner.spec["expectations"]) > 10
+
+
+def test_stage_counts_add_up_and_out_of_scope_rows_are_not_policed(tmp_path, fixtures_dir, rules):
+    import datetime as dt
+
+    res = stage_file(fixtures_dir / NIGHT_CSV, tmp_path, "run-test", dt.date(2024, 3, 1), rules)
+    assert res.status == "processed"
+    assert res.rows_read == res.in_scope + res.out_of_scope + res.quarantined == 16
+    # MAR-1016-1 (ondansetron, negative dose) is not B12: counted out of scope, not quarantined
+    assert (res.in_scope, res.out_of_scope, res.quarantined) == (10, 4, 2)
+    quarantine = pl.read_parquet(tmp_path / "quarantine" / "**" / "*.parquet", hive_partitioning=False)
+    assert sorted(quarantine["admin_id"]) == ["MAR-1009-1", "MAR-1010-1"]
+    assert {"source_file", "source_row", "failed_expectations", "run_id"} <= set(quarantine.columns)
+
+
+def test_too_many_failing_rows_rejects_the_whole_file(tmp_path, fixtures_dir, rules):
+    import datetime as dt
+
+    bad = tmp_path / "mostly_bad.csv"
+    pl.read_csv(fixtures_dir / NIGHT_CSV, infer_schema=False).with_columns(
+        pl.lit("yesterday").alias("admin_time")).write_csv(bad)
+    res = stage_file(bad, tmp_path / "out", "run-test", dt.date(2024, 3, 1), rules)
+    assert res.status == "rejected" and "max_quarantine_share" in res.error
+    assert (tmp_path / "out" / "rejected" / "mostly_bad.csv").read_bytes() == bad.read_bytes()
+    assert "mostly_bad.csv" in (tmp_path / "out" / "rejected" / "mostly_bad.csv.error.txt").read_text()
