@@ -65,6 +65,8 @@ def print_summary(manifest: dict, out: Path) -> None:
     console.print(f"queues:     {out / 'queues'}")
     console.print(f"quarantine: {out / 'quarantine'}")
     console.print(f"run record: {out / 'runs' / manifest['run_id'] / 'manifest.json'}")
+    if "run_report" in manifest:
+        console.print(f"report:     {out / manifest['run_report']}")
 
 
 def register(app: typer.Typer) -> None:
