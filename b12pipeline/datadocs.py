@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import shutil
 from pathlib import Path
 
 from b12pipeline.paths import OutputLayout, schemas_dir
@@ -45,8 +46,10 @@ def build_data_docs(out: Path | str, run_id: str, run_time: dt.datetime,
     from great_expectations.data_context.types.resource_identifiers import (
         ExpectationSuiteIdentifier, ValidationResultIdentifier)
 
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    for name in ("great_expectations", "great_expectations.data_context.types.base"):   # as validate.py
+        logging.getLogger(name).setLevel(logging.WARNING)
     site = layout.run_dir(run_id) / SITE_DIR
+    shutil.rmtree(site, ignore_errors=True)   # a re-run of the same run id must not keep the earlier pages
     context = gx.get_context(mode="ephemeral")
     context.add_data_docs_site(site_name=SITE_NAME, site_config={
         "class_name": "SiteBuilder",

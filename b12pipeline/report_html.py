@@ -18,7 +18,7 @@ import polars as pl
 from b12pipeline.engine.rulefile import QUEUES, SEVERITIES
 from b12pipeline.history import read_history
 from b12pipeline.paths import OutputLayout
-from b12pipeline.queues import read_queue
+from b12pipeline.queues import PART_NAME, partition_dir
 
 TREND_NIGHTS = 14
 TOP_N = 10
@@ -73,7 +73,9 @@ def findings_by_origin(layout: OutputLayout, dates: list[dt.date]) -> dict[str, 
     empty = {"place_of_service": [], "ordering_provider_npi": []}
     if not dates:
         return empty
-    found = read_queue(layout.queues).filter(pl.col("service_date").is_in(dates)).select("admin_id")
+    parts = [p for q in QUEUES for d in dates if (p := partition_dir(layout.queues, q, d) / PART_NAME).exists()]
+    found = (pl.concat([pl.read_parquet(p, columns=["admin_id"]) for p in parts]) if parts
+             else pl.DataFrame(schema={"admin_id": pl.String}))
     rows = read_history(layout.history, min(dates), max(dates))
     if found.height == 0 or rows is None:
         return empty

@@ -109,3 +109,14 @@ def test_night_is_the_scheduled_date_in_the_site_time_zone(when, tz, night):
 def test_unknown_time_zone_is_refused():
     with pytest.raises(ValueError, match="time zone"):
         night_of(dt.datetime(2024, 3, 3), "Mars/Olympus")
+
+
+def test_rebuilding_data_docs_replaces_the_earlier_pages(two_nights):
+    from b12pipeline.datadocs import build_data_docs
+
+    out, manifests = two_nights
+    m = manifests[0]
+    index = build_data_docs(out, m["run_id"], dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc))
+    assert index == (out / m["validation_docs"]).resolve() or index == out / m["validation_docs"]
+    pages = list((run_dir(out, m) / "validation" / "validations").rglob("*.html"))
+    assert len(pages) == m["totals"]["files"] and all("20300101T" in str(p) for p in pages)
