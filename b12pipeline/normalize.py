@@ -241,8 +241,40 @@ def facts(valid: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame:
         (pl.col("dose_mcg") / 1000).ceil().cast(pl.Int64).alias("expected_units"),
         (pl.col("dose_mcg") / pl.col("concentration")).round(4).alias("dose_ml"),
     )
+    df = df.with_columns(
+        dose_plus_waste_mcg().alias("dose_plus_waste_mcg"),
+        unit_capacity_mcg().alias("unit_capacity_mcg"),
+        ndc_qty_diff_ml().alias("ndc_qty_diff_ml"),
+        claim_needs_jwjz(cfg.mod002_institutional).alias("claim_needs_jwjz"),
+        pl.col("dx_codes").list.len().cast(pl.Int64).alias("dx_count"),
+    )
     df = _dx_facts(df, cfg)
     return df.drop("_row", "rx_ingredient").sort("source_file", "source_row")
+
+
+# --- derivations for the catalog rules (read dose_mcg, dose_ml, expected_units: run after them) --
+
+def dose_plus_waste_mcg() -> pl.Expr:
+    """MOD-003: dose given plus documented waste; an empty waste counts as 0 (null if the dose is unknown)."""
+    return pl.col("dose_mcg") + pl.col("waste_mcg").fill_null(0.0)
+
+
+def unit_capacity_mcg() -> pl.Expr:
+    """MOD-003: mcg the billed J3420 units cover (units x 1000): charge_units when the line has them,
+    else the units the dose needs (expected_units)."""
+    return (pl.coalesce(pl.col("charge_units"), pl.col("expected_units")) * 1000).cast(pl.Float64)
+
+
+def ndc_qty_diff_ml() -> pl.Expr:
+    """NDC-005: |charge_ndc_qty - dose_ml| in mL, rounded to 4 places so 0.51 vs 0.5 is exactly 0.01."""
+    return (pl.col("charge_ndc_qty") - pl.col("dose_ml")).abs().round(4)
+
+
+def claim_needs_jwjz(institutional_too: bool) -> pl.Expr:
+    """MOD-002: the claim type the JW/JZ requirement is checked on: professional, plus institutional
+    when the site sets mod002_institutional (the value arrives here as a plain bool)."""
+    types = ["professional", "institutional"] if institutional_too else ["professional"]
+    return pl.col("claim_type").is_in(types).fill_null(False)
 
 
 def expected_units(dose_mcg: float) -> int:

@@ -34,8 +34,8 @@ def test_run_writes_every_queue_column_and_a_rerun_changes_nothing(tmp_path, fix
     assert list(FINDING_COLUMNS) == SPEC_COLUMNS
     found = read_queue(out / "queues")
     assert set(zip(found["admin_id"], found["rule_id"])) == {
-        ("MAR-1003-1", "UNITS-001"), ("MAR-1004-1", "UNITS-002"), ("MAR-1005-1", "CODE-001"),
-        ("MAR-1006-1", "DOC-001")}
+        ("MAR-1003-1", "UNITS-001"), ("MAR-1003-1", "UNITS-003"), ("MAR-1004-1", "UNITS-002"),
+        ("MAR-1005-1", "CODE-001"), ("MAR-1006-1", "DOC-001")}
     units = found.filter(pl.col("rule_id") == "UNITS-001").row(0, named=True)
     assert units["expected"] == "J3420 x 2" and units["actual"] == "J3420 x 1"
     assert units["ndc11"] == "69680012130" and units["dose_mcg"] == 2000.0 and units["source_row"] == 3
@@ -59,7 +59,7 @@ def test_a_rejected_file_does_not_stop_the_good_one(tmp_path, fixtures_dir):
     assert "no_admin_id.csv" in result.output and "admin_id" in result.output
     assert (out / "rejected" / "no_admin_id.csv").read_bytes() == bad.read_bytes()
     assert "missing required column(s) admin_id" in (out / "rejected" / "no_admin_id.csv.error.txt").read_text()
-    assert read_queue(out / "queues").height == 4       # the good file was processed
+    assert read_queue(out / "queues").height == 5       # the good file was processed
     assert bad.exists()                                  # `run` copies aside; it never deletes the user's file
     quarantine = pl.read_parquet(out / "quarantine" / "**" / "*.parquet", hive_partitioning=False)
     reasons = dict(zip(quarantine["admin_id"], quarantine["failure_reasons"]))
