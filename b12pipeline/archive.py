@@ -1,38 +1,94 @@
 """Archive: every ingested extract kept byte-for-byte under <out>/archive, keyed by its SHA-256.
 
-The same file arriving twice (same bytes, any name) is recognised by its checksum.
+Layout: <out>/archive/<sha[:2]>/<sha>/<original name> plus <original name>.sha256 beside it (the
+`sha256sum -c` format), and <out>/archive/index.jsonl with one line per archived file
+({sha256, file, night, path}). The same file arriving twice (same bytes, any name) is recognised by
+its checksum: it is neither copied nor indexed again.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
+import threading
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
+from b12pipeline.pipeline import sha256_file
+
 INDEX = "index.jsonl"
+_LOCK = threading.Lock()   # nightly stages extracts in a thread pool: one archiver at a time
+
+
+class ArchiveError(RuntimeError):
+    """The archived copy does not have the checksum the file was processed with."""
+
+
+@contextmanager
+def _locked(archive_root: Path):
+    """Threads of this process and other processes (a second CLI run) archive one at a time."""
+    archive_root.mkdir(parents=True, exist_ok=True)
+    with _LOCK, open(archive_root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def archive_index(archive_root: Path) -> list[dict]:
+    index = archive_root / INDEX
+    if not index.exists():
+        return []
+    return [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
 
 
 def archived_checksums(archive_root: Path) -> set[str]:
-    index = archive_root / INDEX
-    if not index.exists():
-        return set()
-    return {json.loads(line)["sha256"] for line in index.read_text().splitlines() if line.strip()}
+    return {entry["sha256"] for entry in archive_index(archive_root)}
+
+
+def _existing_copy(folder: Path) -> Path | None:
+    copies = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                    and p.suffix != ".sha256") if folder.is_dir() else []
+    return copies[0] if copies else None
 
 
 def archive_file(path: Path, sha256: str, archive_root: Path, night: str) -> Path:
-    """Copy `path` into the archive once; returns the archived copy."""
-    target = archive_root / sha256[:2] / sha256 / path.name
-    if sha256 in archived_checksums(archive_root) and target.parent.exists():
-        existing = next(target.parent.iterdir(), None)
-        if existing is not None:
+    """Copy `path` into the archive once and return the archived copy.
+
+    `sha256` is the checksum the file was processed with; the copy is verified against it, so the
+    archive never holds bytes other than those that were ingested (e.g. a file still being written).
+    """
+    path = Path(path)
+    with _locked(archive_root):
+        folder = archive_root / sha256[:2] / sha256
+        existing = _existing_copy(folder)
+        if existing is not None and sha256_file(existing) == sha256:
+            if sha256 not in archived_checksums(archive_root):   # copied, then crashed before indexing
+                _append_index(archive_root, sha256, existing, night)
             return existing
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.copyfile(path, tmp)
-    tmp.replace(target)
+        target = folder / path.name
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{path.name}.{uuid.uuid4().hex}.tmp"
+        try:
+            shutil.copyfile(path, tmp)
+            actual = sha256_file(tmp)
+            if actual != sha256:
+                raise ArchiveError(f"{path.name}: changed after it was read (checksum {actual[:12]}, "
+                                   f"processed as {sha256[:12]}); not archived")
+            tmp.replace(target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        (folder / f"{path.name}.sha256").write_text(f"{sha256}  {path.name}\n")
+        _append_index(archive_root, sha256, target, night)
+        return target
+
+
+def _append_index(archive_root: Path, sha256: str, target: Path, night: str) -> None:
     with open(archive_root / INDEX, "a") as fh:
-        fh.write(json.dumps({"sha256": sha256, "file": path.name, "night": night,
+        fh.write(json.dumps({"sha256": sha256, "file": target.name, "night": night,
                              "path": str(target.relative_to(archive_root))}, sort_keys=True) + "\n")
-    return target
 
 
 EXTRACT_SUFFIXES = (".csv", ".txt", ".parquet", ".pq", ".ndjson", ".jsonl")
@@ -40,8 +96,6 @@ EXTRACT_SUFFIXES = (".csv", ".txt", ".parquet", ".pq", ".ndjson", ".jsonl")
 
 def landing_extracts(landing: Path, archive_root: Path) -> tuple[list[Path], list[Path]]:
     """(every extract file in `landing`, the ones whose checksum is not archived yet), sorted by name."""
-    from b12pipeline.pipeline import sha256_file   # pipeline imports this module's neighbours
-
     seen = archived_checksums(archive_root)
     candidates = sorted(p for p in landing.iterdir() if p.is_file() and not p.name.startswith(".")
                         and p.suffix.lower() in EXTRACT_SUFFIXES)

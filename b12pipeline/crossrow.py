@@ -2,6 +2,11 @@
 
 Computed over history plus the night's rows, looking only backwards from each administration, so
 the answer for a date never depends on rows from later dates or on the wall clock.
+
+No pairwise self-join: each derivation is one as-of join (or one shift over a sorted frame) that
+finds the single nearest earlier injection that can decide the answer. The work is O(n log n) in
+the rows read, whatever the length of a patient's history, and no row is ever paired with an
+injection outside its lookback window.
 """
 from __future__ import annotations
 
@@ -10,41 +15,64 @@ import polars as pl
 from b12pipeline.config import SiteConfig
 
 CROSS_ROW_COLUMNS = ("prior_injection_within_window", "days_since_first_injection", "duplicate_of_prior")
+INJECTION_ROUTES = ("injectable", "intravenous")
+
+
+def is_injection() -> pl.Expr:
+    """A given B12 administration by injection (IM/SC, or IV push): the events cross-row rules count."""
+    return pl.col("given").fill_null(False) & pl.col("route_class").is_in(list(INJECTION_ROUTES))
 
 
 def add_cross_row_facts(facts: pl.DataFrame, cfg: SiteConfig) -> pl.DataFrame:
     """Adds, per row (null/false where not applicable):
 
-    prior_injection_within_window  another given injectable B12 for the patient on a DOS in the
-                                   frequency_window_days before this DOS (not the same day)
-    days_since_first_injection     days from the patient's first given injectable B12 in the
-                                   frequency_lookback_days before this DOS, to this DOS
-    duplicate_of_prior             another given injectable B12, same patient and ingredient, with
-                                   admin_time within duplicate_window_minutes before this one (at
-                                   the same minute, the one with the larger admin_id is the later)
+    prior_injection_within_window  the patient has a given B12 injection on a DOS in the
+                                   frequency_window_days before this DOS (DOS-30 .. DOS-1; the
+                                   same day does not count: that is DUP-001's business)
+    days_since_first_injection     days from the patient's first given B12 injection with a DOS in
+                                   [DOS - frequency_lookback_days, DOS] to this DOS (0 when this
+                                   row's own day is the first); null when there is none
+    duplicate_of_prior             this row is a given B12 injection and another one for the same
+                                   patient and ingredient has admin_time within
+                                   duplicate_window_minutes before it (at the same instant, the one
+                                   with the larger admin_id is "the later" and is flagged)
     """
-    inj = (pl.col("given") & pl.col("route_class").is_in(["injectable", "intravenous"])).alias("_inj")
-    df = facts.with_columns(inj, pl.int_range(pl.len(), dtype=pl.Int64).alias("_i"))
-    events = df.filter(pl.col("_inj")).select("patient_id", "ingredient", "service_date", "admin_time",
-                                              "admin_id", "_i")
+    df = facts.with_columns(is_injection().alias("_inj"), pl.int_range(pl.len(), dtype=pl.Int64).alias("_i"))
+    keyed = df.filter(pl.col("patient_id").is_not_null() & pl.col("service_date").is_not_null()).select(
+        "_i", "patient_id", "service_date")
+    # Injection days per patient: the only thing the two FREQ-001 facts need from other rows.
+    days = (df.filter(pl.col("_inj") & pl.col("patient_id").is_not_null() & pl.col("service_date").is_not_null())
+            .select("patient_id", pl.col("service_date").alias("_day")).unique().sort("_day"))
 
-    # Prior injections per target row (self-join on patient; B12 rows per patient are few).
-    pairs = df.select("patient_id", "service_date", "admin_time", "ingredient", "admin_id", "_i").join(
-        events.rename({"service_date": "p_date", "admin_time": "p_time", "ingredient": "p_ing",
-                       "admin_id": "p_id", "_i": "p_i"}),
-        on="patient_id", how="inner").filter(pl.col("p_i") != pl.col("_i"))
-    days_before = (pl.col("service_date") - pl.col("p_date")).dt.total_days()
-    minutes_before = (pl.col("admin_time") - pl.col("p_time")).dt.total_seconds() / 60
-    agg = pairs.group_by("_i").agg(
-        ((days_before > 0) & (days_before <= cfg.frequency_window_days)).any().alias("prior_injection_within_window"),
-        days_before.filter((days_before >= 0) & (days_before <= cfg.frequency_lookback_days)).max()
-        .alias("days_since_first_injection"),
-        ((pl.col("p_ing") == pl.col("ingredient")) & (minutes_before >= 0)
-         & (minutes_before <= cfg.duplicate_window_minutes)
-         & ((minutes_before > 0) | (pl.col("p_id") < pl.col("admin_id")))).any().alias("duplicate_of_prior"),
-    )
-    out = df.join(agg, on="_i", how="left").with_columns(
-        pl.col("prior_injection_within_window").fill_null(False),
-        pl.col("duplicate_of_prior").fill_null(False),
-    )
+    # Latest injection day strictly before DOS; within the window when DOS - it <= window days.
+    latest = (keyed.with_columns(pl.col("service_date").dt.offset_by("-1d").alias("_key")).sort("_key")
+              .join_asof(days, left_on="_key", right_on="_day", by="patient_id", strategy="backward",
+                         check_sortedness=False)
+              .select("_i", ((pl.col("service_date") - pl.col("_day")).dt.total_days()
+                             <= cfg.frequency_window_days).fill_null(False)
+                      .alias("prior_injection_within_window")))
+    # Earliest injection day on or after DOS - lookback; it counts only if it is not after DOS.
+    earliest = (keyed.with_columns(pl.col("service_date").dt.offset_by(f"-{cfg.frequency_lookback_days}d")
+                                   .alias("_key")).sort("_key")
+                .join_asof(days, left_on="_key", right_on="_day", by="patient_id", strategy="forward",
+                           check_sortedness=False)
+                .select("_i", pl.when(pl.col("_day") <= pl.col("service_date"))
+                        .then((pl.col("service_date") - pl.col("_day")).dt.total_days())
+                        .otherwise(None).cast(pl.Int64).alias("days_since_first_injection")))
+
+    # DUP-001: in (patient, ingredient, admin_time, admin_id) order the nearest earlier injection
+    # is the row just before; if that one is outside the window, every earlier one is too.
+    same = pl.col("patient_id").eq(pl.col("patient_id").shift(1)) & pl.col("ingredient").eq(
+        pl.col("ingredient").shift(1))
+    gap = pl.col("admin_time") - pl.col("admin_time").shift(1)
+    duplicates = (df.filter(pl.col("_inj") & pl.col("patient_id").is_not_null() & pl.col("ingredient").is_not_null()
+                            & pl.col("admin_time").is_not_null())
+                  .sort("patient_id", "ingredient", "admin_time", "admin_id", nulls_last=True)
+                  .select("_i", (same & (gap <= pl.duration(minutes=cfg.duplicate_window_minutes)))
+                          .fill_null(False).alias("duplicate_of_prior")))
+
+    out = (df.join(latest, on="_i", how="left").join(earliest, on="_i", how="left")
+           .join(duplicates, on="_i", how="left")
+           .with_columns(pl.col("prior_injection_within_window").fill_null(False),
+                         pl.col("duplicate_of_prior").fill_null(False)))
     return out.sort("_i").drop("_i", "_inj")

@@ -20,9 +20,9 @@ from b12pipeline.config import SiteConfig, load_site_config
 from b12pipeline.crossrow import add_cross_row_facts
 from b12pipeline.datadocs import validation_result_path
 from b12pipeline.engine import load_ruleset
-from b12pipeline.engine.evaluate import empty_findings, evaluate
+from b12pipeline.engine.evaluate import empty_findings, evaluator
 from b12pipeline.engine.rulefile import Ruleset
-from b12pipeline.history import merge_into_history, read_history
+from b12pipeline.history import history_paths, merge_into_history, read_history
 from b12pipeline.ingest import FileRejected, read_extract
 from b12pipeline.paths import OutputLayout
 from b12pipeline.queues import atomic_write_parquet, write_queue_partitions, write_quarantine
@@ -132,32 +132,61 @@ def lookback_days(cfg: SiteConfig) -> int:
     return max(cfg.frequency_lookback_days, cfg.frequency_window_days, 1)
 
 
-def evaluate_dates(out: Path | str, dates: list[dt.date], rules: Rules, run_id: str) -> dict[str, int]:
-    """Re-evaluate every history row of `dates` and replace those dates' queue partitions."""
-    layout = OutputLayout(Path(out))
+def evaluate_dates(out: Path | str, dates: list[dt.date], rules: Rules, run_id: str,
+                   engine: str = "polars") -> dict[str, int]:
+    """Re-evaluate every history row of `dates` and replace those dates' queue partitions.
+
+    `engine` is "polars" (default) or "durable" (the optional second engine, same findings)."""
     dates = sorted(set(dates))
     if not dates:
         return {}
+    findings = findings_for_dates(out, dates, rules, run_id, engine)
+    return write_queue_partitions(findings, OutputLayout(Path(out)).queues, dates)
+
+
+def findings_for_dates(out: Path | str, dates: list[dt.date], rules: Rules, run_id: str,
+                       engine: str = "polars") -> pl.DataFrame:
+    """Findings of every history row of `dates`, each as of its own DOS.
+
+    History is read from the earliest date's look-back to the last date; rows dated after a target
+    date are in the frame but cannot change its facts (crossrow only looks backwards)."""
+    dates = sorted(set(dates))
+    if not dates:
+        return empty_findings()
     start = dates[0] - dt.timedelta(days=lookback_days(rules.config))
-    canonical = read_history(layout.history, start, dates[-1])
-    findings = empty_findings() if canonical is None else _findings(canonical, dates, rules, run_id)
-    return write_queue_partitions(findings, layout.queues, dates)
+    canonical = read_history(OutputLayout(Path(out)).history, start, dates[-1])
+    return empty_findings() if canonical is None else _findings(canonical, dates, rules, run_id, engine)
 
 
-def _findings(canonical: pl.DataFrame, dates: list[dt.date], rules: Rules, run_id: str) -> pl.DataFrame:
+def dependent_dates(history_root: Path, changed: list[dt.date], cfg: SiteConfig) -> list[dt.date]:
+    """History dates after a changed date and within its look-back reach: their cross-row facts
+    (FREQ-001, DUP-001) may change when an earlier date gains, loses or moves a row."""
+    if not changed:
+        return []
+    reach = dt.timedelta(days=lookback_days(cfg))
+    changed_set = set(changed)
+    return sorted(d for d in history_paths(history_root)
+                  if d not in changed_set and any(c < d <= c + reach for c in changed))
+
+
+def _findings(canonical: pl.DataFrame, dates: list[dt.date], rules: Rules, run_id: str,
+              engine: str = "polars") -> pl.DataFrame:
     facts = normalize.facts(canonical, rules.reference, rules.config)
     facts = add_cross_row_facts(facts, rules.config)
     targets = facts.filter(pl.col("service_date").is_in(dates))
-    return evaluate(targets, rules.ruleset, rules.config, run_id)
+    return evaluator(engine)(targets, rules.ruleset, rules.config, run_id)
 
 
-def apply_staged(staged: list[str], out: Path | str, rules: Rules, run_id: str) -> dict:
+def apply_staged(staged: list[str], out: Path | str, rules: Rules, run_id: str, engine: str = "polars") -> dict:
     """Merge the night's staged rows into history and re-evaluate every date they touched."""
     layout = OutputLayout(Path(out))
     frames = [pl.read_parquet(p) for p in staged if p]
     rows = pl.concat(frames, how="diagonal_relaxed") if frames else None
     touched = merge_into_history(layout.history, rows) if rows is not None else []
-    per_queue = evaluate_dates(out, touched, rules, run_id)
+    # A late row or a correction on an earlier date changes what later dates see as their history:
+    # re-evaluate those too, so nights and a history re-run agree (docs/history.md).
+    touched = sorted(set(touched) | set(dependent_dates(layout.history, touched, rules.config)))
+    per_queue = evaluate_dates(out, touched, rules, run_id, engine)
     return {"dates": [d.isoformat() for d in touched], "findings_per_queue": per_queue}
 
 

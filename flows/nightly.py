@@ -38,8 +38,8 @@ def stage_extract(path: str, out: str, run_id: str, night: dt.date, rules_dir: s
 
 
 @task(name="apply-night", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_on_io)
-def apply_night(staged: list[str], out: str, rules_dir: str | None, run_id: str) -> dict:
-    return pipeline.apply_staged(staged, out, pipeline.Rules.load(rules_dir), run_id)
+def apply_night(staged: list[str], out: str, rules_dir: str | None, run_id: str, engine: str = "polars") -> dict:
+    return pipeline.apply_staged(staged, out, pipeline.Rules.load(rules_dir), run_id, engine)
 
 
 @task(name="write-run-record", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_on_io)
@@ -64,7 +64,7 @@ def write_run_report(run_id: str, out: str, started_at: str) -> str:
 
 @flow(name="b12-nightly", log_prints=False)
 def nightly_flow(extracts: list[str], out: str, night: dt.date, rules_dir: str | None = None,
-                 source: str | None = None, move_rejected: bool = False) -> dict:
+                 source: str | None = None, move_rejected: bool = False, engine: str = "polars") -> dict:
     """Process `extracts` as one night. `night` is passed in: nothing below reads the wall clock."""
     logger = get_run_logger()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -80,7 +80,7 @@ def nightly_flow(extracts: list[str], out: str, night: dt.date, rules_dir: str |
         else:
             logger.info("%s: %d rows read, %d in scope, %d quarantined", i["file"], i["rows_read"],
                         i["in_scope"], i["quarantined"])
-    applied = apply_night([i["staged"] for i in inputs if i["staged"]], out, rules_dir, run_id)
+    applied = apply_night([i["staged"] for i in inputs if i["staged"]], out, rules_dir, run_id, engine)
     manifest = write_run_record(run_id, night, started_at, inputs, applied, out, rules_dir, rules.ruleset.version)
     # The queues and run record are complete; a broken report must not fail the night for coders.
     report_state = write_run_report(run_id, out, started_at, return_state=True)
@@ -95,7 +95,7 @@ def nightly_flow(extracts: list[str], out: str, night: dt.date, rules_dir: str |
 
 @flow(name="b12-nightly-landing", log_prints=False)
 def landing_flow(landing: str, out: str, night: dt.date | None = None, tz: str = "UTC",
-                 rules_dir: str | None = None, source: str | None = None) -> dict:
+                 rules_dir: str | None = None, source: str | None = None, engine: str = "polars") -> dict:
     """What the schedule runs: every new file in `landing` (by checksum) as one night.
 
     `night` defaults to the date of this run's *scheduled* start in `tz` (see b12pipeline.schedule),
@@ -113,7 +113,7 @@ def landing_flow(landing: str, out: str, night: dt.date | None = None, tz: str =
         logger.info("night %s: nothing new in landing (%d file(s) already processed)", night, len(candidates))
         return {"night": night.isoformat(), "run_id": None, "status": "nothing new", "files": 0}
     manifest = nightly_flow(extracts=[str(p) for p in new], out=out, night=night, rules_dir=rules_dir,
-                            source=source, move_rejected=True)
+                            source=source, move_rejected=True, engine=engine)
     return {"night": night.isoformat(), "run_id": manifest["run_id"], "status": "processed",
             "files": manifest["totals"]["files"], "files_rejected": manifest["totals"]["files_rejected"]}
 

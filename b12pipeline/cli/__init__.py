@@ -15,10 +15,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="
                   help="Check every vitamin B12 injection against billing rules before the claim goes out.")
 
 from b12pipeline.cli import run as _run  # noqa: E402
+from b12pipeline.cli import backfill as _backfill  # noqa: E402
+from b12pipeline.cli import rules as _rules  # noqa: E402
 from b12pipeline.cli import queue as _queue  # noqa: E402
 from b12pipeline.cli import serve as _serve  # noqa: E402
 
 _run.register(app)
+_backfill.register(app)
+_rules.register(app)
 _queue.register(app)
 _serve.register(app)
 

@@ -14,10 +14,11 @@ from b12pipeline.cli.common import EXIT_OK, EXIT_REJECTED, console, err_console,
 
 
 def run_night(extracts: list[Path], out: Path, night_text: Optional[str], rules: Optional[Path],
-              source: Optional[str], move_rejected: bool) -> int:
+              source: Optional[str], move_rejected: bool, engine: str = "polars") -> int:
     night = parse_date(night_text, "--night") or today()
     if rules is not None and not rules.is_dir():
         raise usage_error(f"--rules {rules} is not a folder")
+    check_engine(engine)
     out.mkdir(parents=True, exist_ok=True)
     from b12pipeline.engine.rulefile import RuleFileError
     from flows.nightly import nightly_flow
@@ -31,13 +32,29 @@ def run_night(extracts: list[Path], out: Path, night_text: Optional[str], rules:
         try:
             manifest = nightly_flow(extracts=[str(p) for p in extracts], out=str(out), night=night,
                                     rules_dir=str(rules) if rules else None, source=source,
-                                    move_rejected=move_rejected)
+                                    move_rejected=move_rejected, engine=engine)
         except RuleFileError as exc:
             raise usage_error(str(exc)) from None
         finally:
             stop()
     print_summary(manifest, out)
     return EXIT_REJECTED if manifest["totals"]["files_rejected"] else EXIT_OK
+
+
+def check_engine(engine: str) -> None:
+    """Usage error for an unknown engine, or durable when durable-rules is not installed."""
+    from b12pipeline.engine.durable import DurableUnavailable
+    from b12pipeline.engine.evaluate import evaluator
+
+    try:
+        evaluator(engine)
+    except (ValueError, DurableUnavailable) as exc:
+        from rich.markup import escape  # the hint contains [durable], which is not markup
+
+        raise usage_error(escape(f"--engine {engine}: {exc}")) from None
+
+
+ENGINE_HELP = "Rule engine: polars (default) or durable (optional second engine; pip install '.[durable]')."
 
 
 def print_summary(manifest: dict, out: Path) -> None:
@@ -77,12 +94,13 @@ def register(app: typer.Typer) -> None:
         night: Optional[str] = typer.Option(None, help="Date of the night (YYYY-MM-DD); default today."),
         rules: Optional[Path] = typer.Option(None, help="Rules folder (default: the project's rules/)."),
         source: Optional[str] = typer.Option(None, help="Source format (csv, parquet); default from the extension."),
+        engine: str = typer.Option("polars", help=ENGINE_HELP),
     ) -> None:
         """Process the given extract files as one night."""
         missing = [str(p) for p in extract if not p.is_file()]
         if missing:
             raise usage_error(f"no such file: {', '.join(missing)}")
-        raise typer.Exit(run_night(extract, out, night, rules, source, move_rejected=False))
+        raise typer.Exit(run_night(extract, out, night, rules, source, move_rejected=False, engine=engine))
 
     @app.command()
     def nightly(
@@ -91,6 +109,7 @@ def register(app: typer.Typer) -> None:
         night: Optional[str] = typer.Option(None, help="Date of the night (YYYY-MM-DD); default today."),
         rules: Optional[Path] = typer.Option(None, help="Rules folder (default: the project's rules/)."),
         source: Optional[str] = typer.Option(None, help="Source format for every file; default per extension."),
+        engine: str = typer.Option("polars", help=ENGINE_HELP),
     ) -> None:
         """Process the files in LANDING that were not processed before (by checksum)."""
         if not landing.is_dir():
@@ -104,4 +123,4 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(EXIT_OK)
         if len(new) < len(candidates):
             console.print(f"skipping {len(candidates) - len(new)} file(s) already processed (same checksum)")
-        raise typer.Exit(run_night(new, out, night, rules, source, move_rejected=True))
+        raise typer.Exit(run_night(new, out, night, rules, source, move_rejected=True, engine=engine))

@@ -53,8 +53,8 @@ def case_frame(records: list[dict], absent: list[str] | None = None) -> pl.DataF
     return frame
 
 
-def run_case(rule: Rule, case: dict, defaults: dict, rules) -> tuple[bool, str]:
-    """Does `rule` fire on the case's own record? Returns (fired, reason-if-error)."""
+def case_facts(case: dict, defaults: dict, rules) -> tuple[pl.DataFrame, str]:
+    """The facts frame of a case (its history rows first) and the admin_id of the case's own record."""
     bad = [k for k in case if k.startswith("_") and k not in CASE_KEYS]
     if bad:
         raise ValueError(f"unknown case key(s) {', '.join(bad)}")
@@ -62,8 +62,14 @@ def run_case(rule: Rule, case: dict, defaults: dict, rules) -> tuple[bool, str]:
     history = [{**defaults, "admin_id": f"HIST-{i}", **h} for i, h in enumerate(case.get("_history", []), start=1)]
     frame = case_frame(history + [record], case.get("_absent_columns"))
     facts = add_cross_row_facts(normalize.facts(frame, rules.reference, rules.config), rules.config)
+    return facts, record["admin_id"]
+
+
+def run_case(rule: Rule, case: dict, defaults: dict, rules) -> tuple[bool, str]:
+    """Does `rule` fire on the case's own record? Returns (fired, reason-if-error)."""
+    facts, admin_id = case_facts(case, defaults, rules)
     found = evaluate(facts, rules.ruleset, rules.config, run_id="rule-case", rules=[rule])
-    return bool(found.filter(pl.col("admin_id") == record["admin_id"]).height), ""
+    return bool(found.filter(pl.col("admin_id") == admin_id).height), ""
 
 
 def run_rule_cases(rule: Rule, rules) -> list[CaseResult]:

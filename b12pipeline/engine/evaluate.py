@@ -41,6 +41,11 @@ def _text(name: str, dtype: pl.DataType) -> pl.Expr:
     return text.fill_null("(none)")
 
 
+def template_fields(template: str) -> list[str]:
+    """The columns a message template names ("{charge_units} unit(s)" -> ["charge_units"])."""
+    return _PLACEHOLDER.findall(template.replace("{{", "").replace("}}", "")) if template else []
+
+
 def render(template: str, schema: pl.Schema) -> pl.Expr:
     """A message template ("{charge_units} unit(s)") as one vectorised string expression."""
     if not template:
@@ -69,6 +74,21 @@ def rule_mask(rule: Rule, cfg: SiteConfig, columns: set[str]) -> pl.Expr:
     return in_window & compile_condition(rule.when, cfg.get, columns)
 
 
+ENGINES = ("polars", "durable")
+
+
+def evaluator(engine: str = "polars"):
+    """The evaluate function of an engine: polars (default) or durable (optional, differential checks)."""
+    if engine == "polars":
+        return evaluate
+    if engine == "durable":
+        from b12pipeline.engine import durable
+
+        durable.durable_engine()  # fail now, with the install hint, not mid-run
+        return durable.evaluate
+    raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+
+
 def empty_findings() -> pl.DataFrame:
     return pl.DataFrame(schema=FINDING_COLUMNS)
 
@@ -81,6 +101,20 @@ def evaluate(facts: pl.DataFrame, ruleset: Ruleset, cfg: SiteConfig, run_id: str
         return empty_findings()
     columns = set(facts.columns)
     flagged = facts.with_columns([rule_mask(r, cfg, columns).alias(f"__hit{i}") for i, r in enumerate(rules)])
+    return findings_from_hits(flagged, ruleset, rules, run_id)
+
+
+def findings_from_hits(flagged: pl.DataFrame, ruleset: Ruleset, rules: list[Rule], run_id: str) -> pl.DataFrame:
+    """The findings of `rules` given facts with one boolean column `__hit<i>` per rule.
+
+    Shared by every engine (engine/durable.py decides the hits its own way), so the finding shape,
+    messages and ids cannot drift between engines.
+    """
+    if flagged.height == 0 or not rules:
+        return empty_findings()
+    # One chunk: polars 2.1 panics ("assertion failed: i < self.len()" in a string UDF) when the
+    # filtered, formatted frame below is built from a multi-chunk frame with a materialised hit column.
+    flagged = flagged.rechunk()
     schema = flagged.schema
     parts = []
     for i, rule in enumerate(rules):

@@ -1,0 +1,132 @@
+"""`b12pipeline rules list | test | lint | docs`: the tooling around rule files.
+
+Exit codes: 0 ok; 1 a case failed, lint found problems, or docs are stale (--check); 2 usage error
+(for list/test/docs: a rule file the loader refuses; `lint` reports those as problems instead).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from b12pipeline.cli.common import EXIT_OK, console, err_console, usage_error
+from b12pipeline.paths import PROJECT_ROOT
+
+EXIT_FAILED = 1
+DEFAULT_DOCS = PROJECT_ROOT / "docs" / "rules.md"
+RULES_HELP = "Rules folder (default: the project's rules/)."
+
+rules_app = typer.Typer(no_args_is_help=True, add_completion=False,
+                        help="List, test, lint and document the rule files.")
+
+
+def _folder(rules: Optional[Path]) -> Path:
+    from b12pipeline.paths import rules_dir
+
+    folder = rules or rules_dir()
+    if not folder.is_dir():
+        raise usage_error(escape(f"--rules {folder} is not a folder"))
+    return folder
+
+
+def _load(rules: Optional[Path]):
+    """Rules (ruleset, site config, reference) or a usage error naming the bad file."""
+    from b12pipeline.config import ConfigError
+    from b12pipeline.engine.rulefile import RuleFileError
+    from b12pipeline.pipeline import Rules
+
+    folder = _folder(rules)
+    try:
+        return Rules.load(folder)
+    except (RuleFileError, ConfigError) as exc:
+        raise usage_error(escape(f"{exc}\n(run `b12pipeline rules lint` to see every problem)")) from None
+
+
+def _short_window(rule) -> str:
+    lo, hi = rule.effective_from, rule.effective_to
+    if lo is None and hi is None:
+        return "always"
+    return f"{lo or '...'} to {hi or '...'}"
+
+
+@rules_app.command("list")
+def list_rules(rules: Optional[Path] = typer.Option(None, "--rules", help=RULES_HELP)) -> None:
+    """Table of every rule file: id, version, status, queue, severity, effective window, title."""
+    from b12pipeline.engine.ruledocs import sorted_rules
+
+    loaded = _load(rules)
+    table = Table(title=f"{len(loaded.ruleset.rules)} rule file(s), ruleset {loaded.ruleset.version}")
+    for col in ("id", "version", "status", "queue", "severity", "effective", "title"):
+        table.add_column(col, overflow="fold")
+    for r in sorted_rules(loaded.ruleset.rules):
+        status = r.status if r.status == "active" else f"[dim]{r.status}[/]"
+        table.add_row(r.id, r.version, status, r.queue, r.severity, _short_window(r), escape(r.title))
+    console.print(table)
+
+
+@rules_app.command("test")
+def test_rules(rules: Optional[Path] = typer.Option(None, "--rules", help=RULES_HELP),
+               rule_id: Optional[str] = typer.Option(None, "--id", help="Only this rule id.")) -> None:
+    """Run every rule's own cases (fires / passes); exit 1 if any case fails."""
+    from b12pipeline.engine.cases import run_rule_cases
+
+    loaded = _load(rules)
+    selected = [r for r in loaded.ruleset.rules if rule_id is None or r.id == rule_id]
+    if not selected:
+        raise usage_error(f"no rule with id {rule_id!r}")
+    results = [res for r in selected for res in run_rule_cases(r, loaded)]
+    failed = [res for res in results if not res.ok]
+    if failed:
+        table = Table(title=f"{len(failed)} failing case(s)")
+        for col in ("rule", "case", "note", "problem"):
+            table.add_column(col, overflow="fold")
+        for res in failed:
+            table.add_row(res.rule_id, f"{res.kind}[{res.index}]", escape(res.note), escape(res.detail))
+        console.print(table)
+    console.print(f"{len(results) - len(failed)} of {len(results)} case(s) passed in {len(selected)} rule file(s)")
+    raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+@rules_app.command("lint")
+def lint(rules: Optional[Path] = typer.Option(None, "--rules", help=RULES_HELP)) -> None:
+    """Check every rule file (fields, citations, cases, windows, columns, settings, names); exit 1 on problems."""
+    from b12pipeline.engine.lint import lint_rules
+
+    folder = _folder(rules)
+    problems = lint_rules(folder)
+    for p in problems:
+        console.print(f"[red]{escape(p.file)}[/]: [bold]{escape(p.field)}[/]: {escape(p.message)}", soft_wrap=True)
+    if problems:
+        files = len({p.file for p in problems})
+        err_console.print(f"{len(problems)} problem(s) in {files} file(s) under {folder}")
+        raise typer.Exit(EXIT_FAILED)
+    console.print(f"rules lint: clean ({folder})")
+
+
+@rules_app.command("docs")
+def docs(rules: Optional[Path] = typer.Option(None, "--rules", help=RULES_HELP),
+         out: Path = typer.Option(DEFAULT_DOCS, "--out", help="Markdown file to write."),
+         check: bool = typer.Option(False, "--check", help="Write nothing; exit 1 if OUT is not up to date.")) -> None:
+    """Generate the rule catalog (docs/rules.md) from the rule files."""
+    from b12pipeline.engine.ruledocs import render_rules_markdown
+
+    text = render_rules_markdown(_load(rules).ruleset)
+    if check:
+        current = out.read_text(encoding="utf-8") if out.is_file() else None
+        if current != text:
+            err_console.print(f"{out} is stale: run `b12pipeline rules docs` (or `make docs`) and commit it")
+            raise typer.Exit(EXIT_FAILED)
+        console.print(f"{out} is up to date")
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out)
+    console.print(f"wrote {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(rules_app, name="rules")

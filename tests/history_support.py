@@ -1,0 +1,60 @@
+"""Helpers shared by test_history.py and test_backfill.py: run the multi-night fixture."""
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import polars as pl
+
+PROJECT = Path(__file__).resolve().parent.parent
+HISTORY_FIXTURES = PROJECT / "data" / "fixtures" / "history"
+NIGHTS = [dt.date(2024, 3, d) for d in range(4, 9)]
+FIRST_DOS, LAST_DOS = dt.date(2023, 11, 1), dt.date(2024, 3, 8)
+
+
+def night_file(night: dt.date) -> Path:
+    return HISTORY_FIXTURES / f"emar_{night.isoformat()}.csv"
+
+
+def run_nights(out: Path, rules_dir: Path | None = None, nights: list[dt.date] = NIGHTS) -> list[dict]:
+    """Nights one by one through the real Prefect flow (callers hold the prefect_harness fixture)."""
+    from flows.nightly import nightly_flow
+
+    return [nightly_flow(extracts=[str(night_file(n))], out=str(out), night=n,
+                         rules_dir=str(rules_dir) if rules_dir else None) for n in nights]
+
+
+def queue_frame(out: Path) -> pl.DataFrame:
+    from b12pipeline.queues import read_queue
+
+    return read_queue(out / "queues")
+
+
+def without_run_id(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.drop("run_id").sort("service_date", "queue", "rule_id", "admin_id")
+
+
+def queue_files(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted((out / "queues").rglob("*.parquet"))}
+
+
+def copy_out(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def changed_rules(tmp: Path) -> Path:
+    """A copy of rules/ with FREQ-001 changed: commercial payers too, and a 100-day loading phase."""
+    rules = tmp / "rules"
+    shutil.copytree(PROJECT / "rules", rules)
+    path = rules / "medical_necessity" / "FREQ-001.yaml"
+    text = path.read_text()
+    for old, new in (('version: "1"', 'version: "2"'),
+                     ("{field: payer_type, in: {config: frequency_payers}}", "{field: payer_type, in: [medicare, commercial]}"),
+                     ("{field: days_since_first_injection, gt: {config: loading_phase_days}}",
+                      "{field: days_since_first_injection, gt: 100}")):
+        assert old in text, old
+        text = text.replace(old, new)
+    path.write_text(text)
+    return rules

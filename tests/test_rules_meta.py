@@ -1,0 +1,57 @@
+"""Meta-test over every rule file (as semgrep and sqlfluff test their own rules).
+
+Each file: loads, names itself after its id, cites a source, has cases for both outcomes, lints
+clean. The folder: (id, version) unique, no two active versions of an id in force on one date.
+New rule files are picked up automatically: nothing here lists rules by name.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from b12pipeline.engine.lint import lint_rules
+from b12pipeline.engine.rulefile import load_rule_file, rule_files
+from b12pipeline.paths import rules_dir
+
+RULES = rules_dir()
+FILES = rule_files(RULES)
+ID_SHAPE = re.compile(r"^[A-Z]+-\d{3}$")
+
+
+def rel(path: Path) -> str:
+    return path.relative_to(RULES).as_posix()
+
+
+@pytest.fixture(scope="module")
+def problems():
+    return lint_rules(RULES)
+
+
+def test_there_are_rule_files():
+    assert len(FILES) >= 4
+
+
+@pytest.mark.parametrize("path", FILES, ids=rel)
+def test_rule_file(path: Path, problems):
+    rule = load_rule_file(path)
+    assert ID_SHAPE.match(rule.id), f"{rel(path)}: id {rule.id!r} is not like CODE-001"
+    assert path.name in (f"{rule.id}.yaml", f"{rule.id}.v{rule.version}.yaml")
+    assert path.parent.name == rule.queue
+    assert rule.citations and all(len(c.strip()) >= 10 for c in rule.citations), "cite a source, not a word"
+    assert rule.cases.get("fires"), f"{rel(path)}: no case that fires the rule"
+    assert rule.cases.get("passes"), f"{rel(path)}: no near-miss case that must not fire"
+    assert rule.message.strip() and rule.title.strip()
+    mine = [str(p) for p in problems if p.file == rel(path)]
+    assert mine == [], "\n".join(mine)
+
+
+def test_id_version_pairs_are_unique():
+    pairs = Counter((load_rule_file(p).id, load_rule_file(p).version) for p in FILES)
+    assert [k for k, n in pairs.items() if n > 1] == []
+
+
+def test_whole_folder_lints_clean(problems):
+    assert [str(p) for p in problems] == []
