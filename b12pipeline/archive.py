@@ -101,3 +101,14 @@ def _append_index(archive_root: Path, sha256: str, target: Path, night: str) -> 
     with open(archive_root / INDEX, "a") as fh:
         fh.write(json.dumps({"sha256": sha256, "file": target.name, "night": night,
                              "path": str(target.relative_to(archive_root))}, sort_keys=True) + "\n")
+
+
+EXTRACT_SUFFIXES = (".csv", ".txt", ".parquet", ".pq", ".ndjson", ".jsonl")
+
+
+def landing_extracts(landing: Path, archive_root: Path) -> tuple[list[Path], list[Path]]:
+    """(every extract file in `landing`, the ones whose checksum is not archived yet), sorted by name."""
+    seen = archived_checksums(archive_root)
+    candidates = sorted(p for p in landing.iterdir() if p.is_file() and not p.name.startswith(".")
+                        and p.suffix.lower() in EXTRACT_SUFFIXES)
+    return candidates, [p for p in candidates if sha256_file(p) not in seen]

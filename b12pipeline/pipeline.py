@@ -18,6 +18,7 @@ import polars as pl
 from b12pipeline import normalize, progress
 from b12pipeline.config import SiteConfig, load_site_config
 from b12pipeline.crossrow import add_cross_row_facts
+from b12pipeline.datadocs import validation_result_path
 from b12pipeline.engine import load_ruleset
 from b12pipeline.engine.evaluate import empty_findings, evaluator
 from b12pipeline.engine.rulefile import Ruleset
@@ -100,6 +101,8 @@ def stage_file(path: Path | str, out: Path | str, run_id: str, night: dt.date, r
         outcome = validate(b12).with_reader_quarantine(held)
         result.out_of_scope = extract.rows - outcome.rows
         result.unexpected_counts = outcome.unexpected_counts
+        if outcome.gx_result is not None:   # for the run's Data Docs (counts only, see validate.py)
+            write_json(validation_result_path(layout, run_id, f"{path.stem}-{result.sha256[:12]}"), outcome.gx_result)
         share = outcome.quarantine.height / outcome.rows if outcome.rows else 0.0
         if share > rules.config.max_quarantine_share:
             raise FileRejected(path, f"{outcome.quarantine.height} of {outcome.rows} B12 rows failed validation "

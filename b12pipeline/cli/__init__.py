@@ -17,10 +17,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="
 from b12pipeline.cli import run as _run  # noqa: E402
 from b12pipeline.cli import backfill as _backfill  # noqa: E402
 from b12pipeline.cli import rules as _rules  # noqa: E402
+from b12pipeline.cli import queue as _queue  # noqa: E402
+from b12pipeline.cli import serve as _serve  # noqa: E402
 
 _run.register(app)
 _backfill.register(app)
 _rules.register(app)
+_queue.register(app)
+_serve.register(app)
 
 from b12pipeline.cli import synth as _synth  # noqa: E402
 

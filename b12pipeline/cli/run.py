@@ -13,7 +13,6 @@ from b12pipeline.cli.common import (EXIT_OK, EXIT_REJECTED, console, err_console
                                     usage_error)
 
 WAIT_HELP = "If another run holds --out, wait for it instead of stopping (exit code 3)."
-EXTRACT_SUFFIXES = (".csv", ".txt", ".parquet", ".pq", ".ndjson", ".jsonl")
 
 
 def run_night(extracts: list[Path], out: Path, night_text: Optional[str], rules: Optional[Path],
@@ -90,6 +89,8 @@ def print_summary(manifest: dict, out: Path) -> None:
     console.print(f"queues:     {out / 'queues'}")
     console.print(f"quarantine: {out / 'quarantine'}")
     console.print(f"run record: {out / 'runs' / manifest['run_id'] / 'manifest.json'}")
+    if "run_report" in manifest:
+        console.print(f"report:     {out / manifest['run_report']}")
 
 
 def register(app: typer.Typer) -> None:
@@ -128,14 +129,10 @@ def register(app: typer.Typer) -> None:
 
     def _nightly(landing: Path, out: Path, night: Optional[str], rules: Optional[Path],
                  source: Optional[str], engine: str) -> None:
-        from b12pipeline.archive import archived_checksums
+        from b12pipeline.archive import landing_extracts
         from b12pipeline.paths import OutputLayout
-        from b12pipeline.pipeline import sha256_file
 
-        seen = archived_checksums(OutputLayout(out).archive)
-        candidates = sorted(p for p in landing.iterdir() if p.is_file() and not p.name.startswith(".")
-                            and p.suffix.lower() in EXTRACT_SUFFIXES)
-        new = [p for p in candidates if sha256_file(p) not in seen]
+        candidates, new = landing_extracts(landing, OutputLayout(out).archive)
         if not new:
             console.print(f"nothing new in {landing} ({len(candidates)} file(s) already processed)")
             raise typer.Exit(EXIT_OK)
