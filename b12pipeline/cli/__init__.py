@@ -1,6 +1,7 @@
 """The b12pipeline command line: argument handling and calls into the library, nothing else.
 
-Exit codes: 0 processed (with or without findings), 1 a file was rejected, 2 usage error.
+Exit codes: 0 processed (with or without findings), 1 a file was rejected, 2 usage error,
+3 another run holds the output folder (see runguard.py).
 """
 from __future__ import annotations
 
