@@ -10,7 +10,7 @@ export DO_NOT_TRACK ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export GX_ANALYTICS_ENABLED ?= False
 
-.PHONY: demo test bench venv clean docs lint-rules
+.PHONY: demo test bench bench-quick venv clean docs lint-rules
 
 venv: $(STAMP)
 
@@ -32,6 +32,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run_bench.py
+
+# Small sizes: exercises the harness (numbers mean nothing); results go to a temp folder, not bench/RESULTS.md.
+bench-quick: $(STAMP)
+	BENCH_QUICK=1 $(PY) bench/run_bench.py
 
 docs: $(STAMP)
 	$(VENV)/bin/b12pipeline rules docs

@@ -53,13 +53,18 @@ def date_range(start: dt.date, end: dt.date) -> list[dt.date]:
     return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
 
 
-def plan_backfill(out: Path | str, start: dt.date, end: dt.date, rules: Rules, chunk_days: int = 7) -> BackfillPlan:
+def plan_backfill(out: Path | str, start: dt.date, end: dt.date, rules: Rules,
+                  chunk_days: int | None = None) -> BackfillPlan:
     """Every date in [start, end] is re-derived (a date left with no findings loses its partitions).
 
     The run id hashes the range, the rules and the history the range can see, so re-running the
     same backfill on the same history is byte-identical, and any change to either gives a new id."""
     if end < start:
         raise ValueError(f"--to {end} is before --from {start}")
+    if chunk_days is None:
+        # Every chunk re-reads and re-derives its whole look-back of history, so chunks as long as
+        # the look-back read each history row at most twice (7-day chunks over a year: ~27 times).
+        chunk_days = lookback_days(rules.config)
     if chunk_days < 1:
         raise ValueError("chunk_days must be at least 1")
     dates = date_range(start, end)

@@ -6,6 +6,7 @@ on Prefect's default thread pool or, through prefect-dask, on a local or existin
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 import b12pipeline  # noqa: F401  (telemetry defaults before prefect is imported)
@@ -43,7 +44,7 @@ def backfill_record(out: str, plan: backfill.BackfillPlan, chunk_paths: list[str
 
 @flow(name="b12-backfill", log_prints=False)
 def backfill_flow(start: dt.date, end: dt.date, out: str, rules_dir: str | None = None,
-                  chunk_days: int = 7) -> dict:
+                  chunk_days: int | None = None) -> dict:
     """Re-evaluate history rows with service_date in [start, end]; replace those dates' partitions."""
     logger = get_run_logger()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -64,12 +65,19 @@ def backfill_flow(start: dt.date, end: dt.date, out: str, rules_dir: str | None 
     return manifest
 
 
+DASK_CHUNK_DAYS = 7
+
+
 def task_runner(dask_address: str | None = None, workers: int | None = None):
     """Prefect's thread pool by default; a Dask cluster (existing, or local with N workers) on request."""
     if dask_address and workers:
         raise ValueError("give either a Dask address or a number of local workers, not both")
     if not dask_address and not workers:
-        return None
+        # Bounded: Prefect's default pool has no limit, so every chunk ran at once, each holding its
+        # look-back of history (a 365-night backfill of 1.1M rows was OOM-killed at 22 GB, bench/RESULTS.md).
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=os.cpu_count() or 1)
     from prefect_dask import DaskTaskRunner
 
     if dask_address:
@@ -78,11 +86,14 @@ def task_runner(dask_address: str | None = None, workers: int | None = None):
                                           "dashboard_address": None})
 
 
-def run_backfill(start: dt.date, end: dt.date, out: str, rules_dir: str | None = None, chunk_days: int = 7,
+def run_backfill(start: dt.date, end: dt.date, out: str, rules_dir: str | None = None, chunk_days: int | None = None,
                  dask_address: str | None = None, workers: int | None = None) -> dict:
-    """Run the backfill flow on the chosen task runner."""
+    """Run the backfill flow on the chosen task runner. Default chunking: the look-back length on the
+    local thread pool (Polars already uses every core), 7 days on Dask (chunks are its parallelism)."""
     from b12pipeline.runguard import guard_output
 
+    if chunk_days is None and (dask_address or workers):
+        chunk_days = DASK_CHUNK_DAYS
     runner = task_runner(dask_address, workers)
     target = backfill_flow if runner is None else backfill_flow.with_options(task_runner=runner)
     with guard_output(out):  # one run per output root, owner-only files (b12pipeline/runguard.py)

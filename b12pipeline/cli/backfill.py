@@ -17,7 +17,10 @@ def register(app: typer.Typer) -> None:
         date_to: str = typer.Option(..., "--to", help="Last date of service to re-evaluate (YYYY-MM-DD)."),
         out: Path = typer.Option(Path("var"), "--out", "-o", help="Output root holding history/ and queues/."),
         rules: Optional[Path] = typer.Option(None, help="Rules folder (default: the project's rules/)."),
-        chunk_days: int = typer.Option(7, "--chunk-days", min=1, help="Dates per task (one partition of work)."),
+        chunk_days: Optional[int] = typer.Option(
+            None, "--chunk-days", min=1,
+            help="Dates per task (one partition of work). Default: the look-back (365 days) on the local "
+                 "thread pool, 7 with --workers / --dask-address."),
         dask_address: Optional[str] = typer.Option(None, "--dask-address",
                                                    help="Run the chunks on an existing Dask cluster, tcp://HOST:PORT."),
         workers: Optional[int] = typer.Option(None, "--workers", min=1,

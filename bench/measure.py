@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""One measurement, run by bench/run_bench.py in its own subprocess (so peak RSS is this one's).
+
+    measure.py floor   --extract X.csv --out X.parquet          --json R.json
+    measure.py profile --extract X.csv --work DIR --facts F.parquet --json R.json
+    measure.py rules   --facts F.parquet --engine polars|durable [--limit N] --json R.json
+
+Each command writes its timings (seconds, perf_counter around the work only) to --json; the driver
+adds wall time, CPU time and peak RSS of the whole process. Counts only: no row values.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+T_START = time.perf_counter()
+# The profile's steps, in the order the night runs them (run_bench.py orders its tables by this).
+STEPS = ("import", "load rules", "ingest (read_extract)", "B12 scope filter", "validate (GX + row masks)",
+         "merge into history", "read history", "normalize.facts", "cross-row facts", "evaluate (polars rules)",
+         "write queue partitions")
+
+
+def _write(path: str, payload: dict) -> None:
+    # No sort_keys: the profile steps keep their order.
+    Path(path).write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def floor(args: argparse.Namespace) -> dict:
+    """The floor: Polars reads the extract (every column as text, as ingest does) and writes Parquet."""
+    import polars as pl
+
+    t = time.perf_counter()
+    frame = pl.read_csv(args.extract, infer_schema=False)
+    t_read = time.perf_counter()
+    frame.write_parquet(args.out)
+    t_write = time.perf_counter()
+    return {"rows": frame.height, "read_s": t_read - t, "write_s": t_write - t_read, "work_s": t_write - t}
+
+
+def profile(args: argparse.Namespace) -> dict:
+    """The night's steps in-process, timed one by one (the same library calls stage_file and
+    apply_staged make, minus Prefect), and the facts frame saved for the rule-stage measurements."""
+    import resource
+
+    steps: dict[str, float] = {}
+    rss: dict[str, float] = {}     # the process's peak RSS so far, after each step (MB)
+
+    def step(name: str, t0: float) -> float:
+        now = time.perf_counter()
+        steps[name] = now - t0
+        rss[name] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return now
+
+    t = time.perf_counter()
+    import polars as pl
+
+    from b12pipeline import normalize
+    from b12pipeline.crossrow import add_cross_row_facts
+    from b12pipeline.engine.evaluate import evaluate
+    from b12pipeline.history import merge_into_history, read_history
+    from b12pipeline.ingest import read_extract
+    from b12pipeline.pipeline import Rules
+    from b12pipeline.queues import write_queue_partitions
+    from b12pipeline.validate import validate
+    t = step("import", t)
+    rules = Rules.load()
+    t = step("load rules", t)
+    extract = read_extract(Path(args.extract), None)
+    t = step("ingest (read_extract)", t)
+    frame = extract.frame
+    b12 = frame.filter(frame.select(normalize.b12_scope(rules.reference).alias("s"))["s"])
+    t = step("B12 scope filter", t)
+    outcome = validate(b12)
+    t = step("validate (GX + row masks)", t)
+    work = Path(args.work)
+    touched = merge_into_history(work / "history", outcome.valid)
+    t = step("merge into history", t)
+    canonical = read_history(work / "history", min(touched) - dt.timedelta(days=365), max(touched))
+    t = step("read history", t)
+    facts = normalize.facts(canonical, rules.reference, rules.config)
+    t = step("normalize.facts", t)
+    facts = add_cross_row_facts(facts, rules.config)
+    t = step("cross-row facts", t)
+    findings = evaluate(facts, rules.ruleset, rules.config, "bench")
+    t = step("evaluate (polars rules)", t)
+    write_queue_partitions(findings, work / "queues", touched)
+    t = step("write queue partitions", t)
+    facts.write_parquet(args.facts)
+    return {"rows_read": extract.rows, "b12_rows": b12.height, "valid_rows": outcome.valid.height,
+            "facts_rows": facts.height, "findings": findings.height, "dates": len(touched),
+            "steps": steps, "peak_rss_after_mb": rss, "work_s": sum(steps.values())}
+
+
+def rules_stage(args: argparse.Namespace) -> dict:
+    """The rule stage alone: facts frame -> findings, with the chosen engine, on the first N rows.
+
+    Called twice: the first call includes compiling the rules (Polars expressions / durable
+    rulesets), as a night's single call does; the second shows the steady state."""
+    import polars as pl
+
+    from b12pipeline.engine.evaluate import evaluate, evaluator
+    from b12pipeline.pipeline import Rules
+
+    rules = Rules.load()
+    facts = pl.read_parquet(args.facts)
+    if args.limit:
+        facts = facts.head(args.limit)
+    run = evaluator(args.engine)
+    times = []
+    findings = None
+    for _ in range(args.repeat):
+        t = time.perf_counter()
+        findings = run(facts, rules.ruleset, rules.config, "bench")
+        times.append(time.perf_counter() - t)
+    result = {"engine": args.engine, "rows": facts.height, "findings": findings.height,
+              "rules": len(rules.ruleset.active), "times_s": times, "work_s": min(times)}
+    if args.engine != "polars":
+        # Same rows, same findings: the comparison is only fair if both engines agree.
+        reference = evaluate(facts, rules.ruleset, rules.config, "bench")
+        key = ["rule_id", "admin_id"]
+        result["agrees_with_polars"] = findings.select(key).sort(key).equals(reference.select(key).sort(key))
+    return result
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("floor")
+    p.add_argument("--extract", required=True)
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("profile")
+    p.add_argument("--extract", required=True)
+    p.add_argument("--work", default=None)
+    p.add_argument("--facts", required=True)
+    p = sub.add_parser("rules")
+    p.add_argument("--facts", required=True)
+    p.add_argument("--engine", default="polars")
+    p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--repeat", type=int, default=2)
+    for p in sub.choices.values():
+        p.add_argument("--json", required=True)
+    args = parser.parse_args(argv)
+    if args.command == "profile" and args.work is None:
+        args.work = tempfile.mkdtemp(prefix="b12bench-")
+    result = {"floor": floor, "profile": profile, "rules": rules_stage}[args.command](args)
+    result["process_s"] = time.perf_counter() - T_START
+    _write(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
