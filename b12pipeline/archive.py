@@ -41,7 +41,13 @@ def archive_index(archive_root: Path) -> list[dict]:
     index = archive_root / INDEX
     if not index.exists():
         return []
-    return [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
+    entries = []
+    for line in index.read_text().splitlines():
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            continue  # a line torn by a run killed mid-append: that file is simply archived again
+    return [e for e in entries if isinstance(e, dict) and "sha256" in e]
 
 
 def archived_checksums(archive_root: Path) -> set[str]:
@@ -86,6 +92,23 @@ def archive_file(path: Path, sha256: str, archive_root: Path, night: str) -> Pat
 
 
 def _append_index(archive_root: Path, sha256: str, target: Path, night: str) -> None:
+    with open(archive_root / INDEX, "a+b") as fh:
+        fh.seek(0, 2)
+        if fh.tell():  # start on a fresh line even after a torn last line
+            fh.seek(-1, 2)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
     with open(archive_root / INDEX, "a") as fh:
         fh.write(json.dumps({"sha256": sha256, "file": target.name, "night": night,
                              "path": str(target.relative_to(archive_root))}, sort_keys=True) + "\n")
+
+
+EXTRACT_SUFFIXES = (".csv", ".txt", ".parquet", ".pq", ".ndjson", ".jsonl")
+
+
+def landing_extracts(landing: Path, archive_root: Path) -> tuple[list[Path], list[Path]]:
+    """(every extract file in `landing`, the ones whose checksum is not archived yet), sorted by name."""
+    seen = archived_checksums(archive_root)
+    candidates = sorted(p for p in landing.iterdir() if p.is_file() and not p.name.startswith(".")
+                        and p.suffix.lower() in EXTRACT_SUFFIXES)
+    return candidates, [p for p in candidates if sha256_file(p) not in seen]

@@ -58,7 +58,7 @@ def expiry_date(col: str = "expiration_date") -> pl.Expr:
 
 def number(col: str) -> pl.Expr:
     """Decimal text -> Float64; "1,000" thousands separators allowed; anything else null."""
-    return pl.col(col).str.replace_all(",", "").cast(pl.Float64, strict=False)
+    return pl.col(col).str.replace_all(",", "", literal=True).cast(pl.Float64, strict=False)
 
 
 # --- NDC ----------------------------------------------------------------------------------------
@@ -90,6 +90,15 @@ def b12_scope(ref: Reference) -> pl.Expr:
     return (ndc11.is_in(ref.ndcs.implode()).fill_null(False)
             | pl.col("rxnorm_code").is_in(ref.rxnorm["rxnorm_code"].implode()).fill_null(False)
             | pl.col("medication_name").str.contains(B12_NAME_PATTERN).fill_null(False))
+
+
+def scope_mask(frame: pl.DataFrame, ref: Reference) -> pl.Series:
+    """b12_scope per row, computed once per distinct (ndc, rxnorm_code, medication_name): an
+    all-medication extract has millions of rows but a few thousand distinct products."""
+    keys = ["ndc", "rxnorm_code", "medication_name"]
+    table = frame.select(keys).unique().with_columns(b12_scope(ref).alias("_in_scope"))
+    return frame.select(keys).join(table, on=keys, how="left", nulls_equal=True,
+                                   maintain_order="left")["_in_scope"]
 
 
 def name_ingredient() -> pl.Expr:
@@ -152,25 +161,38 @@ def npi_valid(col: str = "ordering_provider_npi") -> pl.Expr:
 
 # --- the facts frame ----------------------------------------------------------------------------
 
-def _dx_facts(frame: pl.DataFrame, cfg: SiteConfig) -> pl.DataFrame:
-    """Per row: dx_codes (list), dx_invalid (";"-joined invalid codes or null), dx_covered (bool)."""
-    exploded = (frame.select(pl.col("_row"), pl.col("dx_codes").alias("code")).explode("code")
-                .filter(pl.col("code").is_not_null()))
-    unique = exploded.select("code").unique()
-    unique = unique.with_columns(
-        pl.Series("billable", [icd10_billable(c) for c in unique["code"].to_list()], dtype=pl.Boolean),
+def by_value(frame: pl.DataFrame, column: str, derived: dict[str, pl.Expr]) -> pl.DataFrame:
+    """Add `derived` columns computed once per distinct value of `column`, joined back in row order.
+
+    Codes, units, routes, modifiers and diagnoses take a few hundred distinct values in a million
+    rows: deriving on the distinct values and joining is several times cheaper than regexes per row.
+    """
+    table = frame.select(pl.col(column)).unique().with_columns(**derived)
+    return frame.join(table, on=column, how="left", nulls_equal=True, maintain_order="left")
+
+
+def dx_facts(cfg: SiteConfig, codes: pl.DataFrame) -> pl.DataFrame:
+    """Per distinct diagnosis_codes text: dx_codes (list), dx_count, dx_invalid (";"-joined codes that
+    are not billable ICD-10-CM, or null), dx_covered (any code matches a covered prefix)."""
+    table = codes.select("diagnosis_codes").unique().with_columns(icd10_dotted().alias("dx_codes"))
+    exploded = table.select("diagnosis_codes", pl.col("dx_codes").alias("code")).explode("code").filter(
+        pl.col("code").is_not_null())
+    distinct = exploded.select("code").unique()
+    distinct = distinct.with_columns(
+        pl.Series("billable", [icd10_billable(c) for c in distinct["code"].to_list()], dtype=pl.Boolean),
         (pl.any_horizontal([pl.col("code").str.starts_with(p) for p in cfg.covered_dx_prefixes])
          if cfg.covered_dx_prefixes else pl.lit(False)).alias("covered"),
     )
-    per_row = (exploded.join(unique, on="code", how="left")
-               .group_by("_row")
-               .agg(pl.col("code").filter(~pl.col("billable")).alias("_invalid"),
-                    pl.col("covered").any().alias("dx_covered")))
-    per_row = per_row.with_columns(
+    per_text = (exploded.join(distinct, on="code", how="left")
+                .group_by("diagnosis_codes")
+                .agg(pl.col("code").filter(~pl.col("billable")).alias("_invalid"),
+                     pl.col("covered").any().alias("dx_covered")))
+    per_text = per_text.with_columns(
         pl.when(pl.col("_invalid").list.len() > 0).then(pl.col("_invalid").list.join(";"))
         .otherwise(None).alias("dx_invalid")).drop("_invalid")
-    return (frame.join(per_row, on="_row", how="left")
-            .with_columns(pl.col("dx_covered").fill_null(False)))
+    return (table.join(per_text, on="diagnosis_codes", how="left", nulls_equal=True)
+            .with_columns(pl.col("dx_covered").fill_null(False),
+                          pl.col("dx_codes").list.len().cast(pl.Int64).alias("dx_count")))
 
 
 def facts(valid: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame:
@@ -184,36 +206,41 @@ def facts(valid: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame:
     )
     rx = ref.rxnorm.rename({"ingredient": "rx_ingredient"})
     ndc11, ndc_status = ndc_parts()
+    ndc_table = (valid.select("ndc").unique().with_columns(ndc11.alias("ndc11"), ndc_status.alias("ndc_status"))
+                 .join(products, on="ndc11", how="left"))
     unit = pl.col("dose_unit").str.to_lowercase().str.strip_chars().str.replace(r"s$", "")
-    df = (valid.with_columns(
-            pl.int_range(pl.len(), dtype=pl.Int64).alias("_row"),
-            ndc11.alias("ndc11"), ndc_status.alias("ndc_status"),
+    em = pl.col("em_codes")
+    df = valid.join(ndc_table, on="ndc", how="left", nulls_equal=True, maintain_order="left")
+    df = df.join(rx, on="rxnorm_code", how="left", maintain_order="left")
+    df = df.join(dx_facts(cfg, valid), on="diagnosis_codes", how="left", nulls_equal=True, maintain_order="left")
+    df = by_value(df, "mar_action", {"given": pl.col("mar_action").str.strip_chars().str.to_lowercase()
+                                     .is_in(list(cfg.given_actions)).fill_null(False)})
+    df = by_value(df, "medication_name", {"name_ingredient": name_ingredient()})
+    df = by_value(df, "route", {"route_class": route_class()})
+    df = by_value(df, "dose_unit", {"_unit": pl.when(unit.is_in(MCG_UNITS)).then(pl.lit("mcg"))
+                                    .when(unit.is_in(MG_UNITS)).then(pl.lit("mg"))
+                                    .when(unit.is_in(ML_UNITS)).then(pl.lit("ml")).otherwise(None)})
+    df = by_value(df, "charge_modifiers", {"modifiers": code_list("charge_modifiers")})
+    df = by_value(df, "same_day_em_codes", {"em_codes": code_list("same_day_em_codes")})
+    df = by_value(df, "ordering_provider_npi", {"npi_valid": npi_valid()})
+    df = by_value(df, "expiration_date", {"_expiry": expiry_date()})
+    df = (df.with_columns(
             local_timestamp().alias("admin_time"),
-            expiry_date().alias("expiration_date"),
+            pl.col("_expiry").alias("expiration_date"),
             number("dose_value").alias("dose_value"),
             number("concentration_mcg_per_ml").alias("concentration_mcg_per_ml"),
             number("container_volume_ml").alias("container_volume_ml"),
             number("waste_mcg").alias("waste_mcg"),
             number("charge_ndc_qty").alias("charge_ndc_qty"),
             pl.col("charge_units").cast(pl.Int64, strict=False).alias("charge_units"),
-            pl.col("mar_action").str.strip_chars().str.to_lowercase().is_in(list(cfg.given_actions))
-              .fill_null(False).alias("given"),
-            name_ingredient().alias("name_ingredient"),
-            route_class().alias("route_class"),
             pl.col("charge_hcpcs").str.to_uppercase().str.strip_chars().alias("charge_hcpcs"),
             pl.col("admin_cpt").str.to_uppercase().str.strip_chars().alias("admin_cpt"),
             pl.col("charge_ndc_unit").str.to_uppercase().str.strip_chars().alias("charge_ndc_unit"),
-            code_list("charge_modifiers").alias("modifiers"),
-            icd10_dotted().alias("dx_codes"),
-            code_list("same_day_em_codes").alias("em_codes"),
             pl.col("payer_type").str.to_lowercase().str.strip_chars().alias("payer_type"),
             pl.col("claim_type").str.to_lowercase().fill_null("professional").alias("claim_type"),
             pl.col("place_of_service").str.zfill(2).alias("place_of_service"),
-            npi_valid().alias("npi_valid"),
           )
-          .with_columns(pl.col("admin_time").dt.date().alias("service_date"))
-          .join(products, on="ndc11", how="left")
-          .join(rx, on="rxnorm_code", how="left"))
+          .with_columns(pl.col("admin_time").dt.date().alias("service_date")))
     given_container = pl.when(pl.col("container_type") == "unknown").then(None).otherwise(pl.col("container_type"))
     df = df.with_columns(
         pl.col("ref_ingredient").is_not_null().alias("ndc_in_reference"),
@@ -224,21 +251,23 @@ def facts(valid: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame:
         pl.col("charge_hcpcs").is_not_null().alias("charge_present"),
         pl.col("modifiers").list.contains("JW").alias("has_jw"),
         pl.col("modifiers").list.contains("JZ").alias("has_jz"),
-        pl.col("em_codes").list.eval(pl.element().str.slice(0, 5) == "99211").list.any().alias("em_has_99211"),
-        pl.col("em_codes").list.eval(
+        em.list.eval(pl.element().str.slice(0, 5) == "99211").list.any().alias("em_has_99211"),
+        em.list.eval(
             pl.element().str.contains(r"^(9920[2-5]|9921[2-5])") & (pl.element().str.slice(0, 5) != "99211")
             & ~pl.element().str.contains(r"-25(-|$)")).list.any().alias("em_without_25"),
     )
-    dose_mcg = (pl.when(unit.is_in(MCG_UNITS)).then(pl.col("dose_value"))
-                .when(unit.is_in(MG_UNITS)).then(pl.col("dose_value") * 1000)
-                .when(unit.is_in(ML_UNITS)).then(pl.col("dose_value") * pl.col("concentration"))
+    dose_mcg = (pl.when(pl.col("_unit") == "mcg").then(pl.col("dose_value"))
+                .when(pl.col("_unit") == "mg").then(pl.col("dose_value") * 1000)
+                .when(pl.col("_unit") == "ml").then(pl.col("dose_value") * pl.col("concentration"))
                 .otherwise(None))
-    df = df.with_columns(pl.when(dose_mcg > 0).then(dose_mcg).otherwise(None).alias("dose_mcg"))
+    # A non-finite dose (a 400-digit typo parses to inf) is unknown, like a non-positive one.
+    df = df.with_columns(pl.when((dose_mcg > 0) & dose_mcg.is_finite()).then(dose_mcg).otherwise(None).alias("dose_mcg"))
     code_map = cfg.code_for_ingredient
     expected_code = pl.col("ingredient").replace_strict(code_map, default=None, return_dtype=pl.String)
     df = df.with_columns(
         expected_code.alias("expected_code"),
-        (pl.col("dose_mcg") / 1000).ceil().cast(pl.Int64).alias("expected_units"),
+        # strict=False: a dose beyond Int64 units (a typo like 1e23 mcg) gives unknown units, not a crash.
+        (pl.col("dose_mcg") / 1000).ceil().cast(pl.Int64, strict=False).alias("expected_units"),
         (pl.col("dose_mcg") / pl.col("concentration")).round(4).alias("dose_ml"),
     )
     df = df.with_columns(
@@ -246,10 +275,8 @@ def facts(valid: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame:
         unit_capacity_mcg().alias("unit_capacity_mcg"),
         ndc_qty_diff_ml().alias("ndc_qty_diff_ml"),
         claim_needs_jwjz(cfg.mod002_institutional).alias("claim_needs_jwjz"),
-        pl.col("dx_codes").list.len().cast(pl.Int64).alias("dx_count"),
     )
-    df = _dx_facts(df, cfg)
-    return df.drop("_row", "rx_ingredient").sort("source_file", "source_row")
+    return df.drop("rx_ingredient", "_unit", "_expiry")
 
 
 # --- derivations for the catalog rules (read dose_mcg, dose_ml, expected_units: run after them) --

@@ -18,6 +18,7 @@ import polars as pl
 from b12pipeline import normalize, progress
 from b12pipeline.config import SiteConfig, load_site_config
 from b12pipeline.crossrow import add_cross_row_facts
+from b12pipeline.datadocs import validation_result_path
 from b12pipeline.engine import load_ruleset
 from b12pipeline.engine.evaluate import empty_findings, evaluator
 from b12pipeline.engine.rulefile import Ruleset
@@ -26,6 +27,7 @@ from b12pipeline.ingest import FileRejected, read_extract
 from b12pipeline.paths import OutputLayout
 from b12pipeline.queues import atomic_write_parquet, write_queue_partitions, write_quarantine
 from b12pipeline.reference import Reference, load_reference
+from b12pipeline.runguard import restrict
 from b12pipeline.validate import validate
 
 
@@ -80,6 +82,7 @@ def reject_file(path: Path, layout: OutputLayout, reason: str, move: bool) -> No
     target = layout.rejected / path.name
     if path.exists():
         (shutil.move if move else shutil.copy2)(str(path), target)
+        restrict(target)  # copy2/move keep the source's mode; the output root is owner-only
     (layout.rejected / f"{path.name}.error.txt").write_text(f"{path.name}: {reason}\n")
 
 
@@ -92,12 +95,14 @@ def stage_file(path: Path | str, out: Path | str, run_id: str, night: dt.date, r
         result.source_format = extract.source_format
         frame = extract.frame
         result.rows_read = extract.rows   # includes rows the reader itself quarantined
-        scope = frame.select(normalize.b12_scope(rules.reference).alias("s"))["s"]
+        scope = normalize.scope_mask(frame, rules.reference)
         b12 = frame.filter(scope)
         held = extract.quarantine_in_scope(normalize.b12_scope(rules.reference))
         outcome = validate(b12).with_reader_quarantine(held)
         result.out_of_scope = extract.rows - outcome.rows
         result.unexpected_counts = outcome.unexpected_counts
+        if outcome.gx_result is not None:   # for the run's Data Docs (counts only, see validate.py)
+            write_json(validation_result_path(layout, run_id, f"{path.stem}-{result.sha256[:12]}"), outcome.gx_result)
         share = outcome.quarantine.height / outcome.rows if outcome.rows else 0.0
         if share > rules.config.max_quarantine_share:
             raise FileRejected(path, f"{outcome.quarantine.height} of {outcome.rows} B12 rows failed validation "

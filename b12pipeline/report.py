@@ -40,6 +40,9 @@ def build_manifest(*, run_id: str, kind: str, night: str, started_at: str, ended
         "dates_evaluated": applied.get("dates", []),
         "findings": findings_counts(layout.queues, applied.get("dates", [])),
         "validation_report": str((layout.run_dir(run_id) / "validation.json").relative_to(out)),
+        # Written after this manifest by the flow's run-report task (report_html.py, datadocs.py).
+        "validation_docs": str((layout.run_dir(run_id) / "validation" / "index.html").relative_to(out)),
+        "run_report": str((layout.run_dir(run_id) / "report.html").relative_to(out)),
         "queues": str(layout.queues),
     }
     write_json(layout.run_dir(run_id) / "validation.json", {

@@ -42,6 +42,7 @@ class ValidationOutcome:
     valid: pl.DataFrame
     quarantine: pl.DataFrame           # canonical columns + failed_expectations + failure_reasons
     unexpected_counts: dict[str, int] = field(default_factory=dict)   # counts only: no values
+    gx_result: dict | None = None      # GX's result (counts, no row values), rendered into Data Docs
 
     @property
     def rows(self) -> int:
@@ -95,6 +96,7 @@ class SuiteRunner:
         for exp in self.spec["expectations"]:
             polars_mask(exp)  # refuse an expectation we cannot turn into exact row masks
         self.context = gx.get_context(mode="ephemeral")
+        self.context.enable_analytics(False)  # no usage telemetry from a process that holds PHI
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
         suite = gx.ExpectationSuite(**self.spec)
         # GX logs and drops an expectation it cannot build (a misspelled type) instead of raising.
@@ -111,10 +113,24 @@ class SuiteRunner:
             gx.ValidationDefinition(name=self.spec["name"], data=batch, suite=self.suite))
         self._lock = threading.Lock()
 
+    @property
+    def columns(self) -> list[str]:
+        """The columns the suite reads: GX's cost grows with the frame it is handed, not the suite."""
+        return sorted({e["kwargs"]["column"] for e in self.spec["expectations"] if "column" in e["kwargs"]})
+
     def unexpected_counts(self, frame: pl.DataFrame) -> dict[str, int]:
+        return self.run(frame)[0]
+
+    def run(self, frame: pl.DataFrame) -> tuple[dict[str, int], dict]:
+        """Counts per expectation, and the GX result as JSON for the run's Data Docs.
+
+        partial_unexpected_count 0: SUMMARY would otherwise keep up to 20 failing values per
+        expectation (patient and admin ids among them); counts are all we need, and all we keep.
+        """
+        batch = frame.select(self.columns).to_pandas()
         with self._lock:
-            result = self.definition.run(batch_parameters={"dataframe": frame.to_pandas()},
-                                         result_format={"result_format": "SUMMARY"})
+            result = self.definition.run(batch_parameters={"dataframe": batch},
+                                         result_format={"result_format": "SUMMARY", "partial_unexpected_count": 0})
         counts = {}
         for r in result.results:
             cfg = r.expectation_config
@@ -122,7 +138,7 @@ class SuiteRunner:
             if r.exception_info and r.exception_info.get("raised_exception"):
                 raise SuiteError(f"{self.path}: {name} raised in GX: {r.exception_info.get('exception_message')}")
             counts[name] = int(r.result.get("unexpected_count") or 0)
-        return counts
+        return counts, result.to_json_dict()
 
 
 @lru_cache(maxsize=4)
@@ -137,7 +153,7 @@ def validate(frame: pl.DataFrame, suite_path: Path | None = None) -> ValidationO
         empty_q = frame.with_columns(pl.lit([], dtype=pl.List(pl.String)).alias("failed_expectations"),
                                      pl.lit(None, dtype=pl.String).alias("failure_reasons"))
         return ValidationOutcome(valid=frame, quarantine=empty_q.clear())
-    gx_counts = runner.unexpected_counts(frame)
+    gx_counts, gx_result = runner.run(frame)
     names, masks, reasons = [], [], []
     by_column: dict[str, list[pl.Expr]] = {}
     for exp in runner.spec["expectations"]:
@@ -166,4 +182,5 @@ def validate(frame: pl.DataFrame, suite_path: Path | None = None) -> ValidationO
         valid=marked.filter(~bad).select(frame.columns),
         quarantine=marked.filter(bad).select(*frame.columns, "failed_expectations", "failure_reasons"),
         unexpected_counts={k: v for k, v in counts.items() if v},
+        gx_result=gx_result,
     )

@@ -42,7 +42,9 @@ def typed(frame: pl.DataFrame) -> pl.DataFrame:
            if c in frame.columns}
     return frame.with_columns(
         pl.col("admin_time").str.strptime(pl.Datetime("us"), "%Y-%m-%dT%H:%M:%S", strict=False),
-        pl.col("expiration_date").str.strptime(pl.Date, "%Y-%m-%d", strict=False),
+        pl.coalesce(pl.col("expiration_date").str.strptime(pl.Date, "%Y-%m-%d", strict=False),
+                    (pl.col("expiration_date") + "-01").str.strptime(pl.Date, "%Y-%m-%d", strict=False)
+                    .dt.month_end()).alias("expiration_date"),   # YYYY-MM means its last day
         pl.col("charge_units").cast(pl.Int64, strict=False),
         *[e.alias(c) for c, e in num.items()])
 
@@ -108,6 +110,7 @@ def write_fhir(frame: pl.DataFrame, path: Path, mapping_name: str = "fhir") -> N
     systems = cfg["systems"]
     icd = systems["icd10"][0] if isinstance(systems["icd10"], list) else systems["icd10"]
     status = {v: k for k, v in mapping.values["mar_action"].map.items()}
+    status_name = mapping.values["mar_action"].map
     route_codes = {v: k for k, v in mapping.values["route"].map.items()}
     ucum = {"mcg": "ug", "mg": "mg", "ml": "mL", "g": "g"}
     ext_of = {col: cfg["extension_base"] + name for name, col in cfg["extensions"].items()}
@@ -115,9 +118,10 @@ def write_fhir(frame: pl.DataFrame, path: Path, mapping_name: str = "fhir") -> N
     with open(path, "wb") as fh:
         for r in frame.iter_rows(named=True):
             action = r["mar_action"]
-            res: dict = {"resourceType": "MedicationAdministration", "id": r["admin_id"],
-                         "status": status.get(action, "completed" if action and action.lower() == "given"
-                                              else "not-done")}
+            code = status.get(action, "completed" if action and action.lower() == "given" else "not-done")
+            res: dict = {"resourceType": "MedicationAdministration", "id": r["admin_id"], "status": code}
+            if code == "not-done" and action and action != status_name["not-done"]:
+                res["statusReason"] = [{"text": action}]    # Refused, Missed, ... read back as the action
             codings = [c for c in (
                 {"system": systems["rxnorm"], "code": r["rxnorm_code"]} if r["rxnorm_code"] else None,
                 {"system": systems["ndc"], "code": r["ndc"]} if r["ndc"] else None) if c]

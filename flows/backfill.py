@@ -90,8 +90,11 @@ def run_backfill(start: dt.date, end: dt.date, out: str, rules_dir: str | None =
                  dask_address: str | None = None, workers: int | None = None) -> dict:
     """Run the backfill flow on the chosen task runner. Default chunking: the look-back length on the
     local thread pool (Polars already uses every core), 7 days on Dask (chunks are its parallelism)."""
+    from b12pipeline.runguard import guard_output
+
     if chunk_days is None and (dask_address or workers):
         chunk_days = DASK_CHUNK_DAYS
     runner = task_runner(dask_address, workers)
     target = backfill_flow if runner is None else backfill_flow.with_options(task_runner=runner)
-    return target(start=start, end=end, out=out, rules_dir=rules_dir, chunk_days=chunk_days)
+    with guard_output(out):  # one run per output root, owner-only files (b12pipeline/runguard.py)
+        return target(start=start, end=end, out=out, rules_dir=rules_dir, chunk_days=chunk_days)

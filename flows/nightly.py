@@ -14,6 +14,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from b12pipeline import pipeline, report
 from b12pipeline.archive import archive_file
 from b12pipeline.paths import OutputLayout
+from b12pipeline.runguard import guard_output, note_run
 
 
 def _retry_on_io(task, task_run, state) -> bool:
@@ -32,9 +33,16 @@ def stage_extract(path: str, out: str, run_id: str, night: dt.date, rules_dir: s
                   source: str | None, move_rejected: bool) -> dict:
     rules = pipeline.Rules.load(rules_dir)
     result = pipeline.stage_file(path, out, run_id, night, rules, source=source, move_rejected=move_rejected)
-    if result.status == "processed":
-        archive_file(Path(path), result.sha256, OutputLayout(Path(out)).archive, night.isoformat())
     return result.to_dict()
+
+
+@task(name="archive-extracts", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_on_io)
+def archive_extracts(paths: list[str], inputs: list[dict], out: str, night: dt.date) -> None:
+    """Archive processed files only after their rows are in history: `nightly` skips archived
+    checksums, so archiving earlier would lose a night's rows if the run died in between."""
+    for path, result in zip(paths, inputs):
+        if result["status"] == "processed":
+            archive_file(Path(path), result["sha256"], OutputLayout(Path(out)).archive, night.isoformat())
 
 
 @task(name="apply-night", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_on_io)
@@ -52,15 +60,32 @@ def write_run_record(run_id: str, night: dt.date, started_at: str, inputs: list[
                                  ruleset_version=ruleset_version, rules_dir=rules_dir or "")
 
 
+@task(name="write-run-report", retries=1, retry_delay_seconds=[5], retry_condition_fn=_retry_on_io)
+def write_run_report(run_id: str, out: str, started_at: str) -> str:
+    """Data Docs from the night's saved GX results, then report.html (which links them): counts only."""
+    from b12pipeline.datadocs import build_data_docs
+    from b12pipeline.report_html import write_run_report as write_html
+
+    build_data_docs(out, run_id, dt.datetime.fromisoformat(started_at))
+    return str(write_html(out, run_id))
+
+
 @flow(name="b12-nightly", log_prints=False)
 def nightly_flow(extracts: list[str], out: str, night: dt.date, rules_dir: str | None = None,
                  source: str | None = None, move_rejected: bool = False, engine: str = "polars") -> dict:
     """Process `extracts` as one night. `night` is passed in: nothing below reads the wall clock."""
+    with guard_output(out):  # one run per output root, owner-only files (a no-op inside the CLI's guard)
+        return _nightly(extracts, out, night, rules_dir, source, move_rejected, engine)
+
+
+def _nightly(extracts: list[str], out: str, night: dt.date, rules_dir: str | None, source: str | None,
+             move_rejected: bool, engine: str) -> dict:
     logger = get_run_logger()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     rules = pipeline.Rules.load(rules_dir)
     checksums = [pipeline.sha256_file(Path(p)) for p in extracts]
     run_id = pipeline.make_run_id(night, checksums, rules.ruleset.version)
+    note_run(out, run_id)
     logger.info("run %s: %d extract(s), ruleset %s", run_id, len(extracts), rules.ruleset.version)
     futures = [stage_extract.submit(p, out, run_id, night, rules_dir, source, move_rejected) for p in extracts]
     inputs = [f.result() for f in futures]
@@ -71,9 +96,54 @@ def nightly_flow(extracts: list[str], out: str, night: dt.date, rules_dir: str |
             logger.info("%s: %d rows read, %d in scope, %d quarantined", i["file"], i["rows_read"],
                         i["in_scope"], i["quarantined"])
     applied = apply_night([i["staged"] for i in inputs if i["staged"]], out, rules_dir, run_id, engine)
+    archive_extracts(extracts, inputs, out, night)
     manifest = write_run_record(run_id, night, started_at, inputs, applied, out, rules_dir, rules.ruleset.version)
+    # The queues and run record are complete; a broken report must not fail the night for coders.
+    report_state = write_run_report(run_id, out, started_at, return_state=True)
+    if report_state.is_failed():
+        logger.error("run report not written for %s: %s", run_id, report_state.message)
     create_markdown_artifact(key="b12-nightly-summary", markdown=report.summary_markdown(manifest),
                              description="Counts only: no patient identifiers.")
     create_table_artifact(key="b12-nightly-findings-per-rule", table=report.counts_table(manifest),
                           description="Findings per rule for the dates this run evaluated.")
     return manifest
+
+
+@flow(name="b12-nightly-landing", log_prints=False)
+def landing_flow(landing: str, out: str, night: dt.date | None = None, tz: str = "UTC",
+                 rules_dir: str | None = None, source: str | None = None, engine: str = "polars") -> dict:
+    """What the schedule runs: every new file in `landing` (by checksum) as one night.
+
+    `night` defaults to the date of this run's *scheduled* start in `tz` (see b12pipeline.schedule),
+    so a late or re-run schedule slot still processes its own night.
+    """
+    from prefect.runtime import flow_run
+
+    from b12pipeline.archive import landing_extracts
+    from b12pipeline.schedule import night_of
+
+    logger = get_run_logger()
+    night = night or night_of(flow_run.scheduled_start_time, tz)
+    with guard_output(out):  # held from the archive lookup to the end of the night
+        candidates, new = landing_extracts(Path(landing), OutputLayout(Path(out)).archive)
+        if not new:
+            logger.info("night %s: nothing new in landing (%d file(s) already processed)", night, len(candidates))
+            return {"night": night.isoformat(), "run_id": None, "status": "nothing new", "files": 0}
+        manifest = nightly_flow(extracts=[str(p) for p in new], out=out, night=night, rules_dir=rules_dir,
+                                source=source, move_rejected=True, engine=engine)
+    return {"night": night.isoformat(), "run_id": manifest["run_id"], "status": "processed",
+            "files": manifest["totals"]["files"], "files_rejected": manifest["totals"]["files_rejected"]}
+
+
+def landing_deployment(landing: str, out: str, cron: str, tz: str, name: str = "nightly",
+                       rules_dir: str | None = None):
+    """The scheduled deployment of `landing_flow` (what `b12pipeline serve` serves)."""
+    from prefect.schedules import Cron
+
+    from b12pipeline.schedule import check_timezone
+
+    check_timezone(tz)
+    return landing_flow.to_deployment(
+        name=name, schedules=[Cron(cron, timezone=tz)],
+        parameters={"landing": landing, "out": out, "tz": tz, "rules_dir": rules_dir},
+        description=f"Every new extract in {landing} as one night, on '{cron}' ({tz}).")

@@ -1,6 +1,7 @@
 """Shared test fixtures: one Prefect test harness per session (a throwaway SQLite-backed API)."""
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 from pathlib import Path
@@ -44,3 +45,33 @@ def landing(tmp_path: Path) -> Path:
         if p.suffix in (".csv", ".parquet"):
             shutil.copy2(p, folder / p.name)
     return folder
+
+
+@pytest.fixture(scope="session")
+def two_nights(prefect_harness, tmp_path_factory):
+    """The fixture extracts run as two nights through the real flow (night 1: CSV, night 2: Parquet).
+
+    Shared by the queue, report and browser tests: returns (out, [manifest night 1, manifest night 2]).
+    """
+    from flows.nightly import nightly_flow
+
+    out = tmp_path_factory.mktemp("two_nights") / "out"
+    manifests = [nightly_flow(extracts=[str(FIXTURES / name)], out=str(out), night=night)
+                 for name, night in (("emar_2024-03-01.csv", dt.date(2024, 3, 1)),
+                                     ("emar_2024-03-02.parquet", dt.date(2024, 3, 2)))]
+    return out, manifests
+
+
+def fixture_identifiers() -> set[str]:
+    """Every patient, encounter, administration and order id in the fixture extracts."""
+    import polars as pl
+
+    ids: set[str] = set()
+    for p in FIXTURES.iterdir():
+        if p.suffix not in (".csv", ".parquet"):
+            continue
+        frame = pl.read_csv(p, infer_schema=False) if p.suffix == ".csv" else pl.read_parquet(p)
+        for col in ("patient_id", "encounter_id", "admin_id", "order_id"):
+            if col in frame.columns:
+                ids |= {str(v) for v in frame[col].drop_nulls().to_list() if str(v).strip()}
+    return ids

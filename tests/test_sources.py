@@ -178,3 +178,15 @@ def test_same_administrations_in_every_format_give_identical_findings(synthetic_
     assert (result.in_scope, result.out_of_scope, result.quarantined) == \
         (base_result.in_scope, base_result.out_of_scope, base_result.quarantined)
     assert findings.equals(base)
+
+
+def test_not_done_keeps_the_emar_word_but_never_becomes_given(tmp_path):
+    base = json.loads(FHIR_NDJSON.read_text().splitlines()[0])
+    refused = {**base, "id": "a-1", "status": "not-done", "statusReason": [{"text": "Refused"}]}
+    contradiction = {**base, "id": "a-2", "status": "not-done", "statusReason": [{"text": "Given by Other"}]}
+    path = tmp_path / "ma.ndjson"
+    path.write_text("\n".join(json.dumps(r) for r in (refused, contradiction)) + "\n")
+    ex = read_extract(path)
+    assert ex.frame["mar_action"].to_list() == ["Refused"]
+    assert ex.quarantine["failure_reasons"].to_list() == \
+        ["line 2: status is not-done but statusReason[0] reads as an administration ('Given by Other')"]

@@ -1,6 +1,7 @@
 """The b12pipeline command line: argument handling and calls into the library, nothing else.
 
-Exit codes: 0 processed (with or without findings), 1 a file was rejected, 2 usage error.
+Exit codes: 0 processed (with or without findings), 1 a file was rejected, 2 usage error,
+3 another run holds the output folder (see runguard.py).
 """
 from __future__ import annotations
 
@@ -17,10 +18,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="
 from b12pipeline.cli import run as _run  # noqa: E402
 from b12pipeline.cli import backfill as _backfill  # noqa: E402
 from b12pipeline.cli import rules as _rules  # noqa: E402
+from b12pipeline.cli import queue as _queue  # noqa: E402
+from b12pipeline.cli import serve as _serve  # noqa: E402
 
 _run.register(app)
 _backfill.register(app)
 _rules.register(app)
+_queue.register(app)
+_serve.register(app)
 
 from b12pipeline.cli import synth as _synth  # noqa: E402
 

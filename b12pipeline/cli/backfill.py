@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from b12pipeline.cli.common import EXIT_OK, console, err_console, parse_date, usage_error
+from b12pipeline.cli.common import EXIT_OK, console, err_console, output_guard, parse_date, usage_error
 
 
 def register(app: typer.Typer) -> None:
@@ -43,8 +43,9 @@ def register(app: typer.Typer) -> None:
         from flows.backfill import run_backfill
 
         try:
-            manifest = run_backfill(start, end, str(out), rules_dir=str(rules) if rules else None,
-                                    chunk_days=chunk_days, dask_address=dask_address, workers=workers)
+            with output_guard(out, wait=False):  # exit 3 if a night or another backfill holds --out
+                manifest = run_backfill(start, end, str(out), rules_dir=str(rules) if rules else None,
+                                        chunk_days=chunk_days, dask_address=dask_address, workers=workers)
         except RuleFileError as exc:
             raise usage_error(str(exc)) from None
         print_diff(manifest, out)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import datetime as dt
+from contextlib import contextmanager
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -10,6 +12,7 @@ console = Console(stderr=False)
 err_console = Console(stderr=True)
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
+EXIT_BUSY = 3  # another run holds --out (b12pipeline/runguard.py)
 
 
 def usage_error(message: str) -> typer.Exit:
@@ -29,3 +32,19 @@ def parse_date(value: str | None, name: str) -> dt.date | None:
 def today() -> dt.date:
     """The only wall-clock read: at the CLI boundary, for a default night date."""
     return dt.date.today()
+
+
+@contextmanager
+def output_guard(out: Path, wait: bool):
+    """Hold --out for the whole command; a second run stops with EXIT_BUSY (or waits with --wait)."""
+    from b12pipeline.runguard import OutputLocked, guard_output
+
+    def waiting(holder: str) -> None:
+        err_console.print(f"waiting for {out}: in use by {holder}")
+
+    try:
+        with guard_output(out, wait=wait, on_wait=waiting):
+            yield
+    except OutputLocked as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(EXIT_BUSY) from None

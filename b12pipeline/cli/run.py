@@ -9,18 +9,24 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from b12pipeline import progress
-from b12pipeline.cli.common import EXIT_OK, EXIT_REJECTED, console, err_console, parse_date, today, usage_error
+from b12pipeline.cli.common import (EXIT_OK, EXIT_REJECTED, console, err_console, output_guard, parse_date, today,
+                                    usage_error)
 
-EXTRACT_SUFFIXES = (".csv", ".txt", ".parquet", ".pq", ".ndjson", ".jsonl")
+WAIT_HELP = "If another run holds --out, wait for it instead of stopping (exit code 3)."
 
 
 def run_night(extracts: list[Path], out: Path, night_text: Optional[str], rules: Optional[Path],
-              source: Optional[str], move_rejected: bool, engine: str = "polars") -> int:
+              source: Optional[str], move_rejected: bool, engine: str = "polars", wait: bool = False) -> int:
     night = parse_date(night_text, "--night") or today()
     if rules is not None and not rules.is_dir():
         raise usage_error(f"--rules {rules} is not a folder")
     check_engine(engine)
-    out.mkdir(parents=True, exist_ok=True)
+    with output_guard(out, wait):
+        return _run_night(extracts, out, night, rules, source, move_rejected, engine)
+
+
+def _run_night(extracts: list[Path], out: Path, night, rules: Optional[Path], source: Optional[str],
+               move_rejected: bool, engine: str) -> int:
     from b12pipeline.engine.rulefile import RuleFileError
     from flows.nightly import nightly_flow
 
@@ -83,6 +89,8 @@ def print_summary(manifest: dict, out: Path) -> None:
     console.print(f"queues:     {out / 'queues'}")
     console.print(f"quarantine: {out / 'quarantine'}")
     console.print(f"run record: {out / 'runs' / manifest['run_id'] / 'manifest.json'}")
+    if "run_report" in manifest:
+        console.print(f"report:     {out / manifest['run_report']}")
 
 
 def register(app: typer.Typer) -> None:
@@ -94,12 +102,14 @@ def register(app: typer.Typer) -> None:
         rules: Optional[Path] = typer.Option(None, help="Rules folder (default: the project's rules/)."),
         source: Optional[str] = typer.Option(None, help="Source format (csv, parquet, clarity, fhir, or a schemas/sources mapping); default from the extension and header."),
         engine: str = typer.Option("polars", help=ENGINE_HELP),
+        wait: bool = typer.Option(False, "--wait", help=WAIT_HELP),
     ) -> None:
         """Process the given extract files as one night."""
         missing = [str(p) for p in extract if not p.is_file()]
         if missing:
             raise usage_error(f"no such file: {', '.join(missing)}")
-        raise typer.Exit(run_night(extract, out, night, rules, source, move_rejected=False, engine=engine))
+        raise typer.Exit(run_night(extract, out, night, rules, source, move_rejected=False, engine=engine,
+                                   wait=wait))
 
     @app.command()
     def nightly(
@@ -109,18 +119,20 @@ def register(app: typer.Typer) -> None:
         rules: Optional[Path] = typer.Option(None, help="Rules folder (default: the project's rules/)."),
         source: Optional[str] = typer.Option(None, help="Source format for every file; default per extension."),
         engine: str = typer.Option("polars", help=ENGINE_HELP),
+        wait: bool = typer.Option(False, "--wait", help=WAIT_HELP),
     ) -> None:
         """Process the files in LANDING that were not processed before (by checksum)."""
         if not landing.is_dir():
             raise usage_error(f"--landing {landing} is not a folder")
-        from b12pipeline.archive import archived_checksums
-        from b12pipeline.paths import OutputLayout
-        from b12pipeline.pipeline import sha256_file
+        with output_guard(out, wait):  # held from the archive lookup to the end of the night
+            _nightly(landing, out, night, rules, source, engine)
 
-        seen = archived_checksums(OutputLayout(out).archive)
-        candidates = sorted(p for p in landing.iterdir() if p.is_file() and not p.name.startswith(".")
-                            and p.suffix.lower() in EXTRACT_SUFFIXES)
-        new = [p for p in candidates if sha256_file(p) not in seen]
+    def _nightly(landing: Path, out: Path, night: Optional[str], rules: Optional[Path],
+                 source: Optional[str], engine: str) -> None:
+        from b12pipeline.archive import landing_extracts
+        from b12pipeline.paths import OutputLayout
+
+        candidates, new = landing_extracts(landing, OutputLayout(out).archive)
         if not new:
             console.print(f"nothing new in {landing} ({len(candidates)} file(s) already processed)")
             raise typer.Exit(EXIT_OK)

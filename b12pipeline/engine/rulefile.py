@@ -132,7 +132,7 @@ def parse_rule(raw: Any, path: Path) -> Rule:
 def load_rule_file(path: Path) -> Rule:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: not UTF-8, or an impossible date like 2024-13-45
         raise RuleFileError(f"{path}: not valid (safe) YAML: {str(exc).splitlines()[0]}") from None
     return parse_rule(raw, path)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from b12pipeline.contract import Contract, load_contract
+from b12pipeline.limits import current_limits, file_problem, frame_problem
 
 
 class FileRejected(Exception):
@@ -106,12 +107,21 @@ def read_extract(path: Path | str, source: str | None = None) -> Extract:
     if source is None and fmt == "csv":
         fmt = sourcemapped.recognise(path) or fmt   # a Clarity-style header is read as clarity
     readers = {"csv": canonical.read_csv, "parquet": canonical.read_parquet}
+    limits = current_limits()
+    problem = file_problem(path, fmt, limits)
+    if problem:
+        raise FileRejected(path, problem)
     if fmt in readers:
         frame, ignored = readers[fmt](path)
-        return Extract(path=path, source_format=fmt, frame=frame, ignored_columns=ignored)
-    if fmt == "fhir":
-        return fhir.read_fhir(path)
-    if fmt in sourcemapped.delimited_names():
-        return sourcemapped.read_mapped(path, fmt)
-    known = sorted(set(readers) | {"fhir"} | set(sourcemapped.delimited_names()))
-    raise FileRejected(path, f"unknown source format {fmt!r}; expected one of {', '.join(known)}")
+        extract = Extract(path=path, source_format=fmt, frame=frame, ignored_columns=ignored)
+    elif fmt == "fhir":
+        extract = fhir.read_fhir(path)
+    elif fmt in sourcemapped.delimited_names():
+        extract = sourcemapped.read_mapped(path, fmt)
+    else:
+        known = sorted(set(readers) | {"fhir"} | set(sourcemapped.delimited_names()))
+        raise FileRejected(path, f"unknown source format {fmt!r}; expected one of {', '.join(known)}")
+    problem = frame_problem(extract.frame, load_contract().names, limits)
+    if problem:
+        raise FileRejected(path, problem)
+    return extract

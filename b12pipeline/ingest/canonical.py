@@ -1,19 +1,29 @@
 """Readers for extracts that already carry the canonical column names: CSV and Parquet."""
 from __future__ import annotations
 
+import csv
+import re
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from b12pipeline.ingest import FileRejected, canonicalise
+from b12pipeline.limits import Limits, current_limits, human
 
+DUPLICATE_SUFFIX = r"_duplicated_\d+$"
+COMPRESSED_SUFFIXES = (".gz", ".gzip", ".bz2", ".xz", ".zst", ".zip", ".7z")
 SUFFIX_FORMATS = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet",
                   ".ndjson": "fhir", ".jsonl": "fhir"}
 
 
 def format_from_suffix(path: Path) -> str:
     fmt = SUFFIX_FORMATS.get(path.suffix.lower())
+    if fmt is None and path.suffix.lower() in COMPRESSED_SUFFIXES:
+        raise FileRejected(path, f"compressed extracts ({path.suffix}) are not accepted; "
+                                 f"decompress it into the landing folder first")
     if fmt is None:
         raise FileRejected(path, f"cannot tell the format from the extension {path.suffix!r}; "
                                  f"name it .csv, .parquet or .ndjson, or pass --source")
@@ -27,9 +37,49 @@ def read_csv(path: Path) -> tuple[pl.DataFrame, list[str]]:
     except pl.exceptions.NoDataError:
         raise FileRejected(path, "the file is empty (no header row)") from None
     except (pl.exceptions.ComputeError, pl.exceptions.PolarsError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FileRejected(path, f"not a readable CSV file: {first[:300]}") from None
+        raise FileRejected(path, f"not a readable CSV file: {csv_problem(path) or scrub(exc)}") from None
+    # Polars renames a repeated header to <name>_duplicated_<n>; the second copy would be dropped unseen.
+    repeated = sorted({re.sub(DUPLICATE_SUFFIX, "", c) for c in raw.columns if re.search(DUPLICATE_SUFFIX, c)})
+    if repeated:
+        raise FileRejected(path, f"duplicate column name(s) in the header: {', '.join(repeated)}")
     return canonicalise(raw, path)
+
+
+CSV_ERRORS = {
+    "unexpected end of data": "an unclosed quote: the file ends inside a quoted value",
+    "expected after": "a quote inside a quoted value is not doubled (\"\")",
+    "field larger than field limit": "a value is longer than the field limit",
+    "line contains nul": "a NUL byte",
+}
+
+
+def csv_problem(path: Path) -> str | None:
+    """Where a CSV breaks, by data row, never quoting a value (Polars' messages quote the row: PHI).
+
+    Only runs after Polars refused the file, so the per-row Python here is off the hot path.
+    """
+    csv.field_size_limit(max(current_limits().max_field_bytes * 4, 1 << 17))
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.reader(fh, strict=True)
+        row = 0
+        try:
+            header = next(reader, None)
+            if header is None:
+                return "the file is empty (no header row)"
+            for row, fields in enumerate(reader, 1):
+                if fields and len(fields) > len(header):
+                    return f"data row {row} has {len(fields)} fields, the header has {len(header)}"
+        except csv.Error as exc:
+            text = str(exc).lower()
+            what = next((v for k, v in CSV_ERRORS.items() if k in text), "not valid CSV")
+            return f"{'header row' if row == 0 and reader.line_num <= 1 else f'data row {row + 1}'}: {what}"
+    return None
+
+
+def scrub(exc: Exception) -> str:
+    """The first line of a reader error with every `quoted` excerpt removed (they can hold row values)."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return re.sub(r"`[^`]*`?", "`...`", first)[:300]
 
 
 def _as_text(frame: pl.DataFrame) -> pl.DataFrame:
@@ -49,11 +99,51 @@ def _as_text(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.select(exprs)
 
 
+def parquet_problem(meta: pq.FileMetaData, limits: Limits) -> str | None:
+    """A Parquet file too large once decoded, from its footer alone (a small file can inflate a lot)."""
+    if meta.num_rows > limits.max_rows:
+        return f"{meta.num_rows:,} rows, over the limit of {limits.max_rows:,} (B12_MAX_ROWS)"
+    decoded = sum(meta.row_group(i).column(j).total_uncompressed_size
+                  for i in range(meta.num_row_groups) for j in range(meta.num_columns))
+    if decoded > limits.max_decoded_bytes:
+        return (f"{decoded:,} bytes once decompressed, over the limit of {human(limits.max_decoded_bytes)} "
+                f"(B12_MAX_DECODED_BYTES)")
+    return None
+
+
+def dictionary_problem(path: Path, limits: Limits) -> str | None:
+    """Dictionary-encoded text inflates past its pages (one long value repeated per row): measure it
+    while it is still a dictionary, before anything decodes it."""
+    schema = pq.read_metadata(path).schema
+    text = [c.path for c in (schema.column(i) for i in range(len(schema)))
+            if c.physical_type in ("BYTE_ARRAY", "FIXED_LEN_BYTE_ARRAY") and "." not in c.path]
+    if not text:
+        return None
+    table = pq.read_table(path, columns=text, read_dictionary=text)
+    decoded = 0
+    for column in table.columns:
+        for chunk in column.chunks:
+            if pa.types.is_dictionary(chunk.type):
+                lengths = pc.binary_length(chunk.dictionary)
+                decoded += pc.sum(pc.take(lengths, chunk.indices)).as_py() or 0
+            else:
+                decoded += chunk.nbytes
+    if decoded > limits.max_decoded_bytes:
+        return (f"{decoded:,} bytes of text once decoded, over the limit of {human(limits.max_decoded_bytes)} "
+                f"(B12_MAX_DECODED_BYTES)")
+    return None
+
+
 def read_parquet(path: Path) -> tuple[pl.DataFrame, list[str]]:
+    limits = current_limits()
     try:
-        pq.read_metadata(path)  # cheap check that this is Parquet at all
+        problem = parquet_problem(pq.read_metadata(path), limits) or dictionary_problem(path, limits)
+    except Exception as exc:  # pyarrow raises several types for a non-Parquet or damaged file
+        raise FileRejected(path, f"not a readable Parquet file: {scrub(exc)}") from None
+    if problem:
+        raise FileRejected(path, problem)
+    try:
         raw = pl.read_parquet(path)
     except Exception as exc:  # pyarrow and polars raise several types for a non-Parquet file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FileRejected(path, f"not a readable Parquet file: {first[:300]}") from None
+        raise FileRejected(path, f"not a readable Parquet file: {scrub(exc)}") from None
     return canonicalise(_as_text(raw), path)

@@ -7,7 +7,8 @@ reason naming the line and the element ("line 7: dosage.dose.value must be a num
 
 Element -> column:
   id -> admin_id; request -> order_id; subject -> patient_id; context -> encounter_id;
-  effectiveDateTime | effectivePeriod.start -> admin_time; status -> mar_action (mapped);
+  effectiveDateTime | effectivePeriod.start -> admin_time; status -> mar_action (mapped; for
+  not-done, the statusReason text when there is one: "Refused", "Missed");
   medicationCodeableConcept, or a contained Medication via medicationReference "#id":
   text / display -> medication_name, RxNorm coding -> rxnorm_code, NDC coding -> ndc,
   Medication.batch.lotNumber / expirationDate -> lot_number / expiration_date;
@@ -17,6 +18,7 @@ Element -> column:
 """
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -193,6 +195,26 @@ def _extensions(res: dict, row: dict, cfg: dict, seen: set[str]) -> None:
         seen.add(column)
 
 
+def _not_done_reason(res: dict) -> str | None:
+    """statusReason[0] text (else display) of a not-done resource. A reason that reads as an
+    administration ("Given by Other", "Administered") contradicts not-done: the resource is refused
+    rather than letting site configuration count it as given."""
+    from b12pipeline.config import SiteConfig
+
+    reasons = _get(res, "statusReason", list, "") or []
+    if not reasons:
+        return None
+    if not isinstance(reasons[0], dict):
+        raise Invalid("statusReason[0] must be an object")
+    text = _concept_text(reasons[0], "statusReason[0].")
+    if text is None:
+        return None
+    folded = text.strip().lower()
+    if folded in SiteConfig().given_actions or (re.search(r"\bgiven\b", folded) and not re.search(r"\bnot\b", folded)):
+        raise Invalid(f"status is not-done but statusReason[0] reads as an administration ({text!r})")
+    return text
+
+
 def parse_resource(res: object, cfg: dict, seen: set[str], row: dict) -> None:
     """Fill `row` (canonical column -> text) from one resource; raise Invalid on the first problem.
     Fields read before the problem stay in `row`, so quarantine keeps what could be read."""
@@ -208,6 +230,8 @@ def parse_resource(res: object, cfg: dict, seen: set[str], row: dict) -> None:
     if status not in cfg["status"]:
         raise Invalid(f"status {status!r} is not a MedicationAdministration status in the fhir mapping")
     row["mar_action"] = cfg["status"][status]
+    if status == "not-done":   # the eMAR's own word for it (Refused, Missed, ...) is in statusReason
+        row["mar_action"] = _not_done_reason(res) or row["mar_action"]
     row["patient_id"] = _ref_id(_get(res, "subject", dict, "", required=True), "subject.")
     ctx = _get(res, "context", dict, "")
     row["encounter_id"] = _ref_id(ctx, "context.") if ctx is not None else None

@@ -1,0 +1,43 @@
+"""`b12pipeline serve`: register the nightly deployment with its cron schedule and run it when due."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from b12pipeline.cli.common import console, usage_error
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def serve(
+        landing: Path = typer.Option(..., help="Landing folder the nightly extracts arrive in."),
+        out: Path = typer.Option(Path("var"), "--out", "-o", help="Output root."),
+        cron: str = typer.Option("30 2 * * *", help="When to run, as a cron expression in --tz."),
+        tz: str = typer.Option("UTC", help="IANA time zone of --cron and of the night's date."),
+        name: str = typer.Option("nightly", help="Deployment name (flow b12-nightly-landing)."),
+        rules: Optional[Path] = typer.Option(None, help="Rules folder (default: the project's rules/)."),
+    ) -> None:
+        """Serve the nightly run on a schedule (needs a Prefect server: PREFECT_API_URL).
+
+        Each scheduled run processes the files in LANDING not processed before, as the night of its
+        scheduled start date in --tz (a late or re-run slot still processes its own night).
+        """
+        if not landing.is_dir():
+            raise usage_error(f"--landing {landing} is not a folder")
+        if rules is not None and not rules.is_dir():
+            raise usage_error(f"--rules {rules} is not a folder")
+        from prefect import serve as prefect_serve
+
+        from flows.nightly import landing_deployment
+
+        try:
+            deployment = landing_deployment(str(landing.resolve()), str(out.resolve()), cron, tz, name,
+                                            str(rules.resolve()) if rules else None)
+        except ValueError as exc:   # an unknown time zone, or Prefect's check of the cron expression
+            raise usage_error(f"--cron {cron!r} / --tz {tz!r}: {str(exc).splitlines()[-1] if str(exc) else exc}") \
+                from None
+        console.print(f"serving b12-nightly-landing/{name}: '{cron}' {tz}, landing {landing}, out {out} "
+                      "(Ctrl-C to stop)")
+        prefect_serve(deployment)

@@ -1,0 +1,132 @@
+"""Work queues for people: per-night summaries, a coder's view, CSV and Excel exports.
+
+Coders work a queue by patient and encounter, so their exports carry the identifiers (that is their
+job); this module never logs a row, and the run reports (report.py, report_html.py) never call it.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import polars as pl
+
+from b12pipeline.engine.rulefile import SEVERITIES
+from b12pipeline.queues import read_queue
+
+# Column order and headings of a coder's export: what to fix first, then who, then lineage.
+CODER_COLUMNS: dict[str, str] = {
+    "service_date": "Date of service",
+    "severity": "Severity",
+    "rule_id": "Rule",
+    "message": "Problem",
+    "expected": "Expected",
+    "actual": "Actual",
+    "patient_id": "Patient ID",
+    "encounter_id": "Encounter ID",
+    "admin_id": "Administration ID",
+    "admin_time": "Administered at",
+    "medication_name": "Medication",
+    "ndc11": "NDC (11-digit)",
+    "dose_mcg": "Dose (mcg)",
+    "route": "Route",
+    "queue": "Queue",
+    "source_file": "Source file",
+    "source_row": "Source row",
+    "finding_id": "Finding ID",
+    "rule_version": "Rule version",
+    "ruleset_version": "Ruleset version",
+    "run_id": "Run ID",
+}
+MAX_WIDTH = 60   # characters; longer cells wrap in Excel instead of pushing the sheet sideways
+
+
+def select_findings(queues_root: Path, queue: str | None = None, day: dt.date | None = None,
+                    rule: str | None = None) -> pl.DataFrame:
+    """Findings of one queue (or all), optionally one date of service and one rule."""
+    found = read_queue(queues_root, queue)
+    if day is not None:
+        found = found.filter(pl.col("service_date") == day)
+    if rule is not None:
+        found = found.filter(pl.col("rule_id") == rule.upper())
+    severity_rank = pl.col("severity").replace_strict(
+        {s: i for i, s in enumerate(SEVERITIES)}, default=len(SEVERITIES), return_dtype=pl.Int32)
+    return found.sort(pl.col("service_date"), severity_rank, "rule_id", "patient_id", "admin_id")
+
+
+def night_summary(queues_root: Path, queue: str | None = None) -> pl.DataFrame:
+    """One row per (service_date, queue): total, a count per severity, and the rules that fired."""
+    found = read_queue(queues_root, queue)
+    keys = ["service_date", "queue"]
+    severity_counts = [(pl.col("severity") == s).sum().cast(pl.Int64).alias(s) for s in SEVERITIES]
+    totals = found.group_by(keys).agg(pl.len().cast(pl.Int64).alias("findings"), *severity_counts)
+    per_rule = (found.group_by([*keys, "rule_id"]).len().sort("rule_id")
+                .group_by(keys, maintain_order=True)
+                .agg(pl.format("{} x{}", "rule_id", "len").str.join(", ").alias("rules")))
+    return totals.join(per_rule, on=keys, how="left").sort("service_date", "queue", descending=[True, False])
+
+
+def coder_view(findings: pl.DataFrame) -> pl.DataFrame:
+    """Findings with readable headings, in the order a coder reads them."""
+    return findings.select([pl.col(c).alias(h) for c, h in CODER_COLUMNS.items()])
+
+
+def export_csv(findings: pl.DataFrame, target: Path) -> int:
+    """CSV with readable headings and a UTF-8 BOM, so Excel shows accented names correctly."""
+    view = coder_view(findings)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write("\ufeff".encode())
+        view.write_csv(fh, datetime_format="%Y-%m-%d %H:%M", date_format="%Y-%m-%d")
+    tmp.replace(target)
+    return view.height
+
+
+def export_xlsx(findings: pl.DataFrame, target: Path, sheet: str = "findings") -> int:
+    """An Excel workbook a coder can sort and filter: bold frozen header, autofilter, sized columns."""
+    from openpyxl import Workbook
+    from openpyxl.styles import Alignment, Font
+    from openpyxl.utils import get_column_letter
+
+    view = coder_view(findings)
+    wb = Workbook()
+    ws = wb.active
+    ws.title = sheet[:31]
+    ws.append(view.columns)
+    for row in view.iter_rows():
+        ws.append(list(row))
+    for cell in ws[1]:
+        cell.font = Font(bold=True)
+        cell.alignment = Alignment(vertical="top", wrap_text=True)
+    ws.freeze_panes = "A2"
+    if view.columns:
+        ws.auto_filter.ref = f"A1:{get_column_letter(len(view.columns))}{max(view.height + 1, 1)}"
+    widths = _column_widths(view)
+    formats = {pl.Date: "yyyy-mm-dd", pl.Datetime: "yyyy-mm-dd hh:mm"}
+    for idx, (name, dtype) in enumerate(view.schema.items(), start=1):
+        letter = get_column_letter(idx)
+        ws.column_dimensions[letter].width = widths[name]
+        fmt = formats.get(dtype.base_type())
+        wrap = widths[name] >= MAX_WIDTH
+        if fmt or wrap:
+            for (cell,) in ws.iter_rows(min_row=2, min_col=idx, max_col=idx):
+                if fmt:
+                    cell.number_format = fmt
+                if wrap:
+                    cell.alignment = Alignment(wrap_text=True, vertical="top")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    wb.save(tmp)
+    tmp.replace(target)
+    return view.height
+
+
+def _column_widths(view: pl.DataFrame) -> dict[str, float]:
+    """Width per column from its heading and longest value (dates are 10/16 characters wide)."""
+    if view.height:
+        longest = view.select([pl.col(c).cast(pl.String).str.len_chars().max().alias(c) for c in view.columns]).row(0)
+    else:
+        longest = [0] * len(view.columns)
+    fixed = {pl.Date: 10, pl.Datetime: 16}
+    return {name: float(min(MAX_WIDTH, max(len(name), fixed.get(dtype.base_type(), n or 0)) + 2))
+            for (name, dtype), n in zip(view.schema.items(), longest)}

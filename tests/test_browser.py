@@ -1,0 +1,56 @@
+"""The run report in real headless Chromium (Debian's /usr/bin/chromium; Playwright never downloads one)."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from test_run_report import CHARTS
+
+pytestmark = pytest.mark.browser
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-default-apps", "--disable-sync", "--no-first-run",
+                 "--disable-extensions"]
+
+
+def test_report_renders_with_charts_and_no_console_errors(two_nights):
+    from playwright.sync_api import sync_playwright
+
+    out, manifests = two_nights
+    report = (out / manifests[1]["run_report"]).resolve()
+    errors: list[str] = []
+    requests: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("request", lambda req: requests.append(req.url))
+            page.goto(report.as_uri(), wait_until="load")
+            assert page.title() == f"b12pipeline night {manifests[1]['night']}"
+            assert page.locator("h1").inner_text() == f"B12 night {manifests[1]['night']}"
+            for chart in CHARTS:
+                svg = page.locator(f"svg[data-chart='{chart}']")
+                assert svg.count() == 1, chart
+                box = svg.bounding_box()
+                assert box and box["width"] > 100 and box["height"] > 20, (chart, box)
+            # Bars are drawn with a visible width proportional to the counts.
+            bars = page.locator("svg[data-chart='per-queue'] rect.bar")
+            widths = [bars.nth(i).bounding_box()["width"] for i in range(bars.count())]
+            coding = manifests[1]["findings"]["per_queue"]["coding"]
+            assert bars.count() == 3 and max(widths) > 100 and (coding == 0 or widths[0] > 0)
+            assert page.locator("svg[data-chart='trend'] circle").count() == 3 * len(manifests)
+            report_errors, report_requests = list(errors), list(requests)
+            # The link to the GX Data Docs resolves (GX's own pages pull CSS/JS from CDNs: not checked here).
+            link = page.locator("a[href='validation/index.html']")
+            assert link.count() == 1
+            link.click()
+            page.wait_for_load_state("domcontentloaded")
+            assert page.url.endswith("/validation/index.html")
+            assert "canonical_extract" in page.content()
+        finally:
+            browser.close()
+    assert report_errors == [], report_errors
+    assert report_requests and all(u.startswith("file://") for u in report_requests), report_requests

@@ -1,0 +1,217 @@
+"""Crash safety and concurrent runs, with the real CLI in subprocesses against the session's Prefect API.
+
+- A run SIGKILLed (its whole process group) while it writes history and queue partitions leaves no
+  partial file a reader can see; a reader polling throughout never reads a torn Parquet file; the
+  next run cleans the temp files and completes the night with the same findings as a clean run.
+- Two runs on the same --out: the second stops with exit code 3 naming the holder's pid, or waits
+  with --wait and then completes; nothing is corrupted.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import polars as pl
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from b12pipeline.history import read_history
+from b12pipeline.paths import OutputLayout
+from b12pipeline.pipeline import Rules, apply_staged, make_run_id, sha256_file, stage_file
+from b12pipeline.queues import read_queue
+
+pytestmark = pytest.mark.slow
+CLI = str(Path(sys.executable).parent / "b12pipeline")
+NIGHT = "2024-12-31"
+DAYS = 240
+
+
+@pytest.fixture(scope="module")
+def cli_env(prefect_harness) -> dict:
+    """Subprocess environment pointing at the session's Prefect API (no ephemeral server per run)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_LOGGING_LEVEL": "WARNING"}
+
+
+@pytest.fixture(scope="module")
+def big_extract(tmp_path_factory) -> Path:
+    """DAYS service dates x 60 administrations, with coding and documentation findings every day,
+    so a run spends seconds writing hundreds of history and queue partitions."""
+    base = pl.read_csv(Path(__file__).resolve().parent.parent / "data/fixtures/emar_2024-03-01.csv",
+                       infer_schema=False, n_rows=1)
+    n = DAYS * 60
+    i = pl.int_range(n, eager=True)
+    day = pl.Series([dt.date(2024, 1, 1) + dt.timedelta(days=k) for k in range(DAYS)]).gather(i // 60)
+    frame = base.select(pl.all().gather([0] * n)).with_columns(
+        pl.format("MAR-{}", i).alias("admin_id"),
+        pl.format("MRN{}", i % 997).alias("patient_id"),
+        (day.dt.to_string("%Y-%m-%d") + "T09:" + (i % 60).cast(pl.String).str.zfill(2)).alias("admin_time"),
+        pl.when(i % 7 == 0).then(pl.lit("2000")).otherwise(pl.lit("1000")).alias("dose_value"),
+        pl.when(i % 11 == 0).then(pl.lit(None)).otherwise(pl.lit("AR24117")).alias("lot_number"),
+    )
+    path = tmp_path_factory.mktemp("big") / "emar_big.csv"
+    frame.write_csv(path)
+    return path
+
+
+def _start(args: list[str], env: dict) -> subprocess.Popen:
+    return subprocess.Popen([CLI, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _run(args: list[str], env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _visible_files(out: Path) -> list[Path]:
+    return [p for p in out.rglob("*") if p.is_file() and not any(part.startswith(".") for part in
+                                                                     p.relative_to(out).parts)]
+
+
+def _assert_readers_see_whole_files(out: Path) -> None:
+    for p in _visible_files(out):
+        if p.suffix == ".parquet":
+            pq.read_metadata(p)  # a torn Parquet file has no footer: this raises
+            pl.read_parquet(p)
+        elif p.suffix == ".json":
+            json.loads(p.read_text())
+    layout = OutputLayout(out)
+    read_queue(layout.queues)
+    read_history(layout.history)
+    if layout.queues.is_dir():  # what a BI tool does: the queues as one hive dataset
+        ds.dataset(layout.queues, format="parquet", partitioning="hive").to_table()
+
+
+class Reader(threading.Thread):
+    """Reads the queues and history in a loop while a run writes them; records any torn read."""
+
+    def __init__(self, out: Path):
+        super().__init__(daemon=True)
+        self.out, self.stop, self.errors, self.reads = out, threading.Event(), [], 0
+
+    def run(self) -> None:
+        layout = OutputLayout(self.out)
+        while not self.stop.is_set():
+            try:
+                read_queue(layout.queues)
+                read_history(layout.history)
+                self.reads += 1
+            except FileNotFoundError:
+                pass  # a partition removed between listing and reading: absent, never partial
+            except Exception as exc:  # noqa: BLE001 - any other failure is a torn file
+                self.errors.append(repr(exc)[:300])
+            time.sleep(0.01)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and proc.poll() is None:
+        if path.exists():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _findings(out: Path) -> pl.DataFrame:
+    return read_queue(OutputLayout(out).queues)
+
+
+def test_killed_runs_leave_no_partial_files_and_the_rerun_completes_the_night(big_extract, cli_env, tmp_path):
+    args = ["run", "-e", str(big_extract), "--night", NIGHT, "--out"]
+    reference = tmp_path / "reference"
+    done = _run(args + [str(reference)], cli_env)
+    assert done.returncode == 0, done.stderr
+    expected = _findings(reference)
+    assert expected.height > DAYS and {"coding", "documentation"} <= set(expected["queue"])
+
+    out = tmp_path / "crashed"
+    rng = random.Random(20240301)
+    layout = OutputLayout(out)
+    # Kill at a random instant (0-300 ms) after history, then queue, partitions start being written.
+    killed_at = []
+    for marker in (layout.history, layout.queues):
+        reader = Reader(out)
+        reader.start()
+        proc = _start(args + [str(out)], cli_env)
+        if marker is not None:
+            reached = _wait_for(marker, proc)
+            time.sleep(rng.uniform(0.0, 0.3))
+        else:
+            reached = True
+            time.sleep(rng.uniform(2.0, 12.0))
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        reader.stop.set()
+        reader.join(timeout=10)
+        killed_at.append((str(marker and marker.name), reached, proc.returncode))
+        assert not reader.errors, reader.errors
+        _assert_readers_see_whole_files(out)
+    print("kills (marker, reached, returncode):", killed_at)
+    assert any(rc == -signal.SIGKILL for _, _, rc in killed_at), killed_at
+
+    # What a death mid-write leaves (whether or not the kills above hit that instant): must be cleaned.
+    stale = layout.queues / "coding" / "service_date=2024-01-02" / ".part-0.parquet.deadbeef.tmp"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"PAR1 torn")
+    (layout.staging / "night-old").mkdir(parents=True, exist_ok=True)
+    (layout.staging / "night-old" / ".x.parquet.0123.tmp").write_bytes(b"torn")
+    _assert_readers_see_whole_files(out)  # readers ignore the dot-prefixed temp file
+
+    rerun = _run(args + [str(out)], cli_env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert not list(out.rglob(".*.tmp")), "the rerun must clean stale temp files"
+    assert not layout.staging.exists() or not any(layout.staging.iterdir())
+    got = _findings(out)
+    assert got.equals(expected), "the rerun must complete the night with the findings of a clean run"
+    assert read_history(layout.history).sort("admin_id").equals(
+        read_history(OutputLayout(reference).history).sort("admin_id"))
+
+
+def _expected_findings(extract: Path, tmp: Path) -> pl.DataFrame:
+    """The same night through the library, no CLI and no Prefect: what a single clean run leaves."""
+    rules = Rules.load()
+    night = dt.date.fromisoformat("2024-03-02")
+    run_id = make_run_id(night, [sha256_file(extract)], rules.ruleset.version)
+    result = stage_file(extract, tmp, run_id, night, rules)
+    apply_staged([result.staged], tmp, rules, run_id)
+    return _findings(tmp)
+
+
+def test_second_run_on_the_same_out_stops_or_waits(fixtures_dir, cli_env, tmp_path):
+    extract = fixtures_dir / "emar_2024-03-01.csv"
+    out = tmp_path / "shared"
+    args = ["run", "-e", str(extract), "--night", "2024-03-02", "--out", str(out)]
+    first = _start(args, cli_env)
+    lock = out / ".lock"
+    end = time.monotonic() + 120
+    while time.monotonic() < end and not (lock.exists() and str(first.pid) in lock.read_text()):
+        time.sleep(0.02)
+    assert first.poll() is None, "the first run ended before the second could start: the test proves nothing"
+    refused = _start(args, cli_env)
+    waiting = _start(args + ["--wait"], cli_env)
+    r_out, r_err = refused.communicate(timeout=300)
+    f_out, f_err = first.communicate(timeout=300)
+    w_out, w_err = waiting.communicate(timeout=300)
+
+    assert first.returncode == 0, f_err
+    assert refused.returncode == 3, (r_out, r_err)
+    message = " ".join(r_err.split())
+    assert "in use by another b12pipeline run" in message and f"pid {first.pid}" in message and "--wait" in message
+    assert waiting.returncode == 0, w_err
+    assert "waiting for" in w_err
+    _assert_readers_see_whole_files(out)
+    assert not list(out.rglob(".*.tmp"))
+    assert _findings(out).equals(_expected_findings(extract, tmp_path / "expected"))
+    runs = list((out / "runs").iterdir())
+    assert len(runs) == 1 and json.loads((runs[0] / "manifest.json").read_text())["totals"]["rows_read"] == 16

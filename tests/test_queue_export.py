@@ -1,0 +1,93 @@
+"""Coders' queue commands on a real two-night run: list, show, and exports Excel and CSV open correctly."""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+
+import openpyxl
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from b12pipeline.cli import app
+from b12pipeline.export import CODER_COLUMNS, select_findings
+from b12pipeline.queues import read_queue
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def test_xlsx_export_opens_with_readable_headers_and_every_finding(two_nights, tmp_path):
+    out, _ = two_nights
+    expected = read_queue(out / "queues", "coding")
+    assert expected.height > 0, "the fixture nights must leave findings in the coding queue"
+    target = tmp_path / "coding.xlsx"
+    result = invoke("queue", "export", "coding", "--out", str(out), "--format", "xlsx", "--to", str(target))
+    assert result.exit_code == 0, result.output
+    ws = openpyxl.load_workbook(target).active
+    rows = list(ws.iter_rows(values_only=True))
+    header = rows[0]
+    assert header == tuple(CODER_COLUMNS.values())
+    assert {"Date of service", "Patient ID", "Encounter ID", "Problem", "Expected", "Actual", "Rule"} <= set(header)
+    assert len(rows) - 1 == expected.height
+    body = [dict(zip(header, r)) for r in rows[1:]]
+    assert sorted(r["Administration ID"] for r in body) == sorted(expected["admin_id"].to_list())
+    assert {r["Rule"] for r in body} == set(expected["rule_id"].to_list())
+    assert all(isinstance(r["Date of service"], dt.datetime) for r in body)   # a real date, sortable in Excel
+    assert ws.freeze_panes == "A2" and ws.auto_filter.ref.startswith("A1:")
+    for idx, name in enumerate(header, start=1):
+        width = ws.column_dimensions[openpyxl.utils.get_column_letter(idx)].width
+        assert width >= len(name), f"column {name!r} narrower than its heading"
+    assert ws["A1"].font.bold
+
+
+def test_csv_export_filters_by_rule_and_keeps_readable_headers(two_nights, tmp_path):
+    out, _ = two_nights
+    rule = read_queue(out / "queues", "coding")["rule_id"][0]
+    target = tmp_path / "units.csv"
+    result = invoke("queue", "export", "coding", "--out", str(out), "--to", str(target), "--rule", rule.lower())
+    assert result.exit_code == 0, result.output
+    with open(target, encoding="utf-8-sig", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    expected = read_queue(out / "queues", "coding").filter(pl.col("rule_id") == rule)
+    assert len(rows) == expected.height
+    assert {r["Rule"] for r in rows} == {rule}
+    assert list(rows[0].keys()) == list(CODER_COLUMNS.values())
+
+
+def test_queue_list_counts_per_night_severity_and_rule(two_nights):
+    out, _ = two_nights
+    result = invoke("queue", "list", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    found = read_queue(out / "queues")
+    for rule in found["rule_id"].unique().to_list():
+        assert rule in result.output
+    for day in found["service_date"].unique().to_list():
+        assert day.isoformat() in result.output
+
+
+def test_queue_show_filters_by_date_and_rule(two_nights):
+    out, _ = two_nights
+    found = read_queue(out / "queues", "coding")
+    first = found.row(0, named=True)
+    result = invoke("queue", "show", "coding", "--out", str(out), "--rule", first["rule_id"],
+                    "--date", first["service_date"].isoformat())
+    assert result.exit_code == 0, result.output
+    picked = select_findings(out / "queues", "coding", first["service_date"], first["rule_id"])
+    assert f"{picked.height} finding(s)" in result.output
+    assert first["admin_id"] in result.output
+    others = found.filter(pl.col("rule_id") != first["rule_id"])
+    for admin_id in others["admin_id"].to_list():
+        assert admin_id not in result.output
+
+
+@pytest.mark.parametrize("args", [
+    ("queue", "show", "billing"),
+    ("queue", "export", "coding", "--to", "x.pdf"),
+    ("queue", "show", "coding", "--date", "2024-02-30"),
+])
+def test_queue_usage_errors_exit_2(two_nights, args):
+    out, _ = two_nights
+    result = invoke(*args, "--out", str(out))
+    assert result.exit_code == 2, result.output

@@ -1,0 +1,122 @@
+"""The per-run HTML report and GX Data Docs: written by the flow, counts only, no patient identifiers."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+
+import pytest
+
+from b12pipeline.schedule import night_of
+from conftest import fixture_identifiers
+
+CHARTS = ("per-queue", "per-severity", "per-rule", "trend", "top-place-of-service", "top-ordering-provider")
+
+
+def run_dir(out, manifest):
+    return out / "runs" / manifest["run_id"]
+
+
+def test_flow_writes_report_and_data_docs_linked_from_manifest(two_nights):
+    out, manifests = two_nights
+    for m in manifests:
+        assert (out / m["run_report"]).is_file()
+        assert (out / m["validation_docs"]).is_file()
+        page = (out / m["run_report"]).read_text()
+        assert "href='validation/index.html'" in page
+        assert (out / m["run_report"]).parent.joinpath("validation", "index.html") == out / m["validation_docs"]
+        # One rendered validation page per file the night validated.
+        pages = list((run_dir(out, m) / "validation" / "validations").rglob("*.html"))
+        assert len(pages) == m["totals"]["files"] - m["totals"]["files_rejected"]
+
+
+def test_report_has_every_chart_and_the_manifest_counts(two_nights):
+    out, manifests = two_nights
+    m = manifests[1]
+    page = (out / m["run_report"]).read_text()
+    for chart in CHARTS:
+        assert f"data-chart='{chart}'" in page, chart
+    for queue, n in m["findings"]["per_queue"].items():
+        assert f"<title>{queue}: {n:,}</title>" in page
+    for rule, n in m["findings"]["per_rule"].items():
+        assert f"<title>{rule}: {n:,}</title>" in page
+    assert "<script" not in page and "http://" not in page and "https://" not in page   # offline, inline only
+
+
+def test_trend_covers_the_previous_nights(two_nights):
+    out, manifests = two_nights
+    page = (out / manifests[1]["run_report"]).read_text()
+    trend = page[page.index("data-chart='trend'"):page.index("Where findings come from")]
+    for m in manifests:
+        assert m["night"] in trend
+        assert f"<title>coding {m['night']}: {m['findings']['per_queue']['coding']:,}</title>" in trend
+    first = (out / manifests[0]["run_report"]).read_text()
+    assert "Trend over the last 1 night(s)" in first and manifests[1]["night"] not in first.split("Trend")[1]
+
+
+def test_findings_by_place_of_service_and_ordering_provider(two_nights):
+    out, manifests = two_nights
+    page = (out / manifests[0]["run_report"]).read_text()
+    total = manifests[0]["findings"]["total"]
+    assert total > 0
+    # Every fixture row is place of service 11 and one ordering NPI: all findings land on one bar each.
+    assert f"<title>11 office: {total}</title>" in page
+    assert f"<title>1234567893: {total}</title>" in page
+
+
+def test_no_patient_identifiers_anywhere_in_the_run_records(two_nights):
+    out, _ = two_nights
+    ids = fixture_identifiers()
+    assert {"MRN00410001", "MAR-1001-1", "ORD-5001"} <= ids   # the scan really looks for something
+    scanned = 0
+    for path in (out / "runs").rglob("*"):
+        if path.is_file() and path.suffix in (".html", ".json", ".md", ".txt"):
+            text = path.read_text(errors="replace")
+            leaked = sorted(i for i in ids if i in text)
+            assert not leaked, f"{path.relative_to(out)} contains identifiers {leaked[:5]}"
+            scanned += 1
+    assert scanned >= 10
+
+
+def test_gx_results_keep_counts_but_no_sample_values(two_nights):
+    out, manifests = two_nights
+    m = manifests[0]
+    results = list((run_dir(out, m) / "gx_results").glob("*.json"))
+    assert len(results) == 1
+    saved = json.loads(results[0].read_text())
+    failing = {r["expectation_config"]["kwargs"].get("column"): r["result"]["unexpected_count"]
+               for r in saved["results"] if not r["success"]}
+    assert failing, "night 1 has quarantined rows, so some expectation failed"
+    assert all(not r["result"].get("partial_unexpected_list") for r in saved["results"])
+    counts_json = json.loads((run_dir(out, m) / "validation.json").read_text())
+    recorded = next(iter(counts_json["files"].values()))["unexpected_counts"]
+    for column, n in failing.items():
+        assert any(name.endswith(f"({column})") and v == n for name, v in recorded.items())
+    page = next((run_dir(out, m) / "validation" / "validations").rglob("*.html")).read_text()
+    assert re.search(r"unexpected", page, re.I)
+
+
+@pytest.mark.parametrize("when, tz, night", [
+    (dt.datetime(2024, 3, 3, 3, 30, tzinfo=dt.timezone.utc), "America/New_York", dt.date(2024, 3, 2)),
+    (dt.datetime(2024, 3, 3, 3, 30, tzinfo=dt.timezone.utc), "UTC", dt.date(2024, 3, 3)),
+    (dt.datetime(2024, 3, 10, 6, 30, tzinfo=dt.timezone.utc), "America/New_York", dt.date(2024, 3, 10)),  # DST day
+    (dt.datetime(2024, 3, 3, 3, 30), "America/New_York", dt.date(2024, 3, 2)),   # naive = UTC
+])
+def test_night_is_the_scheduled_date_in_the_site_time_zone(when, tz, night):
+    assert night_of(when, tz) == night
+
+
+def test_unknown_time_zone_is_refused():
+    with pytest.raises(ValueError, match="time zone"):
+        night_of(dt.datetime(2024, 3, 3), "Mars/Olympus")
+
+
+def test_rebuilding_data_docs_replaces_the_earlier_pages(two_nights):
+    from b12pipeline.datadocs import build_data_docs
+
+    out, manifests = two_nights
+    m = manifests[0]
+    index = build_data_docs(out, m["run_id"], dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc))
+    assert index == (out / m["validation_docs"]).resolve() or index == out / m["validation_docs"]
+    pages = list((run_dir(out, m) / "validation" / "validations").rglob("*.html"))
+    assert len(pages) == m["totals"]["files"] and all("20300101T" in str(p) for p in pages)
