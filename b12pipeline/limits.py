@@ -102,7 +102,8 @@ def frame_problem(frame: pl.DataFrame, columns: list[str], limits: Limits) -> st
     for name, length in zip(present, longest):
         if length is not None and length > limits.max_field_bytes:
             first = frame.select(pl.arg_where(pl.col(name).str.len_bytes() > limits.max_field_bytes).first()).item()
-            return (f"data row {first + 1}, column {name}: a value over the limit of "
+            row = frame["source_row"][first] if "source_row" in frame.columns else first + 1
+            return (f"data row {row}, column {name}: a value over the limit of "
                     f"{human(limits.max_field_bytes)} (B12_MAX_FIELD_BYTES; longest in the file {length:,} bytes); "
                     f"often an unclosed quote that swallowed the rows after it")
     return None

@@ -91,7 +91,9 @@ def stage_file(path: Path | str, out: Path | str, run_id: str, night: dt.date, r
     path, layout = Path(path), OutputLayout(Path(out))
     result = StageResult(file=path.name, sha256=sha256_file(path) if path.is_file() else "")
     try:
-        extract = read_extract(path, source)
+        # Only B12 rows are materialised (CSV/Parquet stream past the rest): scope is decided on
+        # raw text (NDC, RxNorm, name), so nothing that could fail to parse decides it.
+        extract = read_extract(path, source, keep=normalize.b12_scope(rules.reference))
         result.source_format = extract.source_format
         frame = extract.frame
         result.rows_read = extract.rows   # includes rows the reader itself quarantined

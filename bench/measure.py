@@ -70,10 +70,11 @@ def profile(args: argparse.Namespace) -> dict:
     t = step("import", t)
     rules = Rules.load()
     t = step("load rules", t)
-    extract = read_extract(Path(args.extract), None)
+    # As stage_file does: the reader materialises only B12-scope rows, then scope is confirmed.
+    extract = read_extract(Path(args.extract), None, keep=normalize.b12_scope(rules.reference))
     t = step("ingest (read_extract)", t)
     frame = extract.frame
-    b12 = frame.filter(frame.select(normalize.b12_scope(rules.reference).alias("s"))["s"])
+    b12 = frame.filter(normalize.scope_mask(frame, rules.reference))
     t = step("B12 scope filter", t)
     outcome = validate(b12)
     t = step("validate (GX + row masks)", t)

@@ -37,10 +37,12 @@ class Extract:
     # action code): canonical columns (what could be read) + failed_expectations + failure_reasons.
     # They count as rows read and flow to the quarantine output beside validation's rows.
     quarantine: pl.DataFrame | None = None
+    # Rows read but not materialised because the caller's `keep` filter (B12 scope) excluded them.
+    rows_skipped: int = 0
 
     @property
     def rows(self) -> int:
-        return self.frame.height + self.quarantined_rows
+        return self.frame.height + self.quarantined_rows + self.rows_skipped
 
     @property
     def quarantined_rows(self) -> int:
@@ -66,36 +68,58 @@ def split_quarantine(frame: pl.DataFrame, reasons: pl.Series, check: str) -> tup
     return frame.filter(~bad), held
 
 
-def canonicalise(raw: pl.DataFrame, path: Path, contract: Contract | None = None) -> tuple[pl.DataFrame, list[str]]:
-    """Shape an all-text frame into the canonical frame; reject it if a required column is absent."""
+def canonicalise(raw: pl.DataFrame | pl.LazyFrame, path: Path, contract: Contract | None = None,
+                 ) -> tuple[pl.DataFrame | pl.LazyFrame, list[str]]:
+    """Shape an all-text frame (eager or lazy) into the canonical frame; reject it if a required
+    column is absent. A lazy frame must already carry `source_row` (the reader's row index)."""
     contract = contract or load_contract()
-    rename = {c: c.strip().lower() for c in raw.columns}
+    names = raw.collect_schema().names() if isinstance(raw, pl.LazyFrame) else raw.columns
+    rename = {c: c.strip().lower() for c in names if c != "source_row" or isinstance(raw, pl.DataFrame)}
     if len(set(rename.values())) != len(rename):
         raise FileRejected(path, "duplicate column names (compared case-insensitively)")
     raw = raw.rename(rename)
-    missing = [c for c in contract.required_in_file if c not in raw.columns]
+    present = set(rename.values())
+    missing = [c for c in contract.required_in_file if c not in present]
     if missing:
         hint = ""
-        if raw.width == 1:
-            hint = f" (the header was read as one column {raw.columns[0][:60]!r}: is the delimiter ','?)"
+        if len(rename) == 1:
+            hint = f" (the header was read as one column {next(iter(rename.values()))[:60]!r}: is the delimiter ','?)"
         raise FileRejected(path, f"missing required column(s) {', '.join(missing)}{hint}")
-    ignored = [c for c in raw.columns if c not in contract.columns]
+    ignored = [c for c in rename.values() if c not in contract.columns]
     exprs = []
     for name in contract.names:
-        if name in raw.columns:
+        if name in present:
             col = pl.col(name).cast(pl.String).str.strip_chars()
             exprs.append(pl.when(col == "").then(None).otherwise(col).alias(name))
         else:
             exprs.append(pl.lit(None, dtype=pl.String).alias(name))
     exprs.append(pl.lit(path.name).alias("source_file"))
-    exprs.append((pl.int_range(pl.len(), dtype=pl.Int64) + 1).alias("source_row"))
+    if isinstance(raw, pl.LazyFrame):
+        exprs.append(pl.col("source_row").cast(pl.Int64))
+    else:
+        exprs.append((pl.int_range(pl.len(), dtype=pl.Int64) + 1).alias("source_row"))
     for name in contract.presence_tracked:
-        exprs.append(pl.lit(name in raw.columns).alias(f"has_{name}"))
+        exprs.append(pl.lit(name in present).alias(f"has_{name}"))
     return raw.select(exprs), ignored
 
 
-def read_extract(path: Path | str, source: str | None = None) -> Extract:
-    """Read one extract file in the format named by `source`, else by its extension."""
+def collect_kept(frame: pl.LazyFrame, keep: pl.Expr | None) -> tuple[pl.DataFrame, int]:
+    """Materialise only the rows that satisfy `keep` (streaming), and count the rest.
+
+    A nightly extract may hold every medication: keeping 5% of 5M rows instead of all of them is
+    what holds an all-medication night within a few GB."""
+    if keep is None:
+        return frame.collect(), 0
+    kept, total = pl.collect_all([frame.filter(keep), frame.select(pl.len())], engine="streaming")
+    return kept, int(total.item()) - kept.height
+
+
+def read_extract(path: Path | str, source: str | None = None, keep: pl.Expr | None = None) -> Extract:
+    """Read one extract file in the format named by `source`, else by its extension.
+
+    `keep` (an expression over canonical columns) lets the CSV and Parquet readers materialise only
+    the rows that satisfy it, streaming past the rest (counted in `rows_skipped`); readers that
+    cannot filter early return every row, and the caller filters."""
     from b12pipeline.ingest import canonical
 
     path = Path(path)
@@ -112,8 +136,8 @@ def read_extract(path: Path | str, source: str | None = None) -> Extract:
     if problem:
         raise FileRejected(path, problem)
     if fmt in readers:
-        frame, ignored = readers[fmt](path)
-        extract = Extract(path=path, source_format=fmt, frame=frame, ignored_columns=ignored)
+        frame, ignored, skipped = readers[fmt](path, keep)
+        extract = Extract(path=path, source_format=fmt, frame=frame, ignored_columns=ignored, rows_skipped=skipped)
     elif fmt == "fhir":
         extract = fhir.read_fhir(path)
     elif fmt in sourcemapped.delimited_names():

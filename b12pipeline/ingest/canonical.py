@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from b12pipeline.ingest import FileRejected, canonicalise
+from b12pipeline.ingest import FileRejected, canonicalise, collect_kept
 from b12pipeline.limits import Limits, current_limits, human
 
 DUPLICATE_SUFFIX = r"_duplicated_\d+$"
@@ -30,19 +30,23 @@ def format_from_suffix(path: Path) -> str:
     return fmt
 
 
-def read_csv(path: Path) -> tuple[pl.DataFrame, list[str]]:
+def read_csv(path: Path, keep: pl.Expr | None = None) -> tuple[pl.DataFrame, list[str], int]:
+    """(canonical frame of the rows satisfying `keep`, ignored columns, rows skipped)."""
     try:
-        raw = pl.read_csv(path, infer_schema=False, encoding="utf8-lossy", raise_if_empty=True,
-                          truncate_ragged_lines=False)
+        raw = pl.scan_csv(path, infer_schema=False, encoding="utf8-lossy", raise_if_empty=True,
+                          truncate_ragged_lines=False, row_index_name="source_row", row_index_offset=1)
+        header = [c for c in raw.collect_schema().names() if c != "source_row"]
+        # Polars renames a repeated header to <name>_duplicated_<n>; the second copy would be dropped unseen.
+        repeated = sorted({re.sub(DUPLICATE_SUFFIX, "", c) for c in header if re.search(DUPLICATE_SUFFIX, c)})
+        if repeated:
+            raise FileRejected(path, f"duplicate column name(s) in the header: {', '.join(repeated)}")
+        frame, ignored = canonicalise(raw, path)
+        kept, skipped = collect_kept(frame, keep)
     except pl.exceptions.NoDataError:
         raise FileRejected(path, "the file is empty (no header row)") from None
     except (pl.exceptions.ComputeError, pl.exceptions.PolarsError) as exc:
         raise FileRejected(path, f"not a readable CSV file: {csv_problem(path) or scrub(exc)}") from None
-    # Polars renames a repeated header to <name>_duplicated_<n>; the second copy would be dropped unseen.
-    repeated = sorted({re.sub(DUPLICATE_SUFFIX, "", c) for c in raw.columns if re.search(DUPLICATE_SUFFIX, c)})
-    if repeated:
-        raise FileRejected(path, f"duplicate column name(s) in the header: {', '.join(repeated)}")
-    return canonicalise(raw, path)
+    return kept, ignored, skipped
 
 
 CSV_ERRORS = {
@@ -82,10 +86,13 @@ def scrub(exc: Exception) -> str:
     return re.sub(r"`[^`]*`?", "`...`", first)[:300]
 
 
-def _as_text(frame: pl.DataFrame) -> pl.DataFrame:
+def _as_text(frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFrame:
     """Typed Parquet columns -> the same text a CSV would carry (ISO dates and times)."""
     exprs = []
-    for name, dtype in frame.schema.items():
+    for name, dtype in frame.collect_schema().items():
+        if name == "source_row":
+            exprs.append(pl.col(name))
+            continue
         col = pl.col(name)
         if isinstance(dtype, pl.Datetime):
             fmt = "%Y-%m-%dT%H:%M:%S%:z" if dtype.time_zone else "%Y-%m-%dT%H:%M:%S"
@@ -134,7 +141,8 @@ def dictionary_problem(path: Path, limits: Limits) -> str | None:
     return None
 
 
-def read_parquet(path: Path) -> tuple[pl.DataFrame, list[str]]:
+def read_parquet(path: Path, keep: pl.Expr | None = None) -> tuple[pl.DataFrame, list[str], int]:
+    """(canonical frame of the rows satisfying `keep`, ignored columns, rows skipped)."""
     limits = current_limits()
     try:
         problem = parquet_problem(pq.read_metadata(path), limits) or dictionary_problem(path, limits)
@@ -143,7 +151,11 @@ def read_parquet(path: Path) -> tuple[pl.DataFrame, list[str]]:
     if problem:
         raise FileRejected(path, problem)
     try:
-        raw = pl.read_parquet(path)
+        raw = pl.scan_parquet(path, row_index_name="source_row", row_index_offset=1)
+        frame, ignored = canonicalise(_as_text(raw), path)
+        kept, skipped = collect_kept(frame, keep)
+    except FileRejected:
+        raise
     except Exception as exc:  # pyarrow and polars raise several types for a non-Parquet file
         raise FileRejected(path, f"not a readable Parquet file: {scrub(exc)}") from None
-    return canonicalise(_as_text(raw), path)
+    return kept, ignored, skipped
