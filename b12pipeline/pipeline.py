@@ -87,9 +87,11 @@ def reject_file(path: Path, layout: OutputLayout, reason: str, move: bool) -> No
 
 
 def stage_file(path: Path | str, out: Path | str, run_id: str, night: dt.date, rules: Rules,
-               source: str | None = None, move_rejected: bool = False) -> StageResult:
+               source: str | None = None, move_rejected: bool = False, sha256: str | None = None) -> StageResult:
+    """`sha256`: the file's checksum when the caller already has it (the flow hashes every input
+    once for the run id; hashing a large extract again costs a full read)."""
     path, layout = Path(path), OutputLayout(Path(out))
-    result = StageResult(file=path.name, sha256=sha256_file(path) if path.is_file() else "")
+    result = StageResult(file=path.name, sha256=sha256 or (sha256_file(path) if path.is_file() else ""))
     try:
         # Only B12 rows are materialised (CSV/Parquet stream past the rest): scope is decided on
         # raw text (NDC, RxNorm, name), so nothing that could fail to parse decides it.

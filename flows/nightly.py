@@ -30,9 +30,10 @@ def _retry_on_io(task, task_run, state) -> bool:
 
 @task(name="stage-extract", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_on_io)
 def stage_extract(path: str, out: str, run_id: str, night: dt.date, rules_dir: str | None,
-                  source: str | None, move_rejected: bool) -> dict:
+                  source: str | None, move_rejected: bool, sha256: str | None = None) -> dict:
     rules = pipeline.Rules.load(rules_dir)
-    result = pipeline.stage_file(path, out, run_id, night, rules, source=source, move_rejected=move_rejected)
+    result = pipeline.stage_file(path, out, run_id, night, rules, source=source, move_rejected=move_rejected,
+                                 sha256=sha256)
     return result.to_dict()
 
 
@@ -87,7 +88,8 @@ def _nightly(extracts: list[str], out: str, night: dt.date, rules_dir: str | Non
     run_id = pipeline.make_run_id(night, checksums, rules.ruleset.version)
     note_run(out, run_id)
     logger.info("run %s: %d extract(s), ruleset %s", run_id, len(extracts), rules.ruleset.version)
-    futures = [stage_extract.submit(p, out, run_id, night, rules_dir, source, move_rejected) for p in extracts]
+    futures = [stage_extract.submit(p, out, run_id, night, rules_dir, source, move_rejected, sha)
+               for p, sha in zip(extracts, checksums)]
     inputs = [f.result() for f in futures]
     for i in inputs:
         if i["status"] == "rejected":
