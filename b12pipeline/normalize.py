@@ -92,15 +92,6 @@ def b12_scope(ref: Reference) -> pl.Expr:
             | pl.col("medication_name").str.contains(B12_NAME_PATTERN).fill_null(False))
 
 
-def scope_mask(frame: pl.DataFrame, ref: Reference) -> pl.Series:
-    """b12_scope per row, computed once per distinct (ndc, rxnorm_code, medication_name): an
-    all-medication extract has millions of rows but a few thousand distinct products."""
-    keys = ["ndc", "rxnorm_code", "medication_name"]
-    table = frame.select(keys).unique().with_columns(b12_scope(ref).alias("_in_scope"))
-    return frame.select(keys).join(table, on=keys, how="left", nulls_equal=True,
-                                   maintain_order="left")["_in_scope"]
-
-
 def name_ingredient() -> pl.Expr:
     """Ingredient named in medication_name; RxNorm's "vitamin B12" is cyanocobalamin."""
     name = pl.col("medication_name").str.to_lowercase()

@@ -93,15 +93,14 @@ def stage_file(path: Path | str, out: Path | str, run_id: str, night: dt.date, r
     path, layout = Path(path), OutputLayout(Path(out))
     result = StageResult(file=path.name, sha256=sha256 or (sha256_file(path) if path.is_file() else ""))
     try:
-        # Only B12 rows are materialised (CSV/Parquet stream past the rest): scope is decided on
-        # raw text (NDC, RxNorm, name), so nothing that could fail to parse decides it.
-        extract = read_extract(path, source, keep=normalize.b12_scope(rules.reference))
+        # Only B12 rows are read in (CSV/Parquet stream past the rest): scope is decided on raw
+        # text (NDC, RxNorm, name), so nothing that could fail to parse decides it.
+        scope = normalize.b12_scope(rules.reference)
+        extract = read_extract(path, source, keep=scope)
         result.source_format = extract.source_format
-        frame = extract.frame
-        result.rows_read = extract.rows   # includes rows the reader itself quarantined
-        scope = normalize.scope_mask(frame, rules.reference)
-        b12 = frame.filter(scope)
-        held = extract.quarantine_in_scope(normalize.b12_scope(rules.reference))
+        b12 = extract.frame
+        result.rows_read = extract.rows   # includes rows skipped as out of scope and reader-quarantined rows
+        held = extract.quarantine_in_scope(scope)
         outcome = validate(b12).with_reader_quarantine(held)
         result.out_of_scope = extract.rows - outcome.rows
         result.unexpected_counts = outcome.unexpected_counts

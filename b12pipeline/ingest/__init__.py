@@ -117,9 +117,9 @@ def collect_kept(frame: pl.LazyFrame, keep: pl.Expr | None) -> tuple[pl.DataFram
 def read_extract(path: Path | str, source: str | None = None, keep: pl.Expr | None = None) -> Extract:
     """Read one extract file in the format named by `source`, else by its extension.
 
-    `keep` (an expression over canonical columns) lets the CSV and Parquet readers materialise only
-    the rows that satisfy it, streaming past the rest (counted in `rows_skipped`); readers that
-    cannot filter early return every row, and the caller filters."""
+    `keep` (an expression over canonical columns): only the rows that satisfy it are returned; the
+    rest are counted in `rows_skipped`. The CSV and Parquet readers apply it while streaming, so the
+    other rows are never materialised; for the other readers it is applied here."""
     from b12pipeline.ingest import canonical
 
     path = Path(path)
@@ -138,13 +138,15 @@ def read_extract(path: Path | str, source: str | None = None, keep: pl.Expr | No
     if fmt in readers:
         frame, ignored, skipped = readers[fmt](path, keep)
         extract = Extract(path=path, source_format=fmt, frame=frame, ignored_columns=ignored, rows_skipped=skipped)
-    elif fmt == "fhir":
-        extract = fhir.read_fhir(path)
-    elif fmt in sourcemapped.delimited_names():
-        extract = sourcemapped.read_mapped(path, fmt)
     else:
-        known = sorted(set(readers) | {"fhir"} | set(sourcemapped.delimited_names()))
-        raise FileRejected(path, f"unknown source format {fmt!r}; expected one of {', '.join(known)}")
+        if fmt == "fhir":
+            extract = fhir.read_fhir(path)
+        elif fmt in sourcemapped.delimited_names():
+            extract = sourcemapped.read_mapped(path, fmt)
+        else:
+            known = sorted(set(readers) | {"fhir"} | set(sourcemapped.delimited_names()))
+            raise FileRejected(path, f"unknown source format {fmt!r}; expected one of {', '.join(known)}")
+        extract.frame, extract.rows_skipped = collect_kept(extract.frame.lazy(), keep)
     problem = frame_problem(extract.frame, load_contract().names, limits)
     if problem:
         raise FileRejected(path, problem)
