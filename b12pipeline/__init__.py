@@ -2,6 +2,7 @@
 
 Data flows one way: ingest -> validate -> normalize -> evaluate -> write (queues).
 """
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ Layout: <out>/archive/<sha[:2]>/<sha>/<original name> plus <original name>.sha25
 ({sha256, file, night, path}). The same file arriving twice (same bytes, any name) is recognised by
 its checksum: it is neither copied nor indexed again.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -18,7 +19,7 @@ from pathlib import Path
 from b12pipeline.pipeline import sha256_file
 
 INDEX = "index.jsonl"
-_LOCK = threading.Lock()   # nightly stages extracts in a thread pool: one archiver at a time
+_LOCK = threading.Lock()  # nightly stages extracts in a thread pool: one archiver at a time
 
 
 class ArchiveError(RuntimeError):
@@ -55,8 +56,11 @@ def archived_checksums(archive_root: Path) -> set[str]:
 
 
 def _existing_copy(folder: Path) -> Path | None:
-    copies = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                    and p.suffix != ".sha256") if folder.is_dir() else []
+    copies = (
+        sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix != ".sha256")
+        if folder.is_dir()
+        else []
+    )
     return copies[0] if copies else None
 
 
@@ -71,7 +75,7 @@ def archive_file(path: Path, sha256: str, archive_root: Path, night: str) -> Pat
         folder = archive_root / sha256[:2] / sha256
         existing = _existing_copy(folder)
         if existing is not None and sha256_file(existing) == sha256:
-            if sha256 not in archived_checksums(archive_root):   # copied, then crashed before indexing
+            if sha256 not in archived_checksums(archive_root):  # copied, then crashed before indexing
                 _append_index(archive_root, sha256, existing, night)
             return existing
         target = folder / path.name
@@ -81,8 +85,10 @@ def archive_file(path: Path, sha256: str, archive_root: Path, night: str) -> Pat
             shutil.copyfile(path, tmp)
             actual = sha256_file(tmp)
             if actual != sha256:
-                raise ArchiveError(f"{path.name}: changed after it was read (checksum {actual[:12]}, "
-                                   f"processed as {sha256[:12]}); not archived")
+                raise ArchiveError(
+                    f"{path.name}: changed after it was read (checksum {actual[:12]}, "
+                    f"processed as {sha256[:12]}); not archived"
+                )
             tmp.replace(target)
         finally:
             tmp.unlink(missing_ok=True)
@@ -99,8 +105,13 @@ def _append_index(archive_root: Path, sha256: str, target: Path, night: str) -> 
             if fh.read(1) != b"\n":
                 fh.write(b"\n")
     with open(archive_root / INDEX, "a") as fh:
-        fh.write(json.dumps({"sha256": sha256, "file": target.name, "night": night,
-                             "path": str(target.relative_to(archive_root))}, sort_keys=True) + "\n")
+        fh.write(
+            json.dumps(
+                {"sha256": sha256, "file": target.name, "night": night, "path": str(target.relative_to(archive_root))},
+                sort_keys=True,
+            )
+            + "\n"
+        )
 
 
 EXTRACT_SUFFIXES = (".csv", ".txt", ".parquet", ".pq", ".ndjson", ".jsonl")
@@ -109,6 +120,9 @@ EXTRACT_SUFFIXES = (".csv", ".txt", ".parquet", ".pq", ".ndjson", ".jsonl")
 def landing_extracts(landing: Path, archive_root: Path) -> tuple[list[Path], list[Path]]:
     """(every extract file in `landing`, the ones whose checksum is not archived yet), sorted by name."""
     seen = archived_checksums(archive_root)
-    candidates = sorted(p for p in landing.iterdir() if p.is_file() and not p.name.startswith(".")
-                        and p.suffix.lower() in EXTRACT_SUFFIXES)
+    candidates = sorted(
+        p
+        for p in landing.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in EXTRACT_SUFFIXES
+    )
     return candidates, [p for p in candidates if sha256_file(p) not in seen]

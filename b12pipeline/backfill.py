@@ -9,6 +9,7 @@ Backfill re-evaluates <out>/history (canonical rows, already superseded by admin
 nights left them); it does not re-ingest the archive (docs/history.md says why). Chunks write
 disjoint queue partitions, so they can run in any order, in threads or on Dask workers.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -18,21 +19,33 @@ from pathlib import Path
 import polars as pl
 
 from b12pipeline.engine.evaluate import FINDING_COLUMNS
+from b12pipeline.engine.rulefile import QUEUES
 from b12pipeline.history import history_paths
 from b12pipeline.paths import OutputLayout
 from b12pipeline.pipeline import Rules, findings_for_dates, lookback_days, make_run_id, sha256_file
 from b12pipeline.queues import PART_NAME, atomic_write_parquet, partition_dir, write_queue_partitions
-from b12pipeline.engine.rulefile import QUEUES
 
 CHANGES = ("new", "resolved", "unchanged")
 DETAIL_COLUMNS = {
-    "finding_id": pl.String, "rule_id": pl.String, "queue": pl.String, "severity": pl.String,
-    "service_date": pl.Date, "change": pl.String, "previous_ruleset_version": pl.String,
-    "ruleset_version": pl.String, "source_file": pl.String, "source_row": pl.Int64,
+    "finding_id": pl.String,
+    "rule_id": pl.String,
+    "queue": pl.String,
+    "severity": pl.String,
+    "service_date": pl.Date,
+    "change": pl.String,
+    "previous_ruleset_version": pl.String,
+    "ruleset_version": pl.String,
+    "source_file": pl.String,
+    "source_row": pl.Int64,
 }
 SUMMARY_COLUMNS = {
-    "rule_id": pl.String, "queue": pl.String, "new": pl.Int64, "resolved": pl.Int64, "unchanged": pl.Int64,
-    "previous_ruleset_versions": pl.String, "ruleset_version": pl.String,
+    "rule_id": pl.String,
+    "queue": pl.String,
+    "new": pl.Int64,
+    "resolved": pl.Int64,
+    "unchanged": pl.Int64,
+    "previous_ruleset_versions": pl.String,
+    "ruleset_version": pl.String,
 }
 
 
@@ -53,8 +66,9 @@ def date_range(start: dt.date, end: dt.date) -> list[dt.date]:
     return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
 
 
-def plan_backfill(out: Path | str, start: dt.date, end: dt.date, rules: Rules,
-                  chunk_days: int | None = None) -> BackfillPlan:
+def plan_backfill(
+    out: Path | str, start: dt.date, end: dt.date, rules: Rules, chunk_days: int | None = None
+) -> BackfillPlan:
     """Every date in [start, end] is re-derived (a date left with no findings loses its partitions).
 
     The run id hashes the range, the rules and the history the range can see, so re-running the
@@ -69,10 +83,13 @@ def plan_backfill(out: Path | str, start: dt.date, end: dt.date, rules: Rules,
         raise ValueError("chunk_days must be at least 1")
     dates = date_range(start, end)
     reach = start - dt.timedelta(days=lookback_days(rules.config))
-    seen = [f"{d.isoformat()}:{sha256_file(p)}" for d, p in sorted(history_paths(OutputLayout(Path(out)).history).items())
-            if reach <= d <= end]
+    seen = [
+        f"{d.isoformat()}:{sha256_file(p)}"
+        for d, p in sorted(history_paths(OutputLayout(Path(out)).history).items())
+        if reach <= d <= end
+    ]
     run_id = make_run_id(end, [f"range:{start}..{end}"] + seen, rules.ruleset.version, kind="backfill")
-    chunks = tuple(tuple(dates[i:i + chunk_days]) for i in range(0, len(dates), chunk_days))
+    chunks = tuple(tuple(dates[i : i + chunk_days]) for i in range(0, len(dates), chunk_days))
     return BackfillPlan(start=start, end=end, run_id=run_id, ruleset_version=rules.ruleset.version, chunks=chunks)
 
 
@@ -91,19 +108,36 @@ def read_partitions(queues_root: Path, dates: list[dt.date]) -> pl.DataFrame:
 
 def diff_findings(previous: pl.DataFrame, current: pl.DataFrame) -> pl.DataFrame:
     """One row per finding in either frame, compared by finding_id (stable across rule versions)."""
-    keep = ["finding_id", "rule_id", "queue", "severity", "service_date", "ruleset_version", "source_file", "source_row"]
+    keep = [
+        "finding_id",
+        "rule_id",
+        "queue",
+        "severity",
+        "service_date",
+        "ruleset_version",
+        "source_file",
+        "source_row",
+    ]
     old = previous.select(keep).rename({"ruleset_version": "previous_ruleset_version"})
     new = current.select(keep)
     both = old.join(new, on="finding_id", how="full", coalesce=True, suffix="_new")
-    change = (pl.when(pl.col("previous_ruleset_version").is_null()).then(pl.lit("new"))
-              .when(pl.col("ruleset_version").is_null()).then(pl.lit("resolved"))
-              .otherwise(pl.lit("unchanged")))
+    change = (
+        pl.when(pl.col("previous_ruleset_version").is_null())
+        .then(pl.lit("new"))
+        .when(pl.col("ruleset_version").is_null())
+        .then(pl.lit("resolved"))
+        .otherwise(pl.lit("unchanged"))
+    )
     # Describe a finding as it is now when it still exists, as it was when it was resolved.
-    described = [pl.coalesce(f"{c}_new", c).alias(c) for c in ("rule_id", "queue", "severity", "service_date",
-                                                               "source_file", "source_row")]
-    return (both.with_columns(change.alias("change"), *described)
-            .select([pl.col(c).cast(t) for c, t in DETAIL_COLUMNS.items()])
-            .sort("service_date", "rule_id", "finding_id"))
+    described = [
+        pl.coalesce(f"{c}_new", c).alias(c)
+        for c in ("rule_id", "queue", "severity", "service_date", "source_file", "source_row")
+    ]
+    return (
+        both.with_columns(change.alias("change"), *described)
+        .select([pl.col(c).cast(t) for c, t in DETAIL_COLUMNS.items()])
+        .sort("service_date", "rule_id", "finding_id")
+    )
 
 
 def backfill_chunk(out: Path | str, dates: list[dt.date], rules: Rules, run_id: str) -> str:
@@ -123,34 +157,52 @@ def summarise_diff(out: Path | str, run_id: str, chunk_paths: list[str], ruleset
     run_dir = OutputLayout(Path(out)).run_dir(run_id)
     frames = [pl.read_parquet(p) for p in sorted(chunk_paths)]
     detail = (pl.concat(frames) if frames else pl.DataFrame(schema=DETAIL_COLUMNS)).sort(
-        "service_date", "rule_id", "finding_id")
+        "service_date", "rule_id", "finding_id"
+    )
     atomic_write_parquet(detail, run_dir / "diff_findings.parquet")
-    counts = detail.group_by("rule_id", "queue").agg(
-        *[(pl.col("change") == c).sum().cast(pl.Int64).alias(c) for c in CHANGES],
-        pl.col("previous_ruleset_version").drop_nulls().unique().sort().str.join(",")
-        .alias("previous_ruleset_versions"),
-    ).with_columns(pl.lit(ruleset_version).alias("ruleset_version"))
+    counts = (
+        detail.group_by("rule_id", "queue")
+        .agg(
+            *[(pl.col("change") == c).sum().cast(pl.Int64).alias(c) for c in CHANGES],
+            pl.col("previous_ruleset_version")
+            .drop_nulls()
+            .unique()
+            .sort()
+            .str.join(",")
+            .alias("previous_ruleset_versions"),
+        )
+        .with_columns(pl.lit(ruleset_version).alias("ruleset_version"))
+    )
     summary = counts.select([pl.col(c).cast(t) for c, t in SUMMARY_COLUMNS.items()]).sort("queue", "rule_id")
     atomic_write_parquet(summary, run_dir / "diff.parquet")
     for p in chunk_paths:
         Path(p).unlink(missing_ok=True)
     if (run_dir / "chunks").is_dir() and not any((run_dir / "chunks").iterdir()):
         (run_dir / "chunks").rmdir()
-    return {"per_rule": {r["rule_id"]: {c: r[c] for c in CHANGES} for r in summary.iter_rows(named=True)},
-            "total": {c: int(summary[c].sum()) for c in CHANGES},
-            "previous_ruleset_versions": sorted(set(detail["previous_ruleset_version"].drop_nulls().to_list())),
-            "ruleset_version": ruleset_version}
+    return {
+        "per_rule": {r["rule_id"]: {c: r[c] for c in CHANGES} for r in summary.iter_rows(named=True)},
+        "total": {c: int(summary[c].sum()) for c in CHANGES},
+        "previous_ruleset_versions": sorted(set(detail["previous_ruleset_version"].drop_nulls().to_list())),
+        "ruleset_version": ruleset_version,
+    }
 
 
 def diff_markdown(manifest: dict) -> str:
     """Counts only: no finding ids, no patient identifiers."""
     diff = manifest["diff"]
     previous = ", ".join(f"`{v}`" for v in diff["previous_ruleset_versions"]) or "(none)"
-    lines = [f"# b12pipeline backfill {manifest['from']} .. {manifest['to']}", "",
-             f"run `{manifest['run_id']}` - ruleset {previous} -> `{diff['ruleset_version']}`", "",
-             "| rule | new | resolved | unchanged |", "|---|---:|---:|---:|"]
-    lines += [f"| {rule} | {c['new']:,} | {c['resolved']:,} | {c['unchanged']:,} |"
-              for rule, c in sorted(diff["per_rule"].items())]
+    lines = [
+        f"# b12pipeline backfill {manifest['from']} .. {manifest['to']}",
+        "",
+        f"run `{manifest['run_id']}` - ruleset {previous} -> `{diff['ruleset_version']}`",
+        "",
+        "| rule | new | resolved | unchanged |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {rule} | {c['new']:,} | {c['resolved']:,} | {c['unchanged']:,} |"
+        for rule, c in sorted(diff["per_rule"].items())
+    ]
     t = diff["total"]
     lines.append(f"| **total** | **{t['new']:,}** | **{t['resolved']:,}** | **{t['unchanged']:,}** |")
     return "\n".join(lines) + "\n"

@@ -1,4 +1,5 @@
 """Site configuration (rules/site.yaml): the catalog's defaults, loaded strictly."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
@@ -15,10 +16,18 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class SiteConfig:
-    given_actions: tuple[str, ...] = ("given", "administered", "push", "new bag", "given by other",
-                                      "new syringe/cartridge", "given during downtime")
-    code_for_ingredient: dict[str, str] = field(default_factory=lambda: {
-        "cyanocobalamin": "J3420", "hydroxocobalamin": "J3490", "methylcobalamin": "J3490"})
+    given_actions: tuple[str, ...] = (
+        "given",
+        "administered",
+        "push",
+        "new bag",
+        "given by other",
+        "new syringe/cartridge",
+        "given during downtime",
+    )
+    code_for_ingredient: dict[str, str] = field(
+        default_factory=lambda: {"cyanocobalamin": "J3420", "hydroxocobalamin": "J3490", "methylcobalamin": "J3490"}
+    )
     unclassified_codes: tuple[str, ...] = ("J3490", "J3590")
     covered_dx_payers: tuple[str, ...] = ("medicare",)
     frequency_payers: tuple[str, ...] = ("medicare",)

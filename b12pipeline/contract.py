@@ -1,4 +1,5 @@
 """The canonical extract contract (schemas/extract_contract.yaml) as Python facts."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

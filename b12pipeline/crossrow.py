@@ -8,6 +8,7 @@ finds the single nearest earlier injection that can decide the answer. The work 
 the rows read, whatever the length of a patient's history, and no row is ever paired with an
 injection outside its lookback window.
 """
+
 from __future__ import annotations
 
 import polars as pl
@@ -39,40 +40,71 @@ def add_cross_row_facts(facts: pl.DataFrame, cfg: SiteConfig) -> pl.DataFrame:
     """
     df = facts.with_columns(is_injection().alias("_inj"), pl.int_range(pl.len(), dtype=pl.Int64).alias("_i"))
     keyed = df.filter(pl.col("patient_id").is_not_null() & pl.col("service_date").is_not_null()).select(
-        "_i", "patient_id", "service_date")
+        "_i", "patient_id", "service_date"
+    )
     # Injection days per patient: the only thing the two FREQ-001 facts need from other rows.
-    days = (df.filter(pl.col("_inj") & pl.col("patient_id").is_not_null() & pl.col("service_date").is_not_null())
-            .select("patient_id", pl.col("service_date").alias("_day")).unique().sort("_day"))
+    days = (
+        df.filter(pl.col("_inj") & pl.col("patient_id").is_not_null() & pl.col("service_date").is_not_null())
+        .select("patient_id", pl.col("service_date").alias("_day"))
+        .unique()
+        .sort("_day")
+    )
 
     # Latest injection day strictly before DOS; within the window when DOS - it <= window days.
-    latest = (keyed.with_columns(pl.col("service_date").dt.offset_by("-1d").alias("_key")).sort("_key")
-              .join_asof(days, left_on="_key", right_on="_day", by="patient_id", strategy="backward",
-                         check_sortedness=False)
-              .select("_i", ((pl.col("service_date") - pl.col("_day")).dt.total_days()
-                             <= cfg.frequency_window_days).fill_null(False)
-                      .alias("prior_injection_within_window")))
+    latest = (
+        keyed.with_columns(pl.col("service_date").dt.offset_by("-1d").alias("_key"))
+        .sort("_key")
+        .join_asof(days, left_on="_key", right_on="_day", by="patient_id", strategy="backward", check_sortedness=False)
+        .select(
+            "_i",
+            ((pl.col("service_date") - pl.col("_day")).dt.total_days() <= cfg.frequency_window_days)
+            .fill_null(False)
+            .alias("prior_injection_within_window"),
+        )
+    )
     # Earliest injection day on or after DOS - lookback; it counts only if it is not after DOS.
-    earliest = (keyed.with_columns(pl.col("service_date").dt.offset_by(f"-{cfg.frequency_lookback_days}d")
-                                   .alias("_key")).sort("_key")
-                .join_asof(days, left_on="_key", right_on="_day", by="patient_id", strategy="forward",
-                           check_sortedness=False)
-                .select("_i", pl.when(pl.col("_day") <= pl.col("service_date"))
-                        .then((pl.col("service_date") - pl.col("_day")).dt.total_days())
-                        .otherwise(None).cast(pl.Int64).alias("days_since_first_injection")))
+    earliest = (
+        keyed.with_columns(pl.col("service_date").dt.offset_by(f"-{cfg.frequency_lookback_days}d").alias("_key"))
+        .sort("_key")
+        .join_asof(days, left_on="_key", right_on="_day", by="patient_id", strategy="forward", check_sortedness=False)
+        .select(
+            "_i",
+            pl.when(pl.col("_day") <= pl.col("service_date"))
+            .then((pl.col("service_date") - pl.col("_day")).dt.total_days())
+            .otherwise(None)
+            .cast(pl.Int64)
+            .alias("days_since_first_injection"),
+        )
+    )
 
     # DUP-001: in (patient, ingredient, admin_time, admin_id) order the nearest earlier injection
     # is the row just before; if that one is outside the window, every earlier one is too.
     same = pl.col("patient_id").eq(pl.col("patient_id").shift(1)) & pl.col("ingredient").eq(
-        pl.col("ingredient").shift(1))
+        pl.col("ingredient").shift(1)
+    )
     gap = pl.col("admin_time") - pl.col("admin_time").shift(1)
-    duplicates = (df.filter(pl.col("_inj") & pl.col("patient_id").is_not_null() & pl.col("ingredient").is_not_null()
-                            & pl.col("admin_time").is_not_null())
-                  .sort("patient_id", "ingredient", "admin_time", "admin_id", nulls_last=True)
-                  .select("_i", (same & (gap <= pl.duration(minutes=cfg.duplicate_window_minutes)))
-                          .fill_null(False).alias("duplicate_of_prior")))
+    duplicates = (
+        df.filter(
+            pl.col("_inj")
+            & pl.col("patient_id").is_not_null()
+            & pl.col("ingredient").is_not_null()
+            & pl.col("admin_time").is_not_null()
+        )
+        .sort("patient_id", "ingredient", "admin_time", "admin_id", nulls_last=True)
+        .select(
+            "_i",
+            (same & (gap <= pl.duration(minutes=cfg.duplicate_window_minutes)))
+            .fill_null(False)
+            .alias("duplicate_of_prior"),
+        )
+    )
 
-    out = (df.join(latest, on="_i", how="left").join(earliest, on="_i", how="left")
-           .join(duplicates, on="_i", how="left")
-           .with_columns(pl.col("prior_injection_within_window").fill_null(False),
-                         pl.col("duplicate_of_prior").fill_null(False)))
+    out = (
+        df.join(latest, on="_i", how="left")
+        .join(earliest, on="_i", how="left")
+        .join(duplicates, on="_i", how="left")
+        .with_columns(
+            pl.col("prior_injection_within_window").fill_null(False), pl.col("duplicate_of_prior").fill_null(False)
+        )
+    )
     return out.sort("_i").drop("_i", "_inj")

@@ -8,6 +8,7 @@ them: no second validation pass (cheap every night), no GX project folder to mai
 
 GX's HTML pulls its CSS/JS from public CDNs; opened offline it is unstyled but complete.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -21,8 +22,15 @@ from b12pipeline.paths import OutputLayout, schemas_dir
 RESULTS_DIR = "gx_results"
 SITE_DIR = "validation"
 SITE_NAME = "run"
-ROW_VALUE_KEYS = ("partial_unexpected_list", "partial_unexpected_counts", "partial_unexpected_index_list",
-                  "unexpected_list", "unexpected_index_list", "unexpected_index_query", "unexpected_rows")
+ROW_VALUE_KEYS = (
+    "partial_unexpected_list",
+    "partial_unexpected_counts",
+    "partial_unexpected_index_list",
+    "unexpected_list",
+    "unexpected_index_list",
+    "unexpected_index_query",
+    "unexpected_rows",
+)
 
 
 def validation_result_path(layout: OutputLayout, run_id: str, file_key: str) -> Path:
@@ -33,8 +41,7 @@ def docs_index(layout: OutputLayout, run_id: str) -> Path:
     return layout.run_dir(run_id) / SITE_DIR / "index.html"
 
 
-def build_data_docs(out: Path | str, run_id: str, run_time: dt.datetime,
-                    suite_path: Path | None = None) -> Path | None:
+def build_data_docs(out: Path | str, run_id: str, run_time: dt.datetime, suite_path: Path | None = None) -> Path | None:
     """Render the run's saved validation results into <run>/validation/; returns index.html (None: no results)."""
     layout = OutputLayout(Path(out))
     results = sorted((layout.run_dir(run_id) / RESULTS_DIR).glob("*.json"))
@@ -44,25 +51,33 @@ def build_data_docs(out: Path | str, run_id: str, run_time: dt.datetime,
     from great_expectations.core.expectation_validation_result import expectationSuiteValidationResultSchema
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.resource_identifiers import (
-        ExpectationSuiteIdentifier, ValidationResultIdentifier)
+        ExpectationSuiteIdentifier,
+        ValidationResultIdentifier,
+    )
 
-    for name in ("great_expectations", "great_expectations.data_context.types.base"):   # as validate.py
+    for name in ("great_expectations", "great_expectations.data_context.types.base"):  # as validate.py
         logging.getLogger(name).setLevel(logging.WARNING)
     site = layout.run_dir(run_id) / SITE_DIR
-    shutil.rmtree(site, ignore_errors=True)   # a re-run of the same run id must not keep the earlier pages
+    shutil.rmtree(site, ignore_errors=True)  # a re-run of the same run id must not keep the earlier pages
     context = gx.get_context(mode="ephemeral")
-    context.add_data_docs_site(site_name=SITE_NAME, site_config={
-        "class_name": "SiteBuilder",
-        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(site.resolve())},
-        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-    })
+    context.add_data_docs_site(
+        site_name=SITE_NAME,
+        site_config={
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(site.resolve())},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        },
+    )
     spec = json.loads((suite_path or schemas_dir() / "expectations/canonical_extract.json").read_text())
     suite = context.suites.add(gx.ExpectationSuite(**spec))
     run = RunIdentifier(run_name=run_id, run_time=run_time)
     for path in results:
         result = expectationSuiteValidationResultSchema.load(_without_row_values(json.loads(path.read_text())))
-        key = ValidationResultIdentifier(expectation_suite_identifier=ExpectationSuiteIdentifier(name=suite.name),
-                                         run_id=run, batch_identifier=path.stem)
+        key = ValidationResultIdentifier(
+            expectation_suite_identifier=ExpectationSuiteIdentifier(name=suite.name),
+            run_id=run,
+            batch_identifier=path.stem,
+        )
         context.validation_results_store.set(key, result)
     context.build_data_docs(site_names=[SITE_NAME])
     return site / "index.html"

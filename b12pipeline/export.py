@@ -3,6 +3,7 @@
 Coders work a queue by patient and encounter, so their exports carry the identifiers (that is their
 job); this module never logs a row, and the run reports (report.py, report_html.py) never call it.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -37,11 +38,12 @@ CODER_COLUMNS: dict[str, str] = {
     "ruleset_version": "Ruleset version",
     "run_id": "Run ID",
 }
-MAX_WIDTH = 60   # characters; longer cells wrap in Excel instead of pushing the sheet sideways
+MAX_WIDTH = 60  # characters; longer cells wrap in Excel instead of pushing the sheet sideways
 
 
-def select_findings(queues_root: Path, queue: str | None = None, day: dt.date | None = None,
-                    rule: str | None = None) -> pl.DataFrame:
+def select_findings(
+    queues_root: Path, queue: str | None = None, day: dt.date | None = None, rule: str | None = None
+) -> pl.DataFrame:
     """Findings of one queue (or all), optionally one date of service and one rule."""
     found = read_queue(queues_root, queue)
     if day is not None:
@@ -49,7 +51,8 @@ def select_findings(queues_root: Path, queue: str | None = None, day: dt.date | 
     if rule is not None:
         found = found.filter(pl.col("rule_id") == rule.upper())
     severity_rank = pl.col("severity").replace_strict(
-        {s: i for i, s in enumerate(SEVERITIES)}, default=len(SEVERITIES), return_dtype=pl.Int32)
+        {s: i for i, s in enumerate(SEVERITIES)}, default=len(SEVERITIES), return_dtype=pl.Int32
+    )
     return found.sort(pl.col("service_date"), severity_rank, "rule_id", "patient_id", "admin_id")
 
 
@@ -59,9 +62,13 @@ def night_summary(queues_root: Path, queue: str | None = None) -> pl.DataFrame:
     keys = ["service_date", "queue"]
     severity_counts = [(pl.col("severity") == s).sum().cast(pl.Int64).alias(s) for s in SEVERITIES]
     totals = found.group_by(keys).agg(pl.len().cast(pl.Int64).alias("findings"), *severity_counts)
-    per_rule = (found.group_by([*keys, "rule_id"]).len().sort("rule_id")
-                .group_by(keys, maintain_order=True)
-                .agg(pl.format("{} x{}", "rule_id", "len").str.join(", ").alias("rules")))
+    per_rule = (
+        found.group_by([*keys, "rule_id"])
+        .len()
+        .sort("rule_id")
+        .group_by(keys, maintain_order=True)
+        .agg(pl.format("{} x{}", "rule_id", "len").str.join(", ").alias("rules"))
+    )
     return totals.join(per_rule, on=keys, how="left").sort("service_date", "queue", descending=[True, False])
 
 
@@ -128,5 +135,7 @@ def _column_widths(view: pl.DataFrame) -> dict[str, float]:
     else:
         longest = [0] * len(view.columns)
     fixed = {pl.Date: 10, pl.Datetime: 16}
-    return {name: float(min(MAX_WIDTH, max(len(name), fixed.get(dtype.base_type(), n or 0)) + 2))
-            for (name, dtype), n in zip(view.schema.items(), longest)}
+    return {
+        name: float(min(MAX_WIDTH, max(len(name), fixed.get(dtype.base_type(), n or 0)) + 2))
+        for (name, dtype), n in zip(view.schema.items(), longest, strict=True)
+    }

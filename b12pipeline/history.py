@@ -5,6 +5,7 @@ A later row with the same admin_id (a chart correction) supersedes the earlier o
 date was. Facts are always re-derived from these rows, so a rules or site-config change applies to
 history exactly as it would to a first run.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -21,14 +22,19 @@ def _service_date() -> pl.Expr:
 
 
 def history_paths(history_root: Path) -> dict[dt.date, Path]:
-    return {dt.date.fromisoformat(p.parent.name.split("=", 1)[1]): p
-            for p in history_root.glob(f"service_date=*/{PART_NAME}")}
+    return {
+        dt.date.fromisoformat(p.parent.name.split("=", 1)[1]): p
+        for p in history_root.glob(f"service_date=*/{PART_NAME}")
+    }
 
 
 def read_history(history_root: Path, start: dt.date | None = None, end: dt.date | None = None) -> pl.DataFrame | None:
     """Canonical rows with start <= service_date <= end (all when unbounded); None if there are none."""
-    paths = [p for d, p in sorted(history_paths(history_root).items())
-             if (start is None or d >= start) and (end is None or d <= end)]
+    paths = [
+        p
+        for d, p in sorted(history_paths(history_root).items())
+        if (start is None or d >= start) and (end is None or d <= end)
+    ]
     if not paths:
         return None
     return pl.concat([pl.read_parquet(p) for p in paths], how="diagonal_relaxed")
@@ -38,23 +44,30 @@ def merge_into_history(history_root: Path, rows: pl.DataFrame) -> list[dt.date]:
     """Upsert canonical rows by admin_id; returns every service date whose rows changed."""
     if rows.height == 0:
         return []
-    rows = rows.unique(subset="admin_id", keep="last", maintain_order=True).with_columns(
-        _service_date().alias("_day"))
+    rows = rows.unique(subset="admin_id", keep="last", maintain_order=True).with_columns(_service_date().alias("_day"))
     new_ids = rows["admin_id"].implode()
     existing = history_paths(history_root)
     # Dates that held an earlier version of an incoming admin_id lose that row (supersession).
     moved: set[dt.date] = set()
     if existing:
-        ids = pl.scan_parquet(list(existing.values()), include_file_paths="_path").filter(
-            pl.col("admin_id").is_in(new_ids)).select("_path").unique().collect()
+        ids = (
+            pl.scan_parquet(list(existing.values()), include_file_paths="_path")
+            .filter(pl.col("admin_id").is_in(new_ids))
+            .select("_path")
+            .unique()
+            .collect()
+        )
         by_path = {str(p): d for d, p in existing.items()}
         moved = {by_path[p] for p in ids["_path"].to_list()}
     touched = sorted(moved | set(rows["_day"].unique().to_list()))
     for day in touched:
         old = pl.read_parquet(existing[day]) if day in existing else None
         new = rows.filter(pl.col("_day") == day).drop("_day")
-        frames = [f for f in (old.filter(~pl.col("admin_id").is_in(new_ids)) if old is not None else None, new)
-                  if f is not None and f.height]
+        frames = [
+            f
+            for f in (old.filter(~pl.col("admin_id").is_in(new_ids)) if old is not None else None, new)
+            if f is not None and f.height
+        ]
         target = history_root / f"service_date={day.isoformat()}" / PART_NAME
         if not frames:
             shutil.rmtree(target.parent, ignore_errors=True)

@@ -12,6 +12,7 @@ lists them.
 Sizes accept a K, M or G suffix (powers of 1024). Compressed files (gzip, bzip2, xz, zstd, zip)
 are not accepted at all: Polars would inflate a gzip CSV in memory before any limit could apply.
 """
+
 from __future__ import annotations
 
 import os
@@ -82,12 +83,16 @@ def file_problem(path: Path, fmt: str, limits: Limits) -> str | None:
     """Why a file must not be read at all (too large, compressed), checked before reading it."""
     size = path.stat().st_size
     if size > limits.max_file_bytes:
-        return (f"the file is {size:,} bytes, over the limit of {human(limits.max_file_bytes)} "
-                f"(B12_MAX_FILE_BYTES); split the extract or raise the limit")
+        return (
+            f"the file is {size:,} bytes, over the limit of {human(limits.max_file_bytes)} "
+            f"(B12_MAX_FILE_BYTES); split the extract or raise the limit"
+        )
     packed = compression_of(path)
     if packed and not (packed == "zip" and fmt in ZIP_CONTAINER_FORMATS):
-        return (f"the file is {packed}-compressed; compressed extracts are not accepted "
-                f"(decompress it into the landing folder first)")
+        return (
+            f"the file is {packed}-compressed; compressed extracts are not accepted "
+            f"(decompress it into the landing folder first)"
+        )
     return None
 
 
@@ -99,11 +104,13 @@ def frame_problem(frame: pl.DataFrame, columns: list[str], limits: Limits) -> st
     if not present or frame.height == 0:
         return None
     longest = frame.select(pl.col(present).str.len_bytes().max()).row(0)
-    for name, length in zip(present, longest):
+    for name, length in zip(present, longest, strict=True):
         if length is not None and length > limits.max_field_bytes:
             first = frame.select(pl.arg_where(pl.col(name).str.len_bytes() > limits.max_field_bytes).first()).item()
             row = frame["source_row"][first] if "source_row" in frame.columns else first + 1
-            return (f"data row {row}, column {name}: a value over the limit of "
-                    f"{human(limits.max_field_bytes)} (B12_MAX_FIELD_BYTES; longest in the file {length:,} bytes); "
-                    f"often an unclosed quote that swallowed the rows after it")
+            return (
+                f"data row {row}, column {name}: a value over the limit of "
+                f"{human(limits.max_field_bytes)} (B12_MAX_FIELD_BYTES; longest in the file {length:,} bytes); "
+                f"often an unclosed quote that swallowed the rows after it"
+            )
     return None

@@ -5,6 +5,7 @@ Typed contract columns are replaced by their typed values (dose_value, charge_un
 expiration_date, ...); the derived columns below are added. Each derivation is one named function
 so a test can pin it; docs/columns.md lists them.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,9 +23,21 @@ MG_UNITS = ["mg", "milligram", "milligrams", "mgs"]
 ML_UNITS = ["ml", "milliliter", "milliliters", "millilitre", "millilitres", "mls"]
 
 ROUTE_CLASSES = {
-    "injectable": ["im", "intramuscular", "sc", "sq", "subq", "sub-q", "subcut", "subcutaneous",
-                   "deep sc", "deep subcut", "deep subcutaneous", "intramuscular injection",
-                   "subcutaneous injection"],
+    "injectable": [
+        "im",
+        "intramuscular",
+        "sc",
+        "sq",
+        "subq",
+        "sub-q",
+        "subcut",
+        "subcutaneous",
+        "deep sc",
+        "deep subcut",
+        "deep subcutaneous",
+        "intramuscular injection",
+        "subcutaneous injection",
+    ],
     "intravenous": ["iv", "iv push", "ivp", "intravenous", "intravenous push", "iv piggyback", "iv infusion"],
     "self_administered": ["intranasal", "nasal", "oral", "po", "sublingual", "sl", "by mouth"],
 }
@@ -37,6 +50,7 @@ def _blank_to_null(expr: pl.Expr) -> pl.Expr:
 
 
 # --- parsing helpers shared with validate -------------------------------------------------------
+
 
 def local_timestamp(col: str = "admin_time") -> pl.Expr:
     """The wall-clock time as written (offset dropped): the date of service is its calendar date."""
@@ -63,43 +77,59 @@ def number(col: str) -> pl.Expr:
 
 # --- NDC ----------------------------------------------------------------------------------------
 
+
 def ndc_parts(col: str = "ndc") -> tuple[pl.Expr, pl.Expr]:
     """(ndc11, ndc_status): status is empty | valid | ambiguous (ten bare digits) | malformed."""
     s = pl.col(col).str.replace_all(r"\s+", "")
     seg = s.str.extract_groups(r"^(\d{4,5})-(\d{3,4})-(\d{1,2})$")
     a, b, c = (seg.struct.field(str(i)) for i in (1, 2, 3))
-    shape = pl.concat_str(a.str.len_chars().cast(pl.String), b.str.len_chars().cast(pl.String),
-                          c.str.len_chars().cast(pl.String))
+    shape = pl.concat_str(
+        a.str.len_chars().cast(pl.String), b.str.len_chars().cast(pl.String), c.str.len_chars().cast(pl.String)
+    )
     hyphen_ok = shape.is_in(["442", "532", "541", "542"])
     padded = pl.concat_str(a.str.zfill(5), b.str.zfill(4), c.str.zfill(2))
     bare11 = s.str.contains(r"^\d{11}$")
     bare10 = s.str.contains(r"^\d{10}$")
-    ndc11 = (pl.when(hyphen_ok).then(padded).when(bare11).then(s).otherwise(None))
-    status = (pl.when(s.is_null() | (s == "")).then(pl.lit("empty"))
-              .when(hyphen_ok | bare11).then(pl.lit("valid"))
-              .when(bare10).then(pl.lit("ambiguous"))
-              .otherwise(pl.lit("malformed")))
+    ndc11 = pl.when(hyphen_ok).then(padded).when(bare11).then(s).otherwise(None)
+    status = (
+        pl.when(s.is_null() | (s == ""))
+        .then(pl.lit("empty"))
+        .when(hyphen_ok | bare11)
+        .then(pl.lit("valid"))
+        .when(bare10)
+        .then(pl.lit("ambiguous"))
+        .otherwise(pl.lit("malformed"))
+    )
     return ndc11, status
 
 
 # --- scope --------------------------------------------------------------------------------------
 
+
 def b12_scope(ref: Reference) -> pl.Expr:
     """A B12 row: NDC in the reference, or a known B12 RxNorm code, or a B12 medication name."""
     ndc11, _ = ndc_parts()
-    return (ndc11.is_in(ref.ndcs.implode()).fill_null(False)
-            | pl.col("rxnorm_code").is_in(ref.rxnorm["rxnorm_code"].implode()).fill_null(False)
-            | pl.col("medication_name").str.contains(B12_NAME_PATTERN).fill_null(False))
+    return (
+        ndc11.is_in(ref.ndcs.implode()).fill_null(False)
+        | pl.col("rxnorm_code").is_in(ref.rxnorm["rxnorm_code"].implode()).fill_null(False)
+        | pl.col("medication_name").str.contains(B12_NAME_PATTERN).fill_null(False)
+    )
 
 
 def name_ingredient() -> pl.Expr:
     """Ingredient named in medication_name; RxNorm's "vitamin B12" is cyanocobalamin."""
     name = pl.col("medication_name").str.to_lowercase()
-    return (pl.when(name.str.contains("hydroxocobalamin")).then(pl.lit("hydroxocobalamin"))
-            .when(name.str.contains("methylcobalamin")).then(pl.lit("methylcobalamin"))
-            .when(name.str.contains("cyanocobalamin")).then(pl.lit("cyanocobalamin"))
-            .when(name.str.contains(r"vitamin\s*b\s*-?\s*12\b")).then(pl.lit("cyanocobalamin"))
-            .otherwise(None))
+    return (
+        pl.when(name.str.contains("hydroxocobalamin"))
+        .then(pl.lit("hydroxocobalamin"))
+        .when(name.str.contains("methylcobalamin"))
+        .then(pl.lit("methylcobalamin"))
+        .when(name.str.contains("cyanocobalamin"))
+        .then(pl.lit("cyanocobalamin"))
+        .when(name.str.contains(r"vitamin\s*b\s*-?\s*12\b"))
+        .then(pl.lit("cyanocobalamin"))
+        .otherwise(None)
+    )
 
 
 def route_class() -> pl.Expr:
@@ -112,8 +142,9 @@ def route_class() -> pl.Expr:
 
 def code_list(col: str) -> pl.Expr:
     """Upper-cased codes split on ',' ';' or whitespace."""
-    return (pl.col(col).fill_null("").str.to_uppercase().str.replace_all(r"[,;\s]+", ",").str.split(",")
-    ).list.eval(pl.element().filter(pl.element() != ""))
+    return (pl.col(col).fill_null("").str.to_uppercase().str.replace_all(r"[,;\s]+", ",").str.split(",")).list.eval(
+        pl.element().filter(pl.element() != "")
+    )
 
 
 def icd10_dotted(col: str = "diagnosis_codes") -> pl.Expr:
@@ -121,7 +152,8 @@ def icd10_dotted(col: str = "diagnosis_codes") -> pl.Expr:
     return code_list(col).list.eval(
         pl.when((pl.element().str.len_chars() > 3) & ~pl.element().str.contains(r"\.", literal=False))
         .then(pl.concat_str(pl.element().str.slice(0, 3), pl.lit("."), pl.element().str.slice(3)))
-        .otherwise(pl.element()))
+        .otherwise(pl.element())
+    )
 
 
 @lru_cache(maxsize=200_000)
@@ -152,6 +184,7 @@ def npi_valid(col: str = "ordering_provider_npi") -> pl.Expr:
 
 # --- the facts frame ----------------------------------------------------------------------------
 
+
 def by_value(frame: pl.DataFrame, column: str, derived: dict[str, pl.Expr]) -> pl.DataFrame:
     """Add `derived` columns computed once per distinct value of `column`, joined back in row order.
 
@@ -166,24 +199,34 @@ def dx_facts(cfg: SiteConfig, codes: pl.DataFrame) -> pl.DataFrame:
     """Per distinct diagnosis_codes text: dx_codes (list), dx_count, dx_invalid (";"-joined codes that
     are not billable ICD-10-CM, or null), dx_covered (any code matches a covered prefix)."""
     table = codes.select("diagnosis_codes").unique().with_columns(icd10_dotted().alias("dx_codes"))
-    exploded = table.select("diagnosis_codes", pl.col("dx_codes").alias("code")).explode("code").filter(
-        pl.col("code").is_not_null())
+    exploded = (
+        table.select("diagnosis_codes", pl.col("dx_codes").alias("code"))
+        .explode("code")
+        .filter(pl.col("code").is_not_null())
+    )
     distinct = exploded.select("code").unique()
     distinct = distinct.with_columns(
         pl.Series("billable", [icd10_billable(c) for c in distinct["code"].to_list()], dtype=pl.Boolean),
-        (pl.any_horizontal([pl.col("code").str.starts_with(p) for p in cfg.covered_dx_prefixes])
-         if cfg.covered_dx_prefixes else pl.lit(False)).alias("covered"),
+        (
+            pl.any_horizontal([pl.col("code").str.starts_with(p) for p in cfg.covered_dx_prefixes])
+            if cfg.covered_dx_prefixes
+            else pl.lit(False)
+        ).alias("covered"),
     )
-    per_text = (exploded.join(distinct, on="code", how="left")
-                .group_by("diagnosis_codes")
-                .agg(pl.col("code").filter(~pl.col("billable")).alias("_invalid"),
-                     pl.col("covered").any().alias("dx_covered")))
+    per_text = (
+        exploded.join(distinct, on="code", how="left")
+        .group_by("diagnosis_codes")
+        .agg(pl.col("code").filter(~pl.col("billable")).alias("_invalid"), pl.col("covered").any().alias("dx_covered"))
+    )
     per_text = per_text.with_columns(
-        pl.when(pl.col("_invalid").list.len() > 0).then(pl.col("_invalid").list.join(";"))
-        .otherwise(None).alias("dx_invalid")).drop("_invalid")
-    return (table.join(per_text, on="diagnosis_codes", how="left", nulls_equal=True)
-            .with_columns(pl.col("dx_covered").fill_null(False),
-                          pl.col("dx_codes").list.len().cast(pl.Int64).alias("dx_count")))
+        pl.when(pl.col("_invalid").list.len() > 0)
+        .then(pl.col("_invalid").list.join(";"))
+        .otherwise(None)
+        .alias("dx_invalid")
+    ).drop("_invalid")
+    return table.join(per_text, on="diagnosis_codes", how="left", nulls_equal=True).with_columns(
+        pl.col("dx_covered").fill_null(False), pl.col("dx_codes").list.len().cast(pl.Int64).alias("dx_count")
+    )
 
 
 def facts(valid: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame:
@@ -197,41 +240,63 @@ def facts(valid: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame:
     )
     rx = ref.rxnorm.rename({"ingredient": "rx_ingredient"})
     ndc11, ndc_status = ndc_parts()
-    ndc_table = (valid.select("ndc").unique().with_columns(ndc11.alias("ndc11"), ndc_status.alias("ndc_status"))
-                 .join(products, on="ndc11", how="left"))
+    ndc_table = (
+        valid.select("ndc")
+        .unique()
+        .with_columns(ndc11.alias("ndc11"), ndc_status.alias("ndc_status"))
+        .join(products, on="ndc11", how="left")
+    )
     unit = pl.col("dose_unit").str.to_lowercase().str.strip_chars().str.replace(r"s$", "")
     em = pl.col("em_codes")
     df = valid.join(ndc_table, on="ndc", how="left", nulls_equal=True, maintain_order="left")
     df = df.join(rx, on="rxnorm_code", how="left", maintain_order="left")
     df = df.join(dx_facts(cfg, valid), on="diagnosis_codes", how="left", nulls_equal=True, maintain_order="left")
-    df = by_value(df, "mar_action", {"given": pl.col("mar_action").str.strip_chars().str.to_lowercase()
-                                     .is_in(list(cfg.given_actions)).fill_null(False)})
+    df = by_value(
+        df,
+        "mar_action",
+        {
+            "given": pl.col("mar_action")
+            .str.strip_chars()
+            .str.to_lowercase()
+            .is_in(list(cfg.given_actions))
+            .fill_null(False)
+        },
+    )
     df = by_value(df, "medication_name", {"name_ingredient": name_ingredient()})
     df = by_value(df, "route", {"route_class": route_class()})
-    df = by_value(df, "dose_unit", {"_unit": pl.when(unit.is_in(MCG_UNITS)).then(pl.lit("mcg"))
-                                    .when(unit.is_in(MG_UNITS)).then(pl.lit("mg"))
-                                    .when(unit.is_in(ML_UNITS)).then(pl.lit("ml")).otherwise(None)})
+    df = by_value(
+        df,
+        "dose_unit",
+        {
+            "_unit": pl.when(unit.is_in(MCG_UNITS))
+            .then(pl.lit("mcg"))
+            .when(unit.is_in(MG_UNITS))
+            .then(pl.lit("mg"))
+            .when(unit.is_in(ML_UNITS))
+            .then(pl.lit("ml"))
+            .otherwise(None)
+        },
+    )
     df = by_value(df, "charge_modifiers", {"modifiers": code_list("charge_modifiers")})
     df = by_value(df, "same_day_em_codes", {"em_codes": code_list("same_day_em_codes")})
     df = by_value(df, "ordering_provider_npi", {"npi_valid": npi_valid()})
     df = by_value(df, "expiration_date", {"_expiry": expiry_date()})
-    df = (df.with_columns(
-            local_timestamp().alias("admin_time"),
-            pl.col("_expiry").alias("expiration_date"),
-            number("dose_value").alias("dose_value"),
-            number("concentration_mcg_per_ml").alias("concentration_mcg_per_ml"),
-            number("container_volume_ml").alias("container_volume_ml"),
-            number("waste_mcg").alias("waste_mcg"),
-            number("charge_ndc_qty").alias("charge_ndc_qty"),
-            pl.col("charge_units").cast(pl.Int64, strict=False).alias("charge_units"),
-            pl.col("charge_hcpcs").str.to_uppercase().str.strip_chars().alias("charge_hcpcs"),
-            pl.col("admin_cpt").str.to_uppercase().str.strip_chars().alias("admin_cpt"),
-            pl.col("charge_ndc_unit").str.to_uppercase().str.strip_chars().alias("charge_ndc_unit"),
-            pl.col("payer_type").str.to_lowercase().str.strip_chars().alias("payer_type"),
-            pl.col("claim_type").str.to_lowercase().fill_null("professional").alias("claim_type"),
-            pl.col("place_of_service").str.zfill(2).alias("place_of_service"),
-          )
-          .with_columns(pl.col("admin_time").dt.date().alias("service_date")))
+    df = df.with_columns(
+        local_timestamp().alias("admin_time"),
+        pl.col("_expiry").alias("expiration_date"),
+        number("dose_value").alias("dose_value"),
+        number("concentration_mcg_per_ml").alias("concentration_mcg_per_ml"),
+        number("container_volume_ml").alias("container_volume_ml"),
+        number("waste_mcg").alias("waste_mcg"),
+        number("charge_ndc_qty").alias("charge_ndc_qty"),
+        pl.col("charge_units").cast(pl.Int64, strict=False).alias("charge_units"),
+        pl.col("charge_hcpcs").str.to_uppercase().str.strip_chars().alias("charge_hcpcs"),
+        pl.col("admin_cpt").str.to_uppercase().str.strip_chars().alias("admin_cpt"),
+        pl.col("charge_ndc_unit").str.to_uppercase().str.strip_chars().alias("charge_ndc_unit"),
+        pl.col("payer_type").str.to_lowercase().str.strip_chars().alias("payer_type"),
+        pl.col("claim_type").str.to_lowercase().fill_null("professional").alias("claim_type"),
+        pl.col("place_of_service").str.zfill(2).alias("place_of_service"),
+    ).with_columns(pl.col("admin_time").dt.date().alias("service_date"))
     given_container = pl.when(pl.col("container_type") == "unknown").then(None).otherwise(pl.col("container_type"))
     df = df.with_columns(
         pl.col("ref_ingredient").is_not_null().alias("ndc_in_reference"),
@@ -244,15 +309,26 @@ def facts(valid: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame:
         pl.col("modifiers").list.contains("JZ").alias("has_jz"),
         em.list.eval(pl.element().str.slice(0, 5) == "99211").list.any().alias("em_has_99211"),
         em.list.eval(
-            pl.element().str.contains(r"^(9920[2-5]|9921[2-5])") & (pl.element().str.slice(0, 5) != "99211")
-            & ~pl.element().str.contains(r"-25(-|$)")).list.any().alias("em_without_25"),
+            pl.element().str.contains(r"^(9920[2-5]|9921[2-5])")
+            & (pl.element().str.slice(0, 5) != "99211")
+            & ~pl.element().str.contains(r"-25(-|$)")
+        )
+        .list.any()
+        .alias("em_without_25"),
     )
-    dose_mcg = (pl.when(pl.col("_unit") == "mcg").then(pl.col("dose_value"))
-                .when(pl.col("_unit") == "mg").then(pl.col("dose_value") * 1000)
-                .when(pl.col("_unit") == "ml").then(pl.col("dose_value") * pl.col("concentration"))
-                .otherwise(None))
+    dose_mcg = (
+        pl.when(pl.col("_unit") == "mcg")
+        .then(pl.col("dose_value"))
+        .when(pl.col("_unit") == "mg")
+        .then(pl.col("dose_value") * 1000)
+        .when(pl.col("_unit") == "ml")
+        .then(pl.col("dose_value") * pl.col("concentration"))
+        .otherwise(None)
+    )
     # A non-finite dose (a 400-digit typo parses to inf) is unknown, like a non-positive one.
-    df = df.with_columns(pl.when((dose_mcg > 0) & dose_mcg.is_finite()).then(dose_mcg).otherwise(None).alias("dose_mcg"))
+    df = df.with_columns(
+        pl.when((dose_mcg > 0) & dose_mcg.is_finite()).then(dose_mcg).otherwise(None).alias("dose_mcg")
+    )
     code_map = cfg.code_for_ingredient
     expected_code = pl.col("ingredient").replace_strict(code_map, default=None, return_dtype=pl.String)
     df = df.with_columns(
@@ -271,6 +347,7 @@ def facts(valid: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame:
 
 
 # --- derivations for the catalog rules (read dose_mcg, dose_ml, expected_units: run after them) --
+
 
 def dose_plus_waste_mcg() -> pl.Expr:
     """MOD-003: dose given plus documented waste; an empty waste counts as 0 (null if the dose is unknown)."""

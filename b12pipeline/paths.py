@@ -3,6 +3,7 @@
 rules/ and schemas/ sit beside the package (the layout of the design card); an installation may
 point elsewhere with B12_RULES_DIR / B12_SCHEMAS_DIR or the CLI's --rules option.
 """
+
 from __future__ import annotations
 
 import os

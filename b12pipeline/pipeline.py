@@ -4,6 +4,7 @@ stage_file     ingest one extract -> scope -> validate; writes quarantine and th
 apply_staged   merges staged rows into history, re-evaluates every touched date, writes the queues
 evaluate_dates re-evaluates given dates from history (shared by nights and history re-runs)
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -25,7 +26,7 @@ from b12pipeline.engine.rulefile import Ruleset
 from b12pipeline.history import history_paths, merge_into_history, read_history
 from b12pipeline.ingest import FileRejected, read_extract
 from b12pipeline.paths import OutputLayout
-from b12pipeline.queues import atomic_write_parquet, write_queue_partitions, write_quarantine
+from b12pipeline.queues import atomic_write_parquet, write_quarantine, write_queue_partitions
 from b12pipeline.reference import Reference, load_reference
 from b12pipeline.runguard import restrict
 from b12pipeline.validate import validate
@@ -51,9 +52,11 @@ class Rules:
     def load(cls, rules_dir: Path | str | None = None) -> "Rules":
         directory = Path(rules_dir) if rules_dir else None
         ruleset = load_ruleset(directory)
-        return cls(ruleset=ruleset,
-                   config=load_site_config(ruleset.directory / "site.yaml"),
-                   reference=load_reference(ruleset.directory / "reference"))
+        return cls(
+            ruleset=ruleset,
+            config=load_site_config(ruleset.directory / "site.yaml"),
+            reference=load_reference(ruleset.directory / "reference"),
+        )
 
 
 @dataclass
@@ -62,14 +65,14 @@ class StageResult:
 
     file: str
     sha256: str
-    status: str = "processed"          # processed | rejected
+    status: str = "processed"  # processed | rejected
     error: str = ""
     source_format: str = ""
     rows_read: int = 0
     in_scope: int = 0
     out_of_scope: int = 0
     quarantined: int = 0
-    staged: str = ""                   # Parquet of valid canonical B12 rows ("" when none)
+    staged: str = ""  # Parquet of valid canonical B12 rows ("" when none)
     unexpected_counts: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -86,8 +89,16 @@ def reject_file(path: Path, layout: OutputLayout, reason: str, move: bool) -> No
     (layout.rejected / f"{path.name}.error.txt").write_text(f"{path.name}: {reason}\n")
 
 
-def stage_file(path: Path | str, out: Path | str, run_id: str, night: dt.date, rules: Rules,
-               source: str | None = None, move_rejected: bool = False, sha256: str | None = None) -> StageResult:
+def stage_file(
+    path: Path | str,
+    out: Path | str,
+    run_id: str,
+    night: dt.date,
+    rules: Rules,
+    source: str | None = None,
+    move_rejected: bool = False,
+    sha256: str | None = None,
+) -> StageResult:
     """`sha256`: the file's checksum when the caller already has it (the flow hashes every input
     once for the run id; hashing a large extract again costs a full read)."""
     path, layout = Path(path), OutputLayout(Path(out))
@@ -99,18 +110,21 @@ def stage_file(path: Path | str, out: Path | str, run_id: str, night: dt.date, r
         extract = read_extract(path, source, keep=scope)
         result.source_format = extract.source_format
         b12 = extract.frame
-        result.rows_read = extract.rows   # includes rows skipped as out of scope and reader-quarantined rows
+        result.rows_read = extract.rows  # includes rows skipped as out of scope and reader-quarantined rows
         held = extract.quarantine_in_scope(scope)
         outcome = validate(b12).with_reader_quarantine(held)
         result.out_of_scope = extract.rows - outcome.rows
         result.unexpected_counts = outcome.unexpected_counts
-        if outcome.gx_result is not None:   # for the run's Data Docs (counts only, see validate.py)
+        if outcome.gx_result is not None:  # for the run's Data Docs (counts only, see validate.py)
             write_json(validation_result_path(layout, run_id, f"{path.stem}-{result.sha256[:12]}"), outcome.gx_result)
         share = outcome.quarantine.height / outcome.rows if outcome.rows else 0.0
         if share > rules.config.max_quarantine_share:
-            raise FileRejected(path, f"{outcome.quarantine.height} of {outcome.rows} B12 rows failed validation "
-                                     f"({share:.0%} > max_quarantine_share {rules.config.max_quarantine_share:.0%}); "
-                                     f"most common: {_top_failures(outcome.unexpected_counts)}")
+            raise FileRejected(
+                path,
+                f"{outcome.quarantine.height} of {outcome.rows} B12 rows failed validation "
+                f"({share:.0%} > max_quarantine_share {rules.config.max_quarantine_share:.0%}); "
+                f"most common: {_top_failures(outcome.unexpected_counts)}",
+            )
     except FileRejected as exc:
         reject_file(path, layout, exc.reason, move_rejected)
         result.status, result.error = "rejected", str(exc)
@@ -138,8 +152,9 @@ def lookback_days(cfg: SiteConfig) -> int:
     return max(cfg.frequency_lookback_days, cfg.frequency_window_days, 1)
 
 
-def evaluate_dates(out: Path | str, dates: list[dt.date], rules: Rules, run_id: str,
-                   engine: str = "polars") -> dict[str, int]:
+def evaluate_dates(
+    out: Path | str, dates: list[dt.date], rules: Rules, run_id: str, engine: str = "polars"
+) -> dict[str, int]:
     """Re-evaluate every history row of `dates` and replace those dates' queue partitions.
 
     `engine` is "polars" (default) or "durable" (the optional second engine, same findings)."""
@@ -150,8 +165,9 @@ def evaluate_dates(out: Path | str, dates: list[dt.date], rules: Rules, run_id: 
     return write_queue_partitions(findings, OutputLayout(Path(out)).queues, dates)
 
 
-def findings_for_dates(out: Path | str, dates: list[dt.date], rules: Rules, run_id: str,
-                       engine: str = "polars") -> pl.DataFrame:
+def findings_for_dates(
+    out: Path | str, dates: list[dt.date], rules: Rules, run_id: str, engine: str = "polars"
+) -> pl.DataFrame:
     """Findings of every history row of `dates`, each as of its own DOS.
 
     History is read from the earliest date's look-back to the last date; rows dated after a target
@@ -171,12 +187,14 @@ def dependent_dates(history_root: Path, changed: list[dt.date], cfg: SiteConfig)
         return []
     reach = dt.timedelta(days=lookback_days(cfg))
     changed_set = set(changed)
-    return sorted(d for d in history_paths(history_root)
-                  if d not in changed_set and any(c < d <= c + reach for c in changed))
+    return sorted(
+        d for d in history_paths(history_root) if d not in changed_set and any(c < d <= c + reach for c in changed)
+    )
 
 
-def _findings(canonical: pl.DataFrame, dates: list[dt.date], rules: Rules, run_id: str,
-              engine: str = "polars") -> pl.DataFrame:
+def _findings(
+    canonical: pl.DataFrame, dates: list[dt.date], rules: Rules, run_id: str, engine: str = "polars"
+) -> pl.DataFrame:
     facts = normalize.facts(canonical, rules.reference, rules.config)
     facts = add_cross_row_facts(facts, rules.config)
     targets = facts.filter(pl.col("service_date").is_in(dates))

@@ -3,6 +3,7 @@
 The library calls emit(); nothing happens unless a listener is registered. Events carry file names
 and counts only, never row values.
 """
+
 from __future__ import annotations
 
 from typing import Callable

@@ -5,6 +5,7 @@ written under a dot-prefixed temporary name (readers skip dot files) and renamed
 reader sees the old file or the new one, never half of one. Writing a night replaces exactly the
 partitions of the dates it evaluated; a partition with no findings left is removed.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -15,8 +16,8 @@ from pathlib import Path
 
 import polars as pl
 
-from b12pipeline.engine.rulefile import QUEUES
 from b12pipeline.engine.evaluate import FINDING_COLUMNS
+from b12pipeline.engine.rulefile import QUEUES
 
 PART_NAME = "part-0.parquet"
 
@@ -59,8 +60,11 @@ def write_queue_partitions(findings: pl.DataFrame, queues_root: Path, dates: lis
 
 def read_queue(queues_root: Path, queue: str | None = None) -> pl.DataFrame:
     """Every finding under queues_root (optionally one queue) as one frame, service_date restored."""
-    paths = sorted((queues_root / queue).glob("service_date=*/*.parquet") if queue
-                   else queues_root.glob("*/service_date=*/*.parquet"))
+    paths = sorted(
+        (queues_root / queue).glob("service_date=*/*.parquet")
+        if queue
+        else queues_root.glob("*/service_date=*/*.parquet")
+    )
     if not paths:
         return pl.DataFrame(schema=FINDING_COLUMNS)
     frames = []
@@ -70,8 +74,7 @@ def read_queue(queues_root: Path, queue: str | None = None) -> pl.DataFrame:
     return pl.concat(frames).select(list(FINDING_COLUMNS)).sort("service_date", "queue", "rule_id", "admin_id")
 
 
-def write_quarantine(rows: pl.DataFrame, quarantine_root: Path, file_key: str, night: dt.date,
-                     run_id: str) -> int:
+def write_quarantine(rows: pl.DataFrame, quarantine_root: Path, file_key: str, night: dt.date, run_id: str) -> int:
     """Quarantine rows of one source file, by service date when readable, else by extract date.
 
     The file name is the source file's checksum key, so re-running the same file replaces its
@@ -84,7 +87,6 @@ def write_quarantine(rows: pl.DataFrame, quarantine_root: Path, file_key: str, n
     day = pl.select(pl.when(day.dt.year().is_between(1, 9999)).then(day)).to_series()
     rows = rows.with_columns(day.alias("_day"), pl.lit(run_id).alias("run_id"))
     for (value,), group in rows.group_by(["_day"]):
-        folder = (f"service_date={value.isoformat()}" if value is not None
-                  else f"extract_date={night.isoformat()}")
+        folder = f"service_date={value.isoformat()}" if value is not None else f"extract_date={night.isoformat()}"
         atomic_write_parquet(group.drop("_day").sort("source_row"), quarantine_root / folder / f"{file_key}.parquet")
     return rows.height

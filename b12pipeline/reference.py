@@ -1,4 +1,5 @@
 """Product reference: the FDA-derived NDC table, with the site formulary overlay winning over it."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,8 +9,17 @@ import polars as pl
 
 from b12pipeline.paths import rules_dir
 
-PRODUCT_COLUMNS = ["ndc11", "ndc_level", "product_ndc", "ingredient", "mcg_per_ml", "ml_per_container",
-                   "container_type", "labeler", "source"]
+PRODUCT_COLUMNS = [
+    "ndc11",
+    "ndc_level",
+    "product_ndc",
+    "ingredient",
+    "mcg_per_ml",
+    "ml_per_container",
+    "container_type",
+    "labeler",
+    "source",
+]
 INGREDIENTS = ("cyanocobalamin", "hydroxocobalamin", "methylcobalamin")
 CONTAINER_TYPES = ("single_dose", "multi_dose", "unknown")
 
@@ -39,8 +49,8 @@ def _read_products(path: Path) -> pl.DataFrame:
 
 @dataclass(frozen=True)
 class Reference:
-    products: pl.DataFrame      # one row per ndc11; overlay rows replace FDA rows
-    rxnorm: pl.DataFrame        # rxnorm_code -> ingredient
+    products: pl.DataFrame  # one row per ndc11; overlay rows replace FDA rows
+    rxnorm: pl.DataFrame  # rxnorm_code -> ingredient
 
     @property
     def ndcs(self) -> pl.Series:

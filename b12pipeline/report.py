@@ -1,4 +1,5 @@
 """The run record: manifest.json and the counts-only summary (no patient identifiers anywhere)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -25,18 +26,35 @@ def findings_counts(queues_root: Path, dates: list[str]) -> dict:
     return {"per_rule": by_rule, "per_queue": by_queue, "per_severity": by_severity, "total": found.height}
 
 
-def build_manifest(*, run_id: str, kind: str, night: str, started_at: str, ended_at: str, inputs: list[dict],
-                   applied: dict, out: Path, ruleset_version: str, rules_dir: str) -> dict:
+def build_manifest(
+    *,
+    run_id: str,
+    kind: str,
+    night: str,
+    started_at: str,
+    ended_at: str,
+    inputs: list[dict],
+    applied: dict,
+    out: Path,
+    ruleset_version: str,
+    rules_dir: str,
+) -> dict:
     layout = OutputLayout(out)
     totals = {k: sum(i.get(k, 0) for i in inputs) for k in ("rows_read", "in_scope", "out_of_scope", "quarantined")}
     totals["files"] = len(inputs)
     totals["files_rejected"] = sum(1 for i in inputs if i["status"] == "rejected")
     safe_inputs = [{k: v for k, v in i.items() if k not in ("staged",)} for i in inputs]
     manifest = {
-        "run_id": run_id, "kind": kind, "night": night,
-        "started_at": started_at, "ended_at": ended_at,
-        "software_version": __version__, "ruleset_version": ruleset_version, "rules_dir": rules_dir,
-        "inputs": safe_inputs, "totals": totals,
+        "run_id": run_id,
+        "kind": kind,
+        "night": night,
+        "started_at": started_at,
+        "ended_at": ended_at,
+        "software_version": __version__,
+        "ruleset_version": ruleset_version,
+        "rules_dir": rules_dir,
+        "inputs": safe_inputs,
+        "totals": totals,
         "dates_evaluated": applied.get("dates", []),
         "findings": findings_counts(layout.queues, applied.get("dates", [])),
         "validation_report": str((layout.run_dir(run_id) / "validation.json").relative_to(out)),
@@ -45,21 +63,35 @@ def build_manifest(*, run_id: str, kind: str, night: str, started_at: str, ended
         "run_report": str((layout.run_dir(run_id) / "report.html").relative_to(out)),
         "queues": str(layout.queues),
     }
-    write_json(layout.run_dir(run_id) / "validation.json", {
-        "run_id": run_id,
-        "note": "counts of rows failing each expectation per file; row values are never recorded here",
-        "files": {i["file"]: {"status": i["status"], "error": i.get("error", ""),
-                              "unexpected_counts": i.get("unexpected_counts", {})} for i in inputs},
-    })
+    write_json(
+        layout.run_dir(run_id) / "validation.json",
+        {
+            "run_id": run_id,
+            "note": "counts of rows failing each expectation per file; row values are never recorded here",
+            "files": {
+                i["file"]: {
+                    "status": i["status"],
+                    "error": i.get("error", ""),
+                    "unexpected_counts": i.get("unexpected_counts", {}),
+                }
+                for i in inputs
+            },
+        },
+    )
     write_json(layout.run_dir(run_id) / "manifest.json", manifest)
     return manifest
 
 
 def summary_markdown(manifest: dict) -> str:
     t, f = manifest["totals"], manifest["findings"]
-    lines = [f"# b12pipeline {manifest['kind']} {manifest['night']}", "",
-             f"run `{manifest['run_id']}` - ruleset `{manifest['ruleset_version']}`", "",
-             "| measure | count |", "|---|---:|"]
+    lines = [
+        f"# b12pipeline {manifest['kind']} {manifest['night']}",
+        "",
+        f"run `{manifest['run_id']}` - ruleset `{manifest['ruleset_version']}`",
+        "",
+        "| measure | count |",
+        "|---|---:|",
+    ]
     for key in ("files", "files_rejected", "rows_read", "in_scope", "out_of_scope", "quarantined"):
         lines.append(f"| {key.replace('_', ' ')} | {t[key]:,} |")
     lines += ["", "| queue | findings |", "|---|---:|"]

@@ -6,6 +6,7 @@ from findings grouped by rule, queue, severity, place of service and ordering pr
 patient, encounter, administration or order id is ever put on the page (a test scans for them).
 Provider NPIs are public identifiers of clinicians (the NPPES registry), not patient PHI.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -27,10 +28,18 @@ QUEUE_COLOURS = {"coding": "#1f618d", "medical_necessity": "#7d3c98", "documenta
 BAR_COLOUR = "#34495e"
 # CMS place-of-service codes a B12 injection is commonly given in (labels only; unknown codes show as is).
 PLACE_OF_SERVICE = {
-    "11": "office", "12": "home", "19": "off-campus outpatient hospital", "21": "inpatient hospital",
-    "22": "on-campus outpatient hospital", "23": "emergency room", "31": "skilled nursing facility",
-    "32": "nursing facility", "49": "independent clinic", "50": "federally qualified health center",
-    "71": "public health clinic", "72": "rural health clinic",
+    "11": "office",
+    "12": "home",
+    "19": "off-campus outpatient hospital",
+    "21": "inpatient hospital",
+    "22": "on-campus outpatient hospital",
+    "23": "emergency room",
+    "31": "skilled nursing facility",
+    "32": "nursing facility",
+    "49": "independent clinic",
+    "50": "federally qualified health center",
+    "71": "public health clinic",
+    "72": "rural health clinic",
 }
 
 
@@ -54,7 +63,7 @@ def recent_runs(layout: OutputLayout, manifest: dict, nights: int) -> list[dict]
         try:
             m = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
-            continue   # a run still being written, or a damaged one: the trend simply skips it
+            continue  # a run still being written, or a damaged one: the trend simply skips it
         if m.get("kind") != manifest["kind"] or m.get("night", "") > manifest["night"]:
             continue
         prior = latest.get(m["night"])
@@ -74,47 +83,68 @@ def findings_by_origin(layout: OutputLayout, dates: list[dt.date]) -> dict[str, 
     if not dates:
         return empty
     parts = [p for q in QUEUES for d in dates if (p := partition_dir(layout.queues, q, d) / PART_NAME).exists()]
-    found = (pl.concat([pl.read_parquet(p, columns=["admin_id"]) for p in parts]) if parts
-             else pl.DataFrame(schema={"admin_id": pl.String}))
+    found = (
+        pl.concat([pl.read_parquet(p, columns=["admin_id"]) for p in parts])
+        if parts
+        else pl.DataFrame(schema={"admin_id": pl.String})
+    )
     rows = read_history(layout.history, min(dates), max(dates))
     if found.height == 0 or rows is None:
         return empty
-    origin = rows.select("admin_id", *[pl.col(c) if c in rows.columns else pl.lit(None, pl.String).alias(c)
-                                       for c in empty]).unique("admin_id", keep="last")
+    origin = rows.select(
+        "admin_id", *[pl.col(c) if c in rows.columns else pl.lit(None, pl.String).alias(c) for c in empty]
+    ).unique("admin_id", keep="last")
     joined = found.join(origin, on="admin_id", how="left")
     result = {}
     for col in empty:
-        counts = (joined.group_by(pl.col(col).fill_null("(not recorded)")).len()
-                  .sort(["len", col], descending=[True, False]).head(TOP_N))
+        counts = (
+            joined.group_by(pl.col(col).fill_null("(not recorded)"))
+            .len()
+            .sort(["len", col], descending=[True, False])
+            .head(TOP_N)
+        )
         result[col] = [(str(k), int(n)) for k, n in counts.iter_rows()]
     return result
 
 
 # ---------------------------------------------------------------------------------------------- page
 
+
 def render_report(manifest: dict, trend: list[dict], origin: dict[str, list[tuple[str, int]]]) -> str:
     t, f = manifest["totals"], manifest["findings"]
     e = html.escape
-    cards = [("files", t["files"]), ("files rejected", t["files_rejected"]), ("rows read", t["rows_read"]),
-             ("B12 rows in scope", t["in_scope"]), ("quarantined", t["quarantined"]), ("findings", f["total"])]
+    cards = [
+        ("files", t["files"]),
+        ("files rejected", t["files_rejected"]),
+        ("rows read", t["rows_read"]),
+        ("B12 rows in scope", t["in_scope"]),
+        ("quarantined", t["quarantined"]),
+        ("findings", f["total"]),
+    ]
     pos = [(f"{code} {PLACE_OF_SERVICE.get(code, '')}".strip(), n) for code, n in origin["place_of_service"]]
-    links = [("Validation report (Great Expectations Data Docs)", "validation/index.html"),
-             ("Validation counts (JSON)", "validation.json"), ("Run manifest (JSON)", "manifest.json")]
+    links = [
+        ("Validation report (Great Expectations Data Docs)", "validation/index.html"),
+        ("Validation counts (JSON)", "validation.json"),
+        ("Run manifest (JSON)", "manifest.json"),
+    ]
     sections = [
         f"<h1>B12 {e(manifest['kind'])} {e(manifest['night'])}</h1>",
         f"<p class='meta'>run <code>{e(manifest['run_id'])}</code> &middot; ruleset "
         f"<code>{e(manifest['ruleset_version'])}</code> &middot; b12pipeline {e(manifest['software_version'])}"
         f" &middot; {e(manifest['started_at'])} &ndash; {e(manifest['ended_at'])}</p>",
-        "<div class='cards'>" + "".join(
-            f"<div class='card'><div class='n'>{n:,}</div><div class='l'>{e(label)}</div></div>"
-            for label, n in cards) + "</div>",
+        "<div class='cards'>"
+        + "".join(
+            f"<div class='card'><div class='n'>{n:,}</div><div class='l'>{e(label)}</div></div>" for label, n in cards
+        )
+        + "</div>",
         "<nav>" + " &middot; ".join(f"<a href='{e(href)}'>{e(text)}</a>" for text, href in links) + "</nav>",
         "<h2>Findings on the dates this run evaluated</h2>",
         f"<p>Dates of service evaluated: {e(', '.join(manifest.get('dates_evaluated', [])) or 'none')}.</p>",
         "<div class='grid'>",
         bar_chart("per-queue", "By work queue", [(q, f["per_queue"].get(q, 0)) for q in QUEUES], QUEUE_COLOURS),
-        bar_chart("per-severity", "By severity", [(s, f["per_severity"].get(s, 0)) for s in SEVERITIES],
-                  SEVERITY_COLOURS),
+        bar_chart(
+            "per-severity", "By severity", [(s, f["per_severity"].get(s, 0)) for s in SEVERITIES], SEVERITY_COLOURS
+        ),
         bar_chart("per-rule", "By rule", sorted(f["per_rule"].items(), key=lambda kv: (-kv[1], kv[0]))),
         "</div>",
         f"<h2>Trend over the last {len(trend)} night(s)</h2>",
@@ -130,21 +160,27 @@ def render_report(manifest: dict, trend: list[dict], origin: dict[str, list[tupl
         "<h2>Input files</h2>",
         files_table(manifest["inputs"]),
     ]
-    return PAGE.format(title=e(f"b12pipeline {manifest['kind']} {manifest['night']}"), css=CSS,
-                       body="\n".join(sections))
+    return PAGE.format(
+        title=e(f"b12pipeline {manifest['kind']} {manifest['night']}"), css=CSS, body="\n".join(sections)
+    )
 
 
 def files_table(inputs: list[dict]) -> str:
     e = html.escape
-    head = "".join(f"<th>{h}</th>" for h in ("file", "status", "rows read", "in scope", "out of scope",
-                                             "quarantined", "note"))
+    head = "".join(
+        f"<th>{h}</th>" for h in ("file", "status", "rows read", "in scope", "out of scope", "quarantined", "note")
+    )
     rows = []
     for i in inputs:
         cls = "bad" if i["status"] == "rejected" else "ok"
-        rows.append(f"<tr><td>{e(i['file'])}</td><td class='{cls}'>{e(i['status'])}</td>"
-                    + "".join(f"<td class='num'>{i.get(k, 0):,}</td>"
-                              for k in ("rows_read", "in_scope", "out_of_scope", "quarantined"))
-                    + f"<td>{e(i.get('error', ''))}</td></tr>")
+        rows.append(
+            f"<tr><td>{e(i['file'])}</td><td class='{cls}'>{e(i['status'])}</td>"
+            + "".join(
+                f"<td class='num'>{i.get(k, 0):,}</td>"
+                for k in ("rows_read", "in_scope", "out_of_scope", "quarantined")
+            )
+            + f"<td>{e(i.get('error', ''))}</td></tr>"
+        )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
@@ -154,11 +190,14 @@ def trend_table(trend: list[dict]) -> str:
         f"<tr><td>{html.escape(m['night'])}</td><td class='num'>{m['totals']['rows_read']:,}</td>"
         f"<td class='num'>{m['totals']['quarantined']:,}</td>"
         + "".join(f"<td class='num'>{m['findings']['per_queue'].get(q, 0):,}</td>" for q in QUEUES)
-        + f"<td class='num'>{m['findings']['total']:,}</td></tr>" for m in trend)
+        + f"<td class='num'>{m['findings']['total']:,}</td></tr>"
+        for m in trend
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
 
 # ------------------------------------------------------------------------------------------ charts
+
 
 def bar_chart(chart_id: str, title: str, items: list[tuple[str, int]], colours: dict[str, str] | None = None) -> str:
     """Horizontal bars, one per item, as inline SVG (a <title> on each bar gives the exact count)."""
@@ -166,20 +205,24 @@ def bar_chart(chart_id: str, title: str, items: list[tuple[str, int]], colours: 
     label_w, bar_w, row_h, pad = 230, 300, 26, 8
     height = pad * 2 + row_h * max(len(items), 1)
     top = max((n for _, n in items), default=0) or 1
-    parts = [f"<figure class='chart'><figcaption>{e(title)}</figcaption>",
-             f"<svg class='chart' data-chart='{e(chart_id)}' role='img' "
-             f"aria-label='{e(title)}' width='{label_w + bar_w + 70}' height='{height}' "
-             f"viewBox='0 0 {label_w + bar_w + 70} {height}'>"]
+    parts = [
+        f"<figure class='chart'><figcaption>{e(title)}</figcaption>",
+        f"<svg class='chart' data-chart='{e(chart_id)}' role='img' "
+        f"aria-label='{e(title)}' width='{label_w + bar_w + 70}' height='{height}' "
+        f"viewBox='0 0 {label_w + bar_w + 70} {height}'>",
+    ]
     if not items:
         parts.append(f"<text x='{pad}' y='{pad + 17}' class='empty'>none</text>")
     for i, (label, n) in enumerate(items):
         y = pad + i * row_h
         w = round(bar_w * n / top, 1)
         colour = (colours or {}).get(label, BAR_COLOUR)
-        parts.append(f"<text x='{label_w - 6}' y='{y + 17}' text-anchor='end'>{e(str(label))}</text>"
-                     f"<rect class='bar' x='{label_w}' y='{y + 4}' width='{w}' height='{row_h - 8}' fill='{colour}'>"
-                     f"<title>{e(str(label))}: {n:,}</title></rect>"
-                     f"<text x='{label_w + w + 6}' y='{y + 17}'>{n:,}</text>")
+        parts.append(
+            f"<text x='{label_w - 6}' y='{y + 17}' text-anchor='end'>{e(str(label))}</text>"
+            f"<rect class='bar' x='{label_w}' y='{y + 4}' width='{w}' height='{row_h - 8}' fill='{colour}'>"
+            f"<title>{e(str(label))}: {n:,}</title></rect>"
+            f"<text x='{label_w + w + 6}' y='{y + 17}'>{n:,}</text>"
+        )
     parts.append("</svg></figure>")
     return "".join(parts)
 
@@ -197,31 +240,42 @@ def trend_chart(chart_id: str, trend: list[dict]) -> str:
         x = left + (i * step if len(trend) > 1 else plot_w / 2)
         return round(x, 1), round(top_pad + plot_h - plot_h * v / peak, 1)
 
-    parts = [f"<figure class='chart wide'><figcaption>Findings per queue, per night</figcaption>",
-             f"<svg class='chart' data-chart='{e(chart_id)}' role='img' "
-             f"aria-label='Findings per queue per night' width='{width}' height='{height}' "
-             f"viewBox='0 0 {width} {height}'>",
-             f"<line x1='{left}' y1='{top_pad + plot_h}' x2='{left + plot_w}' y2='{top_pad + plot_h}' class='axis'/>",
-             f"<line x1='{left}' y1='{top_pad}' x2='{left}' y2='{top_pad + plot_h}' class='axis'/>",
-             f"<text x='{left - 6}' y='{top_pad + 5}' text-anchor='end'>{peak:,}</text>",
-             f"<text x='{left - 6}' y='{top_pad + plot_h}' text-anchor='end'>0</text>"]
+    parts = [
+        "<figure class='chart wide'><figcaption>Findings per queue, per night</figcaption>",
+        f"<svg class='chart' data-chart='{e(chart_id)}' role='img' "
+        f"aria-label='Findings per queue per night' width='{width}' height='{height}' "
+        f"viewBox='0 0 {width} {height}'>",
+        f"<line x1='{left}' y1='{top_pad + plot_h}' x2='{left + plot_w}' y2='{top_pad + plot_h}' class='axis'/>",
+        f"<line x1='{left}' y1='{top_pad}' x2='{left}' y2='{top_pad + plot_h}' class='axis'/>",
+        f"<text x='{left - 6}' y='{top_pad + 5}' text-anchor='end'>{peak:,}</text>",
+        f"<text x='{left - 6}' y='{top_pad + plot_h}' text-anchor='end'>0</text>",
+    ]
     for i, m in enumerate(trend):
         x, _ = xy(i, 0)
         if len(trend) <= 16 or i % max(len(trend) // 8, 1) == 0:
-            parts.append(f"<text x='{x}' y='{height - bottom + 18}' text-anchor='middle' class='small'>"
-                         f"{e(m['night'][5:])}</text>")
+            parts.append(
+                f"<text x='{x}' y='{height - bottom + 18}' text-anchor='middle' class='small'>"
+                f"{e(m['night'][5:])}</text>"
+            )
     for k, (queue, values) in enumerate(series.items()):
         colour = QUEUE_COLOURS.get(queue, BAR_COLOUR)
         points = [xy(i, v) for i, v in enumerate(values)]
         if len(points) > 1:
-            parts.append(f"<polyline class='series' fill='none' stroke='{colour}' stroke-width='2' points='"
-                         + " ".join(f"{x},{y}" for x, y in points) + "'/>")
-        for (x, y), m, v in zip(points, trend, values):
-            parts.append(f"<circle cx='{x}' cy='{y}' r='3.5' fill='{colour}'>"
-                         f"<title>{e(queue)} {e(m['night'])}: {v:,}</title></circle>")
+            parts.append(
+                f"<polyline class='series' fill='none' stroke='{colour}' stroke-width='2' points='"
+                + " ".join(f"{x},{y}" for x, y in points)
+                + "'/>"
+            )
+        for (x, y), m, v in zip(points, trend, values, strict=True):
+            parts.append(
+                f"<circle cx='{x}' cy='{y}' r='3.5' fill='{colour}'>"
+                f"<title>{e(queue)} {e(m['night'])}: {v:,}</title></circle>"
+            )
         ly = top_pad + 14 + k * 20
-        parts.append(f"<rect x='{left + plot_w + 16}' y='{ly - 10}' width='12' height='12' fill='{colour}'/>"
-                     f"<text x='{left + plot_w + 34}' y='{ly}'>{e(queue)}</text>")
+        parts.append(
+            f"<rect x='{left + plot_w + 16}' y='{ly - 10}' width='12' height='12' fill='{colour}'/>"
+            f"<text x='{left + plot_w + 34}' y='{ly}'>{e(queue)}</text>"
+        )
     parts.append("</svg></figure>")
     return "".join(parts)
 

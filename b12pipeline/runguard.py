@@ -17,6 +17,7 @@
 Re-entrant within a process: the CLI takes the guard before starting Prefect (fast refusal), and
 the flow takes it again (covering runs started without the CLI); the inner entry is a no-op.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -155,8 +156,9 @@ def _acquire(out: Path, wait: bool, on_wait) -> _Hold:
         except BlockingIOError:
             holder = holder_of(out)
             if not wait:
-                raise OutputLocked(f"{out} is in use by another b12pipeline run ({holder}); "
-                                   f"wait for it to finish, or pass --wait") from None
+                raise OutputLocked(
+                    f"{out} is in use by another b12pipeline run ({holder}); wait for it to finish, or pass --wait"
+                ) from None
             if on_wait:
                 on_wait(holder)
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -164,8 +166,11 @@ def _acquire(out: Path, wait: bool, on_wait) -> _Hold:
         os.close(fd)
         raise
     hold = _Hold(fd)
-    hold.info = {"pid": os.getpid(), "host": socket.gethostname(),
-                 "command": " ".join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv[:2])),
-                 "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    hold.info = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "command": " ".join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv[:2])),
+        "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     _write_info(hold)
     return hold

@@ -4,6 +4,7 @@ A run scheduled for 02:30 America/New_York on 2024-03-03 processes night 2024-03
 starts late (a worker was down, the server was busy) or is re-run by hand days later: the night is
 a property of the schedule slot, never of the wall clock when the code happens to run.
 """
+
 from __future__ import annotations
 
 import datetime as dt

@@ -19,6 +19,7 @@
 
 Everything is numpy / polars column work: 1M rows in a few seconds (make bench).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -36,15 +37,33 @@ CYANO_NAME = "cyanocobalamin 1,000 mcg/mL injection solution"
 CYANO_2000_NAME = "cyanocobalamin 2,000 mcg/mL injection solution"
 HYDROXO_NAME = "hydroxocobalamin 1,000 mcg/mL injection solution"
 HYDROXO_NDC = "0591-2888-30"
-MULTI_DOSE_NDC = "0517-0031-25"          # reference: multi_dose, 1000 mcg/mL
-MULTI_DOSE_10ML_NDC = "0404-9786-10"     # reference: multi_dose 10 mL, 1000 mcg/mL
-SINGLE_DOSE_NDC = "72603-650-25"         # reference: 1 mL, 1000 mcg/mL, container unknown -> extract says
-COVERED_DX = ["D51.0", "D51.1", "D51.3", "D51.8", "D51.9", "E53.8", "K90.0", "K50.90", "Z98.84", "Z90.3",
-              "D51.0;E53.8", "D51.9;K90.0"]
+MULTI_DOSE_NDC = "0517-0031-25"  # reference: multi_dose, 1000 mcg/mL
+MULTI_DOSE_10ML_NDC = "0404-9786-10"  # reference: multi_dose 10 mL, 1000 mcg/mL
+SINGLE_DOSE_NDC = "72603-650-25"  # reference: 1 mL, 1000 mcg/mL, container unknown -> extract says
+COVERED_DX = [
+    "D51.0",
+    "D51.1",
+    "D51.3",
+    "D51.8",
+    "D51.9",
+    "E53.8",
+    "K90.0",
+    "K50.90",
+    "Z98.84",
+    "Z90.3",
+    "D51.0;E53.8",
+    "D51.9;K90.0",
+]
 UNCOVERED_DX = ["R53.83", "E55.9", "R20.2", "R41.3"]
 INVALID_DX = ["D51", "E53.9X", "K90.9Z"]
-IM_SITES = ["left deltoid", "right deltoid", "left vastus lateralis", "right vastus lateralis",
-            "left ventrogluteal", "right ventrogluteal"]
+IM_SITES = [
+    "left deltoid",
+    "right deltoid",
+    "left vastus lateralis",
+    "right vastus lateralis",
+    "left ventrogluteal",
+    "right ventrogluteal",
+]
 SC_SITES = ["left abdomen", "right abdomen", "left upper arm", "right upper arm"]
 NOT_GIVEN = ["Held", "Refused", "Missed", "Not Given"]
 PAYERS = (["medicare", "commercial", "medicaid", "self_pay", "other"], [0.55, 0.27, 0.12, 0.03, 0.03])
@@ -65,12 +84,13 @@ STRUCTURAL = ("FREQ-001", "DUP-001")
 
 @dataclass
 class SynthResult:
-    frame: pl.DataFrame       # canonical contract columns, all text
-    labels: pl.DataFrame      # admin_id, rule_id
+    frame: pl.DataFrame  # canonical contract columns, all text
+    labels: pl.DataFrame  # admin_id, rule_id
     counts: dict = field(default_factory=dict)
 
 
 # --- products ------------------------------------------------------------------------------------
+
 
 def _hyphenated(ndc11: str, product_ndc: str) -> str:
     labeler, product = product_ndc.split("-")
@@ -81,8 +101,12 @@ def _hyphenated(ndc11: str, product_ndc: str) -> str:
 def _products() -> pl.DataFrame:
     """Cyanocobalamin package NDCs of the reference, with the container the extract will state."""
     ref = pl.read_csv(rules_dir() / "reference" / "products.csv", infer_schema=False)
-    ref = ref.filter((pl.col("ndc_level") == "package") & (pl.col("ingredient") == "cyanocobalamin")
-                     & pl.col("mcg_per_ml").is_not_null() & pl.col("ml_per_container").is_not_null())
+    ref = ref.filter(
+        (pl.col("ndc_level") == "package")
+        & (pl.col("ingredient") == "cyanocobalamin")
+        & pl.col("mcg_per_ml").is_not_null()
+        & pl.col("ml_per_container").is_not_null()
+    )
     rows = []
     for r in ref.iter_rows(named=True):
         conc, ml = float(r["mcg_per_ml"]), float(r["ml_per_container"])
@@ -90,10 +114,17 @@ def _products() -> pl.DataFrame:
         if r["container_type"] == "unknown":  # the pharmacy product master knows what the FDA listing omits
             stated = "single_dose" if ml == 1 and conc == 1000 else "multi_dose"
         container = stated or r["container_type"]
-        rows.append({"ndc": _hyphenated(r["ndc11"], r["product_ndc"]), "ndc11": r["ndc11"], "conc": conc,
-                     "stated_container": stated, "single": container == "single_dose",
-                     "name": CYANO_NAME if conc == 1000 else CYANO_2000_NAME,
-                     "rxnorm": "309594" if conc == 1000 else None})
+        rows.append(
+            {
+                "ndc": _hyphenated(r["ndc11"], r["product_ndc"]),
+                "ndc11": r["ndc11"],
+                "conc": conc,
+                "stated_container": stated,
+                "single": container == "single_dose",
+                "name": CYANO_NAME if conc == 1000 else CYANO_2000_NAME,
+                "rxnorm": "309594" if conc == 1000 else None,
+            }
+        )
     return pl.DataFrame(rows)
 
 
@@ -113,6 +144,7 @@ def npis(rng: np.random.Generator, n: int, valid: bool = True) -> np.ndarray:
 
 # --- schedules -----------------------------------------------------------------------------------
 
+
 def _schedules(rng: np.random.Generator, n_events: int, days: int, n_freq: int) -> pl.DataFrame:
     """Given-dose events (patient, event index, day index) for enough patients to cover n_events,
     cut at exactly n_events by dropping the tail of the last patient (cross-row facts look only
@@ -124,7 +156,7 @@ def _schedules(rng: np.random.Generator, n_events: int, days: int, n_freq: int) 
     loading = rng.random(p) < 0.3
     start = np.where(loading, rng.integers(0, days, p), rng.integers(0, min(days, 35), p))
     gaps = rng.integers(31, 39, size=(p, k))
-    gaps[loading, 1:9] = 7                        # weekly loading to day 56, then monthly
+    gaps[loading, 1:9] = 7  # weekly loading to day 56, then monthly
     gaps[:, 0] = 0
     day = start[:, None] + np.cumsum(gaps, axis=1)
     payer_idx = rng.choice(len(PAYERS[0]), size=p, p=PAYERS[1])
@@ -145,8 +177,9 @@ def _schedules(rng: np.random.Generator, n_events: int, days: int, n_freq: int) 
     pi, ei = np.nonzero(day < days)
     events = pl.DataFrame({"_patient": pi, "_event": ei, "_day": day[pi, ei], "_freq": freq_event[pi, ei]})
     events = events.head(n_events)
-    patients = pl.DataFrame({"_patient": np.arange(p), "payer_type": np.array(PAYERS[0])[payer_idx],
-                             "_freq_patient": freq_patient})
+    patients = pl.DataFrame(
+        {"_patient": np.arange(p), "payer_type": np.array(PAYERS[0])[payer_idx], "_freq_patient": freq_patient}
+    )
     return events.join(patients, on="_patient", how="left")
 
 
@@ -160,8 +193,9 @@ def _pick(rng: np.random.Generator, values: list, n: int, p: list[float] | None 
     return out
 
 
-def _b12_rows(rng: np.random.Generator, events: pl.DataFrame, n_notgiven: int, n_dup: int,
-              start: dt.date) -> pl.DataFrame:
+def _b12_rows(
+    rng: np.random.Generator, events: pl.DataFrame, n_notgiven: int, n_dup: int, start: dt.date
+) -> pl.DataFrame:
     products = _products()
     patients = events.select("_patient", "payer_type", "_freq_patient").unique("_patient").sort("_patient")
     n = patients.height
@@ -172,7 +206,9 @@ def _b12_rows(rng: np.random.Generator, events: pl.DataFrame, n_notgiven: int, n
     route = _pick(rng, ["IM", "SC"], n, [0.7, 0.3])
     institutional = rng.random(n) < 0.15
     pat = patients.with_columns(
-        pl.Series("_hydroxo", hydroxo), pl.Series("_single", single), pl.Series("_dose", dose),
+        pl.Series("_hydroxo", hydroxo),
+        pl.Series("_single", single),
+        pl.Series("_dose", dose),
         pl.Series("ndc", np.where(hydroxo, HYDROXO_NDC, products["ndc"].to_numpy()[prod]).astype(str)),
         pl.Series("_bare", rng.random(n) < 0.2),
         pl.Series("_conc", np.where(hydroxo, 1000.0, products["conc"].to_numpy()[prod])),
@@ -197,13 +233,21 @@ def _b12_rows(rng: np.random.Generator, events: pl.DataFrame, n_notgiven: int, n
         pl.Series("_minute", minute),
         _text("site", sites),
         pl.Series("administered_by", [f"RN{v}" for v in rng.integers(1000, 1100, m)], dtype=pl.String),
-        pl.Series("lot_number", [f"{a}{b:05d}" for a, b in zip(_pick(rng, ["AR", "FK", "ZY", "NS", "VT"], m),
-                                                               rng.integers(0, 100_000, m))], dtype=pl.String),
+        pl.Series(
+            "lot_number",
+            [
+                f"{a}{b:05d}"
+                for a, b in zip(_pick(rng, ["AR", "FK", "ZY", "NS", "VT"], m), rng.integers(0, 100_000, m), strict=True)
+            ],
+            dtype=pl.String,
+        ),
         pl.Series("_exp_days", rng.integers(90, 700, m)),
         pl.Series("_exp_month", rng.random(m) < 0.1),
         _text("same_day_em_codes", _pick(rng, [None, "99213-25", "99214-25"], m, [0.8, 0.15, 0.05])),
         pl.Series("encounter_id", (7_000_000_000 + rng.permutation(m * 3)[:m]).astype(str), dtype=pl.String),
-        pl.lit(False).alias("_dup"), pl.lit(False).alias("_anchor"), pl.lit(True).alias("_given"),
+        pl.lit(False).alias("_dup"),
+        pl.lit(False).alias("_anchor"),
+        pl.lit(True).alias("_given"),
         pl.lit("Given").alias("mar_action"),
     )
     # Non-given actions and duplicate chartings come from patients without a FREQ defect.
@@ -216,11 +260,16 @@ def _b12_rows(rng: np.random.Generator, events: pl.DataFrame, n_notgiven: int, n
     held = rows[held_idx].with_columns(
         (pl.col("_minute") - pl.Series(rng.integers(30, 91, held_idx.size))).alias("_minute"),
         _text("mar_action", _pick(rng, NOT_GIVEN, held_idx.size)),
-        pl.lit(False).alias("_given"), pl.lit(False).alias("_anchor"),
-        pl.lit(None, pl.String).alias("site"), pl.lit(None, pl.String).alias("lot_number"))
+        pl.lit(False).alias("_given"),
+        pl.lit(False).alias("_anchor"),
+        pl.lit(None, pl.String).alias("site"),
+        pl.lit(None, pl.String).alias("lot_number"),
+    )
     dups = rows[dup_idx].with_columns(
         (pl.col("_minute") + pl.Series(rng.integers(5, 56, dup_idx.size))).alias("_minute"),
-        pl.lit(True).alias("_dup"), pl.lit(False).alias("_anchor"))
+        pl.lit(True).alias("_dup"),
+        pl.lit(False).alias("_anchor"),
+    )
     rows = pl.concat([rows, held, dups], how="diagonal_relaxed")
     return _render_b12(rows)
 
@@ -230,16 +279,21 @@ def _render_b12(rows: pl.DataFrame) -> pl.DataFrame:
     given = pl.col("_given")
     dose_mcg = pl.col("_dose").cast(pl.Float64)
     style = pl.col("_unit_style")
-    dose_text = (pl.when(style == 1).then(_num(dose_mcg / pl.col("_conc")))
-                 .when(style == 2).then(_num(dose_mcg / 1000))
-                 .otherwise(_num(dose_mcg)))
+    dose_text = (
+        pl.when(style == 1)
+        .then(_num(dose_mcg / pl.col("_conc")))
+        .when(style == 2)
+        .then(_num(dose_mcg / 1000))
+        .otherwise(_num(dose_mcg))
+    )
     unit_text = pl.when(style == 1).then(pl.lit("mL")).when(style == 2).then(pl.lit("mg")).otherwise(pl.lit("mcg"))
     ndc11_bare = pl.col("ndc").str.replace_all("-", "")  # only used for 11-character shapes
     ndc_text = pl.when(pl.col("_bare") & (ndc11_bare.str.len_chars() == 11)).then(ndc11_bare).otherwise(pl.col("ndc"))
     time = pl.col("_date").cast(pl.Datetime("us")) + pl.duration(minutes=pl.col("_minute"))
     exp = pl.col("_date") + pl.duration(days=pl.col("_exp_days"))
     rows = rows.sort("_patient", "_date", "_minute").with_columns(
-        (pl.col("_patient").cum_count().over("_patient")).alias("_line"))
+        (pl.col("_patient").cum_count().over("_patient")).alias("_line")
+    )
     return rows.with_columns(
         pl.concat_str(pl.col("order_id"), pl.col("_line").cast(pl.String), separator="-").alias("admin_id"),
         time.dt.strftime("%Y-%m-%dT%H:%M:%S").alias("admin_time"),
@@ -248,11 +302,13 @@ def _render_b12(rows: pl.DataFrame) -> pl.DataFrame:
         pl.when(given).then(unit_text).otherwise(None).alias("dose_unit"),
         pl.lit(None, pl.String).alias("concentration_mcg_per_ml"),
         pl.lit(None, pl.String).alias("container_volume_ml"),
-        pl.when(given).then(pl.when(pl.col("_exp_month")).then(exp.dt.strftime("%Y-%m"))
-                            .otherwise(exp.dt.strftime("%Y-%m-%d"))).alias("expiration_date"),
+        pl.when(given)
+        .then(pl.when(pl.col("_exp_month")).then(exp.dt.strftime("%Y-%m")).otherwise(exp.dt.strftime("%Y-%m-%d")))
+        .alias("expiration_date"),
         pl.when(given & pl.col("_single")).then(pl.lit("0")).alias("waste_mcg"),
-        pl.when(given).then(pl.when(pl.col("_hydroxo")).then(pl.lit("J3490")).otherwise(pl.lit("J3420")))
-          .alias("charge_hcpcs"),
+        pl.when(given)
+        .then(pl.when(pl.col("_hydroxo")).then(pl.lit("J3490")).otherwise(pl.lit("J3420")))
+        .alias("charge_hcpcs"),
         pl.when(given).then((dose_mcg / 1000).ceil().cast(pl.Int64).cast(pl.String)).alias("charge_units"),
         pl.when(given & pl.col("_single")).then(pl.lit("JZ")).alias("charge_modifiers"),
         pl.when(given).then(_num((dose_mcg / pl.col("_conc")).round(3))).alias("charge_ndc_qty"),
@@ -265,41 +321,58 @@ def _render_b12(rows: pl.DataFrame) -> pl.DataFrame:
 
 def _num(expr: pl.Expr) -> pl.Expr:
     """A float as the text a clinician's system would write: 1000, 0.5, 0.333."""
-    return (pl.when(expr == expr.round(0)).then(expr.cast(pl.Int64).cast(pl.String))
-            .otherwise(expr.round(3).cast(pl.String)))
+    return (
+        pl.when(expr == expr.round(0))
+        .then(expr.cast(pl.Int64).cast(pl.String))
+        .otherwise(expr.round(3).cast(pl.String))
+    )
 
 
 def _other_rows(rng: np.random.Generator, n: int, start: dt.date, days: int) -> pl.DataFrame:
     if n <= 0:
         return pl.DataFrame()
-    meds = pl.DataFrame(OTHER_MEDS, schema=["medication_name", "rxnorm_code", "dose_value", "dose_unit", "route",
-                                            "_hcpcs"], orient="row").with_row_index("_med")
+    meds = pl.DataFrame(
+        OTHER_MEDS,
+        schema=["medication_name", "rxnorm_code", "dose_value", "dose_unit", "route", "_hcpcs"],
+        orient="row",
+    ).with_row_index("_med")
     given = rng.random(n) < 0.93
-    frame = pl.DataFrame({
-        "_med": rng.integers(0, meds.height, n).astype(np.uint32),
-        "_given": given,
-        "_not_given": _text("_not_given", _pick(rng, NOT_GIVEN, n)),
-        "_day": rng.integers(0, days, n), "_minute": rng.integers(0, 24 * 60, n),
-        "_order": 300_000_000 + rng.integers(0, 90_000_000, n),
-        "patient_id": [f"MRN{v:08d}" for v in rng.integers(20_000_000, 29_999_999, n)],
-        "encounter_id": (8_000_000_000 + rng.permutation(n * 3)[:n]).astype(str),
-        "administered_by": [f"RN{v}" for v in rng.integers(1000, 1100, n)],
-        "payer_type": _text("payer_type", _pick(rng, PAYERS[0], n, PAYERS[1])),
-    }).join(meds, on="_med", how="left")
-    time = (pl.lit(start) + pl.duration(days=pl.col("_day"))).cast(pl.Datetime("us")) + pl.duration(minutes=pl.col("_minute"))
+    frame = pl.DataFrame(
+        {
+            "_med": rng.integers(0, meds.height, n).astype(np.uint32),
+            "_given": given,
+            "_not_given": _text("_not_given", _pick(rng, NOT_GIVEN, n)),
+            "_day": rng.integers(0, days, n),
+            "_minute": rng.integers(0, 24 * 60, n),
+            "_order": 300_000_000 + rng.integers(0, 90_000_000, n),
+            "patient_id": [f"MRN{v:08d}" for v in rng.integers(20_000_000, 29_999_999, n)],
+            "encounter_id": (8_000_000_000 + rng.permutation(n * 3)[:n]).astype(str),
+            "administered_by": [f"RN{v}" for v in rng.integers(1000, 1100, n)],
+            "payer_type": _text("payer_type", _pick(rng, PAYERS[0], n, PAYERS[1])),
+        }
+    ).join(meds, on="_med", how="left")
+    time = (pl.lit(start) + pl.duration(days=pl.col("_day"))).cast(pl.Datetime("us")) + pl.duration(
+        minutes=pl.col("_minute")
+    )
     charged = pl.col("_given") & pl.col("_hcpcs").is_not_null()
     return frame.with_columns(
         # other medications' order ids come from their own range; the row number keeps lines unique
-        pl.concat_str(pl.col("_order").cast(pl.String), (pl.int_range(pl.len()) + 1).cast(pl.String),
-                      separator="-").alias("admin_id"),
+        pl.concat_str(
+            pl.col("_order").cast(pl.String), (pl.int_range(pl.len()) + 1).cast(pl.String), separator="-"
+        ).alias("admin_id"),
         pl.col("_order").cast(pl.String).alias("order_id"),
         time.dt.strftime("%Y-%m-%dT%H:%M:%S").alias("admin_time"),
         pl.when(pl.col("_given")).then(pl.lit("Given")).otherwise(pl.col("_not_given")).alias("mar_action"),
         pl.when(charged).then(pl.col("_hcpcs")).alias("charge_hcpcs"),
         pl.when(charged).then(pl.lit("1")).alias("charge_units"),
-        pl.when(~charged | (pl.col("route") == "PO")).then(None)
-          .when(pl.col("route") == "IV").then(pl.lit("96374")).otherwise(pl.lit("96372")).alias("admin_cpt"),
-        pl.lit("11").alias("place_of_service"), pl.lit("professional").alias("claim_type"),
+        pl.when(~charged | (pl.col("route") == "PO"))
+        .then(None)
+        .when(pl.col("route") == "IV")
+        .then(pl.lit("96374"))
+        .otherwise(pl.lit("96372"))
+        .alias("admin_cpt"),
+        pl.lit("11").alias("place_of_service"),
+        pl.lit("professional").alias("claim_type"),
     )
 
 
@@ -309,13 +382,31 @@ def _other_rows(rng: np.random.Generator, n: int, start: dt.date, days: int) -> 
 # whatever a neighbouring rule would read (product, dose, NDC quantity, modifiers, waste) to values
 # that are clean for that product, so the row fires exactly the recipe's rule.
 
-_MULTI = {"ndc": MULTI_DOSE_NDC, "medication_name": CYANO_NAME, "rxnorm_code": "309594", "dose_value": "1000",
-          "dose_unit": "mcg", "container_type": None, "concentration_mcg_per_ml": None, "charge_hcpcs": "J3420",
-          "charge_units": "1", "charge_modifiers": None, "waste_mcg": None, "charge_ndc_qty": "1",
-          "charge_ndc_unit": "ML"}
+_MULTI = {
+    "ndc": MULTI_DOSE_NDC,
+    "medication_name": CYANO_NAME,
+    "rxnorm_code": "309594",
+    "dose_value": "1000",
+    "dose_unit": "mcg",
+    "container_type": None,
+    "concentration_mcg_per_ml": None,
+    "charge_hcpcs": "J3420",
+    "charge_units": "1",
+    "charge_modifiers": None,
+    "waste_mcg": None,
+    "charge_ndc_qty": "1",
+    "charge_ndc_unit": "ML",
+}
 _NO_NDC = {**_MULTI, "container_type": "multi_dose", "concentration_mcg_per_ml": "1000"}
-_SINGLE = {**_MULTI, "ndc": SINGLE_DOSE_NDC, "container_type": "single_dose", "charge_modifiers": "JZ",
-           "waste_mcg": "0", "claim_type": "professional", "place_of_service": "11"}
+_SINGLE = {
+    **_MULTI,
+    "ndc": SINGLE_DOSE_NDC,
+    "container_type": "single_dose",
+    "charge_modifiers": "JZ",
+    "waste_mcg": "0",
+    "claim_type": "professional",
+    "place_of_service": "11",
+}
 _HALF_SINGLE = {**_SINGLE, "dose_value": "500", "charge_ndc_qty": "0.5"}
 
 
@@ -330,15 +421,31 @@ def _bad_dx(_: int) -> pl.Expr:
 
 RECIPES: list[tuple[str, dict]] = [
     ("CHG-001", {"mar_action": NOT_GIVEN}),
-    ("CHG-002", {"charge_hcpcs": None, "charge_units": None, "charge_modifiers": None, "charge_ndc_qty": None,
-                 "charge_ndc_unit": None}),
+    (
+        "CHG-002",
+        {
+            "charge_hcpcs": None,
+            "charge_units": None,
+            "charge_modifiers": None,
+            "charge_ndc_qty": None,
+            "charge_ndc_unit": None,
+        },
+    ),
     ("CODE-001", {**_MULTI, "ndc": HYDROXO_NDC, "medication_name": HYDROXO_NAME, "rxnorm_code": "317106"}),
     ("CODE-002", {"charge_hcpcs": ["J3490", "J3590"]}),
     ("CODE-003", {"route": ["PO", "intranasal", "sublingual"], "site": None}),
     ("UNITS-001", {**_MULTI, "charge_units": ["2", "3"]}),
     ("UNITS-002", {"dose_value": None, "dose_unit": None, "charge_ndc_qty": None}),
-    ("UNITS-003", {**_MULTI, "ndc": MULTI_DOSE_10ML_NDC, "dose_value": ["2000", "1500"], "charge_units": "2",
-                   "charge_ndc_qty": None}),
+    (
+        "UNITS-003",
+        {
+            **_MULTI,
+            "ndc": MULTI_DOSE_10ML_NDC,
+            "dose_value": ["2000", "1500"],
+            "charge_units": "2",
+            "charge_ndc_qty": None,
+        },
+    ),
     ("ADMIN-001", {"admin_cpt": [None, "96374", "96401"]}),
     ("ADMIN-002", {"route": ["IV", "IV push"]}),
     ("ADMIN-003", {"payer_type": "medicare", "same_day_em_codes": ["99211", "99211-25"]}),
@@ -385,16 +492,20 @@ def _value(spec) -> pl.Expr:
 def _apply_recipes(rng: np.random.Generator, rows: pl.DataFrame, n: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Apply n row defects spread evenly over the recipes; return the rows and every label."""
     m = rows.height
-    candidates = np.nonzero((rows["_given"] & ~rows["_hydroxo"] & ~rows["_freq_patient"]
-                             & ~rows["_anchor"] & ~rows["_dup"]).to_numpy())[0]
+    candidates = np.nonzero(
+        (rows["_given"] & ~rows["_hydroxo"] & ~rows["_freq_patient"] & ~rows["_anchor"] & ~rows["_dup"]).to_numpy()
+    )[0]
     n = max(0, min(n, candidates.size))
     chosen = rng.choice(candidates, size=n, replace=False)
     recipe = np.full(m, -1)
     recipe[chosen] = np.resize(rng.permutation(len(RECIPES)), n) if n else []
     bad_npi = npis(rng, 20, valid=False)
     bad_npi = np.concatenate([bad_npi, ["123456789", "12345678901", "1234567890"]])
-    rows = rows.with_columns(pl.Series("_recipe", recipe), pl.Series("_v", rng.integers(0, 1 << 30, m)),
-                             pl.Series("_bad_npi", bad_npi[rng.integers(0, bad_npi.size, m)], dtype=pl.String))
+    rows = rows.with_columns(
+        pl.Series("_recipe", recipe),
+        pl.Series("_v", rng.integers(0, 1 << 30, m)),
+        pl.Series("_bad_npi", bad_npi[rng.integers(0, bad_npi.size, m)], dtype=pl.String),
+    )
     touched: dict[str, pl.Expr] = {}
     for k, (_, overrides) in enumerate(RECIPES):
         for col, spec in overrides.items():
@@ -403,19 +514,29 @@ def _apply_recipes(rng: np.random.Generator, rows: pl.DataFrame, n: int) -> tupl
     rows = rows.with_columns([e.alias(c) for c, e in touched.items()])
     rule_of = {k: rule for k, (rule, _) in enumerate(RECIPES)}
     recipe_labels = rows.filter(pl.col("_recipe") >= 0).select(
-        "admin_id", pl.col("_recipe").replace_strict(rule_of, return_dtype=pl.String).alias("rule_id"))
-    labels = pl.concat([
-        recipe_labels,
-        rows.filter("_dup").select("admin_id", pl.lit("DUP-001").alias("rule_id")),
-        rows.filter("_freq").select("admin_id", pl.lit("FREQ-001").alias("rule_id")),
-    ])
+        "admin_id", pl.col("_recipe").replace_strict(rule_of, return_dtype=pl.String).alias("rule_id")
+    )
+    labels = pl.concat(
+        [
+            recipe_labels,
+            rows.filter("_dup").select("admin_id", pl.lit("DUP-001").alias("rule_id")),
+            rows.filter("_freq").select("admin_id", pl.lit("FREQ-001").alias("rule_id")),
+        ]
+    )
     return rows, labels
 
 
 # --- the generator -------------------------------------------------------------------------------
 
-def generate(rows: int, seed: int = 0, defect_rate: float = 0.05, b12_share: float = 0.25,
-             start: dt.date = DEFAULT_START, days: int = 120) -> SynthResult:
+
+def generate(
+    rows: int,
+    seed: int = 0,
+    defect_rate: float = 0.05,
+    b12_share: float = 0.25,
+    start: dt.date = DEFAULT_START,
+    days: int = 120,
+) -> SynthResult:
     """A seeded synthetic extract of `rows` rows and the findings it must produce (labels)."""
     if rows < 1:
         raise ValueError("rows must be at least 1")
@@ -436,13 +557,22 @@ def generate(rows: int, seed: int = 0, defect_rate: float = 0.05, b12_share: flo
     b12, labels = _apply_recipes(rng, b12, n_defects - n_freq - n_dup)
     others = _other_rows(rng, rows - b12.height, start, days)
     contract = load_contract()
-    frames = [f.select([pl.col(c).cast(pl.String) if c in f.columns else pl.lit(None, pl.String).alias(c)
-                        for c in contract.names]) for f in (b12, others) if f.height]
+    frames = [
+        f.select(
+            [pl.col(c).cast(pl.String) if c in f.columns else pl.lit(None, pl.String).alias(c) for c in contract.names]
+        )
+        for f in (b12, others)
+        if f.height
+    ]
     frame = pl.concat(frames, rechunk=True)
     # a nightly extract is not sorted by patient (sort by a random key: faster than a row gather)
     frame = frame.with_columns(pl.Series("_k", rng.permutation(frame.height))).sort("_k").drop("_k")
     labels = labels.sort("admin_id", "rule_id")
-    counts = {"rows": frame.height, "b12_rows": b12.height, "other_rows": others.height,
-              "labels": labels.height,
-              "labels_per_rule": dict(sorted(labels.group_by("rule_id").len().iter_rows()))}
+    counts = {
+        "rows": frame.height,
+        "b12_rows": b12.height,
+        "other_rows": others.height,
+        "labels": labels.height,
+        "labels_per_rule": dict(sorted(labels.group_by("rule_id").len().iter_rows())),
+    }
     return SynthResult(frame=frame, labels=labels, counts=counts)

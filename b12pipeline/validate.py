@@ -5,6 +5,7 @@ SUMMARY mode (COMPLETE row lists cost seconds and gigabytes at 1M rows); the exa
 then found by evaluating the same expectation in Polars, and the two counts must agree: a
 disagreement is a bug and stops the run rather than quarantining the wrong rows.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,11 +26,15 @@ DEFAULT_SUITE = "expectations/canonical_extract.json"
 # applied only where the column passed its GX expectations (one reason per problem).
 CALENDAR_CHECKS = {
     "b12_admin_time_is_a_calendar_time(admin_time)": (
-        "admin_time", lambda: pl.col("admin_time").is_not_null() & normalize.local_timestamp().is_null(),
-        "admin_time is not a real calendar date and time"),
+        "admin_time",
+        lambda: pl.col("admin_time").is_not_null() & normalize.local_timestamp().is_null(),
+        "admin_time is not a real calendar date and time",
+    ),
     "b12_expiration_date_is_a_calendar_date(expiration_date)": (
-        "expiration_date", lambda: pl.col("expiration_date").is_not_null() & normalize.expiry_date().is_null(),
-        "expiration_date is not a real calendar date"),
+        "expiration_date",
+        lambda: pl.col("expiration_date").is_not_null() & normalize.expiry_date().is_null(),
+        "expiration_date is not a real calendar date",
+    ),
 }
 
 
@@ -40,9 +45,9 @@ class SuiteError(RuntimeError):
 @dataclass
 class ValidationOutcome:
     valid: pl.DataFrame
-    quarantine: pl.DataFrame           # canonical columns + failed_expectations + failure_reasons
-    unexpected_counts: dict[str, int] = field(default_factory=dict)   # counts only: no values
-    gx_result: dict | None = None      # GX's result (counts, no row values), rendered into Data Docs
+    quarantine: pl.DataFrame  # canonical columns + failed_expectations + failure_reasons
+    unexpected_counts: dict[str, int] = field(default_factory=dict)  # counts only: no values
+    gx_result: dict | None = None  # GX's result (counts, no row values), rendered into Data Docs
 
     @property
     def rows(self) -> int:
@@ -103,14 +108,19 @@ class SuiteRunner:
         if len(suite.expectations) != len(self.spec["expectations"]):
             kept = {e.expectation_type if hasattr(e, "expectation_type") else e.type for e in suite.expectations}
             dropped = [e["type"] for e in self.spec["expectations"] if e["type"] not in kept]
-            raise SuiteError(f"{suite_path}: GX loaded {len(suite.expectations)} of "
-                             f"{len(self.spec['expectations'])} expectations; dropped: {', '.join(dropped) or '?'}")
+            raise SuiteError(
+                f"{suite_path}: GX loaded {len(suite.expectations)} of "
+                f"{len(self.spec['expectations'])} expectations; dropped: {', '.join(dropped) or '?'}"
+            )
         self.suite = self.context.suites.add(suite)
-        batch = (self.context.data_sources.add_pandas(name="extract")
-                 .add_dataframe_asset(name="b12_rows")
-                 .add_batch_definition_whole_dataframe("whole_frame"))
+        batch = (
+            self.context.data_sources.add_pandas(name="extract")
+            .add_dataframe_asset(name="b12_rows")
+            .add_batch_definition_whole_dataframe("whole_frame")
+        )
         self.definition = self.context.validation_definitions.add(
-            gx.ValidationDefinition(name=self.spec["name"], data=batch, suite=self.suite))
+            gx.ValidationDefinition(name=self.spec["name"], data=batch, suite=self.suite)
+        )
         self._lock = threading.Lock()
 
     @property
@@ -129,8 +139,10 @@ class SuiteRunner:
         """
         batch = frame.select(self.columns).to_pandas()
         with self._lock:
-            result = self.definition.run(batch_parameters={"dataframe": batch},
-                                         result_format={"result_format": "SUMMARY", "partial_unexpected_count": 0})
+            result = self.definition.run(
+                batch_parameters={"dataframe": batch},
+                result_format={"result_format": "SUMMARY", "partial_unexpected_count": 0},
+            )
         counts = {}
         for r in result.results:
             cfg = r.expectation_config
@@ -150,8 +162,10 @@ def validate(frame: pl.DataFrame, suite_path: Path | None = None) -> ValidationO
     """Split the canonical B12 rows of one file into valid rows and quarantine rows."""
     runner = suite_runner(suite_path)
     if frame.height == 0:
-        empty_q = frame.with_columns(pl.lit([], dtype=pl.List(pl.String)).alias("failed_expectations"),
-                                     pl.lit(None, dtype=pl.String).alias("failure_reasons"))
+        empty_q = frame.with_columns(
+            pl.lit([], dtype=pl.List(pl.String)).alias("failed_expectations"),
+            pl.lit(None, dtype=pl.String).alias("failure_reasons"),
+        )
         return ValidationOutcome(valid=frame, quarantine=empty_q.clear())
     gx_counts, gx_result = runner.run(frame)
     names, masks, reasons = [], [], []
@@ -171,12 +185,15 @@ def validate(frame: pl.DataFrame, suite_path: Path | None = None) -> ValidationO
     for name, gx_count in gx_counts.items():
         if counts.get(name) != gx_count:
             raise SuiteError(f"row masks disagree with GX for {name}: polars {counts.get(name)} vs GX {gx_count}")
-    failed = pl.concat_list([pl.when(pl.col(f"_f{i}")).then(pl.lit(n)) for i, n in enumerate(names)]) \
+    failed = pl.concat_list([pl.when(pl.col(f"_f{i}")).then(pl.lit(n)) for i, n in enumerate(names)]).list.drop_nulls()
+    why = (
+        pl.concat_list([pl.when(pl.col(f"_f{i}")).then(pl.lit(r)) for i, r in enumerate(reasons)])
         .list.drop_nulls()
-    why = pl.concat_list([pl.when(pl.col(f"_f{i}")).then(pl.lit(r)) for i, r in enumerate(reasons)]) \
-        .list.drop_nulls().list.join("; ")
+        .list.join("; ")
+    )
     marked = pl.concat([frame, flags], how="horizontal").with_columns(
-        failed.alias("failed_expectations"), why.alias("failure_reasons"))
+        failed.alias("failed_expectations"), why.alias("failure_reasons")
+    )
     bad = pl.col("failed_expectations").list.len() > 0
     return ValidationOutcome(
         valid=marked.filter(~bad).select(frame.columns),

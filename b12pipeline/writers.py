@@ -4,6 +4,7 @@ Used by `b12pipeline synth` and by the fixture builder, so the same administrati
 canonical CSV, typed Parquet, a Clarity-style CSV and FHIR NDJSON. Each writer refuses a value its
 format cannot carry (e.g. a route the Clarity map has no code for) instead of writing a different one.
 """
+
 from __future__ import annotations
 
 import re
@@ -14,14 +15,15 @@ import polars as pl
 from b12pipeline.ingest.mapping import load_mapping
 
 FORMATS = ("csv", "parquet", "clarity", "fhir")
-FHIR_OFFSET = "-05:00"   # FHIR requires a zone on a dateTime with a time; the reader keeps wall-clock time
+FHIR_OFFSET = "-05:00"  # FHIR requires a zone on a dateTime with a time; the reader keeps wall-clock time
 
 
 def write_extract(frame: pl.DataFrame, fmt: str, path: Path | str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    frame = frame.with_columns(pl.when(pl.col(pl.String).str.strip_chars() == "").then(None)
-                               .otherwise(pl.col(pl.String)).name.keep())   # "" = empty, as the readers say
+    frame = frame.with_columns(
+        pl.when(pl.col(pl.String).str.strip_chars() == "").then(None).otherwise(pl.col(pl.String)).name.keep()
+    )  # "" = empty, as the readers say
     if fmt == "csv":
         frame.write_csv(path)
     elif fmt == "parquet":
@@ -37,19 +39,24 @@ def write_extract(frame: pl.DataFrame, fmt: str, path: Path | str) -> Path:
 
 def typed(frame: pl.DataFrame) -> pl.DataFrame:
     """Parquet carries the contract's logical types (timestamps, dates, decimals, integers)."""
-    num = {c: pl.col(c).str.replace_all(",", "").cast(pl.Float64, strict=False)
-           for c in ("dose_value", "concentration_mcg_per_ml", "container_volume_ml", "waste_mcg", "charge_ndc_qty")
-           if c in frame.columns}
+    num = {
+        c: pl.col(c).str.replace_all(",", "").cast(pl.Float64, strict=False)
+        for c in ("dose_value", "concentration_mcg_per_ml", "container_volume_ml", "waste_mcg", "charge_ndc_qty")
+        if c in frame.columns
+    }
     return frame.with_columns(
         pl.col("admin_time").str.strptime(pl.Datetime("us"), "%Y-%m-%dT%H:%M:%S", strict=False),
-        pl.coalesce(pl.col("expiration_date").str.strptime(pl.Date, "%Y-%m-%d", strict=False),
-                    (pl.col("expiration_date") + "-01").str.strptime(pl.Date, "%Y-%m-%d", strict=False)
-                    .dt.month_end()).alias("expiration_date"),   # YYYY-MM means its last day
+        pl.coalesce(
+            pl.col("expiration_date").str.strptime(pl.Date, "%Y-%m-%d", strict=False),
+            (pl.col("expiration_date") + "-01").str.strptime(pl.Date, "%Y-%m-%d", strict=False).dt.month_end(),
+        ).alias("expiration_date"),  # YYYY-MM means its last day
         pl.col("charge_units").cast(pl.Int64, strict=False),
-        *[e.alias(c) for c, e in num.items()])
+        *[e.alias(c) for c, e in num.items()],
+    )
 
 
 # --- Clarity-style ------------------------------------------------------------------------------
+
 
 def _norm(value: pl.Expr) -> pl.Expr:
     return value.str.to_lowercase().str.strip_chars().str.replace(r"s$", "")
@@ -73,24 +80,31 @@ def to_clarity(frame: pl.DataFrame, mapping_name: str = "clarity") -> pl.DataFra
             for code, name in mapping.values[canon].map.items():
                 inverse.setdefault(re.sub(r"s$", "", name.lower().strip()), code)
             coded = _norm(value).replace_strict(inverse, default=None, return_dtype=pl.String)
-            if mapping.values[canon].unknown == "keep":   # the reader passes unlisted values through
+            if mapping.values[canon].unknown == "keep":  # the reader passes unlisted values through
                 coded = pl.coalesce(coded, value)
             bad = frame.filter(value.is_not_null() & coded.is_null())
             if bad.height:
                 raise ValueError(f"{canon} value {bad[canon][0]!r} has no code in {mapping.path.name} values.{canon}")
             value = coded
         if canon == "admin_time":
-            value = pl.coalesce(value.str.strptime(pl.Datetime("us"), "%Y-%m-%dT%H:%M:%S", strict=False)
-                                .dt.strftime(mapping.dates[canon]["formats"][0]), value)
+            value = pl.coalesce(
+                value.str.strptime(pl.Datetime("us"), "%Y-%m-%dT%H:%M:%S", strict=False).dt.strftime(
+                    mapping.dates[canon]["formats"][0]
+                ),
+                value,
+            )
         elif canon == "expiration_date":
-            value = pl.coalesce(value.str.strptime(pl.Date, "%Y-%m-%d", strict=False).dt.strftime("%m/%d/%Y"),
-                                (value + "-01").str.strptime(pl.Date, "%Y-%m-%d", strict=False).dt.strftime("%m/%Y"),
-                                value)
+            value = pl.coalesce(
+                value.str.strptime(pl.Date, "%Y-%m-%d", strict=False).dt.strftime("%m/%d/%Y"),
+                (value + "-01").str.strptime(pl.Date, "%Y-%m-%d", strict=False).dt.strftime("%m/%Y"),
+                value,
+            )
         exprs[src] = value
     return frame.select([e.alias(c) for c, e in exprs.items()])
 
 
 # --- FHIR R4 NDJSON -----------------------------------------------------------------------------
+
 
 def _number(text: str | None):
     if text is None:
@@ -121,16 +135,22 @@ def write_fhir(frame: pl.DataFrame, path: Path, mapping_name: str = "fhir") -> N
             code = status.get(action, "completed" if action and action.lower() == "given" else "not-done")
             res: dict = {"resourceType": "MedicationAdministration", "id": r["admin_id"], "status": code}
             if code == "not-done" and action and action != status_name["not-done"]:
-                res["statusReason"] = [{"text": action}]    # Refused, Missed, ... read back as the action
-            codings = [c for c in (
-                {"system": systems["rxnorm"], "code": r["rxnorm_code"]} if r["rxnorm_code"] else None,
-                {"system": systems["ndc"], "code": r["ndc"]} if r["ndc"] else None) if c]
-            med_code = {"coding": codings} if codings else {}   # FHIR forbids empty arrays
+                res["statusReason"] = [{"text": action}]  # Refused, Missed, ... read back as the action
+            codings = [
+                c
+                for c in (
+                    {"system": systems["rxnorm"], "code": r["rxnorm_code"]} if r["rxnorm_code"] else None,
+                    {"system": systems["ndc"], "code": r["ndc"]} if r["ndc"] else None,
+                )
+                if c
+            ]
+            med_code = {"coding": codings} if codings else {}  # FHIR forbids empty arrays
             if r["medication_name"]:
                 med_code["text"] = r["medication_name"]
             if r["lot_number"] or r["expiration_date"]:
-                batch = {k: v for k, v in (("lotNumber", r["lot_number"]),
-                                           ("expirationDate", r["expiration_date"])) if v}
+                batch = {
+                    k: v for k, v in (("lotNumber", r["lot_number"]), ("expirationDate", r["expiration_date"])) if v
+                }
                 res["contained"] = [{"resourceType": "Medication", "id": "med", "code": med_code, "batch": batch}]
                 res["medicationReference"] = {"reference": "#med"}
             else:
@@ -147,8 +167,11 @@ def write_fhir(frame: pl.DataFrame, path: Path, mapping_name: str = "fhir") -> N
             if r["order_id"]:
                 res["request"] = {"reference": f"MedicationRequest/{r['order_id']}"}
             if r["diagnosis_codes"]:
-                res["reasonCode"] = [{"coding": [{"system": icd, "code": c.strip()}]}
-                                     for c in re.split(r"[;,]", r["diagnosis_codes"]) if c.strip()]
+                res["reasonCode"] = [
+                    {"coding": [{"system": icd, "code": c.strip()}]}
+                    for c in re.split(r"[;,]", r["diagnosis_codes"])
+                    if c.strip()
+                ]
             dosage: dict = {}
             if r["site"]:
                 dosage["site"] = {"text": r["site"]}
@@ -169,8 +192,11 @@ def write_fhir(frame: pl.DataFrame, path: Path, mapping_name: str = "fhir") -> N
                 dosage["dose"] = dose
             if dosage:
                 res["dosage"] = dosage
-            ext = [{"url": url, _value_key(col, numeric): _number(r[col]) if col in numeric else r[col]}
-                   for col, url in ext_of.items() if r.get(col) is not None]
+            ext = [
+                {"url": url, _value_key(col, numeric): _number(r[col]) if col in numeric else r[col]}
+                for col, url in ext_of.items()
+                if r.get(col) is not None
+            ]
             if ext:
                 res["extension"] = ext
             fh.write(orjson.dumps({k: v for k, v in res.items() if v is not None}) + b"\n")
@@ -186,5 +212,3 @@ def labels_path(path: Path | str) -> Path:
     """Where synth writes the expected findings: <PATH>.labels.parquet."""
     path = Path(path)
     return path.with_name(path.name + ".labels.parquet")
-
-

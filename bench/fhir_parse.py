@@ -7,6 +7,7 @@
 Make a file with: b12pipeline synth --rows 100000 --seed 5 --format fhir --out /tmp/x.ndjson
 The numbers behind docs/decisions.md ("FHIR reader: strict parser, not fhir.resources").
 """
+
 from __future__ import annotations
 
 import sys
@@ -20,8 +21,10 @@ def ours(path: Path) -> None:
     t = time.perf_counter()
     ext = read_fhir(path)
     dt = time.perf_counter() - t
-    print(f"b12pipeline strict reader: {ext.rows:,} resources -> canonical frame in {dt:.2f} s "
-          f"({ext.rows / dt:,.0f}/s), quarantined {ext.quarantined_rows}")
+    print(
+        f"b12pipeline strict reader: {ext.rows:,} resources -> canonical frame in {dt:.2f} s "
+        f"({ext.rows / dt:,.0f}/s), quarantined {ext.quarantined_rows}"
+    )
 
 
 def model(path: Path) -> None:
@@ -39,8 +42,10 @@ def model(path: Path) -> None:
         except Exception:
             bad += 1
     dt = time.perf_counter() - t
-    print(f"fhir.resources R4B model_validate_json: {len(lines):,} resources in {dt:.2f} s "
-          f"({len(lines) / dt:,.0f}/s), invalid {bad} (validation only: no columns extracted yet)")
+    print(
+        f"fhir.resources R4B model_validate_json: {len(lines):,} resources in {dt:.2f} s "
+        f"({len(lines) / dt:,.0f}/s), invalid {bad} (validation only: no columns extracted yet)"
+    )
 
 
 if __name__ == "__main__":

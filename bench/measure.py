@@ -8,6 +8,7 @@
 Each command writes its timings (seconds, perf_counter around the work only) to --json; the driver
 adds wall time, CPU time and peak RSS of the whole process. Counts only: no row values.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,9 +21,18 @@ from pathlib import Path
 
 T_START = time.perf_counter()
 # The profile's steps, in the order the night runs them (run_bench.py orders its tables by this).
-STEPS = ("import", "load rules", "ingest (read_extract)", "validate (GX + row masks)",
-         "merge into history", "read history", "normalize.facts", "cross-row facts", "evaluate (polars rules)",
-         "write queue partitions")
+STEPS = (
+    "import",
+    "load rules",
+    "ingest (read_extract)",
+    "validate (GX + row masks)",
+    "merge into history",
+    "read history",
+    "normalize.facts",
+    "cross-row facts",
+    "evaluate (polars rules)",
+    "write queue partitions",
+)
 
 
 def _write(path: str, payload: dict) -> None:
@@ -48,7 +58,7 @@ def profile(args: argparse.Namespace) -> dict:
     import resource
 
     steps: dict[str, float] = {}
-    rss: dict[str, float] = {}     # the process's peak RSS so far, after each step (MB)
+    rss: dict[str, float] = {}  # the process's peak RSS so far, after each step (MB)
 
     def step(name: str, t0: float) -> float:
         now = time.perf_counter()
@@ -57,7 +67,6 @@ def profile(args: argparse.Namespace) -> dict:
         return now
 
     t = time.perf_counter()
-    import polars as pl
 
     from b12pipeline import normalize
     from b12pipeline.crossrow import add_cross_row_facts
@@ -67,6 +76,7 @@ def profile(args: argparse.Namespace) -> dict:
     from b12pipeline.pipeline import Rules
     from b12pipeline.queues import write_queue_partitions
     from b12pipeline.validate import validate
+
     t = step("import", t)
     rules = Rules.load()
     t = step("load rules", t)
@@ -90,9 +100,17 @@ def profile(args: argparse.Namespace) -> dict:
     write_queue_partitions(findings, work / "queues", touched)
     t = step("write queue partitions", t)
     facts.write_parquet(args.facts)
-    return {"rows_read": extract.rows, "b12_rows": b12.height, "valid_rows": outcome.valid.height,
-            "facts_rows": facts.height, "findings": findings.height, "dates": len(touched),
-            "steps": steps, "peak_rss_after_mb": rss, "work_s": sum(steps.values())}
+    return {
+        "rows_read": extract.rows,
+        "b12_rows": b12.height,
+        "valid_rows": outcome.valid.height,
+        "facts_rows": facts.height,
+        "findings": findings.height,
+        "dates": len(touched),
+        "steps": steps,
+        "peak_rss_after_mb": rss,
+        "work_s": sum(steps.values()),
+    }
 
 
 def rules_stage(args: argparse.Namespace) -> dict:
@@ -116,8 +134,14 @@ def rules_stage(args: argparse.Namespace) -> dict:
         t = time.perf_counter()
         findings = run(facts, rules.ruleset, rules.config, "bench")
         times.append(time.perf_counter() - t)
-    result = {"engine": args.engine, "rows": facts.height, "findings": findings.height,
-              "rules": len(rules.ruleset.active), "times_s": times, "work_s": min(times)}
+    result = {
+        "engine": args.engine,
+        "rows": facts.height,
+        "findings": findings.height,
+        "rules": len(rules.ruleset.active),
+        "times_s": times,
+        "work_s": min(times),
+    }
     if args.engine != "polars":
         # Same rows, same findings: the comparison is only fair if both engines agree.
         reference = evaluate(facts, rules.ruleset, rules.config, "bench")

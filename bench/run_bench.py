@@ -13,6 +13,7 @@ Measurements (each in its own subprocess; wall time, CPU time and peak RSS from 
 nothing. This script is the boundary that may read the clock: the date in RESULTS.md is --date or
 today, and the date of the night processed is fixed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,10 +37,20 @@ PROJECT = BENCH.parent
 MEASURE = BENCH / "measure.py"
 sys.path.insert(0, str(BENCH))
 from measure import STEPS  # noqa: E402  (the profile's step names, in the order the night runs them)
-NIGHT = "2025-01-15"              # after every synthetic date of service: the night all rows arrive
+
+NIGHT = "2025-01-15"  # after every synthetic date of service: the night all rows arrive
 BACKFILL_START = dt.date(2024, 1, 1)
-PACKAGES = ("b12pipeline", "polars", "pyarrow", "prefect", "great_expectations", "durable_rules", "dask",
-            "simple_icd_10_cm", "psutil")
+PACKAGES = (
+    "b12pipeline",
+    "polars",
+    "pyarrow",
+    "prefect",
+    "great_expectations",
+    "durable_rules",
+    "dask",
+    "simple_icd_10_cm",
+    "psutil",
+)
 
 
 @dataclass(frozen=True)
@@ -55,32 +66,38 @@ class Dataset:
 @dataclass(frozen=True)
 class Plan:
     """Sizes. The full plan is the one the targets are stated for; quick only exercises the harness."""
+
     mode: str
-    runs: tuple[Dataset, ...]          # `run` + floor + profile; the last one is "the 1M run"
-    allmed: Dataset                    # all-medication extract: run + floor, peak RSS target
-    backfill: Dataset                  # a year of nights
-    durable_rows: int                  # durable-rules subset of the largest facts frame
-    prefect_startup: bool              # a tiny run to show the fixed cost
-    backfill_chunks: tuple = (None,)   # backfill --chunk-days variants (None = the CLI default)
+    runs: tuple[Dataset, ...]  # `run` + floor + profile; the last one is "the 1M run"
+    allmed: Dataset  # all-medication extract: run + floor, peak RSS target
+    backfill: Dataset  # a year of nights
+    durable_rows: int  # durable-rules subset of the largest facts frame
+    prefect_startup: bool  # a tiny run to show the fixed cost
+    backfill_chunks: tuple = (None,)  # backfill --chunk-days variants (None = the CLI default)
 
 
 FULL = Plan(
     mode="full",
-    runs=(Dataset("b12_100k", 100_000, 1.0, 120, label="100k B12 administrations"),
-          Dataset("b12_1m", 1_000_000, 1.0, 120, label="1M B12 administrations")),
+    runs=(
+        Dataset("b12_100k", 100_000, 1.0, 120, label="100k B12 administrations"),
+        Dataset("b12_1m", 1_000_000, 1.0, 120, label="1M B12 administrations"),
+    ),
     allmed=Dataset("allmed_5m", 5_000_000, 0.05, 120, label="5M-row all-medication extract, 5% B12"),
-    backfill=Dataset("year_1_1m", 365 * 3_000, 1.0, 365, start=BACKFILL_START.isoformat(),
-                     label="365 nights x 3k B12 rows"),
+    backfill=Dataset(
+        "year_1_1m", 365 * 3_000, 1.0, 365, start=BACKFILL_START.isoformat(), label="365 nights x 3k B12 rows"
+    ),
     durable_rows=20_000,
     prefect_startup=True,
-    backfill_chunks=(None, 7),         # the default (the look-back, 365 days), and 7-day chunks
+    backfill_chunks=(None, 7),  # the default (the look-back, 365 days), and 7-day chunks
 )
 # One small all-medication extract over a few nights plays every part (run, all-medication,
 # backfill), so the harness test starts Prefect only twice (run + backfill).
-_QUICK_DS = Dataset("quick", 8_000, 0.25, 10, start=BACKFILL_START.isoformat(),
-                    label="8k-row extract, 25% B12, 10 nights (quick)")
-QUICK = Plan(mode="quick", runs=(_QUICK_DS,), allmed=_QUICK_DS, backfill=_QUICK_DS, durable_rows=300,
-             prefect_startup=False)
+_QUICK_DS = Dataset(
+    "quick", 8_000, 0.25, 10, start=BACKFILL_START.isoformat(), label="8k-row extract, 25% B12, 10 nights (quick)"
+)
+QUICK = Plan(
+    mode="quick", runs=(_QUICK_DS,), allmed=_QUICK_DS, backfill=_QUICK_DS, durable_rows=300, prefect_startup=False
+)
 
 TARGETS = {
     "run_vs_floor": "`run` on 1M B12 administrations <= 8 x the floor",
@@ -94,15 +111,16 @@ TARGETS = {
 
 # --- running one measurement --------------------------------------------------------------------
 
+
 @dataclass
 class Measured:
     wall_s: float
     cpu_s: float
-    peak_rss_mb: float                 # max over the process and its reaped children (kernel ru_maxrss)
-    tree_rss_mb: float | None          # sampled sum over the live process tree (psutil), if available
+    peak_rss_mb: float  # max over the process and its reaped children (kernel ru_maxrss)
+    tree_rss_mb: float | None  # sampled sum over the live process tree (psutil), if available
     returncode: int
     load_before: float
-    aborted: str = ""                  # why the harness stopped it (RSS cap), "" when it ran to the end
+    aborted: str = ""  # why the harness stopped it (RSS cap), "" when it ran to the end
     detail: dict = field(default_factory=dict)
     log: str = ""
 
@@ -136,7 +154,7 @@ def _tree_sampler(proc: subprocess.Popen, peak: list[float], stop: threading.Eve
         if peak[0] > RSS_CAP_MB:
             aborted.append(f"stopped by the harness at {peak[0] / 1024:.1f} GB RSS (cap {RSS_CAP_MB / 1024:.0f} GB)")
             try:
-                os.killpg(proc.pid, signal.SIGKILL)   # its own session: the CLI and Prefect's server
+                os.killpg(proc.pid, signal.SIGKILL)  # its own session: the CLI and Prefect's server
             except ProcessLookupError:
                 pass
             break
@@ -150,8 +168,7 @@ def measure(cmd: list[str], env: dict, log: Path, json_out: Path | None = None) 
         json_out.unlink()
     with open(log, "w") as fh:
         t = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=PROJECT,
-                                start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=PROJECT, start_new_session=True)
         peak, stop, aborted = [0.0], threading.Event(), []
         sampler = threading.Thread(target=_tree_sampler, args=(proc, peak, stop, aborted), daemon=True)
         sampler.start()
@@ -161,10 +178,17 @@ def measure(cmd: list[str], env: dict, log: Path, json_out: Path | None = None) 
         sampler.join()
         proc.returncode = os.waitstatus_to_exitcode(status)
     detail = json.loads(json_out.read_text()) if json_out is not None and json_out.exists() else {}
-    return Measured(wall_s=wall, cpu_s=usage.ru_utime + usage.ru_stime, peak_rss_mb=usage.ru_maxrss / 1024,
-                    tree_rss_mb=None if peak[0] < 0 else peak[0], returncode=proc.returncode,
-                    load_before=load, aborted=aborted[0] if aborted else "", detail=detail,
-                    log=log.read_text()[-4000:])
+    return Measured(
+        wall_s=wall,
+        cpu_s=usage.ru_utime + usage.ru_stime,
+        peak_rss_mb=usage.ru_maxrss / 1024,
+        tree_rss_mb=None if peak[0] < 0 else peak[0],
+        returncode=proc.returncode,
+        load_before=load,
+        aborted=aborted[0] if aborted else "",
+        detail=detail,
+        log=log.read_text()[-4000:],
+    )
 
 
 class Bench:
@@ -174,30 +198,64 @@ class Bench:
         for d in (self.data, self.logs):
             d.mkdir(parents=True, exist_ok=True)
         self.cli = str(Path(sys.executable).parent / "b12pipeline")
-        self.env = dict(os.environ, DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
-                        GX_ANALYTICS_ENABLED="False", PREFECT_LOGGING_LEVEL="WARNING",
-                        PREFECT_HOME=str(workdir / "prefect_home"), COLUMNS="160")
-        self.results: dict = {"floor": {}, "run": {}, "profile": {}, "rules": {}, "backfill": {},
-                              "synth": {}, "prefect_startup": None}
+        self.env = dict(
+            os.environ,
+            DO_NOT_TRACK="1",
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            GX_ANALYTICS_ENABLED="False",
+            PREFECT_LOGGING_LEVEL="WARNING",
+            PREFECT_HOME=str(workdir / "prefect_home"),
+            COLUMNS="160",
+        )
+        self.results: dict = {
+            "floor": {},
+            "run": {},
+            "profile": {},
+            "rules": {},
+            "backfill": {},
+            "synth": {},
+            "prefect_startup": None,
+        }
 
     # Every step prints a line, so a long `make bench` shows where it is.
     def _run(self, key: str, cmd: list[str], json_out: Path | None = None, may_fail: bool = False) -> Measured:
         self.echo(f"  {key} ...", end="", flush=True)
         m = measure(cmd, self.env, self.logs / f"{key}.log", json_out)
-        self.echo(f" {m.wall_s:.1f} s, peak RSS {m.peak_rss_mb:,.0f} MB" + ("" if m.returncode == 0
-                                                                           else f"  (exit {m.returncode})")
-                  + (f"  {m.aborted}" if m.aborted else ""))
+        self.echo(
+            f" {m.wall_s:.1f} s, peak RSS {m.peak_rss_mb:,.0f} MB"
+            + ("" if m.returncode == 0 else f"  (exit {m.returncode})")
+            + (f"  {m.aborted}" if m.aborted else "")
+        )
         if m.returncode != 0 and not may_fail:
-            raise RuntimeError(f"{' '.join(cmd)} failed with exit {m.returncode}; log {self.logs / f'{key}.log'}:\n"
-                               f"{m.log}")
+            raise RuntimeError(
+                f"{' '.join(cmd)} failed with exit {m.returncode}; log {self.logs / f'{key}.log'}:\n{m.log}"
+            )
         return m
 
     def synth(self, ds: Dataset) -> Path:
         path = self.data / f"{ds.name}.csv"
         if not path.exists():
-            m = self._run(f"synth-{ds.name}", [self.cli, "synth", "--rows", str(ds.rows), "--seed", "7",
-                                               "--format", "csv", "--out", str(path), "--b12-share", str(ds.b12_share),
-                                               "--days", str(ds.days), "--start", ds.start])
+            m = self._run(
+                f"synth-{ds.name}",
+                [
+                    self.cli,
+                    "synth",
+                    "--rows",
+                    str(ds.rows),
+                    "--seed",
+                    "7",
+                    "--format",
+                    "csv",
+                    "--out",
+                    str(path),
+                    "--b12-share",
+                    str(ds.b12_share),
+                    "--days",
+                    str(ds.days),
+                    "--start",
+                    ds.start,
+                ],
+            )
             self.results["synth"][ds.name] = {"rows": ds.rows, "wall_s": m.wall_s}
         return path
 
@@ -205,9 +263,21 @@ class Bench:
         if ds.name in self.results["floor"]:
             return
         out = self.work / f"floor-{ds.name}.json"
-        m = self._run(f"floor-{ds.name}", [sys.executable, str(MEASURE), "floor", "--extract", str(extract),
-                                           "--out", str(self.work / f"floor-{ds.name}.parquet"), "--json", str(out)],
-                      out)
+        m = self._run(
+            f"floor-{ds.name}",
+            [
+                sys.executable,
+                str(MEASURE),
+                "floor",
+                "--extract",
+                str(extract),
+                "--out",
+                str(self.work / f"floor-{ds.name}.parquet"),
+                "--json",
+                str(out),
+            ],
+            out,
+        )
         (self.work / f"floor-{ds.name}.parquet").unlink(missing_ok=True)
         self.results["floor"][ds.name] = _row(ds, m)
 
@@ -217,24 +287,44 @@ class Bench:
             return self.results["run"][ds.name]
         out = self.work / f"out-{ds.name}"
         shutil.rmtree(out, ignore_errors=True)
-        m = self._run(f"run-{ds.name}", [self.cli, "run", "--extract", str(extract), "--out", str(out),
-                                         "--night", NIGHT])
+        m = self._run(
+            f"run-{ds.name}", [self.cli, "run", "--extract", str(extract), "--out", str(out), "--night", NIGHT]
+        )
         manifest = _manifest(out)
         row = _row(ds, m)
         totals = manifest.get("totals", {})
-        row.update({"rows_read": totals.get("rows_read"), "in_scope": totals.get("in_scope"),
-                    "quarantined": totals.get("quarantined"),
-                    "findings": sum(manifest.get("findings", {}).get("per_queue", {}).values()),
-                    "dates": len(manifest.get("dates_evaluated") or [])})
+        row.update(
+            {
+                "rows_read": totals.get("rows_read"),
+                "in_scope": totals.get("in_scope"),
+                "quarantined": totals.get("quarantined"),
+                "findings": sum(manifest.get("findings", {}).get("per_queue", {}).values()),
+                "dates": len(manifest.get("dates_evaluated") or []),
+            }
+        )
         self.results["run"][ds.name] = row
         return row
 
     def profile(self, ds: Dataset, extract: Path) -> Path:
         facts = self.work / f"facts-{ds.name}.parquet"
         out = self.work / f"profile-{ds.name}.json"
-        m = self._run(f"profile-{ds.name}", [sys.executable, str(MEASURE), "profile", "--extract", str(extract),
-                                             "--work", str(self.work / f"profile-{ds.name}"), "--facts", str(facts),
-                                             "--json", str(out)], out)
+        m = self._run(
+            f"profile-{ds.name}",
+            [
+                sys.executable,
+                str(MEASURE),
+                "profile",
+                "--extract",
+                str(extract),
+                "--work",
+                str(self.work / f"profile-{ds.name}"),
+                "--facts",
+                str(facts),
+                "--json",
+                str(out),
+            ],
+            out,
+        )
         shutil.rmtree(self.work / f"profile-{ds.name}", ignore_errors=True)
         self.results["profile"][ds.name] = _row(ds, m)
         return facts
@@ -264,11 +354,23 @@ class Bench:
                 cmd += ["--chunk-days", str(days)]
             m = self._run(f"backfill-{key}", cmd, may_fail=True)
             row = _row(ds, m)
-            row.update({"nights": ds.days, "chunk_days": days or "default", "one_night_wall_s": night["wall_s"],
-                        "ratio": m.wall_s / night["wall_s"], "ok": m.returncode == 0,
-                        "outcome": "completed" if m.returncode == 0 else
-                        (m.aborted or f"failed (exit {m.returncode}"
-                         + (": killed, out of memory?" if m.returncode == -9 else "") + ")")})
+            row.update(
+                {
+                    "nights": ds.days,
+                    "chunk_days": days or "default",
+                    "one_night_wall_s": night["wall_s"],
+                    "ratio": m.wall_s / night["wall_s"],
+                    "ok": m.returncode == 0,
+                    "outcome": "completed"
+                    if m.returncode == 0
+                    else (
+                        m.aborted
+                        or f"failed (exit {m.returncode}"
+                        + (": killed, out of memory?" if m.returncode == -9 else "")
+                        + ")"
+                    ),
+                }
+            )
             self.results["backfill"][key] = row
 
     def prefect_startup(self) -> None:
@@ -294,7 +396,7 @@ class Bench:
         self.floor(p.allmed, extract)
         self.run(p.allmed, extract)
         if p.allmed.name not in self.results["profile"]:
-            self.profile(p.allmed, extract)      # where the memory goes
+            self.profile(p.allmed, extract)  # where the memory goes
         self.echo(f"durable-rules on the first {p.durable_rows:,} rows of the {largest.label} facts")
         self.rules(largest, largest_facts, "polars", p.durable_rows)
         if _durable_available():
@@ -307,9 +409,17 @@ class Bench:
 
 
 def _row(ds: Dataset, m: Measured) -> dict:
-    return {"dataset": ds.name, "label": ds.label, "rows": ds.rows, "wall_s": m.wall_s, "cpu_s": m.cpu_s,
-            "peak_rss_mb": m.peak_rss_mb, "tree_rss_mb": m.tree_rss_mb, "load_before": m.load_before,
-            "detail": m.detail}
+    return {
+        "dataset": ds.name,
+        "label": ds.label,
+        "rows": ds.rows,
+        "wall_s": m.wall_s,
+        "cpu_s": m.cpu_s,
+        "peak_rss_mb": m.peak_rss_mb,
+        "tree_rss_mb": m.tree_rss_mb,
+        "load_before": m.load_before,
+        "detail": m.detail,
+    }
 
 
 def _rate(rules_row: dict) -> float:
@@ -332,6 +442,7 @@ def _durable_available() -> bool:
 
 # --- targets ------------------------------------------------------------------------------------
 
+
 def evaluate_targets(plan: Plan, r: dict) -> dict:
     """Each target: measured value, limit, met, and the gap (how far off, as a factor)."""
     big = plan.runs[-1].name
@@ -340,14 +451,26 @@ def evaluate_targets(plan: Plan, r: dict) -> dict:
 
     def add(key: str, measured: float | None, limit: float, unit: str, higher_is_better: bool = False) -> None:
         if measured is None:
-            targets[key] = {"target": TARGETS[key], "measured": None, "limit": limit, "unit": unit,
-                            "met": None, "gap": "not measured"}
+            targets[key] = {
+                "target": TARGETS[key],
+                "measured": None,
+                "limit": limit,
+                "unit": unit,
+                "met": None,
+                "gap": "not measured",
+            }
             return
         met = measured >= limit if higher_is_better else measured <= limit
         factor = (limit / measured if measured else float("inf")) if higher_is_better else measured / limit
         gap = "met" if met else f"{factor:.1f}x off ({_fmt(measured)} {unit} vs {_fmt(limit)} {unit})"
-        targets[key] = {"target": TARGETS[key], "measured": measured, "limit": limit, "unit": unit,
-                        "met": met, "gap": gap}
+        targets[key] = {
+            "target": TARGETS[key],
+            "measured": measured,
+            "limit": limit,
+            "unit": unit,
+            "met": met,
+            "gap": gap,
+        }
 
     add("run_vs_floor", run["wall_s"] / floor["wall_s"] if run and floor else None, 8, "x floor")
     add("run_wall", run["wall_s"] if run else None, 60, "s")
@@ -367,15 +490,19 @@ def evaluate_targets(plan: Plan, r: dict) -> dict:
         add("rules_vs_durable", None, 30, "x durable", higher_is_better=True)
     allmed = r["run"].get(plan.allmed.name)
     add("allmed_rss", allmed["peak_rss_mb"] / 1024 if allmed else None, 4, "GB")
-    bf = r["backfill"].get(plan.backfill.name)       # as the user runs it: default chunking
+    bf = r["backfill"].get(plan.backfill.name)  # as the user runs it: default chunking
     add("backfill_ratio", bf["ratio"] if bf and bf.get("ok", True) else None, 2, "x one night")
     if bf and not bf.get("ok", True):
-        targets["backfill_ratio"].update(measured=bf["ratio"], met=False, gap=f"did not finish: {bf['outcome']} after {bf['wall_s']:.0f} s "
-                                                        f"(> {bf['ratio']:.1f}x the one-night run)")
+        targets["backfill_ratio"].update(
+            measured=bf["ratio"],
+            met=False,
+            gap=f"did not finish: {bf['outcome']} after {bf['wall_s']:.0f} s (> {bf['ratio']:.1f}x the one-night run)",
+        )
     return targets
 
 
 # --- RESULTS.md -----------------------------------------------------------------------------------
+
 
 def machine_facts(date: str) -> dict:
     cpu = "unknown"
@@ -399,11 +526,23 @@ def machine_facts(date: str) -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT, capture_output=True,
-                            text=True).stdout.strip() or "unknown"
-    return {"date": date, "cpu": cpu, "cores": os.cpu_count(), "ram_gb": ram, "os": platform.platform(),
-            "python": platform.python_version(), "packages": versions, "commit": commit,
-            "loadavg_at_start": os.getloadavg()}
+    commit = (
+        subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT, capture_output=True, text=True
+        ).stdout.strip()
+        or "unknown"
+    )
+    return {
+        "date": date,
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "ram_gb": ram,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "packages": versions,
+        "commit": commit,
+        "loadavg_at_start": os.getloadavg(),
+    }
 
 
 def _by_size(section: dict) -> dict:
@@ -441,104 +580,238 @@ def render(plan: Plan, facts: dict, r: dict, targets: dict, elapsed: float) -> s
     L = [f"# b12pipeline benchmark ({plan.mode})", ""]
     if plan.mode == "quick":
         L += ["**Quick mode: tiny sizes that exercise the harness; the numbers mean nothing.**", ""]
-    L += ["Generated by `make bench` (`bench/run_bench.py`); every measurement ran in its own subprocess.",
-          "Wall = elapsed time of that process; CPU = user + system time; peak RSS = kernel `ru_maxrss` of",
-          "the process (largest of it and its reaped children); tree RSS = sampled sum over the live process",
-          "tree (the `run` CLI plus Prefect's temporary API server). Load = 1-min load average before it started:",
-          "the machine is shared, so a load above the core count inflates wall time (CPU time is not).", "",
-          "## Machine", ""]
+    L += [
+        "Generated by `make bench` (`bench/run_bench.py`); every measurement ran in its own subprocess.",
+        "Wall = elapsed time of that process; CPU = user + system time; peak RSS = kernel `ru_maxrss` of",
+        "the process (largest of it and its reaped children); tree RSS = sampled sum over the live process",
+        "tree (the `run` CLI plus Prefect's temporary API server). Load = 1-min load average before it started:",
+        "the machine is shared, so a load above the core count inflates wall time (CPU time is not).",
+        "",
+        "## Machine",
+        "",
+    ]
     pk = ", ".join(f"{k} {facts['packages'][k]}" for k in [p for p in PACKAGES if p in facts["packages"]])
-    L += _table(["fact", "value"], [
-        ["date", facts["date"]], ["CPU", facts["cpu"]], ["cores", str(facts["cores"])],
-        ["RAM", f"{facts['ram_gb']:.1f} GB" if facts["ram_gb"] else "unknown"], ["OS", facts["os"]],
-        ["Python", facts["python"]], ["packages", pk], ["commit", facts["commit"]],
-        ["load average at start", " / ".join(f"{x:.2f}" for x in facts["loadavg_at_start"])],
-        ["load average at end", " / ".join(f"{x:.2f}" for x in facts.get("loadavg_at_end", ()))],
-        ["harness run time", f"{elapsed:.0f} s"]], numeric=False)
+    L += _table(
+        ["fact", "value"],
+        [
+            ["date", facts["date"]],
+            ["CPU", facts["cpu"]],
+            ["cores", str(facts["cores"])],
+            ["RAM", f"{facts['ram_gb']:.1f} GB" if facts["ram_gb"] else "unknown"],
+            ["OS", facts["os"]],
+            ["Python", facts["python"]],
+            ["packages", pk],
+            ["commit", facts["commit"]],
+            ["load average at start", " / ".join(f"{x:.2f}" for x in facts["loadavg_at_start"])],
+            ["load average at end", " / ".join(f"{x:.2f}" for x in facts.get("loadavg_at_end", ()))],
+            ["harness run time", f"{elapsed:.0f} s"],
+        ],
+        numeric=False,
+    )
     L += ["", "## Targets", ""]
-    L += _table(["target", "measured", "met", "gap"], [
-        [t["target"], "-" if t["measured"] is None else
-         f"{'> ' if t['gap'].startswith('did not finish') else ''}{_fmt(t['measured'])} {t['unit']}",
-         "-" if t["met"] is None else ("met" if t["met"] else "**not met**"), t["gap"]] for t in targets.values()],
-        numeric=False)
+    L += _table(
+        ["target", "measured", "met", "gap"],
+        [
+            [
+                t["target"],
+                "-"
+                if t["measured"] is None
+                else f"{'> ' if t['gap'].startswith('did not finish') else ''}{_fmt(t['measured'])} {t['unit']}",
+                "-" if t["met"] is None else ("met" if t["met"] else "**not met**"),
+                t["gap"],
+            ]
+            for t in targets.values()
+        ],
+        numeric=False,
+    )
     sub = targets.get("rules_vs_durable", {}).get("same_subset_ratio")
     if sub is not None:
-        L += ["", f"Rule-stage ratio on the identical {plan.durable_rows:,}-row subset (both engines, same rows): "
-                  f"{sub:.0f}x. The target row uses the Polars rate on the full {big.label} facts (on a "
-                  f"small subset Polars mostly measures its fixed per-call cost; durable's rate is flat)."]
+        L += [
+            "",
+            f"Rule-stage ratio on the identical {plan.durable_rows:,}-row subset (both engines, same rows): "
+            f"{sub:.0f}x. The target row uses the Polars rate on the full {big.label} facts (on a "
+            f"small subset Polars mostly measures its fixed per-call cost; durable's rate is flat).",
+        ]
 
     L += ["", "## (a) Floor: Polars reads the extract CSV (all text) and writes Parquet", ""]
-    L += _table(["extract", "rows", "wall s", "work s", "rows/s (wall)", "CPU s", "peak RSS MB", "load"], [
-        [v["label"], v["rows"], v["wall_s"], v["detail"].get("work_s"), v["rows"] / v["wall_s"], v["cpu_s"],
-         v["peak_rss_mb"], v["load_before"]] for v in _by_size(r["floor"]).values()])
+    L += _table(
+        ["extract", "rows", "wall s", "work s", "rows/s (wall)", "CPU s", "peak RSS MB", "load"],
+        [
+            [
+                v["label"],
+                v["rows"],
+                v["wall_s"],
+                v["detail"].get("work_s"),
+                v["rows"] / v["wall_s"],
+                v["cpu_s"],
+                v["peak_rss_mb"],
+                v["load_before"],
+            ]
+            for v in _by_size(r["floor"]).values()
+        ],
+    )
 
     L += ["", "## (b) `b12pipeline run` end to end (CLI subprocess, Prefect start-up included)", ""]
     runs = _by_size(r["run"])
     if r["prefect_startup"]:
         runs = {"tiny_50": r["prefect_startup"], **{k: v for k, v in runs.items() if k != "tiny_50"}}
-    L += _table(["extract", "rows read", "B12 in scope", "findings", "wall s", "rows/s (wall)", "x floor", "CPU s",
-                 "peak RSS MB", "tree RSS MB", "load"], [
-        [v["label"], v.get("rows_read") or v["rows"], v.get("in_scope"), v.get("findings"), v["wall_s"],
-         v["rows"] / v["wall_s"],
-         (v["wall_s"] / r["floor"][k]["wall_s"]) if k in r["floor"] else None, v["cpu_s"], v["peak_rss_mb"],
-         v["tree_rss_mb"], v["load_before"]] for k, v in runs.items() if k in r["floor"] or k == "tiny_50"])
+    L += _table(
+        [
+            "extract",
+            "rows read",
+            "B12 in scope",
+            "findings",
+            "wall s",
+            "rows/s (wall)",
+            "x floor",
+            "CPU s",
+            "peak RSS MB",
+            "tree RSS MB",
+            "load",
+        ],
+        [
+            [
+                v["label"],
+                v.get("rows_read") or v["rows"],
+                v.get("in_scope"),
+                v.get("findings"),
+                v["wall_s"],
+                v["rows"] / v["wall_s"],
+                (v["wall_s"] / r["floor"][k]["wall_s"]) if k in r["floor"] else None,
+                v["cpu_s"],
+                v["peak_rss_mb"],
+                v["tree_rss_mb"],
+                v["load_before"],
+            ]
+            for k, v in runs.items()
+            if k in r["floor"] or k == "tiny_50"
+        ],
+    )
 
     L += ["", "### Where the time goes: the night's steps in-process (no Prefect), seconds", ""]
     names = list(_by_size(r["profile"]))
     steps = _ordered_steps(r["profile"])
     rows = [[s] + [r["profile"][n]["detail"]["steps"].get(s) for n in names] for s in steps]
     rows.append(["**total (sum of steps)**"] + [r["profile"][n]["detail"].get("work_s") for n in names])
-    rows.append(["`run` wall minus the steps: Prefect start-up and tasks, checksums, archive copy, staging"]
-                + [(r["run"][n]["wall_s"] - r["profile"][n]["detail"]["work_s"]) if n in r["run"] else None
-                   for n in names])
+    rows.append(
+        ["`run` wall minus the steps: Prefect start-up and tasks, checksums, archive copy, staging"]
+        + [(r["run"][n]["wall_s"] - r["profile"][n]["detail"]["work_s"]) if n in r["run"] else None for n in names]
+    )
     L += _table(["step"] + [r["profile"][n]["label"] for n in names], rows)
     L.append("")
     for n in names:
         st = r["profile"][n]["detail"].get("steps", {})
         total = sum(st.values()) or 1.0
         top = sorted(st.items(), key=lambda kv: -kv[1])[:3]
-        L.append(f"- {r['profile'][n]['label']}: largest steps " +
-                 ", ".join(f"{k} {v:.1f} s ({v / total:.0%})" for k, v in top))
+        L.append(
+            f"- {r['profile'][n]['label']}: largest steps "
+            + ", ".join(f"{k} {v:.1f} s ({v / total:.0%})" for k, v in top)
+        )
     L += ["", "### Where the memory goes: the profile process's peak RSS after each step, MB", ""]
     rows = [[s] + [r["profile"][n]["detail"].get("peak_rss_after_mb", {}).get(s) for n in names] for s in steps]
     rows.append(["peak RSS of the profile process"] + [r["profile"][n]["peak_rss_mb"] for n in names])
     rows.append(["peak RSS of `run` (the CLI process)"] + [r["run"].get(n, {}).get("peak_rss_mb") for n in names])
     L += _table(["step"] + [r["profile"][n]["label"] for n in names], rows)
 
-    L += ["", "## (c) Rule stage alone: facts frame -> findings", "",
-          "`evaluate` called twice on the same facts; the first call includes compiling the rules (as a night",
-          "does) and gives rows/s for the targets; the second shows the steady state.", ""]
-    L += _table(["engine", "facts of", "rows", "rules", "findings", "first call s", "second call s", "rows/s",
-                 "agrees with polars", "peak RSS MB"], [
-        [v["engine"], v["label"], v["detail"]["rows"], v["detail"].get("rules"), v["detail"].get("findings"),
-         v["detail"]["times_s"][0], v["detail"]["times_s"][-1], _rate(v),
-         v["detail"].get("agrees_with_polars", "-"), v["peak_rss_mb"]]
-        for v in sorted(r["rules"].values(), key=lambda v: (v["engine"] != "polars", -v["detail"]["rows"]))])
+    L += [
+        "",
+        "## (c) Rule stage alone: facts frame -> findings",
+        "",
+        "`evaluate` called twice on the same facts; the first call includes compiling the rules (as a night",
+        "does) and gives rows/s for the targets; the second shows the steady state.",
+        "",
+    ]
+    L += _table(
+        [
+            "engine",
+            "facts of",
+            "rows",
+            "rules",
+            "findings",
+            "first call s",
+            "second call s",
+            "rows/s",
+            "agrees with polars",
+            "peak RSS MB",
+        ],
+        [
+            [
+                v["engine"],
+                v["label"],
+                v["detail"]["rows"],
+                v["detail"].get("rules"),
+                v["detail"].get("findings"),
+                v["detail"]["times_s"][0],
+                v["detail"]["times_s"][-1],
+                _rate(v),
+                v["detail"].get("agrees_with_polars", "-"),
+                v["peak_rss_mb"],
+            ]
+            for v in sorted(r["rules"].values(), key=lambda v: (v["engine"] != "polars", -v["detail"]["rows"]))
+        ],
+    )
 
     L += ["", "## Backfill: one night carrying a year of rows, then `b12pipeline backfill` over that year", ""]
-    L += _table(["history", "rows", "--chunk-days", "outcome", "one-night run s", "backfill s", "ratio",
-                 "backfill CPU s", "peak RSS MB", "tree RSS MB", "load"], [
-        [v["label"], v["rows"], str(v.get("chunk_days", "default")), v.get("outcome", "completed"),
-         v["one_night_wall_s"], v["wall_s"], v["ratio"], v["cpu_s"], v["peak_rss_mb"], v["tree_rss_mb"],
-         v["load_before"]] for v in r["backfill"].values()])
+    L += _table(
+        [
+            "history",
+            "rows",
+            "--chunk-days",
+            "outcome",
+            "one-night run s",
+            "backfill s",
+            "ratio",
+            "backfill CPU s",
+            "peak RSS MB",
+            "tree RSS MB",
+            "load",
+        ],
+        [
+            [
+                v["label"],
+                v["rows"],
+                str(v.get("chunk_days", "default")),
+                v.get("outcome", "completed"),
+                v["one_night_wall_s"],
+                v["wall_s"],
+                v["ratio"],
+                v["cpu_s"],
+                v["peak_rss_mb"],
+                v["tree_rss_mb"],
+                v["load_before"],
+            ]
+            for v in r["backfill"].values()
+        ],
+    )
     if r["synth"]:
         L += ["", "## Data generation (`b12pipeline synth`, not part of any measurement)", ""]
-        L += _table(["dataset", "rows", "wall s"], [[k, v["rows"], v["wall_s"]] for k, v in _by_size(r["synth"]).items()])
+        L += _table(
+            ["dataset", "rows", "wall s"], [[k, v["rows"], v["wall_s"]] for k, v in _by_size(r["synth"]).items()]
+        )
     return "\n".join(L) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1",
-                        help="small sizes (also BENCH_QUICK=1); exercises the harness, numbers mean nothing")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="RESULTS.md to write, RESULTS.json beside it (default bench/RESULTS.md; "
-                             "quick: $TMPDIR/b12bench-quick/RESULTS.md)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        default=os.environ.get("BENCH_QUICK") == "1",
+        help="small sizes (also BENCH_QUICK=1); exercises the harness, numbers mean nothing",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="RESULTS.md to write, RESULTS.json beside it (default bench/RESULTS.md; "
+        "quick: $TMPDIR/b12bench-quick/RESULTS.md)",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="data and outputs (default: a temp folder)")
     parser.add_argument("--date", default=None, help="date recorded in RESULTS.md (default: today)")
     parser.add_argument("--keep", action="store_true", help="keep the workdir (data, outputs, logs)")
-    parser.add_argument("--render", type=Path, default=None,
-                        help="only rewrite RESULTS.md from this RESULTS.json (no measuring)")
+    parser.add_argument(
+        "--render", type=Path, default=None, help="only rewrite RESULTS.md from this RESULTS.json (no measuring)"
+    )
     args = parser.parse_args(argv)
     if args.render:
         data = json.loads(args.render.read_text())
@@ -551,12 +824,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {out}")
         return 0
     plan = QUICK if args.quick else FULL
-    date = args.date or dt.date.today().isoformat()   # the script boundary reads the clock, nothing below
+    date = args.date or dt.date.today().isoformat()  # the script boundary reads the clock, nothing below
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="b12bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     # Quick results never overwrite the committed bench/RESULTS.md, and outlive the temp workdir.
-    out = args.out or (Path(tempfile.gettempdir()) / "b12bench-quick" / "RESULTS.md" if plan.mode == "quick"
-                       else BENCH / "RESULTS.md")
+    out = args.out or (
+        Path(tempfile.gettempdir()) / "b12bench-quick" / "RESULTS.md" if plan.mode == "quick" else BENCH / "RESULTS.md"
+    )
     facts = machine_facts(date)
     print(f"b12pipeline bench ({plan.mode}) in {workdir}")
     started = time.perf_counter()
@@ -567,9 +841,14 @@ def main(argv: list[str] | None = None) -> int:
         facts["loadavg_at_end"] = os.getloadavg()
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(render(plan, facts, results, targets, elapsed))
-        out.with_suffix(".json").write_text(json.dumps(
-            {"mode": plan.mode, "machine": facts, "results": results, "targets": targets, "elapsed_s": elapsed},
-            indent=2, default=str) + "\n")
+        out.with_suffix(".json").write_text(
+            json.dumps(
+                {"mode": plan.mode, "machine": facts, "results": results, "targets": targets, "elapsed_s": elapsed},
+                indent=2,
+                default=str,
+            )
+            + "\n"
+        )
     finally:
         if not args.keep and args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

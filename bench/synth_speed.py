@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Generation speed of `b12pipeline synth` (target: 1M rows well under a minute on 2 cores).
 
-    python bench/synth_speed.py [ROWS]      # default 1,000,000
+python bench/synth_speed.py [ROWS]      # default 1,000,000
 """
+
 from __future__ import annotations
 
 import sys

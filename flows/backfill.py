@@ -3,65 +3,101 @@
 Thin by design: tasks get paths, dates and the rules folder, never frames, so the same flow runs
 on Prefect's default thread pool or, through prefect-dask, on a local or existing Dask cluster.
 """
+
 from __future__ import annotations
 
 import datetime as dt
 import os
 from pathlib import Path
 
-import b12pipeline  # noqa: F401  (telemetry defaults before prefect is imported)
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
 
+import b12pipeline  # noqa: F401  (telemetry defaults before prefect is imported)
 from b12pipeline import backfill, pipeline, report
 
 
 @task(name="backfill-chunk", retries=2, retry_delay_seconds=[2, 10])
 def backfill_chunk(out: str, dates: list[str], rules_dir: str | None, run_id: str) -> str:
     # Rules are loaded where the task runs (a Dask worker needs the rules folder at the same path).
-    return backfill.backfill_chunk(out, [dt.date.fromisoformat(d) for d in dates],
-                                   pipeline.Rules.load(rules_dir), run_id)
+    return backfill.backfill_chunk(
+        out, [dt.date.fromisoformat(d) for d in dates], pipeline.Rules.load(rules_dir), run_id
+    )
 
 
 @task(name="backfill-record")
-def backfill_record(out: str, plan: backfill.BackfillPlan, chunk_paths: list[str], started_at: str,
-                    rules_dir: str | None, task_runner: str) -> dict:
+def backfill_record(
+    out: str,
+    plan: backfill.BackfillPlan,
+    chunk_paths: list[str],
+    started_at: str,
+    rules_dir: str | None,
+    task_runner: str,
+) -> dict:
     diff = backfill.summarise_diff(out, plan.run_id, chunk_paths, plan.ruleset_version)
     ended_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     dates = [d.isoformat() for d in plan.dates]
-    manifest = report.build_manifest(run_id=plan.run_id, kind="backfill", night=plan.end.isoformat(),
-                                     started_at=started_at, ended_at=ended_at, inputs=[],
-                                     applied={"dates": dates}, out=Path(out),
-                                     ruleset_version=plan.ruleset_version, rules_dir=rules_dir or "")
-    manifest.update({"from": plan.start.isoformat(), "to": plan.end.isoformat(), "chunks": len(plan.chunks),
-                     "task_runner": task_runner,
-                     "diff": diff, "diff_report": f"runs/{plan.run_id}/diff.parquet",
-                     "diff_findings": f"runs/{plan.run_id}/diff_findings.parquet"})
+    manifest = report.build_manifest(
+        run_id=plan.run_id,
+        kind="backfill",
+        night=plan.end.isoformat(),
+        started_at=started_at,
+        ended_at=ended_at,
+        inputs=[],
+        applied={"dates": dates},
+        out=Path(out),
+        ruleset_version=plan.ruleset_version,
+        rules_dir=rules_dir or "",
+    )
+    manifest.update(
+        {
+            "from": plan.start.isoformat(),
+            "to": plan.end.isoformat(),
+            "chunks": len(plan.chunks),
+            "task_runner": task_runner,
+            "diff": diff,
+            "diff_report": f"runs/{plan.run_id}/diff.parquet",
+            "diff_findings": f"runs/{plan.run_id}/diff_findings.parquet",
+        }
+    )
     pipeline.write_json(Path(out) / "runs" / plan.run_id / "manifest.json", manifest)
     return manifest
 
 
 @flow(name="b12-backfill", log_prints=False)
-def backfill_flow(start: dt.date, end: dt.date, out: str, rules_dir: str | None = None,
-                  chunk_days: int | None = None) -> dict:
+def backfill_flow(
+    start: dt.date, end: dt.date, out: str, rules_dir: str | None = None, chunk_days: int | None = None
+) -> dict:
     """Re-evaluate history rows with service_date in [start, end]; replace those dates' partitions."""
     logger = get_run_logger()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     rules = pipeline.Rules.load(rules_dir)
     plan = backfill.plan_backfill(out, start, end, rules, chunk_days=chunk_days)
-    logger.info("backfill %s: %s..%s in %d chunk(s), ruleset %s", plan.run_id, start, end, len(plan.chunks),
-                plan.ruleset_version)
-    futures = [backfill_chunk.submit(out, [d.isoformat() for d in chunk], rules_dir, plan.run_id)
-               for chunk in plan.chunks]
+    logger.info(
+        "backfill %s: %s..%s in %d chunk(s), ruleset %s",
+        plan.run_id,
+        start,
+        end,
+        len(plan.chunks),
+        plan.ruleset_version,
+    )
+    futures = [
+        backfill_chunk.submit(out, [d.isoformat() for d in chunk], rules_dir, plan.run_id) for chunk in plan.chunks
+    ]
     chunk_paths = [f.result() for f in futures]
     runner = type(FlowRunContext.get().task_runner).__name__
     manifest = backfill_record(out, plan, chunk_paths, started_at, rules_dir, runner)
-    create_markdown_artifact(key="b12-backfill-diff", markdown=backfill.diff_markdown(manifest),
-                             description="Findings new / resolved / unchanged per rule: counts only.")
-    create_table_artifact(key="b12-backfill-diff-per-rule",
-                          table=[{"rule_id": r, **c} for r, c in sorted(manifest["diff"]["per_rule"].items())],
-                          description="Backfill diff per rule (counts only).")
+    create_markdown_artifact(
+        key="b12-backfill-diff",
+        markdown=backfill.diff_markdown(manifest),
+        description="Findings new / resolved / unchanged per rule: counts only.",
+    )
+    create_table_artifact(
+        key="b12-backfill-diff-per-rule",
+        table=[{"rule_id": r, **c} for r, c in sorted(manifest["diff"]["per_rule"].items())],
+        description="Backfill diff per rule (counts only).",
+    )
     return manifest
 
 
@@ -82,12 +118,25 @@ def task_runner(dask_address: str | None = None, workers: int | None = None):
 
     if dask_address:
         return DaskTaskRunner(address=dask_address)
-    return DaskTaskRunner(cluster_kwargs={"n_workers": int(workers), "threads_per_worker": 1, "processes": True,
-                                          "dashboard_address": None})
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": int(workers),
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": None,
+        }
+    )
 
 
-def run_backfill(start: dt.date, end: dt.date, out: str, rules_dir: str | None = None, chunk_days: int | None = None,
-                 dask_address: str | None = None, workers: int | None = None) -> dict:
+def run_backfill(
+    start: dt.date,
+    end: dt.date,
+    out: str,
+    rules_dir: str | None = None,
+    chunk_days: int | None = None,
+    dask_address: str | None = None,
+    workers: int | None = None,
+) -> dict:
     """Run the backfill flow on the chosen task runner. Default chunking: the look-back length on the
     local thread pool (Polars already uses every core), 7 days on Dask (chunks are its parallelism)."""
     from b12pipeline.runguard import guard_output

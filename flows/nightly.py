@@ -2,15 +2,16 @@
 
 Thin by design: tasks pass file paths and counts, never frames; all logic is in b12pipeline.
 """
+
 from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
 
-import b12pipeline  # noqa: F401  (telemetry defaults before prefect is imported)
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+import b12pipeline  # noqa: F401  (telemetry defaults before prefect is imported)
 from b12pipeline import pipeline, report
 from b12pipeline.archive import archive_file
 from b12pipeline.paths import OutputLayout
@@ -29,11 +30,20 @@ def _retry_on_io(task, task_run, state) -> bool:
 
 
 @task(name="stage-extract", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_on_io)
-def stage_extract(path: str, out: str, run_id: str, night: dt.date, rules_dir: str | None,
-                  source: str | None, move_rejected: bool, sha256: str | None = None) -> dict:
+def stage_extract(
+    path: str,
+    out: str,
+    run_id: str,
+    night: dt.date,
+    rules_dir: str | None,
+    source: str | None,
+    move_rejected: bool,
+    sha256: str | None = None,
+) -> dict:
     rules = pipeline.Rules.load(rules_dir)
-    result = pipeline.stage_file(path, out, run_id, night, rules, source=source, move_rejected=move_rejected,
-                                 sha256=sha256)
+    result = pipeline.stage_file(
+        path, out, run_id, night, rules, source=source, move_rejected=move_rejected, sha256=sha256
+    )
     return result.to_dict()
 
 
@@ -41,7 +51,7 @@ def stage_extract(path: str, out: str, run_id: str, night: dt.date, rules_dir: s
 def archive_extracts(paths: list[str], inputs: list[dict], out: str, night: dt.date) -> None:
     """Archive processed files only after their rows are in history: `nightly` skips archived
     checksums, so archiving earlier would lose a night's rows if the run died in between."""
-    for path, result in zip(paths, inputs):
+    for path, result in zip(paths, inputs, strict=True):
         if result["status"] == "processed":
             archive_file(Path(path), result["sha256"], OutputLayout(Path(out)).archive, night.isoformat())
 
@@ -52,13 +62,30 @@ def apply_night(staged: list[str], out: str, rules_dir: str | None, run_id: str,
 
 
 @task(name="write-run-record", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_on_io)
-def write_run_record(run_id: str, night: dt.date, started_at: str, inputs: list[dict], applied: dict,
-                     out: str, rules_dir: str | None, ruleset_version: str) -> dict:
+def write_run_record(
+    run_id: str,
+    night: dt.date,
+    started_at: str,
+    inputs: list[dict],
+    applied: dict,
+    out: str,
+    rules_dir: str | None,
+    ruleset_version: str,
+) -> dict:
     pipeline.cleanup_staging(out, run_id)
     ended_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    return report.build_manifest(run_id=run_id, kind="night", night=night.isoformat(), started_at=started_at,
-                                 ended_at=ended_at, inputs=inputs, applied=applied, out=Path(out),
-                                 ruleset_version=ruleset_version, rules_dir=rules_dir or "")
+    return report.build_manifest(
+        run_id=run_id,
+        kind="night",
+        night=night.isoformat(),
+        started_at=started_at,
+        ended_at=ended_at,
+        inputs=inputs,
+        applied=applied,
+        out=Path(out),
+        ruleset_version=ruleset_version,
+        rules_dir=rules_dir or "",
+    )
 
 
 @task(name="write-run-report", retries=1, retry_delay_seconds=[5], retry_condition_fn=_retry_on_io)
@@ -72,15 +99,29 @@ def write_run_report(run_id: str, out: str, started_at: str) -> str:
 
 
 @flow(name="b12-nightly", log_prints=False)
-def nightly_flow(extracts: list[str], out: str, night: dt.date, rules_dir: str | None = None,
-                 source: str | None = None, move_rejected: bool = False, engine: str = "polars") -> dict:
+def nightly_flow(
+    extracts: list[str],
+    out: str,
+    night: dt.date,
+    rules_dir: str | None = None,
+    source: str | None = None,
+    move_rejected: bool = False,
+    engine: str = "polars",
+) -> dict:
     """Process `extracts` as one night. `night` is passed in: nothing below reads the wall clock."""
     with guard_output(out):  # one run per output root, owner-only files (a no-op inside the CLI's guard)
         return _nightly(extracts, out, night, rules_dir, source, move_rejected, engine)
 
 
-def _nightly(extracts: list[str], out: str, night: dt.date, rules_dir: str | None, source: str | None,
-             move_rejected: bool, engine: str) -> dict:
+def _nightly(
+    extracts: list[str],
+    out: str,
+    night: dt.date,
+    rules_dir: str | None,
+    source: str | None,
+    move_rejected: bool,
+    engine: str,
+) -> dict:
     logger = get_run_logger()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     rules = pipeline.Rules.load(rules_dir)
@@ -88,15 +129,22 @@ def _nightly(extracts: list[str], out: str, night: dt.date, rules_dir: str | Non
     run_id = pipeline.make_run_id(night, checksums, rules.ruleset.version)
     note_run(out, run_id)
     logger.info("run %s: %d extract(s), ruleset %s", run_id, len(extracts), rules.ruleset.version)
-    futures = [stage_extract.submit(p, out, run_id, night, rules_dir, source, move_rejected, sha)
-               for p, sha in zip(extracts, checksums)]
+    futures = [
+        stage_extract.submit(p, out, run_id, night, rules_dir, source, move_rejected, sha)
+        for p, sha in zip(extracts, checksums, strict=True)
+    ]
     inputs = [f.result() for f in futures]
     for i in inputs:
         if i["status"] == "rejected":
             logger.warning("rejected %s", i["error"])
         else:
-            logger.info("%s: %d rows read, %d in scope, %d quarantined", i["file"], i["rows_read"],
-                        i["in_scope"], i["quarantined"])
+            logger.info(
+                "%s: %d rows read, %d in scope, %d quarantined",
+                i["file"],
+                i["rows_read"],
+                i["in_scope"],
+                i["quarantined"],
+            )
     applied = apply_night([i["staged"] for i in inputs if i["staged"]], out, rules_dir, run_id, engine)
     archive_extracts(extracts, inputs, out, night)
     manifest = write_run_record(run_id, night, started_at, inputs, applied, out, rules_dir, rules.ruleset.version)
@@ -104,16 +152,29 @@ def _nightly(extracts: list[str], out: str, night: dt.date, rules_dir: str | Non
     report_state = write_run_report(run_id, out, started_at, return_state=True)
     if report_state.is_failed():
         logger.error("run report not written for %s: %s", run_id, report_state.message)
-    create_markdown_artifact(key="b12-nightly-summary", markdown=report.summary_markdown(manifest),
-                             description="Counts only: no patient identifiers.")
-    create_table_artifact(key="b12-nightly-findings-per-rule", table=report.counts_table(manifest),
-                          description="Findings per rule for the dates this run evaluated.")
+    create_markdown_artifact(
+        key="b12-nightly-summary",
+        markdown=report.summary_markdown(manifest),
+        description="Counts only: no patient identifiers.",
+    )
+    create_table_artifact(
+        key="b12-nightly-findings-per-rule",
+        table=report.counts_table(manifest),
+        description="Findings per rule for the dates this run evaluated.",
+    )
     return manifest
 
 
 @flow(name="b12-nightly-landing", log_prints=False)
-def landing_flow(landing: str, out: str, night: dt.date | None = None, tz: str = "UTC",
-                 rules_dir: str | None = None, source: str | None = None, engine: str = "polars") -> dict:
+def landing_flow(
+    landing: str,
+    out: str,
+    night: dt.date | None = None,
+    tz: str = "UTC",
+    rules_dir: str | None = None,
+    source: str | None = None,
+    engine: str = "polars",
+) -> dict:
     """What the schedule runs: every new file in `landing` (by checksum) as one night.
 
     `night` defaults to the date of this run's *scheduled* start in `tz` (see b12pipeline.schedule),
@@ -131,14 +192,25 @@ def landing_flow(landing: str, out: str, night: dt.date | None = None, tz: str =
         if not new:
             logger.info("night %s: nothing new in landing (%d file(s) already processed)", night, len(candidates))
             return {"night": night.isoformat(), "run_id": None, "status": "nothing new", "files": 0}
-        manifest = nightly_flow(extracts=[str(p) for p in new], out=out, night=night, rules_dir=rules_dir,
-                                source=source, move_rejected=True, engine=engine)
-    return {"night": night.isoformat(), "run_id": manifest["run_id"], "status": "processed",
-            "files": manifest["totals"]["files"], "files_rejected": manifest["totals"]["files_rejected"]}
+        manifest = nightly_flow(
+            extracts=[str(p) for p in new],
+            out=out,
+            night=night,
+            rules_dir=rules_dir,
+            source=source,
+            move_rejected=True,
+            engine=engine,
+        )
+    return {
+        "night": night.isoformat(),
+        "run_id": manifest["run_id"],
+        "status": "processed",
+        "files": manifest["totals"]["files"],
+        "files_rejected": manifest["totals"]["files_rejected"],
+    }
 
 
-def landing_deployment(landing: str, out: str, cron: str, tz: str, name: str = "nightly",
-                       rules_dir: str | None = None):
+def landing_deployment(landing: str, out: str, cron: str, tz: str, name: str = "nightly", rules_dir: str | None = None):
     """The scheduled deployment of `landing_flow` (what `b12pipeline serve` serves)."""
     from prefect.schedules import Cron
 
@@ -146,6 +218,8 @@ def landing_deployment(landing: str, out: str, cron: str, tz: str, name: str = "
 
     check_timezone(tz)
     return landing_flow.to_deployment(
-        name=name, schedules=[Cron(cron, timezone=tz)],
+        name=name,
+        schedules=[Cron(cron, timezone=tz)],
         parameters={"landing": landing, "out": out, "tz": tz, "rules_dir": rules_dir},
-        description=f"Every new extract in {landing} as one night, on '{cron}' ({tz}).")
+        description=f"Every new extract in {landing} as one night, on '{cron}' ({tz}).",
+    )

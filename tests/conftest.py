@@ -1,4 +1,5 @@
 """Shared test fixtures: one Prefect test harness per session (a throwaway SQLite-backed API)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -56,9 +57,13 @@ def two_nights(prefect_harness, tmp_path_factory):
     from flows.nightly import nightly_flow
 
     out = tmp_path_factory.mktemp("two_nights") / "out"
-    manifests = [nightly_flow(extracts=[str(FIXTURES / name)], out=str(out), night=night)
-                 for name, night in (("emar_2024-03-01.csv", dt.date(2024, 3, 1)),
-                                     ("emar_2024-03-02.parquet", dt.date(2024, 3, 2)))]
+    manifests = [
+        nightly_flow(extracts=[str(FIXTURES / name)], out=str(out), night=night)
+        for name, night in (
+            ("emar_2024-03-01.csv", dt.date(2024, 3, 1)),
+            ("emar_2024-03-02.parquet", dt.date(2024, 3, 2)),
+        )
+    ]
     return out, manifests
 
 

@@ -1,4 +1,5 @@
 """Helpers shared by test_history.py and test_backfill.py: run the multi-night fixture."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -21,8 +22,12 @@ def run_nights(out: Path, rules_dir: Path | None = None, nights: list[dt.date] =
     """Nights one by one through the real Prefect flow (callers hold the prefect_harness fixture)."""
     from flows.nightly import nightly_flow
 
-    return [nightly_flow(extracts=[str(night_file(n))], out=str(out), night=n,
-                         rules_dir=str(rules_dir) if rules_dir else None) for n in nights]
+    return [
+        nightly_flow(
+            extracts=[str(night_file(n))], out=str(out), night=n, rules_dir=str(rules_dir) if rules_dir else None
+        )
+        for n in nights
+    ]
 
 
 def queue_frame(out: Path) -> pl.DataFrame:
@@ -50,10 +55,14 @@ def changed_rules(tmp: Path) -> Path:
     shutil.copytree(PROJECT / "rules", rules)
     path = rules / "medical_necessity" / "FREQ-001.yaml"
     text = path.read_text()
-    for old, new in (('version: "1"', 'version: "2"'),
-                     ("{field: payer_type, in: {config: frequency_payers}}", "{field: payer_type, in: [medicare, commercial]}"),
-                     ("{field: days_since_first_injection, gt: {config: loading_phase_days}}",
-                      "{field: days_since_first_injection, gt: 100}")):
+    for old, new in (
+        ('version: "1"', 'version: "2"'),
+        ("{field: payer_type, in: {config: frequency_payers}}", "{field: payer_type, in: [medicare, commercial]}"),
+        (
+            "{field: days_since_first_injection, gt: {config: loading_phase_days}}",
+            "{field: days_since_first_injection, gt: 100}",
+        ),
+    ):
         assert old in text, old
         text = text.replace(old, new)
     path.write_text(text)

@@ -3,6 +3,7 @@
 data/fixtures/emar_all_rules.csv is built by data/fixtures/build_all_rules_fixture.py; the rows each
 rule is meant to fire on are declared in that build script (ROWS), not in the extract.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -19,7 +20,7 @@ from b12pipeline.queues import read_queue
 
 FIXTURES = Path(__file__).resolve().parent.parent / "data" / "fixtures"
 EXTRACT = FIXTURES / "emar_all_rules.csv"
-CROSS_ROW = {"FREQ-001", "DUP-001"}     # not exercised by this fixture (one row per patient)
+CROSS_ROW = {"FREQ-001", "DUP-001"}  # not exercised by this fixture (one row per patient)
 
 
 def build_script():
@@ -39,8 +40,7 @@ def run(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("all_rules_out")
     staged = stage_file(EXTRACT, out, run_id="test-all-rules", night=dt.date(2024, 2, 29), rules=rules)
     applied = apply_staged([staged.staged], out, rules, run_id="test-all-rules")
-    return {"rules": rules, "staged": staged, "applied": applied,
-            "findings": read_queue(OutputLayout(out).queues)}
+    return {"rules": rules, "staged": staged, "applied": applied, "findings": read_queue(OutputLayout(out).queues)}
 
 
 def test_fixture_is_what_the_build_script_writes(tmp_path):

@@ -1,17 +1,25 @@
 """Backfill after a rules change: equals a first run with the new rules; diff report; Dask scale-out."""
+
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
 import polars as pl
 import pytest
+from history_support import (
+    FIRST_DOS,
+    LAST_DOS,
+    changed_rules,
+    copy_out,
+    queue_files,
+    queue_frame,
+    run_nights,
+    without_run_id,
+)
 from typer.testing import CliRunner
 
 from b12pipeline.backfill import diff_markdown
 from b12pipeline.cli import app
-from history_support import (FIRST_DOS, LAST_DOS, changed_rules, copy_out, queue_files, queue_frame, run_nights,
-                             without_run_id)
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +37,22 @@ def runs(prefect_harness, tmp_path_factory) -> dict:
 def backfilled(runs) -> dict:
     """`b12pipeline backfill` over every date of service, with the changed rules, on a copy of the nights."""
     out = copy_out(runs["old"], runs["tmp"] / "backfilled")
-    result = CliRunner().invoke(app, ["backfill", "--from", FIRST_DOS.isoformat(), "--to", LAST_DOS.isoformat(),
-                                      "--out", str(out), "--rules", str(runs["rules_b"]), "--chunk-days", "30"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "backfill",
+            "--from",
+            FIRST_DOS.isoformat(),
+            "--to",
+            LAST_DOS.isoformat(),
+            "--out",
+            str(out),
+            "--rules",
+            str(runs["rules_b"]),
+            "--chunk-days",
+            "30",
+        ],
+    )
     assert result.exit_code == 0, result.output
     (run_dir,) = [p for p in (out / "runs").iterdir() if p.name.startswith("backfill-")]
     return {"out": out, "run_dir": run_dir, "output": result.output}
@@ -72,7 +94,7 @@ def test_diff_markdown_and_run_record_carry_counts_only(runs, backfilled):
 
     manifest = json.loads((backfilled["run_dir"] / "manifest.json").read_text())
     assert manifest["kind"] == "backfill" and manifest["diff"]["total"]["new"] == 1
-    assert manifest["task_runner"] == "ThreadPoolTaskRunner"             # the default stays Prefect's pool
+    assert manifest["task_runner"] == "ThreadPoolTaskRunner"  # the default stays Prefect's pool
     text = diff_markdown(manifest) + json.dumps(manifest) + backfilled["output"]
     identifiers = pl.concat([runs["old_queue"], queue_frame(runs["fresh"])])
     for column in ("admin_id", "patient_id", "encounter_id", "finding_id"):
@@ -103,22 +125,42 @@ def test_backfill_with_unchanged_rules_changes_nothing_but_run_ids(runs, tmp_pat
     assert first["diff"]["total"]["new"] == first["diff"]["total"]["resolved"] == 0
     assert without_run_id(queue_frame(out)).equals(without_run_id(runs["old_queue"]))
     files = queue_files(out)
-    again = run_backfill(FIRST_DOS, LAST_DOS, str(out))                 # same history, same rules
+    again = run_backfill(FIRST_DOS, LAST_DOS, str(out))  # same history, same rules
     assert again["run_id"] == first["run_id"] and queue_files(out) == files
 
 
 def test_backfill_usage_errors(tmp_path):
     runner = CliRunner()
-    assert runner.invoke(app, ["backfill", "--from", "2024-03-08", "--to", "2024-03-01",
-                               "--out", str(tmp_path)]).exit_code == 2
-    assert runner.invoke(app, ["backfill", "--from", "2024-03-01", "--to", "2024-03-08",
-                               "--out", str(tmp_path)]).exit_code == 2          # no history there
+    assert (
+        runner.invoke(app, ["backfill", "--from", "2024-03-08", "--to", "2024-03-01", "--out", str(tmp_path)]).exit_code
+        == 2
+    )
+    assert (
+        runner.invoke(app, ["backfill", "--from", "2024-03-01", "--to", "2024-03-08", "--out", str(tmp_path)]).exit_code
+        == 2
+    )  # no history there
     (tmp_path / "history").mkdir()
-    result = runner.invoke(app, ["backfill", "--from", "2024-03-01", "--to", "2024-03-08", "--out", str(tmp_path),
-                                 "--workers", "2", "--dask-address", "tcp://127.0.0.1:8786"])
+    result = runner.invoke(
+        app,
+        [
+            "backfill",
+            "--from",
+            "2024-03-01",
+            "--to",
+            "2024-03-08",
+            "--out",
+            str(tmp_path),
+            "--workers",
+            "2",
+            "--dask-address",
+            "tcp://127.0.0.1:8786",
+        ],
+    )
     assert result.exit_code == 2
-    assert runner.invoke(app, ["backfill", "--from", "2024-13-01", "--to", "2024-03-08",
-                               "--out", str(tmp_path)]).exit_code == 2
+    assert (
+        runner.invoke(app, ["backfill", "--from", "2024-13-01", "--to", "2024-03-08", "--out", str(tmp_path)]).exit_code
+        == 2
+    )
 
 
 @pytest.mark.slow
@@ -128,7 +170,7 @@ def test_backfill_on_a_local_dask_cluster_equals_the_default_runner(runs, backfi
     out = copy_out(runs["old"], runs["tmp"] / "dask")
     manifest = run_backfill(FIRST_DOS, LAST_DOS, str(out), rules_dir=str(runs["rules_b"]), chunk_days=30, workers=2)
     assert manifest["chunks"] == 5
-    assert manifest["run_id"] == backfilled["run_dir"].name           # same history, same rules, same run
-    assert queue_files(out) == queue_files(backfilled["out"])          # byte for byte, run_id included
+    assert manifest["run_id"] == backfilled["run_dir"].name  # same history, same rules, same run
+    assert queue_files(out) == queue_files(backfilled["out"])  # byte for byte, run_id included
     assert manifest["task_runner"] == "DaskTaskRunner"
     assert (manifest["diff"]["total"]["new"], manifest["diff"]["total"]["resolved"]) == (1, 1)

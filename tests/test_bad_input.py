@@ -5,6 +5,7 @@ file kept intact in rejected/. Never a crash, never a silently dropped row.
 Example counts stay modest (GX costs ~0.4 s per validated file); the shrunk counter-examples that
 these tests found while being written are pinned as explicit @example cases.
 """
+
 from __future__ import annotations
 
 import csv
@@ -38,23 +39,90 @@ STAGED = settings(max_examples=40, deadline=None, suppress_health_check=[HealthC
 
 # A realistic value per column (a clean B12 administration) that generated rows start from.
 CLEAN = {
-    "admin_id": "MAR-1", "order_id": "ORD-1", "patient_id": "MRN1", "encounter_id": "CSN1",
-    "admin_time": "2024-03-01T08:05:00", "mar_action": "Given",
-    "medication_name": "cyanocobalamin 1,000 mcg/mL injection solution", "rxnorm_code": "309594",
-    "ndc": "0517-0031-25", "dose_value": "1000", "dose_unit": "mcg", "concentration_mcg_per_ml": "",
-    "container_type": "", "container_volume_ml": "", "route": "IM", "site": "left deltoid", "lot_number": "AR1",
-    "expiration_date": "2025-06-30", "waste_mcg": "", "administered_by": "RN1",
-    "ordering_provider_npi": "1234567893", "diagnosis_codes": "D51.0", "place_of_service": "11",
-    "claim_type": "professional", "payer_type": "medicare", "charge_hcpcs": "J3420", "charge_units": "1",
-    "charge_modifiers": "", "charge_ndc_qty": "1", "charge_ndc_unit": "ML", "admin_cpt": "96372",
+    "admin_id": "MAR-1",
+    "order_id": "ORD-1",
+    "patient_id": "MRN1",
+    "encounter_id": "CSN1",
+    "admin_time": "2024-03-01T08:05:00",
+    "mar_action": "Given",
+    "medication_name": "cyanocobalamin 1,000 mcg/mL injection solution",
+    "rxnorm_code": "309594",
+    "ndc": "0517-0031-25",
+    "dose_value": "1000",
+    "dose_unit": "mcg",
+    "concentration_mcg_per_ml": "",
+    "container_type": "",
+    "container_volume_ml": "",
+    "route": "IM",
+    "site": "left deltoid",
+    "lot_number": "AR1",
+    "expiration_date": "2025-06-30",
+    "waste_mcg": "",
+    "administered_by": "RN1",
+    "ordering_provider_npi": "1234567893",
+    "diagnosis_codes": "D51.0",
+    "place_of_service": "11",
+    "claim_type": "professional",
+    "payer_type": "medicare",
+    "charge_hcpcs": "J3420",
+    "charge_units": "1",
+    "charge_modifiers": "",
+    "charge_ndc_qty": "1",
+    "charge_ndc_unit": "ML",
+    "admin_cpt": "96372",
     "same_day_em_codes": "",
 }
-MEDICATIONS = ["cyanocobalamin 1000 mcg/mL inj", "Hydroxocobalamin 1 mg/mL", "VITAMIN B-12 INJ", "methylcobalamin",
-               "ondansetron 4 mg/2 mL injection", "ceftriaxone 1 g", ""]
-NASTY = ["", " ", "\t", "\"", "\"\"", ",", ";", "\n", "\r\n", "\r", "0", "-1", "1e308", "NaN", "inf", "١٢٣",
-         "2024-02-30T10:00", "2024-03-01 25:61", "9999-12-31T23:59:59", "0000-01-01T00:00", "2024-03-01T10:00:00+14:00",
-         "0517-0031-25", "00517003125", "0517003125", "J3420", "j3420 ", "D51.0;E53.8", "....", "\x00", "\ufeff",
-         "\u202e", "😀", "DROP TABLE", "=cmd|' /C calc'!A0", "None", "null", "NULL", "true", "1,000", "１０００"]
+MEDICATIONS = [
+    "cyanocobalamin 1000 mcg/mL inj",
+    "Hydroxocobalamin 1 mg/mL",
+    "VITAMIN B-12 INJ",
+    "methylcobalamin",
+    "ondansetron 4 mg/2 mL injection",
+    "ceftriaxone 1 g",
+    "",
+]
+NASTY = [
+    "",
+    " ",
+    "\t",
+    '"',
+    '""',
+    ",",
+    ";",
+    "\n",
+    "\r\n",
+    "\r",
+    "0",
+    "-1",
+    "1e308",
+    "NaN",
+    "inf",
+    "١٢٣",
+    "2024-02-30T10:00",
+    "2024-03-01 25:61",
+    "9999-12-31T23:59:59",
+    "0000-01-01T00:00",
+    "2024-03-01T10:00:00+14:00",
+    "0517-0031-25",
+    "00517003125",
+    "0517003125",
+    "J3420",
+    "j3420 ",
+    "D51.0;E53.8",
+    "....",
+    "\x00",
+    "\ufeff",
+    "\u202e",
+    "😀",
+    "DROP TABLE",
+    "=cmd|' /C calc'!A0",
+    "None",
+    "null",
+    "NULL",
+    "true",
+    "1,000",
+    "１０００",
+]
 
 text_value = st.one_of(
     st.sampled_from(NASTY),
@@ -83,13 +151,17 @@ def csv_files(draw) -> tuple[bytes, int]:
     rows = draw(records())
     optional = [c for c in COLUMNS if c not in REQUIRED]
     dropped = set(draw(st.lists(st.sampled_from(optional), max_size=5, unique=True)))
-    header = [c for c in COLUMNS if c not in dropped] + draw(st.lists(st.sampled_from(["notes", "Extra Col"]),
-                                                                      max_size=2, unique=True))
+    header = [c for c in COLUMNS if c not in dropped] + draw(
+        st.lists(st.sampled_from(["notes", "Extra Col"]), max_size=2, unique=True)
+    )
     header = draw(st.permutations(header))
     spelled = [draw(st.sampled_from([c, c.upper(), f" {c} ", c.title()])) for c in header]
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator=draw(st.sampled_from(["\n", "\r\n"])),
-                        quoting=draw(st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL])))
+    writer = csv.writer(
+        buf,
+        lineterminator=draw(st.sampled_from(["\n", "\r\n"])),
+        quoting=draw(st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL])),
+    )
     writer.writerow(spelled)
     for r in rows:
         writer.writerow([r.get(c.strip().lower(), "x") for c in header])
@@ -137,6 +209,7 @@ def _stage(data: bytes, name: str, rules: Rules, source: str | None = None):
 
 # --- CSV -----------------------------------------------------------------------------------------
 
+
 @STAGED
 @given(csv_files())
 def test_generated_csv_rows_are_all_accounted_for(rules_lenient, generated):
@@ -148,8 +221,8 @@ def test_generated_csv_rows_are_all_accounted_for(rules_lenient, generated):
 @FAST
 @given(st.binary(max_size=400))
 @example(b"")
-@example(b"\x1f\x8b\x08\x00")                                   # gzip magic
-@example(b"admin_id\r1\r2\r")                                   # bare CR line endings
+@example(b"\x1f\x8b\x08\x00")  # gzip magic
+@example(b"admin_id\r1\r2\r")  # bare CR line endings
 def test_any_bytes_are_read_or_rejected_naming_the_file(data):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "junk.csv"
@@ -170,7 +243,7 @@ HEADER = ",".join(COLUMNS).encode()
 @given(st.binary(max_size=600))
 @example(b"\n\n\n")
 @example(b'"unclosed,' + b"x," * 40 + b"\n")
-@example(b"a," * 40 + b"\n")                                    # more fields than the header
+@example(b"a," * 40 + b"\n")  # more fields than the header
 def test_any_bytes_after_a_valid_header_are_accounted_for(rules_lenient, body):
     result, path, out = _stage(HEADER + b"\n" + body, "body.csv", rules_lenient)
     _assert_accounted(result, path, out, None)
@@ -180,7 +253,7 @@ def test_any_bytes_after_a_valid_header_are_accounted_for(rules_lenient, body):
 
 PARQUET_VALUES = {
     "text": lambda: text_value,
-    "int": lambda: st.integers(-2**63, 2**63 - 1),
+    "int": lambda: st.integers(-(2**63), 2**63 - 1),
     "float": lambda: st.floats(allow_nan=True, allow_infinity=True),
     "bool": lambda: st.booleans(),
     "date": lambda: st.dates(),
@@ -245,18 +318,23 @@ def fixtures_dir_static() -> Path:
 
 # --- Normalisers ---------------------------------------------------------------------------------
 
+
 def _canonical(rows: list[dict]) -> pl.DataFrame:
-    frame = pl.DataFrame([{c: (r.get(c) or None) for c in COLUMNS} for r in rows],
-                         schema={c: pl.String for c in COLUMNS})
-    return frame.with_columns(pl.lit("gen.csv").alias("source_file"),
-                              (pl.int_range(pl.len(), dtype=pl.Int64) + 1).alias("source_row"),
-                              pl.lit(True).alias("has_charge_hcpcs"), pl.lit(True).alias("has_admin_cpt"))
+    frame = pl.DataFrame(
+        [{c: (r.get(c) or None) for c in COLUMNS} for r in rows], schema={c: pl.String for c in COLUMNS}
+    )
+    return frame.with_columns(
+        pl.lit("gen.csv").alias("source_file"),
+        (pl.int_range(pl.len(), dtype=pl.Int64) + 1).alias("source_row"),
+        pl.lit(True).alias("has_charge_hcpcs"),
+        pl.lit(True).alias("has_admin_cpt"),
+    )
 
 
 @FAST
 @given(records(n_max=15))
-@example([dict(CLEAN, dose_value="1e308", dose_unit="mg")])          # inf mcg: crashed the cast to units
-@example([dict(CLEAN, dose_value="9" * 24)])                          # passes validation, > Int64 units
+@example([dict(CLEAN, dose_value="1e308", dose_unit="mg")])  # inf mcg: crashed the cast to units
+@example([dict(CLEAN, dose_value="9" * 24)])  # passes validation, > Int64 units
 @example([dict(CLEAN, admin_time="9999-12-31T23:59:59", expiration_date="0001-01")])
 def test_normalisers_take_any_text_one_row_in_one_row_out(rules_once, rows):
     """facts() on any text (validated or not) keeps every row and never raises; the rules run on it."""
@@ -319,13 +397,15 @@ def _json_mutation(line: str) -> st.SearchStrategy[str]:
         return _json.dumps(res)
 
     keys = list(_json.loads(line))
-    json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | text_value,
-                               lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
-                                                                                           max_size=3), max_leaves=6)
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | text_value,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+        max_leaves=6,
+    )
     return st.one_of(
         st.just(line),
         st.builds(set_value, json_values, st.sampled_from(keys + ["id", "status", "effectiveDateTime", "dosage"])),
-        text_value.map(lambda t: t.replace("\n", " ").replace("\r", " ")),   # not JSON at all
+        text_value.map(lambda t: t.replace("\n", " ").replace("\r", " ")),  # not JSON at all
     )
 
 

@@ -1,6 +1,7 @@
 """The benchmark harness itself (bench/run_bench.py --quick): it runs every measurement end to end
 on small data and writes RESULTS.md / RESULTS.json of the right shape. Speed targets are judged by
 `make bench`, never here: this only checks the harness measures and reports what it should."""
+
 from __future__ import annotations
 
 import json
@@ -18,9 +19,23 @@ TARGET_KEYS = {"run_vs_floor", "run_wall", "rules_rate", "rules_vs_durable", "al
 def quick(tmp_path_factory) -> tuple[str, dict]:
     tmp = tmp_path_factory.mktemp("bench")
     out = tmp / "results" / "RESULTS.md"
-    proc = subprocess.run([sys.executable, str(PROJECT / "bench" / "run_bench.py"), "--quick", "--date", "2024-03-02",
-                           "--workdir", str(tmp / "work"), "--out", str(out)],
-                          cwd=PROJECT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(PROJECT / "bench" / "run_bench.py"),
+            "--quick",
+            "--date",
+            "2024-03-02",
+            "--workdir",
+            str(tmp / "work"),
+            "--out",
+            str(out),
+        ],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out.read_text(), json.loads(out.with_suffix(".json").read_text())
 
@@ -28,14 +43,27 @@ def quick(tmp_path_factory) -> tuple[str, dict]:
 def test_results_markdown_has_machine_facts_targets_and_a_table_per_measurement(quick):
     text, _ = quick
     assert text.startswith("# b12pipeline benchmark (quick)")
-    for heading in ("## Machine", "## Targets", "## (a) Floor", "## (b) `b12pipeline run` end to end",
-                    "### Where the time goes", "## (c) Rule stage alone", "## Backfill"):
+    for heading in (
+        "## Machine",
+        "## Targets",
+        "## (a) Floor",
+        "## (b) `b12pipeline run` end to end",
+        "### Where the time goes",
+        "## (c) Rule stage alone",
+        "## Backfill",
+    ):
         assert heading in text, heading
     for fact in ("| date | 2024-03-02 |", "| CPU |", "| cores |", "| RAM |", "| Python |", "polars ", "prefect "):
         assert fact in text, fact
     targets = text.split("## Targets", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in targets.splitlines() if line.startswith("| `run`") or line.startswith("| rule")
-            or line.startswith("| 5M") or line.startswith("| 365")]
+    rows = [
+        line
+        for line in targets.splitlines()
+        if line.startswith("| `run`")
+        or line.startswith("| rule")
+        or line.startswith("| 5M")
+        or line.startswith("| 365")
+    ]
     assert len(rows) == 6
     assert all(("| met |" in r) or ("**not met**" in r) for r in rows), rows
 
@@ -54,8 +82,9 @@ def test_results_json_has_every_measurement_with_time_rate_and_peak_rss(quick):
     # The CLI really ran the night: every row read, the B12 share in scope, findings written.
     assert run["rows_read"] == 8_000 and 0 < run["in_scope"] < 8_000 and run["findings"] > 0
     steps = r["profile"]["quick"]["detail"]["steps"]
-    assert {"ingest (read_extract)", "validate (GX + row masks)", "normalize.facts",
-            "evaluate (polars rules)"} <= set(steps)
+    assert {"ingest (read_extract)", "validate (GX + row masks)", "normalize.facts", "evaluate (polars rules)"} <= set(
+        steps
+    )
     engines = {v["engine"] for v in r["rules"].values()}
     assert engines == {"polars", "durable"}
     durable = next(v for v in r["rules"].values() if v["engine"] == "durable")

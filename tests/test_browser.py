@@ -1,17 +1,25 @@
 """The run report in real headless Chromium (Debian's /usr/bin/chromium; Playwright never downloads one)."""
+
 from __future__ import annotations
 
 import shutil
 
 import pytest
-
 from test_run_report import CHARTS
 
 pytestmark = pytest.mark.browser
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-default-apps", "--disable-sync", "--no-first-run",
-                 "--disable-extensions"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-default-apps",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-extensions",
+]
 
 
 def test_report_renders_with_charts_and_no_console_errors(two_nights):

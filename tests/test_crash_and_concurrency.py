@@ -6,6 +6,7 @@
 - Two runs on the same --out: the second stops with exit code 3 naming the holder's pid, or waits
   with --wait and then completes; nothing is corrupted.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -47,8 +48,9 @@ def cli_env(prefect_harness) -> dict:
 def big_extract(tmp_path_factory) -> Path:
     """DAYS service dates x 60 administrations, with coding and documentation findings every day,
     so a run spends seconds writing hundreds of history and queue partitions."""
-    base = pl.read_csv(Path(__file__).resolve().parent.parent / "data/fixtures/emar_2024-03-01.csv",
-                       infer_schema=False, n_rows=1)
+    base = pl.read_csv(
+        Path(__file__).resolve().parent.parent / "data/fixtures/emar_2024-03-01.csv", infer_schema=False, n_rows=1
+    )
     n = DAYS * 60
     i = pl.int_range(n, eager=True)
     day = pl.Series([dt.date(2024, 1, 1) + dt.timedelta(days=k) for k in range(DAYS)]).gather(i // 60)
@@ -65,8 +67,9 @@ def big_extract(tmp_path_factory) -> Path:
 
 
 def _start(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen([CLI, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [CLI, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
 
 
 def _run(args: list[str], env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -74,8 +77,9 @@ def _run(args: list[str], env: dict, timeout: int = 300) -> subprocess.Completed
 
 
 def _visible_files(out: Path) -> list[Path]:
-    return [p for p in out.rglob("*") if p.is_file() and not any(part.startswith(".") for part in
-                                                                     p.relative_to(out).parts)]
+    return [
+        p for p in out.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out).parts)
+    ]
 
 
 def _assert_readers_see_whole_files(out: Path) -> None:
@@ -174,8 +178,11 @@ def test_killed_runs_leave_no_partial_files_and_the_rerun_completes_the_night(bi
     assert not layout.staging.exists() or not any(layout.staging.iterdir())
     got = _findings(out)
     assert got.equals(expected), "the rerun must complete the night with the findings of a clean run"
-    assert read_history(layout.history).sort("admin_id").equals(
-        read_history(OutputLayout(reference).history).sort("admin_id"))
+    assert (
+        read_history(layout.history)
+        .sort("admin_id")
+        .equals(read_history(OutputLayout(reference).history).sort("admin_id"))
+    )
 
 
 def _expected_findings(extract: Path, tmp: Path) -> pl.DataFrame:

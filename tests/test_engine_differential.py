@@ -5,11 +5,11 @@ and on generated conditions that cover the whole condition language (every opera
 negation over compound conditions, empty values, effective windows). The rule files are the same for
 both engines; only the way hits are decided differs (engine/durable.py).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import shutil
 from pathlib import Path
 
 import polars as pl
@@ -93,12 +93,14 @@ def test_pipeline_engine_parameter_gives_same_queues(tmp_path, loaded):
     queues = {}
     for engine in ("polars", "durable"):
         out = tmp_path / engine
-        staged = [stage_file(p, out, "run-diff", dt.date(2024, 3, 2), loaded).staged
-                  for p in sorted(FIXTURES.glob("emar_*"))]
+        staged = [
+            stage_file(p, out, "run-diff", dt.date(2024, 3, 2), loaded).staged for p in sorted(FIXTURES.glob("emar_*"))
+        ]
         applied = apply_staged([s for s in staged if s], out, loaded, "run-diff", engine=engine)
         assert sum(applied["findings_per_queue"].values()) > 0
-        queues[engine] = pl.concat([read_queue(out / "queues", q) for q in ("coding", "documentation")],
-                                   how="vertical_relaxed").sort("finding_id")
+        queues[engine] = pl.concat(
+            [read_queue(out / "queues", q) for q in ("coding", "documentation")], how="vertical_relaxed"
+        ).sort("finding_id")
     assert queues["polars"].equals(queues["durable"])
 
 
@@ -112,12 +114,43 @@ def test_unknown_engine_is_refused():
 # --- the whole condition language, generated -------------------------------------------------------
 
 PATTERNS = ["^J34", "(?i)cyano", r"\d{3}", "^$", "mcg/mL", "(?i)^(im|sc)$"]
-BOOL_COLS = ["given", "charge_present", "has_jw", "has_jz", "npi_valid", "dx_covered", "ndc_in_reference",
-             "has_charge_hcpcs"]
-NUM_COLS = ["dose_value", "dose_mcg", "charge_units", "expected_units", "charge_ndc_qty", "waste_mcg",
-            "concentration", "container_ml", "dose_ml", "days_since_first_injection"]
-STR_COLS = ["charge_hcpcs", "ingredient", "route_class", "route", "lot_number", "payer_type", "admin_cpt",
-            "ndc_status", "container", "place_of_service", "claim_type", "dx_invalid", "expected_code"]
+BOOL_COLS = [
+    "given",
+    "charge_present",
+    "has_jw",
+    "has_jz",
+    "npi_valid",
+    "dx_covered",
+    "ndc_in_reference",
+    "has_charge_hcpcs",
+]
+NUM_COLS = [
+    "dose_value",
+    "dose_mcg",
+    "charge_units",
+    "expected_units",
+    "charge_ndc_qty",
+    "waste_mcg",
+    "concentration",
+    "container_ml",
+    "dose_ml",
+    "days_since_first_injection",
+]
+STR_COLS = [
+    "charge_hcpcs",
+    "ingredient",
+    "route_class",
+    "route",
+    "lot_number",
+    "payer_type",
+    "admin_cpt",
+    "ndc_status",
+    "container",
+    "place_of_service",
+    "claim_type",
+    "dx_invalid",
+    "expected_code",
+]
 LIST_COLS = ["modifiers", "dx_codes", "em_codes"]
 DATE_COLS = ["expiration_date", "service_date"]
 
@@ -127,28 +160,48 @@ def leaves(facts: pl.DataFrame):
         values = [v for v in facts[col].unique(maintain_order=True).to_list() if v is not None][:8]
         return st.sampled_from(values or ["none"])
 
-    string = st.sampled_from(STR_COLS).flatmap(lambda c: st.one_of(
-        st.builds(lambda op, v: {"field": c, op: v}, st.sampled_from(["eq", "ne", "lt", "ge"]), sample(c)),
-        st.builds(lambda op, vs: {"field": c, op: vs}, st.sampled_from(["in", "not_in"]),
-                  st.lists(sample(c), max_size=3)),
-        st.builds(lambda p: {"field": c, "matches": p}, st.sampled_from(PATTERNS)),
-        st.builds(lambda other: {"field": c, "eq": {"field": other}}, st.sampled_from(STR_COLS)),
-    ))
-    number = st.sampled_from(NUM_COLS).flatmap(lambda c: st.one_of(
-        st.builds(lambda op, v: {"field": c, op: v}, st.sampled_from(["eq", "ne", "lt", "le", "gt", "ge"]),
-                  st.one_of(sample(c), st.sampled_from([0, 1, 1.5, 1000, 2000]))),
-        st.builds(lambda op, other: {"field": c, op: {"field": other}},
-                  st.sampled_from(["eq", "ne", "lt", "le", "gt", "ge"]), st.sampled_from(NUM_COLS)),
-        st.builds(lambda op: {"field": c, op: {"config": "loading_phase_days"}}, st.sampled_from(["gt", "le"])),
-    ))
+    string = st.sampled_from(STR_COLS).flatmap(
+        lambda c: st.one_of(
+            st.builds(lambda op, v: {"field": c, op: v}, st.sampled_from(["eq", "ne", "lt", "ge"]), sample(c)),
+            st.builds(
+                lambda op, vs: {"field": c, op: vs}, st.sampled_from(["in", "not_in"]), st.lists(sample(c), max_size=3)
+            ),
+            st.builds(lambda p: {"field": c, "matches": p}, st.sampled_from(PATTERNS)),
+            st.builds(lambda other: {"field": c, "eq": {"field": other}}, st.sampled_from(STR_COLS)),
+        )
+    )
+    number = st.sampled_from(NUM_COLS).flatmap(
+        lambda c: st.one_of(
+            st.builds(
+                lambda op, v: {"field": c, op: v},
+                st.sampled_from(["eq", "ne", "lt", "le", "gt", "ge"]),
+                st.one_of(sample(c), st.sampled_from([0, 1, 1.5, 1000, 2000])),
+            ),
+            st.builds(
+                lambda op, other: {"field": c, op: {"field": other}},
+                st.sampled_from(["eq", "ne", "lt", "le", "gt", "ge"]),
+                st.sampled_from(NUM_COLS),
+            ),
+            st.builds(lambda op: {"field": c, op: {"config": "loading_phase_days"}}, st.sampled_from(["gt", "le"])),
+        )
+    )
     boolean = st.builds(lambda c, v: {"field": c, "eq": v}, st.sampled_from(BOOL_COLS), st.booleans())
-    null = st.builds(lambda c, v: {"field": c, "is_null": v},
-                     st.sampled_from(STR_COLS + NUM_COLS + BOOL_COLS + LIST_COLS + DATE_COLS), st.booleans())
-    lists = st.sampled_from(LIST_COLS).flatmap(lambda c: st.one_of(
-        st.builds(lambda v: {"field": c, "contains": v}, st.sampled_from(["JW", "JZ", "25", "D51.0", "99211", "x"])),
-        st.builds(lambda vs: {"field": c, "contains_any": vs},
-                  st.lists(st.sampled_from(["JW", "JZ", "D51.0", "R53.83", "99213"]), max_size=3)),
-    ))
+    null = st.builds(
+        lambda c, v: {"field": c, "is_null": v},
+        st.sampled_from(STR_COLS + NUM_COLS + BOOL_COLS + LIST_COLS + DATE_COLS),
+        st.booleans(),
+    )
+    lists = st.sampled_from(LIST_COLS).flatmap(
+        lambda c: st.one_of(
+            st.builds(
+                lambda v: {"field": c, "contains": v}, st.sampled_from(["JW", "JZ", "25", "D51.0", "99211", "x"])
+            ),
+            st.builds(
+                lambda vs: {"field": c, "contains_any": vs},
+                st.lists(st.sampled_from(["JW", "JZ", "D51.0", "R53.83", "99213"]), max_size=3),
+            ),
+        )
+    )
     config = st.one_of(
         st.just({"field": "payer_type", "in": {"config": "covered_dx_payers"}}),
         st.just({"field": "place_of_service", "not_in": {"config": "facility_pos"}}),
@@ -157,22 +210,35 @@ def leaves(facts: pl.DataFrame):
         st.just({"field": "days_since_first_injection", "gt": {"config": "loading_phase_days"}}),
     )
     dates = st.one_of(
-        st.builds(lambda c, op, d: {"field": c, op: d}, st.sampled_from(DATE_COLS),
-                  st.sampled_from(["lt", "ge", "eq"]), st.dates(dt.date(2023, 1, 1), dt.date(2026, 12, 31))),
-        st.builds(lambda op: {"field": "expiration_date", op: {"field": "service_date"}},
-                  st.sampled_from(["lt", "ge", "eq", "ne"])),
-        st.builds(lambda op, d: {"field": "admin_time", op: d}, st.sampled_from(["lt", "ge"]),
-                  st.datetimes(dt.datetime(2024, 2, 28), dt.datetime(2024, 3, 3))),
+        st.builds(
+            lambda c, op, d: {"field": c, op: d},
+            st.sampled_from(DATE_COLS),
+            st.sampled_from(["lt", "ge", "eq"]),
+            st.dates(dt.date(2023, 1, 1), dt.date(2026, 12, 31)),
+        ),
+        st.builds(
+            lambda op: {"field": "expiration_date", op: {"field": "service_date"}},
+            st.sampled_from(["lt", "ge", "eq", "ne"]),
+        ),
+        st.builds(
+            lambda op, d: {"field": "admin_time", op: d},
+            st.sampled_from(["lt", "ge"]),
+            st.datetimes(dt.datetime(2024, 2, 28), dt.datetime(2024, 3, 3)),
+        ),
     )
     return st.one_of(string, number, boolean, null, lists, config, dates)
 
 
 def conditions(facts: pl.DataFrame):
-    return st.recursive(leaves(facts), lambda inner: st.one_of(
-        st.builds(lambda xs: {"all": xs}, st.lists(inner, min_size=1, max_size=3)),
-        st.builds(lambda xs: {"any": xs}, st.lists(inner, min_size=1, max_size=3)),
-        st.builds(lambda x: {"not": x}, inner),
-    ), max_leaves=6)
+    return st.recursive(
+        leaves(facts),
+        lambda inner: st.one_of(
+            st.builds(lambda xs: {"all": xs}, st.lists(inner, min_size=1, max_size=3)),
+            st.builds(lambda xs: {"any": xs}, st.lists(inner, min_size=1, max_size=3)),
+            st.builds(lambda x: {"not": x}, inner),
+        ),
+        max_leaves=6,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -183,18 +249,29 @@ def template_rule(loaded):
 def test_generated_conditions_same_findings(all_facts, loaded, template_rule):
     from b12pipeline.engine.conditions import check_condition
 
-    windows = st.sampled_from([(None, None), (dt.date(2024, 3, 2), None), (None, dt.date(2024, 3, 2)),
-                               (dt.date(2024, 3, 1), dt.date(2024, 3, 2))])
+    windows = st.sampled_from(
+        [
+            (None, None),
+            (dt.date(2024, 3, 2), None),
+            (None, dt.date(2024, 3, 2)),
+            (dt.date(2024, 3, 1), dt.date(2024, 3, 2)),
+        ]
+    )
 
-    @settings(max_examples=150, deadline=None, derandomize=True,
-              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @settings(
+        max_examples=150,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
     @given(st.lists(st.tuples(conditions(all_facts), windows), min_size=1, max_size=4))
     def check(specs):
         rules = []
         for i, (cond, (lo, hi)) in enumerate(specs):
             check_condition(cond)
-            rules.append(dataclasses.replace(template_rule, id=f"GEN-{i:03d}", when=cond,
-                                             effective_from=lo, effective_to=hi))
+            rules.append(
+                dataclasses.replace(template_rule, id=f"GEN-{i:03d}", when=cond, effective_from=lo, effective_to=hi)
+            )
         same_findings(all_facts, loaded, rules=rules)
 
     check()

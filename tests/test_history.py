@@ -1,4 +1,5 @@
 """History store, archive, cross-row facts (FREQ-001, DUP-001) and idempotent nights."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -9,6 +10,17 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from history_support import (
+    FIRST_DOS,
+    LAST_DOS,
+    NIGHTS,
+    copy_out,
+    night_file,
+    queue_files,
+    queue_frame,
+    run_nights,
+    without_run_id,
+)
 
 from b12pipeline import pipeline
 from b12pipeline.archive import ArchiveError, archive_file, archive_index, archived_checksums
@@ -16,16 +28,15 @@ from b12pipeline.config import SiteConfig
 from b12pipeline.crossrow import add_cross_row_facts
 from b12pipeline.engine.cases import case_frame, run_rule_cases
 from b12pipeline.history import history_paths, merge_into_history, read_history
-from history_support import (FIRST_DOS, LAST_DOS, NIGHTS, copy_out, night_file, queue_files, queue_frame,
-                             run_nights, without_run_id)
-
 
 # ---------------------------------------------------------------- history store (supersession)
 
+
 def _rows(*specs: tuple[str, str], **changes) -> pl.DataFrame:
     """Canonical rows (admin_id, admin_time), shaped exactly as ingest shapes them."""
-    return case_frame([{"admin_id": a, "patient_id": "P1", "admin_time": t, "dose_value": "1000", **changes}
-                       for a, t in specs])
+    return case_frame(
+        [{"admin_id": a, "patient_id": "P1", "admin_time": t, "dose_value": "1000", **changes} for a, t in specs]
+    )
 
 
 def test_history_partitions_by_service_date_and_returns_touched_dates(tmp_path):
@@ -45,16 +56,17 @@ def test_correction_on_the_same_date_supersedes_the_earlier_row(tmp_path):
 
 
 def test_correction_that_moves_an_admin_to_another_date(tmp_path):
-    merge_into_history(tmp_path, _rows(("A1", "2024-03-05T10:30:00"), ("A2", "2024-03-05T11:00:00"),
-                                       ("B1", "2024-03-04T08:00:00")))
+    merge_into_history(
+        tmp_path, _rows(("A1", "2024-03-05T10:30:00"), ("A2", "2024-03-05T11:00:00"), ("B1", "2024-03-04T08:00:00"))
+    )
     touched = merge_into_history(tmp_path, _rows(("A1", "2024-03-04T10:30:00")))
-    assert touched == [dt.date(2024, 3, 4), dt.date(2024, 3, 5)]      # both the old and the new date
+    assert touched == [dt.date(2024, 3, 4), dt.date(2024, 3, 5)]  # both the old and the new date
     by_day = {d: pl.read_parquet(p)["admin_id"].to_list() for d, p in history_paths(tmp_path).items()}
     assert by_day == {dt.date(2024, 3, 4): ["A1", "B1"], dt.date(2024, 3, 5): ["A2"]}
     # Moving the last row off a date removes that date's partition altogether.
     merge_into_history(tmp_path, _rows(("A2", "2024-03-06T11:00:00")))
     assert dt.date(2024, 3, 5) not in history_paths(tmp_path)
-    assert read_history(tmp_path).height == 3                          # nothing lost, nothing doubled
+    assert read_history(tmp_path).height == 3  # nothing lost, nothing doubled
 
 
 def test_within_one_batch_the_last_row_of_an_admin_id_wins(tmp_path):
@@ -73,6 +85,7 @@ def test_merging_the_same_rows_again_is_byte_identical(tmp_path):
 
 # ---------------------------------------------------------------- archive
 
+
 def test_archive_keeps_exact_bytes_once_per_checksum(tmp_path):
     src = night_file(NIGHTS[1])
     root = tmp_path / "archive"
@@ -84,7 +97,7 @@ def test_archive_keeps_exact_bytes_once_per_checksum(tmp_path):
     shutil.copyfile(src, renamed)
     again = archive_file(renamed, sha, root, "2024-03-06")
     assert again == first
-    assert [e["sha256"] for e in archive_index(root)] == [sha]      # one index line, not two
+    assert [e["sha256"] for e in archive_index(root)] == [sha]  # one index line, not two
     assert archived_checksums(root) == {sha}
 
 
@@ -92,7 +105,7 @@ def test_archive_refuses_bytes_other_than_those_processed(tmp_path):
     src = tmp_path / "growing.csv"
     src.write_text("admin_id\nA1\n")
     sha = pipeline.sha256_file(src)
-    src.write_text("admin_id\nA1\nA2\n")                              # still being written when archived
+    src.write_text("admin_id\nA1\nA2\n")  # still being written when archived
     with pytest.raises(ArchiveError, match="changed after it was read"):
         archive_file(src, sha, tmp_path / "archive", "2024-03-05")
     assert archived_checksums(tmp_path / "archive") == set()
@@ -100,6 +113,7 @@ def test_archive_refuses_bytes_other_than_those_processed(tmp_path):
 
 
 # ---------------------------------------------------------------- cross-row facts
+
 
 def _reference(rows: list[dict], cfg: SiteConfig) -> list[tuple]:
     """The catalog text, literally: pairwise, in plain Python (slow, obviously right)."""
@@ -110,11 +124,16 @@ def _reference(rows: list[dict], cfg: SiteConfig) -> list[tuple]:
         prior = any(1 <= d <= cfg.frequency_window_days for d in days)
         first = max((d for d in days if 0 <= d <= cfg.frequency_lookback_days), default=None)
         dup = r in inj and any(
-            e is not r and e["patient_id"] == r["patient_id"] and e["ingredient"] is not None
+            e is not r
+            and e["patient_id"] == r["patient_id"]
+            and e["ingredient"] is not None
             and e["ingredient"] == r["ingredient"]
-            and dt.timedelta(0) <= r["admin_time"] - e["admin_time"] <= dt.timedelta(minutes=cfg.duplicate_window_minutes)
+            and dt.timedelta(0)
+            <= r["admin_time"] - e["admin_time"]
+            <= dt.timedelta(minutes=cfg.duplicate_window_minutes)
             and (r["admin_time"] > e["admin_time"] or e["admin_id"] < r["admin_id"])
-            for e in inj)
+            for e in inj
+        )
         out.append((prior, first, dup))
     return out
 
@@ -126,26 +145,46 @@ def test_cross_row_facts_match_the_pairwise_definition(seed):
     rows = []
     for i in range(400):
         t = base + dt.timedelta(days=rng.randrange(0, 500), minutes=rng.choice([0, 0, 30, 59, 60, 61, 90, 600, 1430]))
-        rows.append({"admin_id": f"A{rng.randrange(10_000):05d}-{i}", "patient_id": f"P{rng.randrange(6)}",
-                     "admin_time": t, "service_date": t.date(), "given": rng.random() < 0.85,
-                     "route_class": rng.choice(["injectable", "injectable", "intravenous", "self_administered"]),
-                     "ingredient": rng.choice(["cyanocobalamin", "cyanocobalamin", "hydroxocobalamin", None])})
+        rows.append(
+            {
+                "admin_id": f"A{rng.randrange(10_000):05d}-{i}",
+                "patient_id": f"P{rng.randrange(6)}",
+                "admin_time": t,
+                "service_date": t.date(),
+                "given": rng.random() < 0.85,
+                "route_class": rng.choice(["injectable", "injectable", "intravenous", "self_administered"]),
+                "ingredient": rng.choice(["cyanocobalamin", "cyanocobalamin", "hydroxocobalamin", None]),
+            }
+        )
     # Ties at the same instant, same patient and ingredient.
     rows += [{**rows[0], "admin_id": "Z-tie"}, {**rows[1], "admin_id": "0-tie"}]
     cfg = SiteConfig()
     got = add_cross_row_facts(pl.DataFrame(rows), cfg)
-    assert list(zip(got["prior_injection_within_window"], got["days_since_first_injection"],
-                    got["duplicate_of_prior"])) == _reference(rows, cfg)
-    assert got["admin_id"].to_list() == [r["admin_id"] for r in rows]    # row order kept
+    assert list(
+        zip(
+            got["prior_injection_within_window"],
+            got["days_since_first_injection"],
+            got["duplicate_of_prior"],
+            strict=True,
+        )
+    ) == _reference(rows, cfg)
+    assert got["admin_id"].to_list() == [r["admin_id"] for r in rows]  # row order kept
 
 
 def test_later_rows_never_change_a_rows_cross_row_facts():
     rng = random.Random(7)
     base = dt.datetime(2024, 1, 1, 9, 0)
-    rows = [{"admin_id": f"A{i:03d}", "patient_id": f"P{rng.randrange(3)}", "given": True, "route_class": "injectable",
-             "ingredient": "cyanocobalamin", "admin_time": (t := base + dt.timedelta(days=rng.randrange(90),
-                                                                                   minutes=rng.randrange(0, 120)))}
-            for i in range(200)]
+    rows = [
+        {
+            "admin_id": f"A{i:03d}",
+            "patient_id": f"P{rng.randrange(3)}",
+            "given": True,
+            "route_class": "injectable",
+            "ingredient": "cyanocobalamin",
+            "admin_time": base + dt.timedelta(days=rng.randrange(90), minutes=rng.randrange(0, 120)),
+        }
+        for i in range(200)
+    ]
     for r in rows:
         r["service_date"] = r["admin_time"].date()
     cutoff = dt.date(2024, 2, 15)
@@ -174,8 +213,11 @@ EXPECTED_CROSS_ROW = {  # (rule, admin_id, DOS): what the fixture's docstring pr
 
 
 def _cross_row(frame: pl.DataFrame) -> set[tuple]:
-    return set(frame.filter(pl.col("rule_id").is_in(["FREQ-001", "DUP-001"]))
-               .select("rule_id", "admin_id", "service_date").iter_rows())
+    return set(
+        frame.filter(pl.col("rule_id").is_in(["FREQ-001", "DUP-001"]))
+        .select("rule_id", "admin_id", "service_date")
+        .iter_rows()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +235,7 @@ def test_nights_find_what_the_catalog_says(nights_out):
     out, manifests, after = nights_out
     assert all(m["totals"]["files_rejected"] == 0 and m["totals"]["quarantined"] == 0 for m in manifests)
     assert _cross_row(after[-1]) == EXPECTED_CROSS_ROW
-    assert set(after[-1]["rule_id"]) == {"FREQ-001", "DUP-001"}          # the fixture is clean otherwise
+    assert set(after[-1]["rule_id"]) == {"FREQ-001", "DUP-001"}  # the fixture is clean otherwise
     # Night 2: both same-day duplicates are found; night 5's correction moves MAR-5207-02 to 03-04 and resolves one.
     assert ("DUP-001", "MAR-5207-02", dt.date(2024, 3, 5)) in _cross_row(after[1])
     assert not after[-1].filter(pl.col("admin_id") == "MAR-5207-02").height
@@ -228,8 +270,9 @@ def test_evaluating_a_date_ignores_rows_of_later_dates(nights_out, rules, tmp_pa
     assert pipeline.findings_for_dates(copy, [day], rules, "r").equals(with_later)
     # And a batch of dates gives each date what it gets alone.
     both = pipeline.findings_for_dates(out, [dt.date(2024, 3, 6), dt.date(2024, 3, 7)], rules, "r")
-    alone = pl.concat([pipeline.findings_for_dates(out, [d], rules, "r")
-                       for d in (dt.date(2024, 3, 6), dt.date(2024, 3, 7))])
+    alone = pl.concat(
+        [pipeline.findings_for_dates(out, [d], rules, "r") for d in (dt.date(2024, 3, 6), dt.date(2024, 3, 7))]
+    )
     assert both.equals(alone)
 
 

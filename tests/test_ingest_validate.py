@@ -1,9 +1,8 @@
 """Ingest and validation on real file shapes: canonical CSV and typed Parquet, real GX."""
+
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -22,8 +21,11 @@ def test_csv_reads_every_contract_column_as_text_with_lineage(fixtures_dir):
     assert frame.height == 16
     assert frame["source_row"].to_list() == list(range(1, 17))
     assert set(frame["source_file"]) == {NIGHT_CSV}
-    assert all(dtype == pl.String for name, dtype in frame.schema.items()
-               if name not in ("source_row", "has_charge_hcpcs", "has_admin_cpt"))
+    assert all(
+        dtype == pl.String
+        for name, dtype in frame.schema.items()
+        if name not in ("source_row", "has_charge_hcpcs", "has_admin_cpt")
+    )
     # an empty cell is null, not ""
     assert frame.filter(pl.col("admin_id") == "MAR-1004-1")["dose_value"].to_list() == [None]
 
@@ -66,12 +68,21 @@ def test_bad_rows_are_quarantined_with_the_failed_expectations(fixtures_dir):
 
 
 def test_a_real_calendar_check_catches_what_a_regex_cannot():
-    frame = pl.DataFrame({"admin_id": ["A1"], "patient_id": ["P"], "encounter_id": ["E"],
-                          "admin_time": ["2024-02-30T10:00:00"], "mar_action": ["Given"],
-                          "medication_name": ["cyanocobalamin"]})
+    frame = pl.DataFrame(
+        {
+            "admin_id": ["A1"],
+            "patient_id": ["P"],
+            "encounter_id": ["E"],
+            "admin_time": ["2024-02-30T10:00:00"],
+            "mar_action": ["Given"],
+            "medication_name": ["cyanocobalamin"],
+        }
+    )
     from b12pipeline.contract import load_contract
-    full = frame.with_columns([pl.lit(None, dtype=pl.String).alias(c) for c in load_contract().names
-                               if c not in frame.columns])
+
+    full = frame.with_columns(
+        [pl.lit(None, dtype=pl.String).alias(c) for c in load_contract().names if c not in frame.columns]
+    )
     outcome = validate(full)
     assert outcome.quarantine["failed_expectations"].to_list() == [["b12_admin_time_is_a_calendar_time(admin_time)"]]
 
@@ -113,7 +124,8 @@ def test_too_many_failing_rows_rejects_the_whole_file(tmp_path, fixtures_dir, ru
 
     bad = tmp_path / "mostly_bad.csv"
     pl.read_csv(fixtures_dir / NIGHT_CSV, infer_schema=False).with_columns(
-        pl.lit("yesterday").alias("admin_time")).write_csv(bad)
+        pl.lit("yesterday").alias("admin_time")
+    ).write_csv(bad)
     res = stage_file(bad, tmp_path / "out", "run-test", dt.date(2024, 3, 1), rules)
     assert res.status == "rejected" and "max_quarantine_share" in res.error
     assert (tmp_path / "out" / "rejected" / "mostly_bad.csv").read_bytes() == bad.read_bytes()

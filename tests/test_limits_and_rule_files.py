@@ -3,6 +3,7 @@
 Each input gets a clear rejection naming the file (and row / column where there is one), within
 bounded memory; the bomb cases run in a subprocess that reports its peak memory.
 """
+
 from __future__ import annotations
 
 import bz2
@@ -10,16 +11,12 @@ import gzip
 import io
 import json
 import lzma
-import os
 import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
-import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from b12pipeline.engine.rulefile import RuleFileError, load_ruleset
@@ -53,12 +50,24 @@ REJECTED = [
     ("zip CSV", "emar.csv", _zip(CLEAN), "zip-compressed"),
     ("empty file", "emar.csv", b"", "empty"),
     ("header only, wrong delimiter", "emar.csv", HEADER.replace(",", ";").encode() + b"\n", "delimiter"),
-    ("row with more fields than the header", "emar.csv", _csv_with_row(",".join(["x"] * (N_COLS + 1))),
-     "data row 17 has 33 fields"),
-    ("unclosed quote at the end", "emar.csv", _csv_with_row('"MAR-9,' + ",".join(["x"] * (N_COLS - 1))),
-     "data row 17: an unclosed quote"),
-    ("enormous field (5,000 bytes)", "emar.csv", _csv_with_row(",".join(["y" * 5000] * N_COLS)),
-     "data row 17, column admin_id"),
+    (
+        "row with more fields than the header",
+        "emar.csv",
+        _csv_with_row(",".join(["x"] * (N_COLS + 1))),
+        "data row 17 has 33 fields",
+    ),
+    (
+        "unclosed quote at the end",
+        "emar.csv",
+        _csv_with_row('"MAR-9,' + ",".join(["x"] * (N_COLS - 1))),
+        "data row 17: an unclosed quote",
+    ),
+    (
+        "enormous field (5,000 bytes)",
+        "emar.csv",
+        _csv_with_row(",".join(["y" * 5000] * N_COLS)),
+        "data row 17, column admin_id",
+    ),
     ("repeated column name", "emar.csv", CLEAN.replace(b"route,", b"route,route,", 1), "duplicate column"),
     ("Parquet bytes that are not Parquet", "emar.parquet", b"PAR1" + b"\0" * 100, "not a readable Parquet"),
     ("unknown extension", "emar.xlsx", CLEAN, "cannot tell the format"),
@@ -148,13 +157,20 @@ print(json.dumps({"outcome": outcome, "peak_mb": resource.getrusage(resource.RUS
 """
 
 
-@pytest.mark.parametrize("kind,name,expected,peak_mb", [
-    ("parquet-dictionary", "bomb.parquet", "bytes of text once decoded, over the limit of 4G", 1024),
-    ("csv-field", "field.csv", "data row 1, column order_id: a value over the limit of 4K", 3072),
-])
+@pytest.mark.parametrize(
+    "kind,name,expected,peak_mb",
+    [
+        ("parquet-dictionary", "bomb.parquet", "bytes of text once decoded, over the limit of 4G", 1024),
+        ("csv-field", "field.csv", "data row 1, column order_id: a value over the limit of 4K", 3072),
+    ],
+)
 def test_bombs_are_refused_within_bounded_memory(tmp_path, kind, name, expected, peak_mb):
-    done = subprocess.run([sys.executable, "-c", BOMB, kind, str(tmp_path / name), str(FIXTURE_CSV)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", BOMB, kind, str(tmp_path / name), str(FIXTURE_CSV)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert expected in report["outcome"], report
@@ -162,6 +178,7 @@ def test_bombs_are_refused_within_bounded_memory(tmp_path, kind, name, expected,
 
 
 # --- rule files are data -------------------------------------------------------------------------
+
 
 def _rules_copy(tmp_path: Path) -> Path:
     target = tmp_path / "rules"
@@ -172,23 +189,41 @@ def _rules_copy(tmp_path: Path) -> Path:
 RULE = (PROJECT / "rules" / "coding" / "UNITS-001.yaml").read_text()
 HOSTILE_RULES = [
     ("python object tag", "!!python/object/apply:os.system ['touch /tmp/b12-pwned']\n", "not valid (safe) YAML"),
-    ("python tag inside a field", RULE.replace('version: "1"', 'version: !!python/name:os.getcwd ""'),
-     "not valid (safe) YAML"),
+    (
+        "python tag inside a field",
+        RULE.replace('version: "1"', 'version: !!python/name:os.getcwd ""'),
+        "not valid (safe) YAML",
+    ),
     ("unknown field", RULE + "run: rm -rf /\n", "unknown field(s) run"),
-    ("unknown operator", RULE.replace("ne: {field: expected_units}", "exec: {field: expected_units}"),
-     "unknown operator 'exec'"),
+    (
+        "unknown operator",
+        RULE.replace("ne: {field: expected_units}", "exec: {field: expected_units}"),
+        "unknown operator 'exec'",
+    ),
     ("operand that is not a value", RULE.replace("eq: J3420", "eq: {python: J3420}"), "operand must be"),
-    ("combinator not alone", RULE.replace("  all:\n", "  all:\n", 1).replace("when:\n  all:", "when:\n  any: []\n  all:"),
-     "must stand alone"),
+    (
+        "combinator not alone",
+        RULE.replace("  all:\n", "  all:\n", 1).replace("when:\n  all:", "when:\n  any: []\n  all:"),
+        "must stand alone",
+    ),
     ("bad queue", RULE.replace("queue: coding", "queue: ../../etc"), "queue '../../etc' is not one of"),
     ("not a mapping", "- just\n- a list\n", "must be a mapping"),
-    ("billion laughs", "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
-                       "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n",
-     "unknown field(s) a, b, c, d"),
-    ("impossible date", RULE.replace("status: active", "status: active\neffective_from: 2024-13-45"),
-     "not valid (safe) YAML"),
-    ("date that is not a date", RULE.replace("status: active", "status: active\neffective_from: soon"),
-     "effective_from 'soon' is not a date"),
+    (
+        "billion laughs",
+        "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+        "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n",
+        "unknown field(s) a, b, c, d",
+    ),
+    (
+        "impossible date",
+        RULE.replace("status: active", "status: active\neffective_from: 2024-13-45"),
+        "not valid (safe) YAML",
+    ),
+    (
+        "date that is not a date",
+        RULE.replace("status: active", "status: active\neffective_from: soon"),
+        "effective_from 'soon' is not a date",
+    ),
     ("not UTF-8", None, "not valid (safe) YAML"),
 ]
 

@@ -1,9 +1,8 @@
 """The walking skeleton end to end: the CLI runs the real Prefect flow (test harness) with real GX."""
+
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -14,9 +13,29 @@ from b12pipeline.engine.evaluate import FINDING_COLUMNS
 from b12pipeline.queues import read_queue
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-SPEC_COLUMNS = ["finding_id", "queue", "rule_id", "rule_version", "ruleset_version", "severity", "message",
-                "expected", "actual", "admin_id", "patient_id", "encounter_id", "service_date", "admin_time",
-                "medication_name", "ndc11", "dose_mcg", "route", "source_file", "source_row", "run_id"]
+SPEC_COLUMNS = [
+    "finding_id",
+    "queue",
+    "rule_id",
+    "rule_version",
+    "ruleset_version",
+    "severity",
+    "message",
+    "expected",
+    "actual",
+    "admin_id",
+    "patient_id",
+    "encounter_id",
+    "service_date",
+    "admin_time",
+    "medication_name",
+    "ndc11",
+    "dose_mcg",
+    "route",
+    "source_file",
+    "source_row",
+    "run_id",
+]
 
 
 def invoke(*args: str):
@@ -30,12 +49,16 @@ def test_run_writes_every_queue_column_and_a_rerun_changes_nothing(tmp_path, fix
     assert first.exit_code == 0, first.output
     part = next((out / "queues" / "coding").glob("service_date=2024-03-01/*.parquet"))
     written = pl.read_parquet(part, hive_partitioning=False)
-    assert set(written.columns) | {"service_date"} == set(SPEC_COLUMNS)   # date lives in the partition path
+    assert set(written.columns) | {"service_date"} == set(SPEC_COLUMNS)  # date lives in the partition path
     assert list(FINDING_COLUMNS) == SPEC_COLUMNS
     found = read_queue(out / "queues")
-    assert set(zip(found["admin_id"], found["rule_id"])) == {
-        ("MAR-1003-1", "UNITS-001"), ("MAR-1003-1", "UNITS-003"), ("MAR-1004-1", "UNITS-002"),
-        ("MAR-1005-1", "CODE-001"), ("MAR-1006-1", "DOC-001")}
+    assert set(zip(found["admin_id"], found["rule_id"], strict=True)) == {
+        ("MAR-1003-1", "UNITS-001"),
+        ("MAR-1003-1", "UNITS-003"),
+        ("MAR-1004-1", "UNITS-002"),
+        ("MAR-1005-1", "CODE-001"),
+        ("MAR-1006-1", "DOC-001"),
+    }
     units = found.filter(pl.col("rule_id") == "UNITS-001").row(0, named=True)
     assert units["expected"] == "J3420 x 2" and units["actual"] == "J3420 x 1"
     assert units["ndc11"] == "69680012130" and units["dose_mcg"] == 2000.0 and units["source_row"] == 3
@@ -53,16 +76,25 @@ def test_a_rejected_file_does_not_stop_the_good_one(tmp_path, fixtures_dir):
     bad = tmp_path / "no_admin_id.csv"
     pl.read_csv(fixtures_dir / "emar_2024-03-01.csv", infer_schema=False).drop("admin_id").write_csv(bad)
     out = tmp_path / "out"
-    result = invoke("run", "--extract", str(bad), "--extract", str(fixtures_dir / "emar_2024-03-01.csv"),
-                    "--out", str(out), "--night", "2024-03-01")
+    result = invoke(
+        "run",
+        "--extract",
+        str(bad),
+        "--extract",
+        str(fixtures_dir / "emar_2024-03-01.csv"),
+        "--out",
+        str(out),
+        "--night",
+        "2024-03-01",
+    )
     assert result.exit_code == 1
     assert "no_admin_id.csv" in result.output and "admin_id" in result.output
     assert (out / "rejected" / "no_admin_id.csv").read_bytes() == bad.read_bytes()
     assert "missing required column(s) admin_id" in (out / "rejected" / "no_admin_id.csv.error.txt").read_text()
-    assert read_queue(out / "queues").height == 5       # the good file was processed
-    assert bad.exists()                                  # `run` copies aside; it never deletes the user's file
+    assert read_queue(out / "queues").height == 5  # the good file was processed
+    assert bad.exists()  # `run` copies aside; it never deletes the user's file
     quarantine = pl.read_parquet(out / "quarantine" / "**" / "*.parquet", hive_partitioning=False)
-    reasons = dict(zip(quarantine["admin_id"], quarantine["failure_reasons"]))
+    reasons = dict(zip(quarantine["admin_id"], quarantine["failure_reasons"], strict=True))
     assert "admin_time" in reasons["MAR-1009-1"] and "dose_value is negative" in reasons["MAR-1010-1"]
 
 
@@ -91,14 +123,18 @@ def test_flow_artifacts_hold_counts_not_identifiers(tmp_path, fixtures_dir):
 
     from flows.nightly import nightly_flow
 
-    manifest = nightly_flow(extracts=[str(fixtures_dir / "emar_2024-03-01.csv")], out=str(tmp_path / "o"),
-                            night=dt.date(2024, 3, 1))
+    manifest = nightly_flow(
+        extracts=[str(fixtures_dir / "emar_2024-03-01.csv")], out=str(tmp_path / "o"), night=dt.date(2024, 3, 1)
+    )
     assert manifest["totals"]["quarantined"] == 2
 
     async def artifacts():
         async with get_client() as client:
-            return await client.read_artifacts(artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=["b12-nightly-summary", "b12-nightly-findings-per-rule"])))
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=["b12-nightly-summary", "b12-nightly-findings-per-rule"])
+                )
+            )
 
     import asyncio
 

@@ -6,6 +6,7 @@ Prefect harness, and once through the CLI. Everything outside the data stores (q
 history, archive, rejected, staging: the places identifiers belong) is scanned, so a report or GX
 docs site added later under <out> is covered by this test as soon as it is written.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -23,8 +24,12 @@ import polars as pl
 import pytest
 
 CANARY = "CANARY"
-ID_PREFIX = {"patient_id": "CANARYPAT123", "encounter_id": "CANARYENC456", "admin_id": "CANARYADM789",
-             "order_id": "CANARYORD000"}
+ID_PREFIX = {
+    "patient_id": "CANARYPAT123",
+    "encounter_id": "CANARYENC456",
+    "admin_id": "CANARYADM789",
+    "order_id": "CANARYORD000",
+}
 DATA_STORES = {"queues", "quarantine", "history", "archive", "rejected", "staging"}
 CLI = str(Path(sys.executable).parent / "b12pipeline")
 
@@ -67,8 +72,12 @@ def _outside_data_stores(out: Path) -> list[Path]:
 def canary_night(prefect_harness, tmp_path_factory):
     """Run the canary night through the flow; collect logs, artifacts and every file written."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, \
-        FlowRunFilterId, LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
 
     from flows.nightly import nightly_flow
 
@@ -88,8 +97,12 @@ def canary_night(prefect_harness, tmp_path_factory):
     for name in ("prefect", "great_expectations", "b12pipeline"):
         logging.getLogger(name).addHandler(keep)
     try:
-        state = nightly_flow(extracts=[str(p) for p in sorted(landing.iterdir())], out=str(out),
-                             night=__import__("datetime").date(2024, 3, 2), return_state=True)
+        state = nightly_flow(
+            extracts=[str(p) for p in sorted(landing.iterdir())],
+            out=str(out),
+            night=__import__("datetime").date(2024, 3, 2),
+            return_state=True,
+        )
     finally:
         for name in ("", "prefect", "great_expectations", "b12pipeline"):
             logging.getLogger(name).removeHandler(keep)
@@ -103,19 +116,28 @@ def canary_night(prefect_harness, tmp_path_factory):
         async with get_client() as client:
             logs = []
             for _ in range(50):  # and stored asynchronously by the server
-                logs = await client.read_logs(
-                    log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+                logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
                 if any("rejected" in log.message for log in logs):
                     break
                 await asyncio.sleep(0.2)
             artifacts = await client.read_artifacts(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
             run = await client.read_flow_run(flow_run_id)
             return logs, artifacts, run
 
     logs, artifacts, flow_run = asyncio.run(from_api())
-    return {"out": out, "landing": landing, "manifest": manifest, "records": records, "logs": logs,
-            "artifacts": artifacts, "flow_run": flow_run, "started": started, "root": root}
+    return {
+        "out": out,
+        "landing": landing,
+        "manifest": manifest,
+        "records": records,
+        "logs": logs,
+        "artifacts": artifacts,
+        "flow_run": flow_run,
+        "started": started,
+        "root": root,
+    }
 
 
 def test_canary_night_really_carries_the_canaries(canary_night):
@@ -180,8 +202,11 @@ def test_output_is_owner_only(canary_night):
     out = canary_night["out"]
     entries = [out, *out.rglob("*")]
     assert any(p.parent.name == "rejected" for p in entries)  # copies keep no foreign mode either
-    loose = [f"{oct(stat.S_IMODE(p.stat().st_mode))} {p.relative_to(out)}" for p in entries
-             if stat.S_IMODE(p.stat().st_mode) & 0o077]
+    loose = [
+        f"{oct(stat.S_IMODE(p.stat().st_mode))} {p.relative_to(out)}"
+        for p in entries
+        if stat.S_IMODE(p.stat().st_mode) & 0o077
+    ]
     assert loose == []
     assert stat.S_IMODE(out.stat().st_mode) == 0o700
 
@@ -191,8 +216,13 @@ def test_cli_output_has_no_identifier(canary_night, tmp_path):
 
     landing = write_canary_landing(Path(__file__).resolve().parent.parent / "data" / "fixtures", tmp_path / "in")
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
-    done = subprocess.run([CLI, "nightly", "--landing", str(landing), "--out", str(tmp_path / "out"),
-                           "--night", "2024-03-02"], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [CLI, "nightly", "--landing", str(landing), "--out", str(tmp_path / "out"), "--night", "2024-03-02"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 1, done.stderr  # one file rejected
     assert "night_c.csv" in done.stderr and CANARY not in done.stdout + done.stderr
 
@@ -213,10 +243,14 @@ print(json.dumps({
     "gx_has_analytics_module": importlib.util.find_spec("great_expectations.analytics") is not None,
 }))
 """
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DO_NOT_TRACK", "PREFECT_SERVER_ANALYTICS_ENABLED", "GX_ANALYTICS_ENABLED")}
-    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300,
-                          cwd=tmp_path)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DO_NOT_TRACK", "PREFECT_SERVER_ANALYTICS_ENABLED", "GX_ANALYTICS_ENABLED")
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["prefect_server_analytics"] is False

@@ -1,4 +1,5 @@
 """Coders' queue commands on a real two-night run: list, show, and exports Excel and CSV open correctly."""
+
 from __future__ import annotations
 
 import csv
@@ -31,10 +32,10 @@ def test_xlsx_export_opens_with_readable_headers_and_every_finding(two_nights, t
     assert header == tuple(CODER_COLUMNS.values())
     assert {"Date of service", "Patient ID", "Encounter ID", "Problem", "Expected", "Actual", "Rule"} <= set(header)
     assert len(rows) - 1 == expected.height
-    body = [dict(zip(header, r)) for r in rows[1:]]
+    body = [dict(zip(header, r, strict=True)) for r in rows[1:]]
     assert sorted(r["Administration ID"] for r in body) == sorted(expected["admin_id"].to_list())
     assert {r["Rule"] for r in body} == set(expected["rule_id"].to_list())
-    assert all(isinstance(r["Date of service"], dt.datetime) for r in body)   # a real date, sortable in Excel
+    assert all(isinstance(r["Date of service"], dt.datetime) for r in body)  # a real date, sortable in Excel
     assert ws.freeze_panes == "A2" and ws.auto_filter.ref.startswith("A1:")
     for idx, name in enumerate(header, start=1):
         width = ws.column_dimensions[openpyxl.utils.get_column_letter(idx)].width
@@ -71,8 +72,17 @@ def test_queue_show_filters_by_date_and_rule(two_nights):
     out, _ = two_nights
     found = read_queue(out / "queues", "coding")
     first = found.row(0, named=True)
-    result = invoke("queue", "show", "coding", "--out", str(out), "--rule", first["rule_id"],
-                    "--date", first["service_date"].isoformat())
+    result = invoke(
+        "queue",
+        "show",
+        "coding",
+        "--out",
+        str(out),
+        "--rule",
+        first["rule_id"],
+        "--date",
+        first["service_date"].isoformat(),
+    )
     assert result.exit_code == 0, result.output
     picked = select_findings(out / "queues", "coding", first["service_date"], first["rule_id"])
     assert f"{picked.height} finding(s)" in result.output
@@ -82,11 +92,14 @@ def test_queue_show_filters_by_date_and_rule(two_nights):
         assert admin_id not in result.output
 
 
-@pytest.mark.parametrize("args", [
-    ("queue", "show", "billing"),
-    ("queue", "export", "coding", "--to", "x.pdf"),
-    ("queue", "show", "coding", "--date", "2024-02-30"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("queue", "show", "billing"),
+        ("queue", "export", "coding", "--to", "x.pdf"),
+        ("queue", "show", "coding", "--date", "2024-02-30"),
+    ],
+)
 def test_queue_usage_errors_exit_2(two_nights, args):
     out, _ = two_nights
     result = invoke(*args, "--out", str(out))

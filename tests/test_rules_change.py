@@ -1,5 +1,6 @@
 """Issue 3, must-show #2: rules are data. Editing one YAML file (no code) changes the findings
 and the ruleset_version of a run, through the pipeline's own functions on the bundled fixtures."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -8,9 +9,9 @@ from pathlib import Path
 
 import polars as pl
 
+from b12pipeline.paths import rules_dir
 from b12pipeline.pipeline import Rules, apply_staged, make_run_id, sha256_file, stage_file
 from b12pipeline.queues import read_queue
-from b12pipeline.paths import rules_dir
 
 FIXTURES = Path(__file__).resolve().parent.parent / "data" / "fixtures"
 NIGHT = dt.date(2024, 3, 2)
@@ -40,7 +41,8 @@ def test_one_yaml_edit_changes_findings_and_ruleset_version(tmp_path: Path):
     path = folder / "documentation" / "DOC-001.yaml"
     text = path.read_text()
     edited = text.replace("severity: warning", "severity: error").replace(
-        "status: active", "status: active\neffective_from: 2024-03-02")
+        "status: active", "status: active\neffective_from: 2024-03-02"
+    )
     assert edited != text
     path.write_text(edited)
 

@@ -1,5 +1,6 @@
 """`b12pipeline rules list | test | lint | docs` through Typer's CliRunner, on the real rules folder
 and on broken copies of it (each problem must be reported, naming its file)."""
+
 from __future__ import annotations
 
 import shutil
@@ -65,12 +66,18 @@ def test_lint_clean_on_the_project_rules():
 def test_lint_reports_every_broken_file_by_name(rules_copy: Path, tmp_path: Path):
     docs = rules_copy / "documentation"
     (docs / "DOC-101.yaml").write_text(DOC001.replace("id: DOC-001", "id: DOC-101") + "colour: red\n")
-    (docs / "DOC-102.yaml").write_text(DOC001.replace("id: DOC-001", "id: DOC-102")
-                                       .replace("{field: lot_number, is_null: true}", "{field: lot_number, equals: x}"))
+    (docs / "DOC-102.yaml").write_text(
+        DOC001.replace("id: DOC-001", "id: DOC-102").replace(
+            "{field: lot_number, is_null: true}", "{field: lot_number, equals: x}"
+        )
+    )
     marker = tmp_path / "pwned"
     (docs / "DOC-103.yaml").write_text(f'!!python/object/apply:os.system ["touch {marker}"]\n')
-    (docs / "DOC-001.v2.yaml").write_text(DOC001.replace('version: "1"', 'version: "2"')
-                                          .replace("status: active", "status: active\neffective_from: 2024-01-01"))
+    (docs / "DOC-001.v2.yaml").write_text(
+        DOC001.replace('version: "1"', 'version: "2"').replace(
+            "status: active", "status: active\neffective_from: 2024-01-01"
+        )
+    )
     result = invoke("rules", "lint", "--rules", str(rules_copy))
     assert result.exit_code == 1
     out = " ".join(result.output.split())
@@ -82,26 +89,47 @@ def test_lint_reports_every_broken_file_by_name(rules_copy: Path, tmp_path: Path
     assert "4 problem(s) in 4 file(s)" in out
 
 
-@pytest.mark.parametrize("edit, expected", [
-    (lambda t: t.replace("{field: lot_number, is_null: true}", "{field: lot_no, is_null: true}"),
-     "when: field 'lot_no' is not a facts column"),
-    (lambda t: t.replace("{field: route_class, eq: injectable}", "{field: payer_type, in: {config: payers}}"),
-     "when: {config: payers} is not a site setting"),
-    (lambda t: t.replace('message: "Lot number not documented', 'message: "{lot} not documented'),
-     "message: template names {lot}, which is not a facts column"),
-    (lambda t: t.replace("{field: lot_number, is_null: true}", "{field: lot_number, gt: 3}"),
-     "when: does not evaluate on the facts columns"),
-    (lambda t: t.replace('- "domain-notes.md section 8: NDC of product used, lot number, expiration date '
-                         '(administration-record elements)"', "[]").replace("citations:\n  []", "citations: []"),
-     "citations: required field is missing or empty"),
-    (lambda t: t.split("  passes:")[0], "cases.passes: needs at least one case"),
-    (lambda t: t.replace("id: DOC-001", "id: DOC-009"), "id: file name must be DOC-009.yaml or DOC-009.v<N>.yaml"),
-    (lambda t: t.replace("queue: documentation", "queue: coding"), "queue: file is in documentation/ but its queue is coding"),
-    (lambda t: t + "title: again\n", "yaml: key 'title' appears twice"),
-    (lambda t: t.replace("status: active", "status: paused"), "status: 'paused' is not one of active, retired"),
-    (lambda t: t.replace("{_note: \"lot documented\"}", "{_note: \"lot documented\", lot: x}"),
-     "cases.passes[1]: unknown key(s) lot"),
-])
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (
+            lambda t: t.replace("{field: lot_number, is_null: true}", "{field: lot_no, is_null: true}"),
+            "when: field 'lot_no' is not a facts column",
+        ),
+        (
+            lambda t: t.replace("{field: route_class, eq: injectable}", "{field: payer_type, in: {config: payers}}"),
+            "when: {config: payers} is not a site setting",
+        ),
+        (
+            lambda t: t.replace('message: "Lot number not documented', 'message: "{lot} not documented'),
+            "message: template names {lot}, which is not a facts column",
+        ),
+        (
+            lambda t: t.replace("{field: lot_number, is_null: true}", "{field: lot_number, gt: 3}"),
+            "when: does not evaluate on the facts columns",
+        ),
+        (
+            lambda t: t.replace(
+                '- "domain-notes.md section 8: NDC of product used, lot number, expiration date '
+                '(administration-record elements)"',
+                "[]",
+            ).replace("citations:\n  []", "citations: []"),
+            "citations: required field is missing or empty",
+        ),
+        (lambda t: t.split("  passes:")[0], "cases.passes: needs at least one case"),
+        (lambda t: t.replace("id: DOC-001", "id: DOC-009"), "id: file name must be DOC-009.yaml or DOC-009.v<N>.yaml"),
+        (
+            lambda t: t.replace("queue: documentation", "queue: coding"),
+            "queue: file is in documentation/ but its queue is coding",
+        ),
+        (lambda t: t + "title: again\n", "yaml: key 'title' appears twice"),
+        (lambda t: t.replace("status: active", "status: paused"), "status: 'paused' is not one of active, retired"),
+        (
+            lambda t: t.replace('{_note: "lot documented"}', '{_note: "lot documented", lot: x}'),
+            "cases.passes[1]: unknown key(s) lot",
+        ),
+    ],
+)
 def test_lint_problem_names_file_and_field(rules_copy: Path, edit, expected):
     path = rules_copy / "documentation" / "DOC-001.yaml"
     changed = edit(DOC001)
@@ -115,7 +143,7 @@ def test_retired_version_keeps_its_id_and_is_still_linted(rules_copy: Path):
     docs = rules_copy / "documentation"
     (docs / "DOC-001.yaml").write_text(DOC001.replace("status: active", "status: retired"))
     (docs / "DOC-001.v2.yaml").write_text(DOC001.replace('version: "1"', 'version: "2"'))
-    assert lint_rules(rules_copy) == []           # retired v1 and active v2 may cover the same dates
+    assert lint_rules(rules_copy) == []  # retired v1 and active v2 may cover the same dates
     listed = invoke("rules", "list", "--rules", str(rules_copy))
     assert listed.exit_code == 0 and "retired" in listed.output
     (docs / "DOC-001.yaml").write_text(DOC001.replace("status: active", "status: retired") + "colour: red\n")
@@ -134,7 +162,7 @@ def test_docs_writes_checks_and_detects_stale(tmp_path: Path, rules_copy: Path):
     assert invoke("rules", "docs", "--out", str(out)).exit_code == 0
     assert out.read_text() == (PROJECT_ROOT / "docs" / "rules.md").read_text()
     assert invoke("rules", "docs", "--check", "--out", str(out)).exit_code == 0
-    assert invoke("rules", "docs", "--check").exit_code == 0          # the committed docs/rules.md
+    assert invoke("rules", "docs", "--check").exit_code == 0  # the committed docs/rules.md
     (rules_copy / "documentation" / "DOC-001.yaml").write_text(DOC001.replace("Lot number missing", "Lot missing"))
     stale = invoke("rules", "docs", "--check", "--rules", str(rules_copy), "--out", str(out))
     assert stale.exit_code == 1 and "stale" in stale.output
@@ -148,8 +176,9 @@ def test_missing_rules_folder_is_a_usage_error(tmp_path: Path):
 
 def test_run_refuses_an_unknown_engine(tmp_path: Path):
     extract = PROJECT_ROOT / "data" / "fixtures" / "emar_2024-03-01.csv"
-    result = invoke("run", "--extract", str(extract), "--out", str(tmp_path), "--night", "2024-03-01",
-                    "--engine", "drools")
+    result = invoke(
+        "run", "--extract", str(extract), "--out", str(tmp_path), "--night", "2024-03-01", "--engine", "drools"
+    )
     assert result.exit_code == 2
     assert "unknown engine 'drools'" in result.output
     assert not (tmp_path / "queues").exists()
@@ -158,10 +187,11 @@ def test_run_refuses_an_unknown_engine(tmp_path: Path):
 def test_durable_engine_without_the_package_names_the_install(tmp_path: Path, monkeypatch):
     import sys
 
-    monkeypatch.setitem(sys.modules, "durable", None)          # as if durable-rules were not installed
+    monkeypatch.setitem(sys.modules, "durable", None)  # as if durable-rules were not installed
     monkeypatch.setitem(sys.modules, "durable.engine", None)
     extract = PROJECT_ROOT / "data" / "fixtures" / "emar_2024-03-01.csv"
-    result = invoke("run", "--extract", str(extract), "--out", str(tmp_path), "--night", "2024-03-01",
-                    "--engine", "durable")
+    result = invoke(
+        "run", "--extract", str(extract), "--out", str(tmp_path), "--night", "2024-03-01", "--engine", "durable"
+    )
     assert result.exit_code == 2
     assert "pip install '.[durable]'" in " ".join(result.output.split())

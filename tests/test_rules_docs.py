@@ -1,4 +1,5 @@
 """docs/rules.md is generated from the rule files; this fails while the committed copy is stale."""
+
 from __future__ import annotations
 
 from b12pipeline.engine.ruledocs import condition_lines, render_rules_markdown
@@ -26,12 +27,20 @@ def test_every_rule_file_has_a_section_and_output_is_deterministic():
 
 
 def test_condition_rendering_is_readable_and_honest_about_empty_values():
-    cond = {"all": [{"field": "charge_hcpcs", "eq": "J3420"},
-                    {"not": {"field": "ingredient", "eq": "cyanocobalamin"}},
-                    {"any": [{"field": "modifiers", "contains_any": ["JW", "JZ"]},
-                             {"field": "payer_type", "in": {"config": "ndc_required_payers"}}]},
-                    {"field": "charge_units", "ne": {"field": "expected_units"}},
-                    {"field": "lot_number", "is_null": True}]}
+    cond = {
+        "all": [
+            {"field": "charge_hcpcs", "eq": "J3420"},
+            {"not": {"field": "ingredient", "eq": "cyanocobalamin"}},
+            {
+                "any": [
+                    {"field": "modifiers", "contains_any": ["JW", "JZ"]},
+                    {"field": "payer_type", "in": {"config": "ndc_required_payers"}},
+                ]
+            },
+            {"field": "charge_units", "ne": {"field": "expected_units"}},
+            {"field": "lot_number", "is_null": True},
+        ]
+    }
     assert condition_lines(cond) == [
         "- all of:",
         "  - `charge_hcpcs` is `J3420`",

@@ -4,6 +4,7 @@ Each file: loads, names itself after its id, cites a source, has cases for both 
 clean. The folder: (id, version) unique, no two active versions of an id in force on one date.
 New rule files are picked up automatically: nothing here lists rules by name.
 """
+
 from __future__ import annotations
 
 import re

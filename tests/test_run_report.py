@@ -1,4 +1,5 @@
 """The per-run HTML report and GX Data Docs: written by the flow, counts only, no patient identifiers."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -6,9 +7,9 @@ import json
 import re
 
 import pytest
+from conftest import fixture_identifiers
 
 from b12pipeline.schedule import night_of
-from conftest import fixture_identifiers
 
 CHARTS = ("per-queue", "per-severity", "per-rule", "trend", "top-place-of-service", "top-ordering-provider")
 
@@ -40,13 +41,13 @@ def test_report_has_every_chart_and_the_manifest_counts(two_nights):
         assert f"<title>{queue}: {n:,}</title>" in page
     for rule, n in m["findings"]["per_rule"].items():
         assert f"<title>{rule}: {n:,}</title>" in page
-    assert "<script" not in page and "http://" not in page and "https://" not in page   # offline, inline only
+    assert "<script" not in page and "http://" not in page and "https://" not in page  # offline, inline only
 
 
 def test_trend_covers_the_previous_nights(two_nights):
     out, manifests = two_nights
     page = (out / manifests[1]["run_report"]).read_text()
-    trend = page[page.index("data-chart='trend'"):page.index("Where findings come from")]
+    trend = page[page.index("data-chart='trend'") : page.index("Where findings come from")]
     for m in manifests:
         assert m["night"] in trend
         assert f"<title>coding {m['night']}: {m['findings']['per_queue']['coding']:,}</title>" in trend
@@ -67,7 +68,7 @@ def test_findings_by_place_of_service_and_ordering_provider(two_nights):
 def test_no_patient_identifiers_anywhere_in_the_run_records(two_nights):
     out, _ = two_nights
     ids = fixture_identifiers()
-    assert {"MRN00410001", "MAR-1001-1", "ORD-5001"} <= ids   # the scan really looks for something
+    assert {"MRN00410001", "MAR-1001-1", "ORD-5001"} <= ids  # the scan really looks for something
     scanned = 0
     for path in (out / "runs").rglob("*"):
         if path.is_file() and path.suffix in (".html", ".json", ".md", ".txt"):
@@ -84,8 +85,11 @@ def test_gx_results_keep_counts_but_no_sample_values(two_nights):
     results = list((run_dir(out, m) / "gx_results").glob("*.json"))
     assert len(results) == 1
     saved = json.loads(results[0].read_text())
-    failing = {r["expectation_config"]["kwargs"].get("column"): r["result"]["unexpected_count"]
-               for r in saved["results"] if not r["success"]}
+    failing = {
+        r["expectation_config"]["kwargs"].get("column"): r["result"]["unexpected_count"]
+        for r in saved["results"]
+        if not r["success"]
+    }
     assert failing, "night 1 has quarantined rows, so some expectation failed"
     assert all(not r["result"].get("partial_unexpected_list") for r in saved["results"])
     counts_json = json.loads((run_dir(out, m) / "validation.json").read_text())
@@ -96,12 +100,15 @@ def test_gx_results_keep_counts_but_no_sample_values(two_nights):
     assert re.search(r"unexpected", page, re.I)
 
 
-@pytest.mark.parametrize("when, tz, night", [
-    (dt.datetime(2024, 3, 3, 3, 30, tzinfo=dt.timezone.utc), "America/New_York", dt.date(2024, 3, 2)),
-    (dt.datetime(2024, 3, 3, 3, 30, tzinfo=dt.timezone.utc), "UTC", dt.date(2024, 3, 3)),
-    (dt.datetime(2024, 3, 10, 6, 30, tzinfo=dt.timezone.utc), "America/New_York", dt.date(2024, 3, 10)),  # DST day
-    (dt.datetime(2024, 3, 3, 3, 30), "America/New_York", dt.date(2024, 3, 2)),   # naive = UTC
-])
+@pytest.mark.parametrize(
+    "when, tz, night",
+    [
+        (dt.datetime(2024, 3, 3, 3, 30, tzinfo=dt.timezone.utc), "America/New_York", dt.date(2024, 3, 2)),
+        (dt.datetime(2024, 3, 3, 3, 30, tzinfo=dt.timezone.utc), "UTC", dt.date(2024, 3, 3)),
+        (dt.datetime(2024, 3, 10, 6, 30, tzinfo=dt.timezone.utc), "America/New_York", dt.date(2024, 3, 10)),  # DST day
+        (dt.datetime(2024, 3, 3, 3, 30), "America/New_York", dt.date(2024, 3, 2)),  # naive = UTC
+    ],
+)
 def test_night_is_the_scheduled_date_in_the_site_time_zone(when, tz, night):
     assert night_of(when, tz) == night
 

@@ -1,4 +1,5 @@
 """A served deployment runs the night of its *scheduled* date, through a real Prefect runner."""
+
 from __future__ import annotations
 
 import asyncio
@@ -6,11 +7,11 @@ import datetime as dt
 import json
 
 import pytest
+from conftest import fixture_identifiers
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 from prefect.runner import Runner
 
-from conftest import fixture_identifiers
 from flows.nightly import landing_deployment
 
 pytestmark = pytest.mark.slow
@@ -37,7 +38,7 @@ def test_served_deployment_processes_the_scheduled_night(prefect_harness, landin
     finished = asyncio.run(_read_flow_run(flow_run.id))
     assert finished.state.is_completed(), finished.state
     manifests = [json.loads(p.read_text()) for p in (out / "runs").glob("*/manifest.json")]
-    assert [m["night"] for m in manifests] == ["2024-03-02"]   # the scheduled date in New York, not UTC
+    assert [m["night"] for m in manifests] == ["2024-03-02"]  # the scheduled date in New York, not UTC
     m = manifests[0]
     assert m["run_id"].startswith("night-2024-03-02-")
     assert sorted(i["file"] for i in m["inputs"]) == sorted(p.name for p in landing.iterdir())

@@ -1,5 +1,6 @@
 """Source formats: Clarity-style CSV and FHIR R4 NDJSON read into the same canonical frame, and the
 rows a reader cannot map go to quarantine with their reasons (docs/sources.md)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -37,15 +38,16 @@ def run_night(path: Path, out: Path, rules, source: str | None = None):
 
 # --- reading ------------------------------------------------------------------------------------
 
+
 def test_formats_are_recognised_from_header_and_extension():
-    assert read_extract(CLARITY_CSV).source_format == "clarity"      # .csv with ORDER_MED_ID + TAKEN_TIME
-    assert read_extract(FHIR_NDJSON).source_format == "fhir"         # .ndjson
+    assert read_extract(CLARITY_CSV).source_format == "clarity"  # .csv with ORDER_MED_ID + TAKEN_TIME
+    assert read_extract(FHIR_NDJSON).source_format == "fhir"  # .ndjson
     assert read_extract(CANONICAL_CSV).source_format == "csv"
 
 
 def test_fixture_sources_read_into_the_canonical_frame_of_the_canonical_csv():
     canonical = read_extract(CANONICAL_CSV).frame
-    order_ids_differ = ["order_id", "source_file"]   # Clarity's order id is ORDER_MED_ID, from admin_id
+    order_ids_differ = ["order_id", "source_file"]  # Clarity's order id is ORDER_MED_ID, from admin_id
     for path in (CLARITY_CSV, FHIR_NDJSON):
         frame = read_extract(path).frame
         assert frame.columns == canonical.columns
@@ -53,7 +55,7 @@ def test_fixture_sources_read_into_the_canonical_frame_of_the_canonical_csv():
         left, right = frame.drop(order_ids_differ), canonical.drop(order_ids_differ)
         # Clarity's unit code 5 reads back as "units" where the canonical fixture wrote "unit" (heparin)
         left, right = (f.with_columns(pl.col("dose_unit").str.replace(r"s$", "")) for f in (left, right))
-        if path == FHIR_NDJSON:   # FHIR dateTimes carry a zone; the wall-clock time is the same
+        if path == FHIR_NDJSON:  # FHIR dateTimes carry a zone; the wall-clock time is the same
             left = left.with_columns(pl.col("admin_time").str.replace(r"-05:00$", ""))
         for column in left.columns:
             assert left[column].to_list() == right[column].to_list(), f"{path.name}: {column}"
@@ -65,17 +67,26 @@ def test_clarity_codes_dates_and_admin_id_are_mapped(tmp_path):
         "ORDER_MED_ID,LINE,PAT_MRN_ID,MAR_ENC_CSN,TAKEN_TIME,MAR_ACTION_C,MED_NAME,SIG,DOSE_UNIT_C,ROUTE_C,SITE_C,"
         "EXP_DATE,FIN_CLASS_C,BILLING_SYSTEM\n"
         "41230001,3,E100,9001,3/1/2024 08:05:00,105,cyanocobalamin 1000 mcg/mL inj,1000,3,18,99,11/2025,2,PB\n"
-        "41230001,4,E100,9002,3/8/2024 8:05 AM,4,cyanocobalamin 1000 mcg/mL inj,,,6,1,2025-10-31,12,HB\n")
+        "41230001,4,E100,9002,3/8/2024 8:05 AM,4,cyanocobalamin 1000 mcg/mL inj,,,6,1,2025-10-31,12,HB\n"
+    )
     ex = read_extract(path)
     row = ex.frame.row(0, named=True)
-    assert (row["admin_id"], row["order_id"], row["admin_time"], row["mar_action"]) == \
-        ("41230001-3", "41230001", "2024-03-01T08:05:00", "New Syringe/Cartridge")
+    assert (row["admin_id"], row["order_id"], row["admin_time"], row["mar_action"]) == (
+        "41230001-3",
+        "41230001",
+        "2024-03-01T08:05:00",
+        "New Syringe/Cartridge",
+    )
     assert (row["dose_value"], row["dose_unit"], row["route"], row["site"]) == ("1000", "mcg", "SC", "99")
     assert (row["expiration_date"], row["payer_type"], row["claim_type"]) == ("2025-11", "medicare", "professional")
     second = ex.frame.row(1, named=True)
-    assert (second["admin_time"], second["mar_action"], second["route"], second["site"]) == \
-        ("2024-03-08T08:05:00", "Held", "IM", "left deltoid")
-    assert not ex.frame["has_charge_hcpcs"].any()   # no charge columns joined: absent, not empty
+    assert (second["admin_time"], second["mar_action"], second["route"], second["site"]) == (
+        "2024-03-08T08:05:00",
+        "Held",
+        "IM",
+        "left deltoid",
+    )
+    assert not ex.frame["has_charge_hcpcs"].any()  # no charge columns joined: absent, not empty
 
 
 def test_clarity_file_missing_its_key_columns_is_rejected_naming_them(tmp_path):
@@ -89,28 +100,50 @@ def test_mapping_files_are_checked_strictly(tmp_path):
     with pytest.raises(MappingError, match="not canonical contract columns"):
         parse_mapping({"name": "site", "columns": {"X": "no_such_column"}}, tmp_path / "site.yaml")
     with pytest.raises(MappingError, match="unknown must be quarantine or keep"):
-        parse_mapping({"name": "site", "values": {"route": {"map": {"1": "IM"}, "unknown": "guess"}}},
-                      tmp_path / "site.yaml")
+        parse_mapping(
+            {"name": "site", "values": {"route": {"map": {"1": "IM"}, "unknown": "guess"}}}, tmp_path / "site.yaml"
+        )
 
 
 def test_fhir_reader_takes_period_start_coded_route_and_plain_concept(tmp_path):
     resource = {
-        "resourceType": "MedicationAdministration", "id": "ma-1", "status": "completed",
-        "medicationCodeableConcept": {"coding": [{"system": "http://hl7.org/fhir/sid/ndc", "code": "63323-044-44",
-                                                  "display": "cyanocobalamin 1000 mcg/mL"}]},
-        "subject": {"reference": "Patient/p-1"}, "context": {"reference": "Encounter/e-1"},
+        "resourceType": "MedicationAdministration",
+        "id": "ma-1",
+        "status": "completed",
+        "medicationCodeableConcept": {
+            "coding": [
+                {
+                    "system": "http://hl7.org/fhir/sid/ndc",
+                    "code": "63323-044-44",
+                    "display": "cyanocobalamin 1000 mcg/mL",
+                }
+            ]
+        },
+        "subject": {"reference": "Patient/p-1"},
+        "context": {"reference": "Encounter/e-1"},
         "effectivePeriod": {"start": "2024-03-01T09:00:00-05:00", "end": "2024-03-01T09:01:00-05:00"},
-        "dosage": {"route": {"coding": [{"system": "http://snomed.info/sct", "code": "78421000"}]},
-                   "dose": {"value": 1, "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"}},
-        "reasonCode": [{"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "D51.0"},
-                                   {"system": "http://snomed.info/sct", "code": "84027009"}]}],
+        "dosage": {
+            "route": {"coding": [{"system": "http://snomed.info/sct", "code": "78421000"}]},
+            "dose": {"value": 1, "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"},
+        },
+        "reasonCode": [
+            {
+                "coding": [
+                    {"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "D51.0"},
+                    {"system": "http://snomed.info/sct", "code": "84027009"},
+                ]
+            }
+        ],
     }
     path = tmp_path / "ma.ndjson"
     path.write_text(json.dumps(resource) + "\n")
     row = read_extract(path).frame.row(0, named=True)
     assert (row["admin_id"], row["patient_id"], row["encounter_id"]) == ("ma-1", "p-1", "e-1")
-    assert (row["medication_name"], row["ndc"], row["admin_time"]) == \
-        ("cyanocobalamin 1000 mcg/mL", "63323-044-44", "2024-03-01T09:00:00-05:00")
+    assert (row["medication_name"], row["ndc"], row["admin_time"]) == (
+        "cyanocobalamin 1000 mcg/mL",
+        "63323-044-44",
+        "2024-03-01T09:00:00-05:00",
+    )
     assert (row["route"], row["dose_value"], row["dose_unit"], row["diagnosis_codes"]) == ("IM", "1", "mg", "D51.0")
     assert row["mar_action"] == "Given" and row["has_charge_hcpcs"] is False
 
@@ -124,16 +157,17 @@ def test_a_file_that_is_not_ndjson_is_rejected_not_quarantined(tmp_path):
 
 # --- must show 3: malformed FHIR and unknown MAR codes are quarantined with reasons --------------
 
+
 def test_malformed_fhir_resources_are_quarantined_with_reasons_and_counted(tmp_path, rules):
     result, findings, held = run_night(BROKEN / "fhir_malformed.ndjson", tmp_path / "out", rules)
-    assert result.rows_read == 20                       # every NDJSON line is one row read
+    assert result.rows_read == 20  # every NDJSON line is one row read
     assert result.rows_read == result.in_scope + result.out_of_scope + result.quarantined
-    reasons = dict(zip(held["source_row"].to_list(), held["failure_reasons"].to_list()))
+    reasons = dict(zip(held["source_row"].to_list(), held["failure_reasons"].to_list(), strict=True))
     assert reasons[3].startswith("line 3: not valid JSON")
     assert reasons[4] == "line 4: resourceType is 'Patient', not 'MedicationAdministration'"
     assert reasons[11] == "line 11: status is missing (required)"
     assert reasons[12] == "line 12: dosage.dose.value must be a number, got str"
-    assert result.quarantined == 6                      # the 4 above + the fixture's 2 GX failures
+    assert result.quarantined == 6  # the 4 above + the fixture's 2 GX failures
     assert result.unexpected_counts["fhir_resource_is_valid"] == 4
     fixture = run_night(FHIR_NDJSON, tmp_path / "clean", rules)[1]
     assert findings.select("admin_id", "rule_id").equals(fixture.select("admin_id", "rule_id"))
@@ -143,14 +177,17 @@ def test_unknown_mar_action_code_is_quarantined_not_treated_as_not_given(tmp_pat
     result, findings, held = run_night(BROKEN / "clarity_unknown_action.csv", tmp_path / "out", rules)
     row = held.filter(pl.col("admin_id") == "MAR-1002-1").row(0, named=True)
     assert row["failed_expectations"] == ["source_value_is_mapped(clarity)"]
-    assert row["failure_reasons"] == \
-        "MAR_ACTION_C code '9999' is not in the clarity mapping (clarity.yaml values.mar_action)"
+    assert (
+        row["failure_reasons"]
+        == "MAR_ACTION_C code '9999' is not in the clarity mapping (clarity.yaml values.mar_action)"
+    )
     assert row["source_file"] == "clarity_unknown_action.csv" and row["source_row"] == 2
     assert "MAR-1002-1" not in findings["admin_id"].to_list()
     assert result.rows_read == 16 and result.quarantined == 3
 
 
 # --- must show 1: the same administrations in every format give identical findings --------------
+
 
 @pytest.fixture(scope="module")
 def synthetic_findings(tmp_path_factory):
@@ -175,8 +212,11 @@ def test_same_administrations_in_every_format_give_identical_findings(synthetic_
     base_result, base = found["csv"]
     result, findings = found[fmt]
     assert base.height > 0
-    assert (result.in_scope, result.out_of_scope, result.quarantined) == \
-        (base_result.in_scope, base_result.out_of_scope, base_result.quarantined)
+    assert (result.in_scope, result.out_of_scope, result.quarantined) == (
+        base_result.in_scope,
+        base_result.out_of_scope,
+        base_result.quarantined,
+    )
     assert findings.equals(base)
 
 
@@ -188,5 +228,6 @@ def test_not_done_keeps_the_emar_word_but_never_becomes_given(tmp_path):
     path.write_text("\n".join(json.dumps(r) for r in (refused, contradiction)) + "\n")
     ex = read_extract(path)
     assert ex.frame["mar_action"].to_list() == ["Refused"]
-    assert ex.quarantine["failure_reasons"].to_list() == \
-        ["line 2: status is not-done but statusReason[0] reads as an administration ('Given by Other')"]
+    assert ex.quarantine["failure_reasons"].to_list() == [
+        "line 2: status is not-done but statusReason[0] reads as an administration ('Given by Other')"
+    ]

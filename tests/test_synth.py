@@ -1,4 +1,5 @@
 """The synthetic generator: seeded, realistic, and its labels are exactly the findings (docs/synth.md)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -18,17 +19,48 @@ from b12pipeline.queues import read_queue
 
 SPEC_CATALOG = Path("/work/shared/spec/rule-catalog.md")
 CATALOG_IDS = {  # the rule ids of rule-catalog.md (the spec is not read at run time)
-    "CHG-001", "CHG-002", "CODE-001", "CODE-002", "CODE-003", "UNITS-001", "UNITS-002", "UNITS-003",
-    "ADMIN-001", "ADMIN-002", "ADMIN-003", "ADMIN-004", "ADMIN-005", "MOD-001", "MOD-002", "MOD-003",
-    "MOD-004", "MOD-005", "NDC-001", "NDC-002", "NDC-003", "NDC-004", "NDC-005", "DX-001", "DX-002",
-    "DX-003", "FREQ-001", "DUP-001", "DOC-001", "DOC-002", "DOC-003", "DOC-004", "DOC-005", "DOC-006",
-    "DOC-007"}
+    "CHG-001",
+    "CHG-002",
+    "CODE-001",
+    "CODE-002",
+    "CODE-003",
+    "UNITS-001",
+    "UNITS-002",
+    "UNITS-003",
+    "ADMIN-001",
+    "ADMIN-002",
+    "ADMIN-003",
+    "ADMIN-004",
+    "ADMIN-005",
+    "MOD-001",
+    "MOD-002",
+    "MOD-003",
+    "MOD-004",
+    "MOD-005",
+    "NDC-001",
+    "NDC-002",
+    "NDC-003",
+    "NDC-004",
+    "NDC-005",
+    "DX-001",
+    "DX-002",
+    "DX-003",
+    "FREQ-001",
+    "DUP-001",
+    "DOC-001",
+    "DOC-002",
+    "DOC-003",
+    "DOC-004",
+    "DOC-005",
+    "DOC-006",
+    "DOC-007",
+}
 
 
 def test_every_catalog_rule_has_a_seeded_defect():
     seeded = {rule for rule, _ in synth.RECIPES} | set(synth.STRUCTURAL)
     assert seeded == CATALOG_IDS
-    if SPEC_CATALOG.is_file():   # cross-check against the spec when it is at hand
+    if SPEC_CATALOG.is_file():  # cross-check against the spec when it is at hand
         assert set(re.findall(r"^\| ([A-Z]+-\d{3}) \|", SPEC_CATALOG.read_text(), re.M)) == CATALOG_IDS
 
 
@@ -56,27 +88,30 @@ def test_rows_shares_and_realism():
     assert set(given["route"].unique()) == {"IM", "SC"}
     assert given["diagnosis_codes"].is_not_null().all()
     assert 0 < (b12["mar_action"] != "Given").sum() < 0.1 * b12.height
-    assert night.labels["admin_id"].is_in(b12["admin_id"].implode()).all()   # defects only on B12 rows
+    assert night.labels["admin_id"].is_in(b12["admin_id"].implode()).all()  # defects only on B12 rows
     assert night.labels.height == pytest.approx(0.1 * 2000, abs=3)
 
 
 def test_patient_histories_have_loading_then_monthly_doses():
     frame = synth.generate(20000, seed=8, defect_rate=0.0, b12_share=0.5, days=180).frame
     given = frame.filter((pl.col("mar_action") == "Given") & normalize.b12_scope(Rules.load().reference))
-    gaps = (given.select("patient_id", pl.col("admin_time").str.slice(0, 10).str.to_date().alias("d"))
-            .sort("patient_id", "d")
-            .with_columns((pl.col("d") - pl.col("d").shift().over("patient_id")).dt.total_days().alias("gap"))
-            .drop_nulls("gap"))
+    gaps = (
+        given.select("patient_id", pl.col("admin_time").str.slice(0, 10).str.to_date().alias("d"))
+        .sort("patient_id", "d")
+        .with_columns((pl.col("d") - pl.col("d").shift().over("patient_id")).dt.total_days().alias("gap"))
+        .drop_nulls("gap")
+    )
     counts = gaps["gap"].value_counts()
-    assert set(gaps["gap"].unique()) <= {7} | set(range(31, 39))   # weekly loading, then monthly
+    assert set(gaps["gap"].unique()) <= {7} | set(range(31, 39))  # weekly loading, then monthly
     assert counts.filter(pl.col("gap") == 7)["count"].item() > 0
     assert counts.filter(pl.col("gap") > 30)["count"].sum() > 0
 
 
 def test_cli_writes_the_extract_and_its_labels(tmp_path):
     out = tmp_path / "night.ndjson"
-    result = CliRunner().invoke(app, ["synth", "--rows", "500", "--seed", "3", "--format", "fhir",
-                                      "--out", str(out), "--defect-rate", "0.2"])
+    result = CliRunner().invoke(
+        app, ["synth", "--rows", "500", "--seed", "3", "--format", "fhir", "--out", str(out), "--defect-rate", "0.2"]
+    )
     assert result.exit_code == 0, result.output
     assert len(out.read_text().splitlines()) == 500
     labels = pl.read_parquet(tmp_path / "night.ndjson.labels.parquet")
@@ -86,6 +121,7 @@ def test_cli_writes_the_extract_and_its_labels(tmp_path):
 
 
 # --- must show 2: a 100k-row night with seeded defects: findings == labels -----------------------
+
 
 @pytest.fixture(scope="module")
 def night_100k(tmp_path_factory):
@@ -108,11 +144,11 @@ def test_100k_night_findings_equal_the_labels_for_every_rule_in_the_ruleset(nigh
     assert result.rows_read == 100_000 and result.quarantined == 0
     assert result.in_scope == night.counts["b12_rows"] == 25_000
     ids = {r.id for r in rules.ruleset.active}
-    assert CATALOG_IDS <= ids          # the whole catalog is checked (a retired rule drops its labels)
+    assert CATALOG_IDS <= ids  # the whole catalog is checked (a retired rule drops its labels)
     expected = night.labels.filter(pl.col("rule_id").is_in(list(ids)))
     per_rule_expected = dict(expected.group_by("rule_id").len().iter_rows())
     per_rule_found = dict(findings.group_by("rule_id").len().iter_rows())
-    assert per_rule_found == per_rule_expected                       # counts per rule
+    assert per_rule_found == per_rule_expected  # counts per rule
     assert all(per_rule_expected.get(r, 0) >= 30 for r in ids if r in CATALOG_IDS)  # every rule seeded
     missed = expected.join(findings, on=["admin_id", "rule_id"], how="anti")
     extra = findings.join(expected, on=["admin_id", "rule_id"], how="anti")
@@ -128,9 +164,12 @@ def test_100k_night_cross_row_labels_match_the_cross_row_facts(night_100k):
     cfg = load_site_config(rules.ruleset.directory / "site.yaml")
     facts = add_cross_row_facts(normalize.facts(staged, rules.reference, cfg), cfg)
     injection = pl.col("given") & pl.col("route_class").is_in(["injectable", "intravenous"])
-    freq = facts.filter(injection & pl.col("payer_type").is_in(list(cfg.frequency_payers))
-                        & pl.col("prior_injection_within_window")
-                        & (pl.col("days_since_first_injection") > cfg.loading_phase_days))
+    freq = facts.filter(
+        injection
+        & pl.col("payer_type").is_in(list(cfg.frequency_payers))
+        & pl.col("prior_injection_within_window")
+        & (pl.col("days_since_first_injection") > cfg.loading_phase_days)
+    )
     dup = facts.filter(injection & pl.col("duplicate_of_prior"))
     labels = night.labels
     assert set(freq["admin_id"]) == set(labels.filter(pl.col("rule_id") == "FREQ-001")["admin_id"])

@@ -3,6 +3,7 @@
 Exit codes: 0 processed (with or without findings), 1 a file was rejected, 2 usage error,
 3 another run holds the output folder (see runguard.py).
 """
+
 from __future__ import annotations
 
 import os
@@ -12,13 +13,17 @@ import typer
 
 import b12pipeline  # noqa: F401  (telemetry defaults first)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
-                  help="Check every vitamin B12 injection against billing rules before the claim goes out.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    help="Check every vitamin B12 injection against billing rules before the claim goes out.",
+)
 
-from b12pipeline.cli import run as _run  # noqa: E402
 from b12pipeline.cli import backfill as _backfill  # noqa: E402
-from b12pipeline.cli import rules as _rules  # noqa: E402
 from b12pipeline.cli import queue as _queue  # noqa: E402
+from b12pipeline.cli import rules as _rules  # noqa: E402
+from b12pipeline.cli import run as _run  # noqa: E402
 from b12pipeline.cli import serve as _serve  # noqa: E402
 
 _run.register(app)

@@ -1,4 +1,5 @@
 """`b12pipeline backfill`: re-run history for a date range with the current rules."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,13 +19,18 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("var"), "--out", "-o", help="Output root holding history/ and queues/."),
         rules: Optional[Path] = typer.Option(None, help="Rules folder (default: the project's rules/)."),
         chunk_days: Optional[int] = typer.Option(
-            None, "--chunk-days", min=1,
+            None,
+            "--chunk-days",
+            min=1,
             help="Dates per task (one partition of work). Default: the look-back (365 days) on the local "
-                 "thread pool, 7 with --workers / --dask-address."),
-        dask_address: Optional[str] = typer.Option(None, "--dask-address",
-                                                   help="Run the chunks on an existing Dask cluster, tcp://HOST:PORT."),
-        workers: Optional[int] = typer.Option(None, "--workers", min=1,
-                                              help="Run the chunks on a local Dask cluster of N worker processes."),
+            "thread pool, 7 with --workers / --dask-address.",
+        ),
+        dask_address: Optional[str] = typer.Option(
+            None, "--dask-address", help="Run the chunks on an existing Dask cluster, tcp://HOST:PORT."
+        ),
+        workers: Optional[int] = typer.Option(
+            None, "--workers", min=1, help="Run the chunks on a local Dask cluster of N worker processes."
+        ),
     ) -> None:
         """Re-evaluate the history of --from..--to with the current rules; replace those dates' queue
         partitions and write a diff report (findings new / resolved / unchanged per rule)."""
@@ -44,8 +50,15 @@ def register(app: typer.Typer) -> None:
 
         try:
             with output_guard(out, wait=False):  # exit 3 if a night or another backfill holds --out
-                manifest = run_backfill(start, end, str(out), rules_dir=str(rules) if rules else None,
-                                        chunk_days=chunk_days, dask_address=dask_address, workers=workers)
+                manifest = run_backfill(
+                    start,
+                    end,
+                    str(out),
+                    rules_dir=str(rules) if rules else None,
+                    chunk_days=chunk_days,
+                    dask_address=dask_address,
+                    workers=workers,
+                )
         except RuleFileError as exc:
             raise usage_error(str(exc)) from None
         print_diff(manifest, out)

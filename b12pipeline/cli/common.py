@@ -1,4 +1,5 @@
 """Shared CLI helpers: the console, usage errors, the night date."""
+
 from __future__ import annotations
 
 import datetime as dt

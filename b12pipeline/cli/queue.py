@@ -3,6 +3,7 @@
 These commands print and export patient identifiers on purpose (a coder works a finding by patient
 and encounter). They write no log lines and nothing under <out>/runs.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,8 +15,17 @@ from rich.table import Table
 from b12pipeline.cli.common import EXIT_OK, console, parse_date, usage_error
 
 SEVERITY_STYLE = {"error": "red", "warning": "yellow", "info": "cyan"}
-SHOW_COLUMNS = ("service_date", "severity", "rule_id", "patient_id", "encounter_id", "admin_id", "message",
-                "expected", "actual")
+SHOW_COLUMNS = (
+    "service_date",
+    "severity",
+    "rule_id",
+    "patient_id",
+    "encounter_id",
+    "admin_id",
+    "message",
+    "expected",
+    "actual",
+)
 
 
 def _queues_root(out: Path) -> Path:
@@ -56,12 +66,20 @@ def register(app: typer.Typer) -> None:
             summary = summary.filter(summary["service_date"].is_in(recent.implode()))
         table = Table(title=f"Work queues in {out}")
         for col in ("date of service", "queue", "findings", *SEVERITIES, "rules"):
-            table.add_column(col, justify="right" if col in ("findings", *SEVERITIES) else "left",
-                             no_wrap=col in ("date of service", "queue"), min_width=12 if col == "rules" else None)
+            table.add_column(
+                col,
+                justify="right" if col in ("findings", *SEVERITIES) else "left",
+                no_wrap=col in ("date of service", "queue"),
+                min_width=12 if col == "rules" else None,
+            )
         for r in summary.iter_rows(named=True):
-            table.add_row(r["service_date"].isoformat(), r["queue"], f"{r['findings']:,}",
-                          *[f"[{SEVERITY_STYLE[s]}]{r[s]:,}" if r[s] else "0" for s in SEVERITIES],
-                          r["rules"].replace(", ", "\n"))
+            table.add_row(
+                r["service_date"].isoformat(),
+                r["queue"],
+                f"{r['findings']:,}",
+                *[f"[{SEVERITY_STYLE[s]}]{r[s]:,}" if r[s] else "0" for s in SEVERITIES],
+                r["rules"].replace(", ", "\n"),
+            )
         if summary.height == 0:
             console.print(f"no findings in {out / 'queues'}")
         else:
@@ -80,8 +98,9 @@ def register(app: typer.Typer) -> None:
 
         found = select_findings(_queues_root(out), _queue_name(queue), parse_date(date, "--date"), rule)
         if found.height == 0:
-            console.print(f"no findings in queue {queue}" + (f" on {date}" if date else "")
-                          + (f" for {rule}" if rule else ""))
+            console.print(
+                f"no findings in queue {queue}" + (f" on {date}" if date else "") + (f" for {rule}" if rule else "")
+            )
             raise typer.Exit(EXIT_OK)
         shown = found.head(limit) if limit > 0 else found
         table = Table(title=f"Queue {queue}: {found.height:,} finding(s)", show_lines=True)
@@ -93,9 +112,14 @@ def register(app: typer.Typer) -> None:
         table.add_column("actual", ratio=1)
         for r in shown.select(SHOW_COLUMNS).iter_rows(named=True):
             style = SEVERITY_STYLE.get(r["severity"], "white")
-            table.add_row(r["service_date"].isoformat(), f"{r['rule_id']}\n[{style}]{r['severity']}",
-                          "\n".join(str(r[c] or "") for c in ("patient_id", "encounter_id", "admin_id")),
-                          r["message"] or "", r["expected"] or "", r["actual"] or "")
+            table.add_row(
+                r["service_date"].isoformat(),
+                f"{r['rule_id']}\n[{style}]{r['severity']}",
+                "\n".join(str(r[c] or "") for c in ("patient_id", "encounter_id", "admin_id")),
+                r["message"] or "",
+                r["expected"] or "",
+                r["actual"] or "",
+            )
         console.print(table)
         if shown.height < found.height:
             console.print(f"showing {shown.height:,} of {found.height:,}; use --limit 0 or `queue export`")

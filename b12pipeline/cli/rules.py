@@ -3,6 +3,7 @@
 Exit codes: 0 ok; 1 a case failed, lint found problems, or docs are stale (--check); 2 usage error
 (for list/test/docs: a rule file the loader refuses; `lint` reports those as problems instead).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,8 +20,9 @@ EXIT_FAILED = 1
 DEFAULT_DOCS = PROJECT_ROOT / "docs" / "rules.md"
 RULES_HELP = "Rules folder (default: the project's rules/)."
 
-rules_app = typer.Typer(no_args_is_help=True, add_completion=False,
-                        help="List, test, lint and document the rule files.")
+rules_app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="List, test, lint and document the rule files."
+)
 
 
 def _folder(rules: Optional[Path]) -> Path:
@@ -68,8 +70,10 @@ def list_rules(rules: Optional[Path] = typer.Option(None, "--rules", help=RULES_
 
 
 @rules_app.command("test")
-def test_rules(rules: Optional[Path] = typer.Option(None, "--rules", help=RULES_HELP),
-               rule_id: Optional[str] = typer.Option(None, "--id", help="Only this rule id.")) -> None:
+def test_rules(
+    rules: Optional[Path] = typer.Option(None, "--rules", help=RULES_HELP),
+    rule_id: Optional[str] = typer.Option(None, "--id", help="Only this rule id."),
+) -> None:
     """Run every rule's own cases (fires / passes); exit 1 if any case fails."""
     from b12pipeline.engine.cases import run_rule_cases
 
@@ -107,9 +111,11 @@ def lint(rules: Optional[Path] = typer.Option(None, "--rules", help=RULES_HELP))
 
 
 @rules_app.command("docs")
-def docs(rules: Optional[Path] = typer.Option(None, "--rules", help=RULES_HELP),
-         out: Path = typer.Option(DEFAULT_DOCS, "--out", help="Markdown file to write."),
-         check: bool = typer.Option(False, "--check", help="Write nothing; exit 1 if OUT is not up to date.")) -> None:
+def docs(
+    rules: Optional[Path] = typer.Option(None, "--rules", help=RULES_HELP),
+    out: Path = typer.Option(DEFAULT_DOCS, "--out", help="Markdown file to write."),
+    check: bool = typer.Option(False, "--check", help="Write nothing; exit 1 if OUT is not up to date."),
+) -> None:
     """Generate the rule catalog (docs/rules.md) from the rule files."""
     from b12pipeline.engine.ruledocs import render_rules_markdown
 

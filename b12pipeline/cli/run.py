@@ -1,4 +1,5 @@
 """`b12pipeline run` and `b12pipeline nightly`: process one night through the Prefect flow."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,14 +10,30 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from b12pipeline import progress
-from b12pipeline.cli.common import (EXIT_OK, EXIT_REJECTED, console, err_console, output_guard, parse_date, today,
-                                    usage_error)
+from b12pipeline.cli.common import (
+    EXIT_OK,
+    EXIT_REJECTED,
+    console,
+    err_console,
+    output_guard,
+    parse_date,
+    today,
+    usage_error,
+)
 
 WAIT_HELP = "If another run holds --out, wait for it instead of stopping (exit code 3)."
 
 
-def run_night(extracts: list[Path], out: Path, night_text: Optional[str], rules: Optional[Path],
-              source: Optional[str], move_rejected: bool, engine: str = "polars", wait: bool = False) -> int:
+def run_night(
+    extracts: list[Path],
+    out: Path,
+    night_text: Optional[str],
+    rules: Optional[Path],
+    source: Optional[str],
+    move_rejected: bool,
+    engine: str = "polars",
+    wait: bool = False,
+) -> int:
     night = parse_date(night_text, "--night") or today()
     if rules is not None and not rules.is_dir():
         raise usage_error(f"--rules {rules} is not a folder")
@@ -25,21 +42,45 @@ def run_night(extracts: list[Path], out: Path, night_text: Optional[str], rules:
         return _run_night(extracts, out, night, rules, source, move_rejected, engine)
 
 
-def _run_night(extracts: list[Path], out: Path, night, rules: Optional[Path], source: Optional[str],
-               move_rejected: bool, engine: str) -> int:
+def _run_night(
+    extracts: list[Path],
+    out: Path,
+    night,
+    rules: Optional[Path],
+    source: Optional[str],
+    move_rejected: bool,
+    engine: str,
+) -> int:
     from b12pipeline.engine.rulefile import RuleFileError
     from flows.nightly import nightly_flow
 
-    with Progress(SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
-                  MofNCompleteColumn(), TimeElapsedColumn(), console=err_console, transient=True) as bar:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
         task = bar.add_task(f"night {night}: starting Prefect, reading {len(extracts)} file(s)", total=len(extracts))
-        stop = progress.listen(lambda event, data: bar.update(
-            task, advance=1, description=f"night {night}: {data['file']} {data['status']}")
-            if event == "file_done" else None)
+        stop = progress.listen(
+            lambda event, data: (
+                bar.update(task, advance=1, description=f"night {night}: {data['file']} {data['status']}")
+                if event == "file_done"
+                else None
+            )
+        )
         try:
-            manifest = nightly_flow(extracts=[str(p) for p in extracts], out=str(out), night=night,
-                                    rules_dir=str(rules) if rules else None, source=source,
-                                    move_rejected=move_rejected, engine=engine)
+            manifest = nightly_flow(
+                extracts=[str(p) for p in extracts],
+                out=str(out),
+                night=night,
+                rules_dir=str(rules) if rules else None,
+                source=source,
+                move_rejected=move_rejected,
+                engine=engine,
+            )
         except RuleFileError as exc:
             raise usage_error(str(exc)) from None
         finally:
@@ -72,10 +113,22 @@ def print_summary(manifest: dict, out: Path) -> None:
         files.add_column(col, justify="left" if col == "status" else "right")
     for i in manifest["inputs"]:
         status = "[green]processed" if i["status"] == "processed" else "[red]rejected"
-        files.add_row(i["file"], status, f"{i['rows_read']:,}", f"{i['in_scope']:,}", f"{i['out_of_scope']:,}",
-                      f"{i['quarantined']:,}")
-    files.add_row("[bold]total", "", f"[bold]{t['rows_read']:,}", f"[bold]{t['in_scope']:,}",
-                  f"[bold]{t['out_of_scope']:,}", f"[bold]{t['quarantined']:,}")
+        files.add_row(
+            i["file"],
+            status,
+            f"{i['rows_read']:,}",
+            f"{i['in_scope']:,}",
+            f"{i['out_of_scope']:,}",
+            f"{i['quarantined']:,}",
+        )
+    files.add_row(
+        "[bold]total",
+        "",
+        f"[bold]{t['rows_read']:,}",
+        f"[bold]{t['in_scope']:,}",
+        f"[bold]{t['out_of_scope']:,}",
+        f"[bold]{t['quarantined']:,}",
+    )
     console.print(files)
     queues = Table(title="Findings on the dates evaluated")
     queues.add_column("queue")
@@ -100,7 +153,11 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("var"), "--out", "-o", help="Output root (queues, quarantine, runs, ...)."),
         night: Optional[str] = typer.Option(None, help="Date of the night (YYYY-MM-DD); default today."),
         rules: Optional[Path] = typer.Option(None, help="Rules folder (default: the project's rules/)."),
-        source: Optional[str] = typer.Option(None, help="Source format (csv, parquet, clarity, fhir, or a schemas/sources mapping); default from the extension and header."),
+        source: Optional[str] = typer.Option(
+            None,
+            help="Source format (csv, parquet, clarity, fhir, or a schemas/sources mapping); "
+            "default from the extension and header.",
+        ),
         engine: str = typer.Option("polars", help=ENGINE_HELP),
         wait: bool = typer.Option(False, "--wait", help=WAIT_HELP),
     ) -> None:
@@ -108,8 +165,7 @@ def register(app: typer.Typer) -> None:
         missing = [str(p) for p in extract if not p.is_file()]
         if missing:
             raise usage_error(f"no such file: {', '.join(missing)}")
-        raise typer.Exit(run_night(extract, out, night, rules, source, move_rejected=False, engine=engine,
-                                   wait=wait))
+        raise typer.Exit(run_night(extract, out, night, rules, source, move_rejected=False, engine=engine, wait=wait))
 
     @app.command()
     def nightly(
@@ -127,8 +183,9 @@ def register(app: typer.Typer) -> None:
         with output_guard(out, wait):  # held from the archive lookup to the end of the night
             _nightly(landing, out, night, rules, source, engine)
 
-    def _nightly(landing: Path, out: Path, night: Optional[str], rules: Optional[Path],
-                 source: Optional[str], engine: str) -> None:
+    def _nightly(
+        landing: Path, out: Path, night: Optional[str], rules: Optional[Path], source: Optional[str], engine: str
+    ) -> None:
         from b12pipeline.archive import landing_extracts
         from b12pipeline.paths import OutputLayout
 

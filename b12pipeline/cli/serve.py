@@ -1,4 +1,5 @@
 """`b12pipeline serve`: register the nightly deployment with its cron schedule and run it when due."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,11 +34,14 @@ def register(app: typer.Typer) -> None:
         from flows.nightly import landing_deployment
 
         try:
-            deployment = landing_deployment(str(landing.resolve()), str(out.resolve()), cron, tz, name,
-                                            str(rules.resolve()) if rules else None)
-        except ValueError as exc:   # an unknown time zone, or Prefect's check of the cron expression
-            raise usage_error(f"--cron {cron!r} / --tz {tz!r}: {str(exc).splitlines()[-1] if str(exc) else exc}") \
-                from None
-        console.print(f"serving b12-nightly-landing/{name}: '{cron}' {tz}, landing {landing}, out {out} "
-                      "(Ctrl-C to stop)")
+            deployment = landing_deployment(
+                str(landing.resolve()), str(out.resolve()), cron, tz, name, str(rules.resolve()) if rules else None
+            )
+        except ValueError as exc:  # an unknown time zone, or Prefect's check of the cron expression
+            raise usage_error(
+                f"--cron {cron!r} / --tz {tz!r}: {str(exc).splitlines()[-1] if str(exc) else exc}"
+            ) from None
+        console.print(
+            f"serving b12-nightly-landing/{name}: '{cron}' {tz}, landing {landing}, out {out} (Ctrl-C to stop)"
+        )
         prefect_serve(deployment)

@@ -1,4 +1,5 @@
 """`b12pipeline synth`: write a seeded synthetic extract and its expected findings (labels)."""
+
 from __future__ import annotations
 
 import time
@@ -15,11 +16,15 @@ def register(app: typer.Typer) -> None:
     def synth(
         rows: int = typer.Option(..., "--rows", "-n", help="Rows in the extract (B12 and other medications)."),
         seed: int = typer.Option(0, "--seed", "-s", help="Random seed: the same seed gives the same file."),
-        fmt: str = typer.Option("csv", "--format", "-f", help="csv, parquet, clarity (Clarity-style CSV) or fhir (NDJSON)."),
+        fmt: str = typer.Option(
+            "csv", "--format", "-f", help="csv, parquet, clarity (Clarity-style CSV) or fhir (NDJSON)."
+        ),
         out: Path = typer.Option(..., "--out", "-o", help="File to write; labels go to <OUT>.labels.parquet."),
         defect_rate: float = typer.Option(0.05, "--defect-rate", help="Share of B12 rows carrying one seeded defect."),
         b12_share: float = typer.Option(0.25, "--b12-share", help="Share of rows that are B12 administrations."),
-        start: Optional[str] = typer.Option(None, "--start", help="First date of service (YYYY-MM-DD); default 2024-01-02."),
+        start: Optional[str] = typer.Option(
+            None, "--start", help="First date of service (YYYY-MM-DD); default 2024-01-02."
+        ),
         days: int = typer.Option(120, "--days", help="Dates of service span this many days."),
     ) -> None:
         """Write a realistic synthetic eMAR extract with seeded defects and their labels."""
@@ -34,15 +39,18 @@ def register(app: typer.Typer) -> None:
             raise usage_error("--defect-rate must be in [0, 1] and --b12-share in (0, 1]")
         first = parse_date(start, "--start") or generator.DEFAULT_START
         t0 = time.perf_counter()
-        result = generator.generate(rows, seed=seed, defect_rate=defect_rate, b12_share=b12_share,
-                                    start=first, days=days)
+        result = generator.generate(
+            rows, seed=seed, defect_rate=defect_rate, b12_share=b12_share, start=first, days=days
+        )
         t1 = time.perf_counter()
         write_extract(result.frame, fmt, out)
         result.labels.write_parquet(labels_path(out))
         t2 = time.perf_counter()
         c = result.counts
-        console.print(f"wrote {out} ({fmt}): {c['rows']:,} rows, {c['b12_rows']:,} B12, "
-                      f"{c['labels']:,} expected findings over {len(c['labels_per_rule'])} rules "
-                      f"(generated in {t1 - t0:.1f} s, written in {t2 - t1:.1f} s)")
+        console.print(
+            f"wrote {out} ({fmt}): {c['rows']:,} rows, {c['b12_rows']:,} B12, "
+            f"{c['labels']:,} expected findings over {len(c['labels_per_rule'])} rules "
+            f"(generated in {t1 - t0:.1f} s, written in {t2 - t1:.1f} s)"
+        )
         console.print(f"labels: {labels_path(out)}")
         raise typer.Exit(EXIT_OK)

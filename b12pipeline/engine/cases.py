@@ -7,6 +7,7 @@ starting with "_" are not columns:
                     cross-row rules; they get admin_ids HIST-1, HIST-2, ...
   _absent_columns   columns the extract does not carry at all (CHG-002, ADMIN-001)
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ CASE_KEYS = ("_note", "_history", "_absent_columns")
 @dataclass
 class CaseResult:
     rule_id: str
-    kind: str            # fires | passes
+    kind: str  # fires | passes
     index: int
     note: str
     ok: bool
@@ -46,8 +47,9 @@ def case_frame(records: list[dict], absent: list[str] | None = None) -> pl.DataF
         raise ValueError(f"unknown column(s) in case: {', '.join(unknown)}")
     data = {c: [None if r.get(c) is None else str(r.get(c)) for r in records] for c in contract.names}
     frame = pl.DataFrame(data, schema={c: pl.String for c in contract.names})
-    frame = frame.with_columns(pl.lit("rule-case").alias("source_file"),
-                               pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("source_row"))
+    frame = frame.with_columns(
+        pl.lit("rule-case").alias("source_file"), pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("source_row")
+    )
     for name in contract.presence_tracked:
         frame = frame.with_columns(pl.lit(name not in (absent or [])).alias(f"has_{name}"))
     return frame

@@ -12,6 +12,7 @@
 Two-valued logic: a comparison that meets an empty (null) value is false, so `not` of it is true;
 test emptiness explicitly with is_null. Columns are those of the facts frame (docs/columns.md).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -52,8 +53,10 @@ def check_condition(cond: Any, where: str = "") -> None:
         raise ValueError(f"{here}: a leaf needs 'field' (a column name); got keys {', '.join(sorted(keys))}")
     ops = keys - {"field"}
     if len(ops) != 1:
-        raise ValueError(f"{here}: a leaf needs exactly one operator of {', '.join(OPERATORS)}; "
-                         f"got {', '.join(sorted(ops)) or 'none'}")
+        raise ValueError(
+            f"{here}: a leaf needs exactly one operator of {', '.join(OPERATORS)}; "
+            f"got {', '.join(sorted(ops)) or 'none'}"
+        )
     (op,) = ops
     if op not in OPERATORS:
         raise ValueError(f"{here}: unknown operator {op!r}; known: {', '.join(OPERATORS)}")

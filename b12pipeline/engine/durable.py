@@ -27,6 +27,7 @@ fact is "unhandled"; None keys stripped and dates sent as ISO text; rule dicts b
 call (set_rulesets mutates them); a unique ruleset name per call; every rule starts with
 $ex __row so none is negation-only (those loop on the session state); one thread at a time (a lock).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -49,14 +50,19 @@ from b12pipeline.engine.rulefile import Rule, Ruleset
 INSTALL_HINT = "pip install '.[durable]'  (durable-rules 2.0.28 builds from source with gcc; Python 3.10-3.12)"
 PRECOMPUTED_OPS = ("contains", "contains_any", "matches")
 ROW = "__row"
-RESERVED = {"id", "sid"}      # durable's own keys on a message
-MAX_PROPERTIES = 255          # MAX_OBJECT_PROPERTIES in durable's C code
+RESERVED = {"id", "sid"}  # durable's own keys on a message
+MAX_PROPERTIES = 255  # MAX_OBJECT_PROPERTIES in durable's C code
 
 _NATIVE = {"eq": None, "ne": "$neq", "lt": "$lt", "le": "$lte", "gt": "$gt", "ge": "$gte"}
 _NEGATE = {"eq": "ne", "ne": "eq", "lt": "ge", "ge": "lt", "le": "gt", "gt": "le"}
 _PY_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
-    "eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "lt": lambda a, b: a < b,
-    "le": lambda a, b: a <= b, "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b}
+    "eq": lambda a, b: a == b,
+    "ne": lambda a, b: a != b,
+    "lt": lambda a, b: a < b,
+    "le": lambda a, b: a <= b,
+    "gt": lambda a, b: a > b,
+    "ge": lambda a, b: a >= b,
+}
 TRUE = {"$ex": {ROW: 1}}
 FALSE = {"$nex": {ROW: 1}}
 
@@ -73,8 +79,9 @@ def durable_engine():
     try:
         from durable import engine
     except ImportError as exc:
-        raise DurableUnavailable(f"the durable engine needs the durable-rules package: {INSTALL_HINT} "
-                                 f"({type(exc).__name__}: {exc})") from None
+        raise DurableUnavailable(
+            f"the durable engine needs the durable-rules package: {INSTALL_HINT} ({type(exc).__name__}: {exc})"
+        ) from None
     return engine
 
 
@@ -87,6 +94,7 @@ def available() -> bool:
 
 
 # --- values -------------------------------------------------------------------------------------
+
 
 def to_json_value(value: Any) -> Any:
     """A facts value as durable receives it: dates as ISO text (fixed width, so text order = time order)."""
@@ -113,13 +121,14 @@ def _scalar(dtype: pl.DataType | None) -> bool:
 
 # --- compile ------------------------------------------------------------------------------------
 
+
 @dataclass
 class Compiled:
     """One rule set compiled for durable: conditions per rule, the fields to send, precomputed leaves."""
 
-    conditions: list[dict]                                  # per rule, its durable condition on `m`
-    fields: set[str] = field(default_factory=set)           # facts columns sent as they are
-    leaves: dict[str, dict] = field(default_factory=dict)   # __leafN -> the leaf computed in Python
+    conditions: list[dict]  # per rule, its durable condition on `m`
+    fields: set[str] = field(default_factory=set)  # facts columns sent as they are
+    leaves: dict[str, dict] = field(default_factory=dict)  # __leafN -> the leaf computed in Python
 
 
 class _Compiler:
@@ -130,8 +139,14 @@ class _Compiler:
 
     def rule(self, rule: Rule) -> dict:
         lo, hi = rule.window
-        return _and([{"$ex": {ROW: 1}}, {"$gte": {"service_date": lo.isoformat()}},
-                     {"$lt": {"service_date": hi.isoformat()}}, self.cond(rule.when, negate=False)])
+        return _and(
+            [
+                {"$ex": {ROW: 1}},
+                {"$gte": {"service_date": lo.isoformat()}},
+                {"$lt": {"service_date": hi.isoformat()}},
+                self.cond(rule.when, negate=False),
+            ]
+        )
 
     def cond(self, cond: dict, negate: bool) -> dict:
         if "all" in cond:
@@ -161,8 +176,7 @@ class _Compiler:
         other = value["field"] if _is_ref(value, "field") else None
         if other is not None:
             self._column(other)
-        native = (op not in PRECOMPUTED_OPS and _scalar(dtype)
-                  and (other is None or _scalar(self.schema[other])))
+        native = op not in PRECOMPUTED_OPS and _scalar(dtype) and (other is None or _scalar(self.schema[other]))
         if not native:
             return self.precomputed(cond, negate)
         self.out.fields.add(name)
@@ -180,7 +194,7 @@ class _Compiler:
             return _or([{"$nex": {name: 1}}, body]) if negate else _and([{"$ex": {name: 1}}, body])
         if op not in COMPARISONS:  # pragma: no cover - check_condition refuses unknown operators
             raise ValueError(f"unknown operator {op!r}")
-        if other is None and value is None:   # comparing with null: false, and its negation true
+        if other is None and value is None:  # comparing with null: false, and its negation true
             return TRUE if negate else FALSE
         operand = {"$m": other} if other is not None else _literal(value, dtype)
         present = [name] + ([other] if other is not None else [])
@@ -246,6 +260,7 @@ def python_leaf(cond: dict, row: dict, config: Callable[[str], Any]) -> bool:
 
 # --- run ----------------------------------------------------------------------------------------
 
+
 def _facts_rows(facts: pl.DataFrame, compiled: Compiled, config: Callable[[str], Any]) -> list[dict]:
     """One JSON-ready dict per row: only the fields the rules read, no None keys, dates as text."""
     leaf_columns = set()
@@ -282,16 +297,17 @@ def rule_hits(facts: pl.DataFrame, rules: list[Rule], cfg: SiteConfig) -> list[s
         return lambda c: hits[i].add(c.m[ROW])
 
     with _lock:  # durable_rules has no locking of its own: one thread at a time
+
         class QuietHost(engine.Host):
-            def _run(self) -> None:   # no background dispatch threads (they race with the caller)
+            def _run(self) -> None:  # no background dispatch threads (they race with the caller)
                 pass
 
-        name = f"b12_{os.getpid()}_{next(_names)}"   # names cannot be re-registered in one process
+        name = f"b12_{os.getpid()}_{next(_names)}"  # names cannot be re-registered in one process
         definition = {"_seen": {"all": [{"m": {"$ex": {ROW: 1}}}], "run": lambda c: None}}
         for i, condition in enumerate(compiled.conditions):
             definition[f"r{i}"] = {"all": [{"m": condition}], "run": record(i)}
         host = QuietHost()
-        host.set_rulesets({name: definition})          # fresh dicts: set_rulesets deletes 'run'
+        host.set_rulesets({name: definition})  # fresh dicts: set_rulesets deletes 'run'
         try:
             for fact in facts_rows:
                 host.assert_fact(name, fact)
@@ -311,8 +327,9 @@ def _release(host: Any, name: str) -> None:
         pass
 
 
-def evaluate(facts: pl.DataFrame, ruleset: Ruleset, cfg: SiteConfig, run_id: str,
-             rules: list[Rule] | None = None) -> pl.DataFrame:
+def evaluate(
+    facts: pl.DataFrame, ruleset: Ruleset, cfg: SiteConfig, run_id: str, rules: list[Rule] | None = None
+) -> pl.DataFrame:
     """Same contract as engine.evaluate.evaluate, with the hits decided by durable_rules."""
     rules = list(rules if rules is not None else ruleset.active)
     if facts.height == 0 or not rules:

@@ -4,6 +4,7 @@ Each rule's condition is one Polars expression; all of them are computed in a si
 `with_columns`, then each rule's hits are selected into the finding shape and concatenated. No
 per-row Python except the finding-id digest (a stable SHA-256, which Polars' own hash is not).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,12 +17,27 @@ from b12pipeline.engine.conditions import compile_condition
 from b12pipeline.engine.rulefile import Rule, Ruleset
 
 FINDING_COLUMNS = {
-    "finding_id": pl.String, "queue": pl.String, "rule_id": pl.String, "rule_version": pl.String,
-    "ruleset_version": pl.String, "severity": pl.String, "message": pl.String, "expected": pl.String,
-    "actual": pl.String, "admin_id": pl.String, "patient_id": pl.String, "encounter_id": pl.String,
-    "service_date": pl.Date, "admin_time": pl.Datetime("us"), "medication_name": pl.String,
-    "ndc11": pl.String, "dose_mcg": pl.Float64, "route": pl.String, "source_file": pl.String,
-    "source_row": pl.Int64, "run_id": pl.String,
+    "finding_id": pl.String,
+    "queue": pl.String,
+    "rule_id": pl.String,
+    "rule_version": pl.String,
+    "ruleset_version": pl.String,
+    "severity": pl.String,
+    "message": pl.String,
+    "expected": pl.String,
+    "actual": pl.String,
+    "admin_id": pl.String,
+    "patient_id": pl.String,
+    "encounter_id": pl.String,
+    "service_date": pl.Date,
+    "admin_time": pl.Datetime("us"),
+    "medication_name": pl.String,
+    "ndc11": pl.String,
+    "dose_mcg": pl.Float64,
+    "route": pl.String,
+    "source_file": pl.String,
+    "source_row": pl.Int64,
+    "run_id": pl.String,
 }
 _PLACEHOLDER = re.compile(r"\{([a-zA-Z_][a-zA-Z0-9_]*)\}")
 
@@ -30,8 +46,11 @@ def _text(name: str, dtype: pl.DataType) -> pl.Expr:
     """A column as coder-readable text: 2000.0 -> 2000, lists joined, empty -> (none)."""
     col = pl.col(name)
     if dtype.is_float():
-        text = (pl.when(col == col.round(0)).then(col.cast(pl.Int64, strict=False).cast(pl.String))
-                .otherwise(col.round(2).cast(pl.String)))
+        text = (
+            pl.when(col == col.round(0))
+            .then(col.cast(pl.Int64, strict=False).cast(pl.String))
+            .otherwise(col.round(2).cast(pl.String))
+        )
     elif isinstance(dtype, pl.List):
         text = pl.when(col.list.len() > 0).then(col.list.join(",")).otherwise(None)
     elif dtype == pl.Boolean:
@@ -63,9 +82,14 @@ def render(template: str, schema: pl.Schema) -> pl.Expr:
 
 def finding_ids(admin_ids: pl.Series, rule_ids: pl.Series) -> pl.Series:
     """Stable id of (admin_id, rule_id): the same finding keeps its id across runs and versions."""
-    return pl.Series("finding_id", [
-        hashlib.sha256(f"{a}\x1f{r}".encode()).hexdigest()[:20]
-        for a, r in zip(admin_ids.to_list(), rule_ids.to_list())], dtype=pl.String)
+    return pl.Series(
+        "finding_id",
+        [
+            hashlib.sha256(f"{a}\x1f{r}".encode()).hexdigest()[:20]
+            for a, r in zip(admin_ids.to_list(), rule_ids.to_list(), strict=True)
+        ],
+        dtype=pl.String,
+    )
 
 
 def rule_mask(rule: Rule, cfg: SiteConfig, columns: set[str]) -> pl.Expr:
@@ -93,8 +117,9 @@ def empty_findings() -> pl.DataFrame:
     return pl.DataFrame(schema=FINDING_COLUMNS)
 
 
-def evaluate(facts: pl.DataFrame, ruleset: Ruleset, cfg: SiteConfig, run_id: str,
-             rules: list[Rule] | None = None) -> pl.DataFrame:
+def evaluate(
+    facts: pl.DataFrame, ruleset: Ruleset, cfg: SiteConfig, run_id: str, rules: list[Rule] | None = None
+) -> pl.DataFrame:
     """Findings of every active rule (or the given rules) on every row of `facts`."""
     rules = list(rules if rules is not None else ruleset.active)
     if facts.height == 0 or not rules:
@@ -118,17 +143,33 @@ def findings_from_hits(flagged: pl.DataFrame, ruleset: Ruleset, rules: list[Rule
     schema = flagged.schema
     parts = []
     for i, rule in enumerate(rules):
-        parts.append(flagged.lazy().filter(pl.col(f"__hit{i}")).select(
-            pl.lit(rule.queue).alias("queue"), pl.lit(rule.id).alias("rule_id"),
-            pl.lit(rule.version).alias("rule_version"), pl.lit(ruleset.version).alias("ruleset_version"),
-            pl.lit(rule.severity).alias("severity"),
-            render(rule.message, schema).alias("message"),
-            render(rule.expected, schema).alias("expected"),
-            render(rule.actual, schema).alias("actual"),
-            "admin_id", "patient_id", "encounter_id", "service_date", "admin_time", "medication_name",
-            "ndc11", "dose_mcg", "route", "source_file", "source_row",
-        ))
+        parts.append(
+            flagged.lazy()
+            .filter(pl.col(f"__hit{i}"))
+            .select(
+                pl.lit(rule.queue).alias("queue"),
+                pl.lit(rule.id).alias("rule_id"),
+                pl.lit(rule.version).alias("rule_version"),
+                pl.lit(ruleset.version).alias("ruleset_version"),
+                pl.lit(rule.severity).alias("severity"),
+                render(rule.message, schema).alias("message"),
+                render(rule.expected, schema).alias("expected"),
+                render(rule.actual, schema).alias("actual"),
+                "admin_id",
+                "patient_id",
+                "encounter_id",
+                "service_date",
+                "admin_time",
+                "medication_name",
+                "ndc11",
+                "dose_mcg",
+                "route",
+                "source_file",
+                "source_row",
+            )
+        )
     found = pl.concat(parts).collect()
     found = found.with_columns(finding_ids(found["admin_id"], found["rule_id"]), pl.lit(run_id).alias("run_id"))
     return found.select([pl.col(c).cast(t) for c, t in FINDING_COLUMNS.items()]).sort(
-        "service_date", "queue", "rule_id", "admin_id")
+        "service_date", "queue", "rule_id", "admin_id"
+    )

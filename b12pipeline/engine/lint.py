@@ -8,6 +8,7 @@ facts schema (a condition or template naming a column the facts frame does not h
 The facts schema is computed, not listed: the clean record of rules/_case_defaults.yaml is
 normalised exactly as a night's rows are (plus the cross-row facts), and its columns are the facts.
 """
+
 from __future__ import annotations
 
 import re
@@ -22,16 +23,26 @@ from b12pipeline.config import ConfigError, SiteConfig, load_site_config
 from b12pipeline.contract import load_contract
 from b12pipeline.engine.conditions import check_condition, compile_condition, config_used, fields_used
 from b12pipeline.engine.evaluate import template_fields
-from b12pipeline.engine.rulefile import (CASE_KINDS, OPTIONAL_FIELDS, QUEUES, REQUIRED_FIELDS, SEVERITIES,
-                                         STATUSES, Rule, RuleFileError, parse_rule, rule_files)
+from b12pipeline.engine.rulefile import (
+    CASE_KINDS,
+    OPTIONAL_FIELDS,
+    QUEUES,
+    REQUIRED_FIELDS,
+    SEVERITIES,
+    STATUSES,
+    Rule,
+    RuleFileError,
+    parse_rule,
+    rule_files,
+)
 
 FILE_NAME = re.compile(r"^(?P<id>.+?)(?:\.v(?P<n>\d+))?\.yaml$")
 
 
 @dataclass(frozen=True, order=True)
 class Problem:
-    file: str       # path relative to the rules folder
-    field: str      # the rule field (or "file", "yaml")
+    file: str  # path relative to the rules folder
+    field: str  # the rule field (or "file", "yaml")
     message: str
 
     def __str__(self) -> str:
@@ -65,8 +76,10 @@ def read_yaml(path: Path) -> Any:
         where = f" (line {exc.problem_mark.line + 1})" if exc.problem_mark else ""
         if tag:
             shown = tag.group(1).replace("tag:yaml.org,2002:", "!!")
-            raise RuleFileError(f"YAML tag {shown} is not allowed{where}: rule files are plain data "
-                                "(safe YAML: no python/object tags, nothing that runs code)") from None
+            raise RuleFileError(
+                f"YAML tag {shown} is not allowed{where}: rule files are plain data "
+                "(safe YAML: no python/object tags, nothing that runs code)"
+            ) from None
         raise RuleFileError(f"{exc.problem}{where}") from None
     except yaml.YAMLError as exc:
         raise RuleFileError(f"not valid YAML: {' '.join(str(exc).split())}") from None
@@ -110,8 +123,14 @@ def _structure(raw: Any, rel: str) -> list[Problem]:
             if not isinstance(cases.get(kind) or [], list):
                 out.append(Problem(rel, f"cases.{kind}", "must be a list of records"))
             elif not cases.get(kind):
-                out.append(Problem(rel, f"cases.{kind}", f"needs at least one case ({kind}: a record that "
-                                   f"{'must fire' if kind == 'fires' else 'must not fire'} the rule)"))
+                out.append(
+                    Problem(
+                        rel,
+                        f"cases.{kind}",
+                        f"needs at least one case ({kind}: a record that "
+                        f"{'must fire' if kind == 'fires' else 'must not fire'} the rule)",
+                    )
+                )
     elif cases not in (None, "", [], {}):
         out.append(Problem(rel, "cases", f"must be a mapping with keys {', '.join(CASE_KINDS)}"))
     if raw.get("when") not in (None, "", [], {}):
@@ -125,22 +144,29 @@ def _structure(raw: Any, rel: str) -> list[Problem]:
 def _file_name(rule: Rule, rel: str) -> list[Problem]:
     m = FILE_NAME.match(rule.path.name)
     if not m or m.group("id") != rule.id:
-        return [Problem(rel, "id", f"file name must be {rule.id}.yaml or {rule.id}.v<N>.yaml "
-                                   f"(found {rule.path.name})")]
+        return [Problem(rel, "id", f"file name must be {rule.id}.yaml or {rule.id}.v<N>.yaml (found {rule.path.name})")]
     if m.group("n") is not None and m.group("n") != rule.version:
         return [Problem(rel, "version", f"version {rule.version!r} does not match the file name's .v{m.group('n')}")]
     return []
 
 
-def _against_schema(rule: Rule, rel: str, facts: pl.DataFrame, config: SiteConfig, contract_columns: set[str],
-                    case_keys: tuple[str, ...]) -> list[Problem]:
+def _against_schema(
+    rule: Rule,
+    rel: str,
+    facts: pl.DataFrame,
+    config: SiteConfig,
+    contract_columns: set[str],
+    case_keys: tuple[str, ...],
+) -> list[Problem]:
     out = []
     columns = set(facts.columns)
     for name in sorted(fields_used(rule.when) - columns):
         out.append(Problem(rel, "when", f"field {name!r} is not a facts column (see docs/columns.md)"))
     settings = {f.name for f in fields(SiteConfig)}
     for key in sorted(config_used(rule.when) - settings):
-        out.append(Problem(rel, "when", f"{{config: {key}}} is not a site setting; known: {', '.join(sorted(settings))}"))
+        out.append(
+            Problem(rel, "when", f"{{config: {key}}} is not a site setting; known: {', '.join(sorted(settings))}")
+        )
     for tname in ("message", "expected", "actual"):
         for name in template_fields(getattr(rule, tname)):
             if name not in columns:
@@ -149,17 +175,28 @@ def _against_schema(rule: Rule, rel: str, facts: pl.DataFrame, config: SiteConfi
         try:
             facts.select(compile_condition(rule.when, config.get, columns))
         except Exception as exc:  # polars raises several types for a type mismatch
-            out.append(Problem(rel, "when", f"does not evaluate on the facts columns: {' '.join(str(exc).split())[:300]}"))
+            out.append(
+                Problem(rel, "when", f"does not evaluate on the facts columns: {' '.join(str(exc).split())[:300]}")
+            )
     for kind in CASE_KINDS:
         for i, case in enumerate(rule.cases.get(kind) or [], start=1):
             if not isinstance(case, dict):
                 out.append(Problem(rel, f"cases.{kind}[{i}]", "a case is a mapping of fields"))
                 continue
-            unknown = sorted(k for k in map(str, case) if (k.startswith("_") and k not in case_keys)
-                             or (not k.startswith("_") and k not in contract_columns))
+            unknown = sorted(
+                k
+                for k in map(str, case)
+                if (k.startswith("_") and k not in case_keys) or (not k.startswith("_") and k not in contract_columns)
+            )
             if unknown:
-                out.append(Problem(rel, f"cases.{kind}[{i}]", f"unknown key(s) {', '.join(unknown)}: a case "
-                                   f"changes extract columns (and {', '.join(case_keys)})"))
+                out.append(
+                    Problem(
+                        rel,
+                        f"cases.{kind}[{i}]",
+                        f"unknown key(s) {', '.join(unknown)}: a case "
+                        f"changes extract columns (and {', '.join(case_keys)})",
+                    )
+                )
     return out
 
 
@@ -168,11 +205,16 @@ def _overlaps(rules: list[Rule], rel: dict[Path, str]) -> list[Problem]:
     out = []
     active = sorted((r for r in rules if r.status == "active"), key=lambda r: (r.id, r.window))
     for i, a in enumerate(active):
-        for b in active[i + 1:]:
+        for b in active[i + 1 :]:
             if a.id == b.id and a.window[0] < b.window[1] and b.window[0] < a.window[1]:
-                out.append(Problem(rel[b.path], "effective_from",
-                                   f"effective window {_window(b)} overlaps {rel[a.path]} ({_window(a)}) for "
-                                   f"{a.id}: one active file per id and date of service"))
+                out.append(
+                    Problem(
+                        rel[b.path],
+                        "effective_from",
+                        f"effective window {_window(b)} overlaps {rel[a.path]} ({_window(a)}) for "
+                        f"{a.id}: one active file per id and date of service",
+                    )
+                )
     return out
 
 
@@ -197,8 +239,9 @@ def lint_rules(directory: Path) -> list[Problem]:
     try:
         facts = facts_schema(directory, config)
     except Exception as exc:  # no facts schema: the per-rule schema checks are skipped, and said so
-        problems.append(Problem("_case_defaults.yaml", "file",
-                                f"cannot compute the facts schema from the case defaults: {exc}"))
+        problems.append(
+            Problem("_case_defaults.yaml", "file", f"cannot compute the facts schema from the case defaults: {exc}")
+        )
     contract_columns = set(load_contract().names)
     files = rule_files(directory)
     if not files:
@@ -232,8 +275,9 @@ def lint_rules(directory: Path) -> list[Problem]:
     for rule in rules:
         key = (rule.id, rule.version)
         if key in seen:
-            problems.append(Problem(rel[rule.path], "version",
-                                    f"{rule.id} version {rule.version} is also defined in {seen[key]}"))
+            problems.append(
+                Problem(rel[rule.path], "version", f"{rule.id} version {rule.version} is also defined in {seen[key]}")
+            )
         seen.setdefault(key, rel[rule.path])
     problems.extend(_overlaps(rules, rel))
     return sorted(problems)

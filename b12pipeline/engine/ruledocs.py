@@ -3,6 +3,7 @@
 Deterministic: the same rule files give byte-identical output (no dates, no hashes, sorted), so
 `b12pipeline rules docs --check` and tests/test_rules_docs.py can tell when the committed file is stale.
 """
+
 from __future__ import annotations
 
 import re
@@ -122,9 +123,15 @@ def _escape_cell(text: str) -> str:
 
 def rule_section(rule: Rule, examples: int = 2) -> str:
     out = [f"## {rule.id}: {rule.title}", ""]
-    out += [f"- **Queue:** {rule.queue}", f"- **Severity:** {rule.severity}", f"- **Version:** {rule.version}",
-            f"- **Status:** {rule.status}", f"- **Effective:** {window_text(rule)}",
-            f"- **File:** `{rule.path.parent.name}/{rule.path.name}`", ""]
+    out += [
+        f"- **Queue:** {rule.queue}",
+        f"- **Severity:** {rule.severity}",
+        f"- **Version:** {rule.version}",
+        f"- **Status:** {rule.status}",
+        f"- **Effective:** {window_text(rule)}",
+        f"- **File:** `{rule.path.parent.name}/{rule.path.name}`",
+        "",
+    ]
     out += ["### What it checks", "", rule.description.strip() or rule.title, ""]
     out += ["### Condition", ""] + condition_lines(rule.when) + [""]
     out += ["### Message", "", f"> {rule.message}", ""]
@@ -151,8 +158,9 @@ def render_rules_markdown(ruleset: Ruleset) -> str:
     lines = [HEADER, "| id | title | queue | severity | version | status |", "|---|---|---|---|---|---|"]
     for r in rules:
         anchor = re.sub(r"[^a-z0-9 -]", "", f"{r.id}: {r.title}".lower()).replace(" ", "-")
-        lines.append(f"| [{r.id}](#{anchor}) | {_escape_cell(r.title)} | {r.queue} | {r.severity} | "
-                     f"{r.version} | {r.status} |")
+        lines.append(
+            f"| [{r.id}](#{anchor}) | {_escape_cell(r.title)} | {r.queue} | {r.severity} | {r.version} | {r.status} |"
+        )
     lines.append("")
     body = "\n".join(lines)
     sections = "\n".join(rule_section(r) for r in rules)

@@ -3,6 +3,7 @@
 A rule file is data, not code: yaml.safe_load (no tags), a closed set of fields, and a condition
 checked against the condition language before anything runs. Errors name the file and the field.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -18,8 +19,7 @@ from b12pipeline.paths import rules_dir
 QUEUES = ("coding", "medical_necessity", "documentation")
 SEVERITIES = ("error", "warning", "info")
 STATUSES = ("active", "retired")
-REQUIRED_FIELDS = ("id", "title", "queue", "severity", "version", "status", "citations", "message",
-                   "when", "cases")
+REQUIRED_FIELDS = ("id", "title", "queue", "severity", "version", "status", "citations", "message", "when", "cases")
 OPTIONAL_FIELDS = ("effective_from", "effective_to", "expected", "actual", "description", "notes")
 CASE_KINDS = ("fires", "passes")
 FAR_FUTURE = dt.date(9999, 12, 31)
@@ -43,8 +43,8 @@ class Rule:
     when: dict
     cases: dict
     path: Path
-    effective_from: dt.date | None = None   # first date of service the rule applies to (inclusive)
-    effective_to: dt.date | None = None     # first date of service it no longer applies to (exclusive)
+    effective_from: dt.date | None = None  # first date of service the rule applies to (inclusive)
+    effective_to: dt.date | None = None  # first date of service it no longer applies to (exclusive)
     expected: str = ""
     actual: str = ""
     description: str = ""
@@ -58,7 +58,7 @@ class Rule:
 @dataclass(frozen=True)
 class Ruleset:
     rules: tuple[Rule, ...]
-    version: str                       # content hash of the rule files, reference tables, site config
+    version: str  # content hash of the rule files, reference tables, site config
     directory: Path
     files: tuple[Path, ...] = field(default_factory=tuple)
 
@@ -88,8 +88,9 @@ def parse_rule(raw: Any, path: Path) -> Rule:
         raise RuleFileError(f"{path}: a rule file must be a mapping of fields")
     unknown = sorted(set(raw) - set(REQUIRED_FIELDS) - set(OPTIONAL_FIELDS))
     if unknown:
-        raise RuleFileError(f"{path}: unknown field(s) {', '.join(unknown)}; allowed: "
-                            f"{', '.join(REQUIRED_FIELDS + OPTIONAL_FIELDS)}")
+        raise RuleFileError(
+            f"{path}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(REQUIRED_FIELDS + OPTIONAL_FIELDS)}"
+        )
     missing = [k for k in REQUIRED_FIELDS if raw.get(k) in (None, "", [], {})]
     if missing:
         raise RuleFileError(f"{path}: missing required field(s) {', '.join(missing)}")
@@ -115,13 +116,23 @@ def parse_rule(raw: Any, path: Path) -> Rule:
         if key in raw and raw[key] is not None and not isinstance(raw[key], (str, int, float)):
             raise RuleFileError(f"{path}: {key} must be text")
     rule = Rule(
-        id=str(raw["id"]), title=str(raw["title"]), queue=raw["queue"], severity=raw["severity"],
-        version=str(raw["version"]), status=raw["status"], citations=tuple(citations),
-        message=str(raw["message"]), when=raw["when"], cases=cases, path=path,
+        id=str(raw["id"]),
+        title=str(raw["title"]),
+        queue=raw["queue"],
+        severity=raw["severity"],
+        version=str(raw["version"]),
+        status=raw["status"],
+        citations=tuple(citations),
+        message=str(raw["message"]),
+        when=raw["when"],
+        cases=cases,
+        path=path,
         effective_from=_date(raw.get("effective_from"), path, "effective_from"),
         effective_to=_date(raw.get("effective_to"), path, "effective_to"),
-        expected=str(raw.get("expected") or ""), actual=str(raw.get("actual") or ""),
-        description=str(raw.get("description") or ""), notes=str(raw.get("notes") or ""),
+        expected=str(raw.get("expected") or ""),
+        actual=str(raw.get("actual") or ""),
+        description=str(raw.get("description") or ""),
+        notes=str(raw.get("notes") or ""),
     )
     lo, hi = rule.window
     if lo >= hi:
@@ -139,15 +150,19 @@ def load_rule_file(path: Path) -> Rule:
 
 def rule_files(directory: Path) -> list[Path]:
     """Rule files: every *.yaml under rules/ except the site configuration and reference tables."""
-    return sorted(p for p in directory.rglob("*.yaml")
-                  if p.name != "site.yaml" and not p.name.startswith("_") and "reference" not in p.relative_to(directory).parts)
+    return sorted(
+        p
+        for p in directory.rglob("*.yaml")
+        if p.name != "site.yaml" and not p.name.startswith("_") and "reference" not in p.relative_to(directory).parts
+    )
 
 
 def ruleset_version(directory: Path) -> str:
     """Content hash of everything that decides a finding: rule files, reference tables, site config."""
     digest = hashlib.sha256()
-    files = sorted(p for p in directory.rglob("*")
-                   if p.is_file() and p.suffix in (".yaml", ".csv") and "sources" not in p.parts)
+    files = sorted(
+        p for p in directory.rglob("*") if p.is_file() and p.suffix in (".yaml", ".csv") and "sources" not in p.parts
+    )
     for p in files:
         digest.update(p.relative_to(directory).as_posix().encode() + b"\0")
         digest.update(p.read_bytes() + b"\0")

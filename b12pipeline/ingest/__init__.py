@@ -5,6 +5,7 @@ The canonical frame has every contract column as text (stripped; empty -> null),
 presence-tracked column. A file that cannot be read into it raises FileRejected, naming the file
 and what is wrong; the caller moves it aside and goes on with the night.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -64,12 +65,16 @@ def split_quarantine(frame: pl.DataFrame, reasons: pl.Series, check: str) -> tup
         return frame, None
     held = frame.filter(bad).with_columns(
         pl.lit([check], dtype=pl.List(pl.String)).alias("failed_expectations"),
-        reasons.filter(bad).alias("failure_reasons"))
+        reasons.filter(bad).alias("failure_reasons"),
+    )
     return frame.filter(~bad), held
 
 
-def canonicalise(raw: pl.DataFrame | pl.LazyFrame, path: Path, contract: Contract | None = None,
-                 ) -> tuple[pl.DataFrame | pl.LazyFrame, list[str]]:
+def canonicalise(
+    raw: pl.DataFrame | pl.LazyFrame,
+    path: Path,
+    contract: Contract | None = None,
+) -> tuple[pl.DataFrame | pl.LazyFrame, list[str]]:
     """Shape an all-text frame (eager or lazy) into the canonical frame; reject it if a required
     column is absent. A lazy frame must already carry `source_row` (the reader's row index)."""
     contract = contract or load_contract()
@@ -129,7 +134,7 @@ def read_extract(path: Path | str, source: str | None = None, keep: pl.Expr | No
     from b12pipeline.ingest import fhir, sourcemapped
 
     if source is None and fmt == "csv":
-        fmt = sourcemapped.recognise(path) or fmt   # a Clarity-style header is read as clarity
+        fmt = sourcemapped.recognise(path) or fmt  # a Clarity-style header is read as clarity
     readers = {"csv": canonical.read_csv, "parquet": canonical.read_parquet}
     limits = current_limits()
     problem = file_problem(path, fmt, limits)

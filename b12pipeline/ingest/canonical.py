@@ -1,4 +1,5 @@
 """Readers for extracts that already carry the canonical column names: CSV and Parquet."""
+
 from __future__ import annotations
 
 import csv
@@ -15,26 +16,43 @@ from b12pipeline.limits import Limits, current_limits, human
 
 DUPLICATE_SUFFIX = r"_duplicated_\d+$"
 COMPRESSED_SUFFIXES = (".gz", ".gzip", ".bz2", ".xz", ".zst", ".zip", ".7z")
-SUFFIX_FORMATS = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet",
-                  ".ndjson": "fhir", ".jsonl": "fhir"}
+SUFFIX_FORMATS = {
+    ".csv": "csv",
+    ".txt": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".ndjson": "fhir",
+    ".jsonl": "fhir",
+}
 
 
 def format_from_suffix(path: Path) -> str:
     fmt = SUFFIX_FORMATS.get(path.suffix.lower())
     if fmt is None and path.suffix.lower() in COMPRESSED_SUFFIXES:
-        raise FileRejected(path, f"compressed extracts ({path.suffix}) are not accepted; "
-                                 f"decompress it into the landing folder first")
+        raise FileRejected(
+            path, f"compressed extracts ({path.suffix}) are not accepted; decompress it into the landing folder first"
+        )
     if fmt is None:
-        raise FileRejected(path, f"cannot tell the format from the extension {path.suffix!r}; "
-                                 f"name it .csv, .parquet or .ndjson, or pass --source")
+        raise FileRejected(
+            path,
+            f"cannot tell the format from the extension {path.suffix!r}; "
+            f"name it .csv, .parquet or .ndjson, or pass --source",
+        )
     return fmt
 
 
 def read_csv(path: Path, keep: pl.Expr | None = None) -> tuple[pl.DataFrame, list[str], int]:
     """(canonical frame of the rows satisfying `keep`, ignored columns, rows skipped)."""
     try:
-        raw = pl.scan_csv(path, infer_schema=False, encoding="utf8-lossy", raise_if_empty=True,
-                          truncate_ragged_lines=False, row_index_name="source_row", row_index_offset=1)
+        raw = pl.scan_csv(
+            path,
+            infer_schema=False,
+            encoding="utf8-lossy",
+            raise_if_empty=True,
+            truncate_ragged_lines=False,
+            row_index_name="source_row",
+            row_index_offset=1,
+        )
         header = [c for c in raw.collect_schema().names() if c != "source_row"]
         # Polars renames a repeated header to <name>_duplicated_<n>; the second copy would be dropped unseen.
         repeated = sorted({re.sub(DUPLICATE_SUFFIX, "", c) for c in header if re.search(DUPLICATE_SUFFIX, c)})
@@ -51,7 +69,7 @@ def read_csv(path: Path, keep: pl.Expr | None = None) -> tuple[pl.DataFrame, lis
 
 CSV_ERRORS = {
     "unexpected end of data": "an unclosed quote: the file ends inside a quoted value",
-    "expected after": "a quote inside a quoted value is not doubled (\"\")",
+    "expected after": 'a quote inside a quoted value is not doubled ("")',
     "field larger than field limit": "a value is longer than the field limit",
     "line contains nul": "a NUL byte",
 }
@@ -110,11 +128,16 @@ def parquet_problem(meta: pq.FileMetaData, limits: Limits) -> str | None:
     """A Parquet file too large once decoded, from its footer alone (a small file can inflate a lot)."""
     if meta.num_rows > limits.max_rows:
         return f"{meta.num_rows:,} rows, over the limit of {limits.max_rows:,} (B12_MAX_ROWS)"
-    decoded = sum(meta.row_group(i).column(j).total_uncompressed_size
-                  for i in range(meta.num_row_groups) for j in range(meta.num_columns))
+    decoded = sum(
+        meta.row_group(i).column(j).total_uncompressed_size
+        for i in range(meta.num_row_groups)
+        for j in range(meta.num_columns)
+    )
     if decoded > limits.max_decoded_bytes:
-        return (f"{decoded:,} bytes once decompressed, over the limit of {human(limits.max_decoded_bytes)} "
-                f"(B12_MAX_DECODED_BYTES)")
+        return (
+            f"{decoded:,} bytes once decompressed, over the limit of {human(limits.max_decoded_bytes)} "
+            f"(B12_MAX_DECODED_BYTES)"
+        )
     return None
 
 
@@ -122,8 +145,11 @@ def dictionary_problem(path: Path, limits: Limits) -> str | None:
     """Dictionary-encoded text inflates past its pages (one long value repeated per row): measure it
     while it is still a dictionary, before anything decodes it."""
     schema = pq.read_metadata(path).schema
-    text = [c.path for c in (schema.column(i) for i in range(len(schema)))
-            if c.physical_type in ("BYTE_ARRAY", "FIXED_LEN_BYTE_ARRAY") and "." not in c.path]
+    text = [
+        c.path
+        for c in (schema.column(i) for i in range(len(schema)))
+        if c.physical_type in ("BYTE_ARRAY", "FIXED_LEN_BYTE_ARRAY") and "." not in c.path
+    ]
     if not text:
         return None
     table = pq.read_table(path, columns=text, read_dictionary=text)
@@ -136,8 +162,10 @@ def dictionary_problem(path: Path, limits: Limits) -> str | None:
             else:
                 decoded += chunk.nbytes
     if decoded > limits.max_decoded_bytes:
-        return (f"{decoded:,} bytes of text once decoded, over the limit of {human(limits.max_decoded_bytes)} "
-                f"(B12_MAX_DECODED_BYTES)")
+        return (
+            f"{decoded:,} bytes of text once decoded, over the limit of {human(limits.max_decoded_bytes)} "
+            f"(B12_MAX_DECODED_BYTES)"
+        )
     return None
 
 

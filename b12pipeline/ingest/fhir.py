@@ -16,6 +16,7 @@ Element -> column:
   performer[0].actor -> administered_by; reasonCode ICD-10-CM codings -> diagnosis_codes;
   billing columns -> extensions named in schemas/sources/fhir.yaml.
 """
+
 from __future__ import annotations
 
 import re
@@ -35,9 +36,25 @@ except ImportError:  # pragma: no cover
     from json import loads as _loads
 
 CHECK = "fhir_resource_is_valid"
-CORE_COLUMNS = ("admin_id", "order_id", "patient_id", "encounter_id", "admin_time", "mar_action",
-                "medication_name", "rxnorm_code", "ndc", "dose_value", "dose_unit", "route", "site",
-                "lot_number", "expiration_date", "administered_by", "diagnosis_codes")
+CORE_COLUMNS = (
+    "admin_id",
+    "order_id",
+    "patient_id",
+    "encounter_id",
+    "admin_time",
+    "mar_action",
+    "medication_name",
+    "rxnorm_code",
+    "ndc",
+    "dose_value",
+    "dose_unit",
+    "route",
+    "site",
+    "lot_number",
+    "expiration_date",
+    "administered_by",
+    "diagnosis_codes",
+)
 
 
 class Invalid(ValueError):
@@ -55,13 +72,16 @@ def _config(name: str = "fhir") -> dict:
         "status": m.values["mar_action"].map,
         "unit": m.values["dose_unit"].map,
         "route": m.values["route"].map,
-        "rxnorm": systems.get("rxnorm"), "ndc": systems.get("ndc"),
-        "icd10": set(icd if isinstance(icd, list) else [icd]), "snomed": systems.get("snomed"),
+        "rxnorm": systems.get("rxnorm"),
+        "ndc": systems.get("ndc"),
+        "icd10": set(icd if isinstance(icd, list) else [icd]),
+        "snomed": systems.get("snomed"),
         "extensions": {base + k: v for k, v in (fh.get("extensions") or {}).items()},
     }
 
 
 # --- typed getters: each raises Invalid naming the element path -----------------------------------
+
 
 def _get(obj: dict, key: str, kind: type | tuple, path: str, required: bool = False):
     value = obj.get(key)
@@ -126,8 +146,10 @@ def _medication(res: dict, row: dict, cfg: dict) -> None:
     if ref is not None:
         target = _get(ref, "reference", str, "medicationReference.", required=True)
         if not target.startswith("#"):
-            raise Invalid("medicationReference is not a contained Medication ('#id'); "
-                          "this reader resolves contained Medications only")
+            raise Invalid(
+                "medicationReference is not a contained Medication ('#id'); "
+                "this reader resolves contained Medications only"
+            )
         med = None
         for i, c in enumerate(_get(res, "contained", list, "") or []):
             if isinstance(c, dict) and c.get("id") == target[1:]:
@@ -222,15 +244,16 @@ def parse_resource(res: object, cfg: dict, seen: set[str], row: dict) -> None:
         raise Invalid(f"the line is JSON but not an object ({type(res).__name__})")
     kind = res.get("resourceType")
     if kind != "MedicationAdministration":
-        raise Invalid(f"resourceType is {kind!r}, not 'MedicationAdministration'" if kind
-                      else "resourceType is missing")
+        raise Invalid(
+            f"resourceType is {kind!r}, not 'MedicationAdministration'" if kind else "resourceType is missing"
+        )
     row["admin_id"] = _get(res, "id", str, "", required=True)
     _medication(res, row, cfg)
     status = _get(res, "status", str, "", required=True)
     if status not in cfg["status"]:
         raise Invalid(f"status {status!r} is not a MedicationAdministration status in the fhir mapping")
     row["mar_action"] = cfg["status"][status]
-    if status == "not-done":   # the eMAR's own word for it (Refused, Missed, ...) is in statusReason
+    if status == "not-done":  # the eMAR's own word for it (Refused, Missed, ...) is in statusReason
         row["mar_action"] = _not_done_reason(res) or row["mar_action"]
     row["patient_id"] = _ref_id(_get(res, "subject", dict, "", required=True), "subject.")
     ctx = _get(res, "context", dict, "")
@@ -282,16 +305,19 @@ def read_fhir(path: Path, mapping: str = "fhir") -> Extract:
             json_lines += 1
             parse_resource(resource, cfg, seen, row)
         except _JSONError as exc:
-            reason = f"line {number}: not valid JSON ({str(exc).splitlines()[0][:120]})" if line.strip() \
+            reason = (
+                f"line {number}: not valid JSON ({str(exc).splitlines()[0][:120]})"
+                if line.strip()
                 else f"line {number}: empty line (NDJSON has one resource per line)"
+            )
         except Invalid as exc:
             reason = f"line {number}: {exc}"
         reasons.append(reason)
         for c in columns:
             rows[c].append(row.get(c))
-    if json_lines == 0:   # not NDJSON at all (a CSV named .ndjson, a binary file): reject, do not quarantine
+    if json_lines == 0:  # not NDJSON at all (a CSV named .ndjson, a binary file): reject, do not quarantine
         raise FileRejected(path, f"not an NDJSON file: no line is JSON ({reasons[0]})")
-    keep = list(CORE_COLUMNS) + sorted(seen)   # an extension seen on no resource = an absent column
+    keep = list(CORE_COLUMNS) + sorted(seen)  # an extension seen on no resource = an absent column
     raw = pl.DataFrame({c: rows[c] for c in keep}, schema={c: pl.String for c in keep})
     frame, _ = canonicalise(raw, path)
     frame, held = split_quarantine(frame, pl.Series("r", reasons, dtype=pl.String), CHECK)

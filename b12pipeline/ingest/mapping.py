@@ -5,6 +5,7 @@ rewritten to ISO 8601, and code -> value maps. A code that a map does not list i
 with `unknown: quarantine` (the default) the row goes to quarantine with a reason naming the
 column and the code, so an unmapped MAR action can never silently become "not given".
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -18,8 +19,20 @@ from b12pipeline.contract import load_contract
 from b12pipeline.paths import schemas_dir
 
 KINDS = ("delimited", "fhir")
-_TOP_KEYS = {"name", "kind", "delimiter", "signature", "columns", "derived", "dates", "values", "description",
-             "encoding", "extensions", "fhir"}
+_TOP_KEYS = {
+    "name",
+    "kind",
+    "delimiter",
+    "signature",
+    "columns",
+    "derived",
+    "dates",
+    "values",
+    "description",
+    "encoding",
+    "extensions",
+    "fhir",
+}
 
 
 class MappingError(ValueError):
@@ -28,9 +41,9 @@ class MappingError(ValueError):
 
 @dataclass(frozen=True)
 class ValueMap:
-    column: str                     # canonical column the map applies to
+    column: str  # canonical column the map applies to
     map: dict[str, str]
-    unknown: str = "quarantine"     # quarantine | keep
+    unknown: str = "quarantine"  # quarantine | keep
 
 
 @dataclass(frozen=True)
@@ -40,11 +53,11 @@ class SourceMapping:
     path: Path
     delimiter: str = ","
     signature: tuple[str, ...] = ()
-    columns: dict[str, str] = field(default_factory=dict)          # source -> canonical
-    derived: dict[str, dict] = field(default_factory=dict)         # canonical -> {join: [...], separator}
-    dates: dict[str, dict] = field(default_factory=dict)           # canonical -> {type, formats}
-    values: dict[str, ValueMap] = field(default_factory=dict)      # canonical -> ValueMap
-    raw: dict = field(default_factory=dict)                        # the whole file (format-specific keys)
+    columns: dict[str, str] = field(default_factory=dict)  # source -> canonical
+    derived: dict[str, dict] = field(default_factory=dict)  # canonical -> {join: [...], separator}
+    dates: dict[str, dict] = field(default_factory=dict)  # canonical -> {type, formats}
+    values: dict[str, ValueMap] = field(default_factory=dict)  # canonical -> ValueMap
+    raw: dict = field(default_factory=dict)  # the whole file (format-specific keys)
 
     @property
     def source_for(self) -> dict[str, str]:
@@ -112,9 +125,18 @@ def parse_mapping(raw: dict, path: Path) -> SourceMapping:
     delimiter = str(raw.get("delimiter", ","))
     if kind == "delimited" and len(delimiter) != 1:
         raise _fail(path, "delimiter must be one character")
-    return SourceMapping(name=name, kind=kind, path=path, delimiter=delimiter,
-                         signature=tuple(str(s) for s in raw.get("signature") or ()), columns=columns,
-                         derived=derived, dates=dates, values=values, raw=raw)
+    return SourceMapping(
+        name=name,
+        kind=kind,
+        path=path,
+        delimiter=delimiter,
+        signature=tuple(str(s) for s in raw.get("signature") or ()),
+        columns=columns,
+        derived=derived,
+        dates=dates,
+        values=values,
+        raw=raw,
+    )
 
 
 @lru_cache(maxsize=32)
@@ -137,6 +159,7 @@ def available_mappings(kind: str | None = None) -> list[SourceMapping]:
 
 # --- applying a mapping -------------------------------------------------------------------------
 
+
 def _parse_dates(expr: pl.Expr, spec: dict) -> pl.Expr:
     """First format that parses -> ISO text; otherwise the original text (validation judges it)."""
     parsed = []
@@ -157,9 +180,11 @@ def apply_mapping(raw: pl.DataFrame, mapping: SourceMapping) -> tuple[pl.DataFra
     caller). The reason series is null for rows that mapped cleanly.
     """
     cols = {c.strip().upper(): c for c in raw.columns}
-    text = {src: pl.col(cols[src.upper()]).cast(pl.String).str.strip_chars()
-            for src in set(mapping.columns) | {c for d in mapping.derived.values() for c in d["join"]}
-            if src.upper() in cols}
+    text = {
+        src: pl.col(cols[src.upper()]).cast(pl.String).str.strip_chars()
+        for src in set(mapping.columns) | {c for d in mapping.derived.values() for c in d["join"]}
+        if src.upper() in cols
+    }
     text = {k: pl.when(v == "").then(None).otherwise(v) for k, v in text.items()}
     exprs: dict[str, pl.Expr] = {}
     for src, canon in mapping.columns.items():
@@ -178,9 +203,14 @@ def apply_mapping(raw: pl.DataFrame, mapping: SourceMapping) -> tuple[pl.DataFra
         mapped = code.replace_strict(vmap.map, default=None, return_dtype=pl.String)
         src = mapping.source_for.get(canon, canon)
         if vmap.unknown == "quarantine":
-            reasons.append(pl.when(code.is_not_null() & mapped.is_null())
-                           .then(pl.format(f"{src} code '{{}}' is not in the {mapping.name} mapping "
-                                           f"({mapping.path.name} values.{canon})", code)))
+            reasons.append(
+                pl.when(code.is_not_null() & mapped.is_null()).then(
+                    pl.format(
+                        f"{src} code '{{}}' is not in the {mapping.name} mapping ({mapping.path.name} values.{canon})",
+                        code,
+                    )
+                )
+            )
             exprs[canon] = mapped
         else:
             exprs[canon] = pl.coalesce(mapped, code)

@@ -1,4 +1,5 @@
 """Reader for delimited site extracts described by a source mapping (e.g. Epic Clarity-style)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -52,8 +53,14 @@ def read_mapped(path: Path, name: str) -> Extract:
 
 def _read_text(path: Path, mapping: SourceMapping) -> pl.DataFrame:
     try:
-        return pl.read_csv(path, separator=mapping.delimiter, infer_schema=False, encoding="utf8-lossy",
-                           raise_if_empty=True, truncate_ragged_lines=False)
+        return pl.read_csv(
+            path,
+            separator=mapping.delimiter,
+            infer_schema=False,
+            encoding="utf8-lossy",
+            raise_if_empty=True,
+            truncate_ragged_lines=False,
+        )
     except pl.exceptions.NoDataError:
         raise FileRejected(path, "the file is empty (no header row)") from None
     except (pl.exceptions.ComputeError, pl.exceptions.PolarsError) as exc:

@@ -16,6 +16,7 @@ Why the choices:
 
 Run: python rules/reference/build_product_reference.py  (rewrites products.csv; deterministic)
 """
+
 from __future__ import annotations
 
 import csv
@@ -26,8 +27,17 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SOURCES = HERE / "sources"
 OUT = HERE / "products.csv"
-COLUMNS = ["ndc11", "ndc_level", "product_ndc", "ingredient", "mcg_per_ml", "ml_per_container",
-           "container_type", "labeler", "source"]
+COLUMNS = [
+    "ndc11",
+    "ndc_level",
+    "product_ndc",
+    "ingredient",
+    "mcg_per_ml",
+    "ml_per_container",
+    "container_type",
+    "labeler",
+    "source",
+]
 
 _HYPHENATED = re.compile(r"^(\d{4,5})-(\d{3,4})-(\d{1,2})$")
 
@@ -88,8 +98,9 @@ def build() -> list[dict[str, str]]:
                 "labeler": rec["labeler_name"],
                 "source": rec["source_url"],
             }
-            rows.setdefault(ndc11(rec["package_ndc"]), {"ndc11": ndc11(rec["package_ndc"]),
-                                                        "ndc_level": "package", **base})
+            rows.setdefault(
+                ndc11(rec["package_ndc"]), {"ndc11": ndc11(rec["package_ndc"]), "ndc_level": "package", **base}
+            )
             for inner in re.findall(r"\((\d{4,5}-\d{3,4}-\d{1,2})\)", rec["package_description"]):
                 key = ndc11(inner)
                 if key not in rows:
@@ -97,13 +108,21 @@ def build() -> list[dict[str, str]]:
     with open(SOURCES / "fda_drug_shortage_cyanokit.csv", newline="") as fh:
         for rec in csv.DictReader(fh):
             key = ndc11(rec["package_ndc"])
-            rows.setdefault(key, {
-                "ndc11": key, "ndc_level": "package", "product_ndc": rec["product_ndc"],
-                "ingredient": ingredient("", rec["generic_name"]),
-                # Cyanokit is a lyophilised kit for IV infusion: no mcg/mL strength on the listing.
-                "mcg_per_ml": "", "ml_per_container": "", "container_type": "unknown",
-                "labeler": rec["manufacturer_name"], "source": rec["source_url"],
-            })
+            rows.setdefault(
+                key,
+                {
+                    "ndc11": key,
+                    "ndc_level": "package",
+                    "product_ndc": rec["product_ndc"],
+                    "ingredient": ingredient("", rec["generic_name"]),
+                    # Cyanokit is a lyophilised kit for IV infusion: no mcg/mL strength on the listing.
+                    "mcg_per_ml": "",
+                    "ml_per_container": "",
+                    "container_type": "unknown",
+                    "labeler": rec["manufacturer_name"],
+                    "source": rec["source_url"],
+                },
+            )
     return [rows[k] for k in sorted(rows)]
 
 
