@@ -14,6 +14,8 @@ err_console = Console(stderr=True)
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 EXIT_BUSY = 3  # another run holds --out (b12pipeline/runguard.py)
+EXIT_ENVIRONMENT = 4  # the machine failed the run: --out not writable, disk full, a landing file vanished
+EXIT_SOURCE = 5  # a pull source could not be reached (after its retries)
 
 
 def usage_error(message: str) -> typer.Exit:
