@@ -130,10 +130,9 @@ def export_xlsx(findings: pl.DataFrame, target: Path, sheet: str = "findings") -
 
 def _column_widths(view: pl.DataFrame) -> dict[str, float]:
     """Width per column from its heading and longest value (dates are 10/16 characters wide)."""
+    longest: tuple | list = [0] * len(view.columns)
     if view.height:
         longest = view.select([pl.col(c).cast(pl.String).str.len_chars().max().alias(c) for c in view.columns]).row(0)
-    else:
-        longest = [0] * len(view.columns)
     fixed = {pl.Date: 10, pl.Datetime: 16}
     return {
         name: float(min(MAX_WIDTH, max(len(name), fixed.get(dtype.base_type(), n or 0)) + 2))

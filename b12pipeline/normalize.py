@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import Any
 
 import polars as pl
 
@@ -134,7 +135,7 @@ def name_ingredient() -> pl.Expr:
 
 def route_class() -> pl.Expr:
     route = pl.col("route").str.to_lowercase().str.replace_all(r"\s+", " ").str.strip_chars()
-    expr = pl.when(False).then(None)
+    expr: Any = pl.when(False).then(None)  # a chain of when/then, closed by otherwise
     for klass, spellings in ROUTE_CLASSES.items():
         expr = expr.when(route.is_in(spellings)).then(pl.lit(klass))
     return expr.otherwise(pl.lit("unknown"))

@@ -180,14 +180,14 @@ def write_fhir(frame: pl.DataFrame, path: Path, mapping_name: str = "fhir") -> N
                 if r["route"] in route_codes:
                     route["coding"] = [{"system": systems["snomed"], "code": route_codes[r["route"]]}]
                 dosage["route"] = route
-            dose = {}
+            dose: dict[str, object] = {}
             if r["dose_value"] is not None:
                 dose["value"] = _number(r["dose_value"])
             if r["dose_unit"]:
                 dose["unit"] = r["dose_unit"]
-                code = ucum.get(r["dose_unit"].lower())
-                if code:
-                    dose.update(system="http://unitsofmeasure.org", code=code)
+                unit_code = ucum.get(r["dose_unit"].lower())
+                if unit_code:
+                    dose.update(system="http://unitsofmeasure.org", code=unit_code)
             if dose:
                 dosage["dose"] = dose
             if dosage:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from contextlib import contextmanager
 from pathlib import Path
+from typing import overload
 
 import typer
 from rich.console import Console
@@ -23,6 +24,10 @@ def usage_error(message: str) -> typer.Exit:
     return typer.Exit(EXIT_USAGE)
 
 
+@overload
+def parse_date(value: str, name: str) -> dt.date: ...
+@overload
+def parse_date(value: str | None, name: str) -> dt.date | None: ...
 def parse_date(value: str | None, name: str) -> dt.date | None:
     if value is None:
         return None

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -45,14 +46,34 @@ def run_night(
 def _run_night(
     extracts: list[Path],
     out: Path,
-    night,
+    night: dt.date,
     rules: Optional[Path],
     source: Optional[str],
     move_rejected: bool,
     engine: str,
 ) -> int:
-    from b12pipeline.engine.rulefile import RuleFileError
     from flows.nightly import nightly_flow
+
+    manifest = _with_progress(
+        night,
+        len(extracts),
+        lambda: nightly_flow(
+            extracts=[str(p) for p in extracts],
+            out=str(out),
+            night=night,
+            rules_dir=str(rules) if rules else None,
+            source=source,
+            move_rejected=move_rejected,
+            engine=engine,
+        ),
+    )
+    print_summary(manifest, out)
+    return EXIT_REJECTED if manifest["totals"]["files_rejected"] else EXIT_OK
+
+
+def _with_progress(night: dt.date, files: int | None, run: Callable[[], dict]) -> dict:
+    """Run a night's flow under a progress bar fed by the files it finishes (counts and names only)."""
+    from b12pipeline.engine.rulefile import RuleFileError
 
     with Progress(
         SpinnerColumn(),
@@ -63,7 +84,8 @@ def _run_night(
         console=err_console,
         transient=True,
     ) as bar:
-        task = bar.add_task(f"night {night}: starting Prefect, reading {len(extracts)} file(s)", total=len(extracts))
+        reading = f"{files} file(s)" if files is not None else "the new files"
+        task = bar.add_task(f"night {night}: starting Prefect, reading {reading}", total=files)
         stop = progress.listen(
             lambda event, data: (
                 bar.update(task, advance=1, description=f"night {night}: {data['file']} {data['status']}")
@@ -72,27 +94,48 @@ def _run_night(
             )
         )
         try:
-            manifest = nightly_flow(
-                extracts=[str(p) for p in extracts],
-                out=str(out),
-                night=night,
-                rules_dir=str(rules) if rules else None,
-                source=source,
-                move_rejected=move_rejected,
-                engine=engine,
-            )
+            return run()
         except RuleFileError as exc:
             raise usage_error(str(exc)) from None
         finally:
             stop()
-    print_summary(manifest, out)
-    return EXIT_REJECTED if manifest["totals"]["files_rejected"] else EXIT_OK
+
+
+def run_landing(
+    landing: Path, out: Path, night_text: Optional[str], rules: Optional[Path], source: Optional[str], engine: str
+) -> int:
+    """The scheduled night's flow (landing_flow) run now: the same landing lookup, archive and moves."""
+    from flows.nightly import landing_flow
+
+    night = parse_date(night_text, "--night") or today()
+    if rules is not None and not rules.is_dir():
+        raise usage_error(f"--rules {rules} is not a folder")
+    check_engine(engine)
+    result = _with_progress(
+        night,
+        None,
+        lambda: landing_flow(
+            landing=str(landing),
+            out=str(out),
+            night=night,
+            rules_dir=str(rules) if rules else None,
+            source=source,
+            engine=engine,
+        ),
+    )
+    if result["run_id"] is None:
+        console.print(f"nothing new in {landing} ({result['already_processed']} file(s) already processed)")
+        return EXIT_OK
+    if result["already_processed"]:
+        console.print(f"skipped {result['already_processed']} file(s) already processed (same checksum)")
+    print_summary(result["manifest"], out)
+    return EXIT_REJECTED if result["files_rejected"] else EXIT_OK
 
 
 def check_engine(engine: str) -> None:
     """Usage error for an unknown engine, or durable when durable-rules is not installed."""
     from b12pipeline.engine.durable import DurableUnavailable
-    from b12pipeline.engine.evaluate import evaluator
+    from b12pipeline.engine.engines import evaluator
 
     try:
         evaluator(engine)
@@ -181,18 +224,4 @@ def register(app: typer.Typer) -> None:
         if not landing.is_dir():
             raise usage_error(f"--landing {landing} is not a folder")
         with output_guard(out, wait):  # held from the archive lookup to the end of the night
-            _nightly(landing, out, night, rules, source, engine)
-
-    def _nightly(
-        landing: Path, out: Path, night: Optional[str], rules: Optional[Path], source: Optional[str], engine: str
-    ) -> None:
-        from b12pipeline.archive import landing_extracts
-        from b12pipeline.paths import OutputLayout
-
-        candidates, new = landing_extracts(landing, OutputLayout(out).archive)
-        if not new:
-            console.print(f"nothing new in {landing} ({len(candidates)} file(s) already processed)")
-            raise typer.Exit(EXIT_OK)
-        if len(new) < len(candidates):
-            console.print(f"skipping {len(candidates) - len(new)} file(s) already processed (same checksum)")
-        raise typer.Exit(run_night(new, out, night, rules, source, move_rejected=True, engine=engine))
+            raise typer.Exit(run_landing(landing, out, night, rules, source, engine))
