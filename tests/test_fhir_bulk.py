@@ -419,3 +419,31 @@ def test_export_without_administrations_is_rejected(tmp_path):
     (folder / "Patient.ndjson").write_text('{"resourceType": "Patient", "id": "p"}\n')
     with pytest.raises(FileRejected, match="no MedicationAdministration file"):
         read_extract(folder, source="fhir-bulk")
+
+
+# --- the CLI night takes the folder, checksums and archives it -----------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_run_reads_an_export_folder_and_archives_it_with_the_findings_of_the_csv(tmp_path, fixtures_dir):
+    from typer.testing import CliRunner
+
+    from b12pipeline.cli import app
+    from b12pipeline.writers import write_extract
+
+    csv = fixtures_dir / "emar_2024-03-01.csv"
+    folder = write_extract(pl.read_csv(csv, infer_schema=False), "fhir-bulk", tmp_path / "export-2024-03-01")
+    found = {}
+    for name, extract in (("csv", csv), ("bulk", folder)):
+        args = ["run", "-e", str(extract), "--out", str(tmp_path / name), "--night", "2024-03-01"]
+        result = CliRunner().invoke(app, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        found[name] = read_queue(tmp_path / name / "queues").select("admin_id", "rule_id", "message", "source_row")
+    assert found["bulk"].height > 0 and found["bulk"].equals(found["csv"])
+    archived = [json.loads(line) for line in (tmp_path / "bulk" / "archive" / "index.jsonl").read_text().splitlines()]
+    assert [a["file"] for a in archived] == ["export-2024-03-01"]
+    copy = tmp_path / "bulk" / "archive" / archived[0]["path"]
+    assert (copy / "MedicationAdministration.ndjson").read_bytes() == (
+        folder / "MedicationAdministration.ndjson"
+    ).read_bytes()
