@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import partial
 from pathlib import Path
 
 
 def sha256_file(path: Path) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB pieces (extracts can be gigabytes)."""
+    """The checksum of an extract: a file's bytes, or for a folder (a FHIR Bulk Data export) the
+    names and bytes of its files in name order, so the same export arriving twice is recognised.
+    Read in 1 MiB pieces: extracts can be gigabytes."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as fh:
+            for chunk in iter(partial(fh.read, 1 << 20), b""):
+                digest.update(chunk)
     return digest.hexdigest()
 
 
