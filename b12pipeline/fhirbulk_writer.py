@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import polars as pl
 
-from b12pipeline.writers import _number, fhir_administration, fhir_context, medication_code, split_codes
+from b12pipeline.fhir_writer import _number, fhir_administration, fhir_context, medication_code, split_codes
 
 NO_R4_ELEMENT = ("container_type", "waste_mcg")
 UCUM_SYSTEM = "http://unitsofmeasure.org"

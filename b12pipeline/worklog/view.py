@@ -10,10 +10,9 @@ from pathlib import Path
 
 import polars as pl
 
-from b12pipeline.worklog.models import STATUSES
+from b12pipeline.worklog.models import OPEN_WORK, STATUSES
 from b12pipeline.worklog.queries import read_states
 
-OPEN_WORK = ("new", "open", "reopened", "in_progress")  # plus deferred whose date has come
 UNTRACKED = "untracked"  # in a queue, not in the worklog (written before it existed, or by a backfill)
 CONTEXT_COLUMNS = ("payer_type", "charge_hcpcs", "charge_units", "charge_modifiers", "diagnosis_codes")
 KEYS = ("queue", "rule_id", "rule_version", "severity", "service_date")
