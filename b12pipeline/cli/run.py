@@ -13,6 +13,7 @@ from b12pipeline import progress
 from b12pipeline.cli.common import (
     EXIT_OK,
     EXIT_REJECTED,
+    check_rules,
     console,
     err_console,
     output_guard,
@@ -24,20 +25,26 @@ from b12pipeline.cli.common import (
 WAIT_HELP = "If another run holds --out, wait for it instead of stopping (exit code 3)."
 
 
+def preflight(night_text: Optional[str], rules: Optional[Path], engine: str):
+    """Every check that needs no data, before Prefect or GX start: the night's date, the rule files
+    (file, line and column), the engine. Returns the night."""
+    night = parse_date(night_text, "--night") or today()
+    check_rules(rules)
+    check_engine(engine)
+    return night
+
+
 def run_night(
     extracts: list[Path],
     out: Path,
-    night_text: Optional[str],
+    night,
     rules: Optional[Path],
     source: Optional[str],
     move_rejected: bool,
     engine: str = "polars",
     wait: bool = False,
 ) -> int:
-    night = parse_date(night_text, "--night") or today()
-    if rules is not None and not rules.is_dir():
-        raise usage_error(f"--rules {rules} is not a folder")
-    check_engine(engine)
+    """`night`, `rules` and `engine` have passed preflight()."""
     with output_guard(out, wait):
         return _run_night(extracts, out, night, rules, source, move_rejected, engine)
 
@@ -91,6 +98,8 @@ def _run_night(
 
 def check_engine(engine: str) -> None:
     """Usage error for an unknown engine, or durable when durable-rules is not installed."""
+    if engine == "polars":  # the default: nothing to check, and no reason to import the engine yet
+        return
     from b12pipeline.engine.durable import DurableUnavailable
     from b12pipeline.engine.evaluate import evaluator
 
@@ -165,7 +174,8 @@ def register(app: typer.Typer) -> None:
         missing = [str(p) for p in extract if not p.is_file()]
         if missing:
             raise usage_error(f"no such file: {', '.join(missing)}")
-        raise typer.Exit(run_night(extract, out, night, rules, source, move_rejected=False, engine=engine, wait=wait))
+        day = preflight(night, rules, engine)
+        raise typer.Exit(run_night(extract, out, day, rules, source, move_rejected=False, engine=engine, wait=wait))
 
     @app.command()
     def nightly(
@@ -180,12 +190,11 @@ def register(app: typer.Typer) -> None:
         """Process the files in LANDING that were not processed before (by checksum)."""
         if not landing.is_dir():
             raise usage_error(f"--landing {landing} is not a folder")
+        day = preflight(night, rules, engine)
         with output_guard(out, wait):  # held from the archive lookup to the end of the night
-            _nightly(landing, out, night, rules, source, engine)
+            _nightly(landing, out, day, rules, source, engine)
 
-    def _nightly(
-        landing: Path, out: Path, night: Optional[str], rules: Optional[Path], source: Optional[str], engine: str
-    ) -> None:
+    def _nightly(landing: Path, out: Path, night, rules: Optional[Path], source: Optional[str], engine: str) -> None:
         from b12pipeline.archive import landing_extracts
         from b12pipeline.paths import OutputLayout
 
