@@ -15,6 +15,10 @@ import yaml
 from b12pipeline.engine.rulefile import Rule, RuleFileError, Ruleset, parse_rule
 from b12pipeline.paths import rules_dir
 
+# libyaml's safe loader: the same safe constructors, about 10x faster than the pure-Python parser
+# (35 rule files with their cases took 0.5 s, paid by every run before anything else).
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 class _StrictSafeLoader(yaml.SafeLoader):
     """safe_load that also refuses a key given twice (safe_load silently keeps the last one)."""
@@ -54,10 +58,40 @@ def read_yaml(path: Path) -> Any:
 
 def load_rule_file(path: Path) -> Rule:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, ValueError) as exc:  # ValueError: not UTF-8, or an impossible date like 2024-13-45
+        text = path.read_text(encoding="utf-8")
+        raw = yaml.load(text, Loader=SAFE_LOADER)  # noqa: S506 - a safe loader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RuleFileError(f"{_at(path, mark)}: not valid (safe) YAML: {problem}") from None
+    except ValueError as exc:  # not UTF-8, or an impossible date like 2024-13-45
         raise RuleFileError(f"{path}: not valid (safe) YAML: {str(exc).splitlines()[0]}") from None
-    return parse_rule(raw, path)
+    try:
+        return parse_rule(raw, path)
+    except RuleFileError as exc:
+        mark = _key_mark(text, exc.field) if exc.field else None
+        if mark is None:
+            raise
+        raise RuleFileError(str(exc).replace(f"{path}: ", f"{_at(path, mark)}: ", 1), field=exc.field) from None
+
+
+def _at(path: Path, mark) -> str:
+    """`path:line:column` (1-based, as editors and compilers count) or just the path."""
+    return f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+
+
+def _key_mark(text: str, key: str):
+    """Where a top-level key's value starts in the file (only on the error path: composing costs a parse)."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    for key_node, value_node in node.value:
+        if getattr(key_node, "value", None) == key:
+            return value_node.start_mark
+    return None
 
 
 def rule_files(directory: Path) -> list[Path]:

@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich import box
 from rich.table import Table
 
-from b12pipeline import progress
 from b12pipeline.cli.common import (
     EXIT_OK,
     EXIT_REJECTED,
+    check_rules,
     console,
     err_console,
     output_guard,
@@ -21,26 +21,34 @@ from b12pipeline.cli.common import (
     today,
     usage_error,
 )
+from b12pipeline.cli.feedback import feedback, quiet_option
 
 WAIT_HELP = "If another run holds --out, wait for it instead of stopping (exit code 3)."
+
+
+def preflight(night_text: Optional[str], rules: Optional[Path], engine: str):
+    """Every check that needs no data, before Prefect or GX start: the night's date, the rule files
+    (file, line and column), the engine. Returns the night."""
+    night = parse_date(night_text, "--night") or today()
+    check_rules(rules)
+    check_engine(engine)
+    return night
 
 
 def run_night(
     extracts: list[Path],
     out: Path,
-    night_text: Optional[str],
+    night,
     rules: Optional[Path],
     source: Optional[str],
     move_rejected: bool,
     engine: str = "polars",
     wait: bool = False,
+    quiet: bool = False,
 ) -> int:
-    night = parse_date(night_text, "--night") or today()
-    if rules is not None and not rules.is_dir():
-        raise usage_error(f"--rules {rules} is not a folder")
-    check_engine(engine)
+    """`night`, `rules` and `engine` have passed preflight()."""
     with output_guard(out, wait):
-        return _run_night(extracts, out, night, rules, source, move_rejected, engine)
+        return _run_night(extracts, out, night, rules, source, move_rejected, engine, quiet)
 
 
 def _run_night(
@@ -51,13 +59,12 @@ def _run_night(
     source: Optional[str],
     move_rejected: bool,
     engine: str,
+    quiet: bool = False,
 ) -> int:
-    from flows.nightly import nightly_flow
+    def run() -> dict:
+        from flows.nightly import nightly_flow
 
-    manifest = _with_progress(
-        night,
-        len(extracts),
-        lambda: nightly_flow(
+        return nightly_flow(
             extracts=[str(p) for p in extracts],
             out=str(out),
             night=night,
@@ -65,64 +72,46 @@ def _run_night(
             source=source,
             move_rejected=move_rejected,
             engine=engine,
-        ),
-    )
+        )
+
+    manifest = _with_feedback(night, f"starting Prefect for {len(extracts)} file(s)", quiet, run)
     print_summary(manifest, out)
     return EXIT_REJECTED if manifest["totals"]["files_rejected"] else EXIT_OK
 
 
-def _with_progress(night: dt.date, files: int | None, run: Callable[[], dict]) -> dict:
-    """Run a night's flow under a progress bar fed by the files it finishes (counts and names only)."""
+def _with_feedback(night: dt.date, first_step: str, quiet: bool, run: Callable[[], dict]) -> dict:
+    """Run a night's flow showing its progress steps on stderr (file names and counts only)."""
     from b12pipeline.engine.rulefile import RuleFileError
 
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    ) as bar:
-        reading = f"{files} file(s)" if files is not None else "the new files"
-        task = bar.add_task(f"night {night}: starting Prefect, reading {reading}", total=files)
-        stop = progress.listen(
-            lambda event, data: (
-                bar.update(task, advance=1, description=f"night {night}: {data['file']} {data['status']}")
-                if event == "file_done"
-                else None
-            )
-        )
+    with feedback(f"night {night}", quiet) as shown:
+        shown.step(first_step)
         try:
-            return run()
+            result = run()
         except RuleFileError as exc:
             raise usage_error(str(exc)) from None
-        finally:
-            stop()
+        shown.step("done")
+    return result
 
 
 def run_landing(
-    landing: Path, out: Path, night_text: Optional[str], rules: Optional[Path], source: Optional[str], engine: str
+    landing: Path, out: Path, night: dt.date, rules: Optional[Path], source: Optional[str], engine: str, quiet: bool
 ) -> int:
-    """The scheduled night's flow (landing_flow) run now: the same landing lookup, archive and moves."""
-    from flows.nightly import landing_flow
+    """The scheduled night's flow (landing_flow) run now: the same landing lookup, archive and moves.
+    `night`, `rules` and `engine` have passed preflight()."""
 
-    night = parse_date(night_text, "--night") or today()
-    if rules is not None and not rules.is_dir():
-        raise usage_error(f"--rules {rules} is not a folder")
-    check_engine(engine)
-    result = _with_progress(
-        night,
-        None,
-        lambda: landing_flow(
+    def run() -> dict:
+        from flows.nightly import landing_flow
+
+        return landing_flow(
             landing=str(landing),
             out=str(out),
             night=night,
             rules_dir=str(rules) if rules else None,
             source=source,
             engine=engine,
-        ),
-    )
+        )
+
+    result = _with_feedback(night, f"starting Prefect for the new files in {landing}", quiet, run)
     if result["run_id"] is None:
         console.print(f"nothing new in {landing} ({result['already_processed']} file(s) already processed)")
         return EXIT_OK
@@ -134,6 +123,8 @@ def run_landing(
 
 def check_engine(engine: str) -> None:
     """Usage error for an unknown engine, or durable when durable-rules is not installed."""
+    if engine == "polars":  # the default: nothing to check, and no reason to import the engine yet
+        return
     from b12pipeline.engine.durable import DurableUnavailable
     from b12pipeline.engine.engines import evaluator
 
@@ -150,10 +141,16 @@ ENGINE_HELP = "Rule engine: polars (default) or durable (optional second engine;
 
 def print_summary(manifest: dict, out: Path) -> None:
     t = manifest["totals"]
-    files = Table(title=f"Night {manifest['night']} - run {manifest['run_id']}", show_lines=False)
-    files.add_column("file", no_wrap=True, overflow="fold")
-    for col in ("status", "rows read", "in scope", "out of scope", "quarantined"):
-        files.add_column(col, justify="left" if col == "status" else "right")
+    # Borderless so 80 columns hold every heading and count whole; only a long file name folds.
+    files = Table(
+        title=f"Night {manifest['night']} - run {manifest['run_id']}",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        collapse_padding=True,
+    )
+    files.add_column("file", overflow="fold")
+    for col in ("status", "read", "in scope", "out of scope", "quarantined"):
+        files.add_column(col, justify="left" if col == "status" else "right", no_wrap=True)
     for i in manifest["inputs"]:
         status = "[green]processed" if i["status"] == "processed" else "[red]rejected"
         files.add_row(
@@ -173,7 +170,8 @@ def print_summary(manifest: dict, out: Path) -> None:
         f"[bold]{t['quarantined']:,}",
     )
     console.print(files)
-    queues = Table(title="Findings on the dates evaluated")
+    title = "Findings on the dates evaluated"
+    queues = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, min_width=len(title))
     queues.add_column("queue")
     queues.add_column("findings", justify="right")
     for q, n in manifest["findings"]["per_queue"].items():
@@ -205,12 +203,14 @@ def register(app: typer.Typer) -> None:
         ),
         engine: str = typer.Option("polars", help=ENGINE_HELP),
         wait: bool = typer.Option(False, "--wait", help=WAIT_HELP),
+        quiet: bool = quiet_option,
     ) -> None:
         """Process the given extract files as one night."""
         missing = [str(p) for p in extract if not (p.is_file() or p.is_dir())]
         if missing:
             raise usage_error(f"no such file: {', '.join(missing)}")
-        raise typer.Exit(run_night(extract, out, night, rules, source, move_rejected=False, engine=engine, wait=wait))
+        day = preflight(night, rules, engine)
+        raise typer.Exit(run_night(extract, out, day, rules, source, False, engine, wait, quiet))
 
     @app.command()
     def nightly(
@@ -221,9 +221,11 @@ def register(app: typer.Typer) -> None:
         source: Optional[str] = typer.Option(None, help="Source format for every file; default per extension."),
         engine: str = typer.Option("polars", help=ENGINE_HELP),
         wait: bool = typer.Option(False, "--wait", help=WAIT_HELP),
+        quiet: bool = quiet_option,
     ) -> None:
         """Process the files in LANDING that were not processed before (by checksum)."""
         if not landing.is_dir():
             raise usage_error(f"--landing {landing} is not a folder")
+        day = preflight(night, rules, engine)
         with output_guard(out, wait):  # held from the archive lookup to the end of the night
-            raise typer.Exit(run_landing(landing, out, night, rules, source, engine))
+            raise typer.Exit(run_landing(landing, out, day, rules, source, engine, quiet))

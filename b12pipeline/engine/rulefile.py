@@ -25,7 +25,12 @@ FAR_PAST = dt.date(1900, 1, 1)
 
 
 class RuleFileError(ValueError):
-    """A rule file is malformed. str() names the file and the field."""
+    """A rule file is malformed. str() names the file and the field, and the line and column
+    (`path:line:column: ...`, as compilers print) when the loader can place it."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field  # the top-level key at fault, so the loader can find its line
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,7 @@ def _date(value: Any, path: Path, key: str) -> dt.date | None:
     try:
         return dt.date.fromisoformat(str(value))
     except ValueError:
-        raise RuleFileError(f"{path}: {key} {value!r} is not a date (YYYY-MM-DD)") from None
+        raise RuleFileError(f"{path}: {key} {value!r} is not a date (YYYY-MM-DD)", field=key) from None
 
 
 def parse_rule(raw: Any, path: Path) -> Rule:
@@ -85,32 +90,33 @@ def parse_rule(raw: Any, path: Path) -> Rule:
     unknown = sorted(set(raw) - set(REQUIRED_FIELDS) - set(OPTIONAL_FIELDS))
     if unknown:
         raise RuleFileError(
-            f"{path}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(REQUIRED_FIELDS + OPTIONAL_FIELDS)}"
+            f"{path}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(REQUIRED_FIELDS + OPTIONAL_FIELDS)}",
+            field=unknown[0],
         )
     missing = [k for k in REQUIRED_FIELDS if raw.get(k) in (None, "", [], {})]
     if missing:
         raise RuleFileError(f"{path}: missing required field(s) {', '.join(missing)}")
     for key, allowed in (("queue", QUEUES), ("severity", SEVERITIES), ("status", STATUSES)):
         if raw[key] not in allowed:
-            raise RuleFileError(f"{path}: {key} {raw[key]!r} is not one of {', '.join(allowed)}")
+            raise RuleFileError(f"{path}: {key} {raw[key]!r} is not one of {', '.join(allowed)}", field=key)
     citations = raw["citations"]
     if isinstance(citations, str):
         citations = [citations]
     if not isinstance(citations, list) or not all(isinstance(c, str) and c.strip() for c in citations):
-        raise RuleFileError(f"{path}: citations must be a list of non-empty strings")
+        raise RuleFileError(f"{path}: citations must be a list of non-empty strings", field="citations")
     cases = raw["cases"]
     if not isinstance(cases, dict) or set(cases) - set(CASE_KINDS):
-        raise RuleFileError(f"{path}: cases must be a mapping with keys {', '.join(CASE_KINDS)}")
+        raise RuleFileError(f"{path}: cases must be a mapping with keys {', '.join(CASE_KINDS)}", field="cases")
     for kind in CASE_KINDS:
         if not isinstance(cases.get(kind, []), list):
-            raise RuleFileError(f"{path}: cases.{kind} must be a list of records")
+            raise RuleFileError(f"{path}: cases.{kind} must be a list of records", field="cases")
     try:
         check_condition(raw["when"])
     except ValueError as exc:
-        raise RuleFileError(f"{path}: when: {exc}") from None
+        raise RuleFileError(f"{path}: when: {exc}", field="when") from None
     for key in ("message", "expected", "actual", "title", "id", "version"):
         if key in raw and raw[key] is not None and not isinstance(raw[key], (str, int, float)):
-            raise RuleFileError(f"{path}: {key} must be text")
+            raise RuleFileError(f"{path}: {key} must be text", field=key)
     rule = Rule(
         id=str(raw["id"]),
         title=str(raw["title"]),
@@ -132,5 +138,5 @@ def parse_rule(raw: Any, path: Path) -> Rule:
     )
     lo, hi = rule.window
     if lo >= hi:
-        raise RuleFileError(f"{path}: effective_from {lo} is not before effective_to {hi}")
+        raise RuleFileError(f"{path}: effective_from {lo} is not before effective_to {hi}", field="effective_from")
     return rule
