@@ -203,6 +203,7 @@ def landing_flow(
     with guard_output(out):  # held from the archive lookup to the end of the night
         candidates, new = landing_extracts(Path(landing), OutputLayout(Path(out)).archive)
         already = len(candidates) - len(new)
+        progress.step(f"{len(new)} new file(s) in the landing folder, {already} already processed")
         if not new:
             logger.info("night %s: nothing new in landing (%d file(s) already processed)", night, already)
             return {

@@ -111,7 +111,7 @@ def run_landing(
             engine=engine,
         )
 
-    result = _with_feedback(night, f"starting Prefect for the new files in {landing}", quiet, run)
+    result = _with_feedback(night, "starting Prefect", quiet, run)
     if result["run_id"] is None:
         console.print(f"nothing new in {landing} ({result['already_processed']} file(s) already processed)")
         return EXIT_OK
