@@ -40,6 +40,14 @@ class SiteConfig:
     loading_phase_days: int = 56
     frequency_lookback_days: int = 365
     max_quarantine_share: float = 0.5
+    # Why a coder may dismiss a finding (the worklog refuses any other reason).
+    dismiss_reasons: tuple[str, ...] = (
+        "false positive",
+        "payer exception",
+        "documented elsewhere",
+        "corrected outside b12pipeline",
+        "not billable",
+    )
 
     def get(self, name: str):
         """A configuration value by name, as rule conditions reference it ({config: name})."""

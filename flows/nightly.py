@@ -61,6 +61,14 @@ def apply_night(staged: list[str], out: str, rules_dir: str | None, run_id: str,
     return pipeline.apply_staged(staged, out, pipeline.Rules.load(rules_dir), run_id, engine)
 
 
+@task(name="update-worklog", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_on_io)
+def update_worklog(out: str, night: dt.date, run_id: str, dates: list[str]) -> dict:
+    """The findings' lifecycle (new / open / resolved / reopened) in the coders' worklog: counts only."""
+    from b12pipeline.worklog import update_night_from_queues
+
+    return update_night_from_queues(out, night, run_id, dates)
+
+
 @task(name="write-run-record", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_on_io)
 def write_run_record(
     run_id: str,
@@ -146,6 +154,7 @@ def _nightly(
                 i["quarantined"],
             )
     applied = apply_night([i["staged"] for i in inputs if i["staged"]], out, rules_dir, run_id, engine)
+    applied["worklog"] = update_worklog(out, night, run_id, applied["dates"])
     archive_extracts(extracts, inputs, out, night)
     manifest = write_run_record(run_id, night, started_at, inputs, applied, out, rules_dir, rules.ruleset.version)
     # The queues and run record are complete; a broken report must not fail the night for coders.
