@@ -11,7 +11,7 @@ import getpass
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import jinja2
 import polars as pl
@@ -20,11 +20,12 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 
 from b12pipeline.engine.rulefile import QUEUES, SEVERITIES, load_ruleset
+from b12pipeline.review import dashboard
 from b12pipeline.review import findings as fq
 from b12pipeline.review.accounts import Authenticator, User
 from b12pipeline.review.middleware import CSRF_FIELD, Policy, SecurityLayer, route_templates, session_cookie
 from b12pipeline.review.sessions import SessionStore
-from b12pipeline.review.work import WorkView, with_work
+from b12pipeline.review.work import ChangeError, WorkView, action_body, parse_change, with_work
 
 HERE = Path(__file__).resolve().parent
 QUEUE_TITLES = {"coding": "Coding", "medical_necessity": "Medical necessity", "documentation": "Documentation"}
@@ -52,6 +53,7 @@ API_COLUMNS = (
     "version",
 )
 LOGIN_FAILURES_ALLOWED, LOGIN_LOCK_SECONDS = 5, 15 * 60
+BULK_CODER_LIMIT = 100  # a larger bulk action is a supervisor's
 
 
 @dataclass
@@ -72,7 +74,7 @@ class Review:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.snapshot = fq.QueueSnapshot(settings.out)
-        self.work = WorkView(settings.out)
+        self.work = WorkView(settings.out, settings.rules_dir)
         self.ruleset = load_ruleset(settings.rules_dir)
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -178,6 +180,8 @@ def build_app(settings: Settings):
         selected = fq.apply_filters(frame, filters, review.work.open_work)
         rows, page = fq.sort_and_page(selected, filters)
         in_queue = frame.filter(pl.col("queue") == queue)
+        session = request.state.session
+        notices, session.flash = session.flash, []
         return review.render(
             request,
             "queue.html",
@@ -199,6 +203,7 @@ def build_app(settings: Settings):
             owners=sorted(o for o in in_queue["owner"].unique().to_list() if o),
             sorts=fq.SORTS,
             reasons=review.work.reasons(),
+            notices=notices,
         )
 
     @app.get("/findings/{finding_id}")
@@ -247,6 +252,117 @@ def build_app(settings: Settings):
             }
         )
 
+    @app.patch("/api/findings/{finding_id}")
+    async def api_change(request: Request, finding_id: str) -> Response:
+        if not request.headers.get("content-type", "").startswith("application/json"):
+            return JSONResponse({"error": "send JSON (Content-Type: application/json)"}, status_code=415)
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return JSONResponse({"error": "the body is not a JSON object"}, status_code=400)
+        current = review.work.states().filter(pl.col("finding_id") == finding_id)
+        if current.height == 0:
+            return JSONResponse({"error": "unknown finding id"}, status_code=404)
+        expected = request.headers.get("if-match")
+        if expected is not None and not expected.strip('"').isdigit():
+            return JSONResponse({"error": "If-Match is the finding's version", "field": "If-Match"}, status_code=400)
+        revision = int(expected.strip('"')) if expected is not None else None
+        try:
+            changes = parse_change(body, review.work.reasons())
+            if revision is not None and revision != current["version"][0]:
+                raise _conflict(review, finding_id, current.row(0, named=True))
+            outcome = review.work.change([finding_id], changes, current_user(request).name, revision)
+            if outcome.refused:
+                now = review.work.states().filter(pl.col("finding_id") == finding_id).row(0, named=True)
+                if revision is not None and now["version"] != revision:
+                    raise _conflict(review, finding_id, now)
+                raise ChangeError(_field_of(outcome.refused[0][1]), outcome.refused[0][1])
+        except ChangeError as exc:
+            status = 409 if exc.conflict else 400
+            return JSONResponse(
+                {"error": exc.message, "field": exc.field, "conflict": exc.conflict}, status_code=status
+            )
+        state = review.work.states().filter(pl.col("finding_id") == finding_id).row(0, named=True)
+        return JSONResponse({"finding_id": finding_id, "changed": bool(outcome.changed), **_jsonable(state)})
+
+    @app.post("/queues/{queue}/bulk")
+    async def bulk_review(request: Request, queue: str) -> Response:
+        return await _bulk(request, queue, apply=False)
+
+    @app.post("/queues/{queue}/bulk/apply")
+    async def bulk_apply(request: Request, queue: str) -> Response:
+        return await _bulk(request, queue, apply=True)
+
+    async def _bulk(request: Request, queue: str, apply: bool) -> Response:
+        if queue not in QUEUES:
+            return not_found(request, "There is no such queue.")
+        pairs = await _form_pairs(request)
+        form = dict(pairs)
+        picked = [v for k, v in pairs if k == "finding_id"]
+        params = {k[2:]: v for k, v in pairs if k.startswith("f_")}
+        user = current_user(request)
+        back = f"/queues/{queue}?{urlencode(params)}"
+        try:
+            filters = fq.parse_filters(queue, params, review.work.statuses)
+            changes = parse_change(action_body(form), review.work.reasons())
+        except (fq.FilterError, ChangeError) as exc:
+            message = exc.message if hasattr(exc, "message") else str(exc)
+            return review.render(
+                request, "error.html", status=400, title="Cannot do that", message=f"{exc.field}: {message}"
+            )
+        selected = fq.apply_filters(review.findings(), filters, review.work.open_work)
+        if picked:
+            selected = selected.filter(pl.col("finding_id").is_in(picked))
+        ids = selected["finding_id"].to_list()
+        if len(ids) > BULK_CODER_LIMIT and not user.is_supervisor:
+            return review.render(
+                request,
+                "error.html",
+                status=403,
+                title="Supervisors only",
+                message=f"A bulk action on more than {BULK_CODER_LIMIT} findings ({len(ids):,} selected) "
+                "is for a supervisor. Narrow the filter or check the rows to act on.",
+            )
+        confirmed = form.get("confirm_count", "")
+        if apply and confirmed == str(len(ids)) and ids:
+            outcome = review.work.change(ids, changes, user.name)
+            note = f"{form['action']}: {len(outcome.changed):,} finding(s) changed"
+            if outcome.unchanged:
+                note += f", {len(outcome.unchanged):,} already so"
+            if outcome.refused:
+                note += f", {len(outcome.refused):,} refused ({outcome.refused[0][1]})"
+            request.state.session.flash.append(note)
+            return RedirectResponse(back, status_code=303)
+        return review.render(
+            request,
+            "confirm.html",
+            title="Confirm",
+            queue=queue,
+            count=len(ids),
+            action=form.get("action", ""),
+            changes=changes,
+            pairs=[(k, v) for k, v in pairs if k not in ("confirm_count", "csrf_token")],
+            changed_since=apply and confirmed != str(len(ids)),
+            back=back,
+        )
+
+    @app.get("/dashboard")
+    def dashboard_page(request: Request) -> Response:
+        if not current_user(request).is_supervisor:
+            return review.render(
+                request, "error.html", status=403, title="Supervisors only", message="The dashboard is for supervisors."
+            )
+        today = dt.date.today()  # the request is the boundary that may read the clock (ages)
+        return review.render(
+            request,
+            "dashboard.html",
+            title="Dashboard",
+            today=today,
+            **dashboard.summary(review.findings(), review.work.rows(), today),
+        )
+
     policy = Policy(
         mode=settings.mode,
         authenticator=review_auth,
@@ -257,12 +373,34 @@ def build_app(settings: Settings):
     return SecurityLayer(app, policy, settings.sessions, route_templates(app))
 
 
-async def _form(request: Request) -> dict[str, str]:
-    """A urlencoded form as a dict (the last value of each name); the app posts no files."""
-    from urllib.parse import parse_qsl
-
+async def _form_pairs(request: Request) -> list[tuple[str, str]]:
+    """A urlencoded form as (name, value) pairs, in order; the app posts no files."""
     body = (await request.body()).decode("utf-8", "replace")
-    return dict(parse_qsl(body, keep_blank_values=True))
+    return parse_qsl(body, keep_blank_values=True)
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """A urlencoded form as a dict (the last value of each name)."""
+    return dict(await _form_pairs(request))
+
+
+def _conflict(review: Review, finding_id: str, now: dict) -> ChangeError:
+    trail = review.work.history(finding_id)
+    who = f" by {trail[-1]['actor']} ({trail[-1]['interface']})" if trail else ""
+    return ChangeError(
+        "status",
+        f"This finding changed since the page was loaded{who}: it is now {now['status']}. "
+        "Nothing was saved; reload to see the change.",
+        conflict=True,
+    )
+
+
+def _field_of(reason: str) -> str:
+    """The form field a worklog refusal is about."""
+    for word, name in (("reason", "reason"), ("deferred", "until"), ("status", "status")):
+        if word in reason:
+            return name
+    return "status"
 
 
 def _jsonable(row: dict) -> dict:

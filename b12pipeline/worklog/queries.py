@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import polars as pl
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
-from b12pipeline.worklog.models import finding
+from b12pipeline.worklog.models import audit, finding
 from b12pipeline.worklog.store import read_connection
 
 STATE_SCHEMA = {
@@ -42,3 +42,12 @@ def read_states(engine: Engine, ids: list[str] | None = None, queue: str | None 
             for start in range(0, len(unique), 5000):
                 rows.extend(conn.execute(query.where(finding.c.finding_id.in_(unique[start : start + 5000]))).all())
     return pl.DataFrame(rows, schema=STATE_SCHEMA, orient="row")
+
+
+def worklog_stamp(engine: Engine) -> tuple:
+    """Changes whenever the worklog does (every change writes an audit row; a night may insert
+    findings): two cheap aggregate reads, so a view can cache `read_states` until it moves."""
+    with read_connection(engine) as conn:
+        last_audit = conn.execute(select(func.max(audit.c.id))).scalar()
+        rows = conn.execute(select(func.count()).select_from(finding)).scalar()
+    return (last_audit, rows)
