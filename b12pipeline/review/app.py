@@ -53,7 +53,7 @@ API_COLUMNS = (
     "version",
 )
 LOGIN_FAILURES_ALLOWED, LOGIN_LOCK_SECONDS = 5, 15 * 60
-BULK_CODER_LIMIT = 100  # a larger bulk action is a supervisor's
+BULK_CODER_LIMIT = 100  # a bulk action on more findings is a supervisor's
 
 
 @dataclass
@@ -65,6 +65,7 @@ class Settings:
     trusted_proxies: frozenset[str] = frozenset({"127.0.0.1", "::1"})
     rules_dir: Path | None = None
     local_user: str = field(default_factory=getpass.getuser)
+    bulk_limit: int = BULK_CODER_LIMIT
     sessions: SessionStore = field(default_factory=SessionStore)
 
 
@@ -316,13 +317,13 @@ def build_app(settings: Settings):
         if picked:
             selected = selected.filter(pl.col("finding_id").is_in(picked))
         ids = selected["finding_id"].to_list()
-        if len(ids) > BULK_CODER_LIMIT and not user.is_supervisor:
+        if len(ids) > settings.bulk_limit and not user.is_supervisor:
             return review.render(
                 request,
                 "error.html",
                 status=403,
                 title="Supervisors only",
-                message=f"A bulk action on more than {BULK_CODER_LIMIT} findings ({len(ids):,} selected) "
+                message=f"A bulk action on more than {settings.bulk_limit} findings ({len(ids):,} selected) "
                 "is for a supervisor. Narrow the filter or check the rows to act on.",
             )
         confirmed = form.get("confirm_count", "")
