@@ -26,6 +26,7 @@ from b12pipeline.review.accounts import Authenticator, User
 from b12pipeline.review.middleware import CSRF_FIELD, Policy, SecurityLayer, route_templates, session_cookie
 from b12pipeline.review.sessions import SessionStore
 from b12pipeline.review.work import ChangeError, WorkView, action_body, parse_change, with_work
+from b12pipeline.worklog.view import OPEN_WORK, UNTRACKED
 
 HERE = Path(__file__).resolve().parent
 QUEUE_TITLES = {"coding": "Coding", "medical_necessity": "Medical necessity", "documentation": "Documentation"}
@@ -99,14 +100,15 @@ class Review:
         )
         return HTMLResponse(page, status_code=status)
 
-    def counts(self, frame: pl.DataFrame) -> dict[str, dict[str, int]]:
-        """Per queue: open work, new tonight, in progress, deferred (the tabs)."""
-        open_work = self.work.open_work
+    def counts(self, frame: pl.DataFrame, as_of: dt.date) -> dict[str, dict[str, int]]:
+        """Per queue: open work (as `queue show` counts it), new tonight, in progress, deferred (the tabs)."""
+        due = (pl.col("status") == "deferred") & (pl.col("deferred_until") <= as_of)
+        open_work = pl.col("status").is_in([*OPEN_WORK, UNTRACKED]) | due
         grouped = frame.group_by("queue").agg(
-            (pl.col("status").is_in(list(open_work))).sum().alias("open"),
-            (pl.col("is_new") & pl.col("status").is_in(list(open_work))).sum().alias("new"),
+            open_work.fill_null(False).sum().alias("open"),
+            (pl.col("status") == "new").sum().alias("new"),
             (pl.col("status") == "in_progress").sum().alias("in_progress"),
-            (pl.col("status") == "deferred").sum().alias("deferred"),
+            ((pl.col("status") == "deferred") & ~due.fill_null(False)).sum().alias("deferred"),
         )
         by_queue = {r["queue"]: r for r in grouped.iter_rows(named=True)}
         keys = ("open", "new", "in_progress", "deferred")
@@ -173,12 +175,13 @@ def build_app(settings: Settings):
         if queue not in QUEUES:
             return not_found(request, "There is no such queue.")
         frame = review.findings()
+        today = dt.date.today()  # the request is the boundary that may read the clock (deferrals due)
         error = None
         try:
             filters = fq.parse_filters(queue, request.query_params, review.work.statuses)
         except fq.FilterError as exc:
             error, filters = exc, fq.Filters(queue=queue)
-        selected = fq.apply_filters(frame, filters, review.work.open_work)
+        selected = fq.apply_filters(frame, filters, today)
         rows, page = fq.sort_and_page(selected, filters)
         in_queue = frame.filter(pl.col("queue") == queue)
         session = request.state.session
@@ -189,7 +192,7 @@ def build_app(settings: Settings):
             status=400 if error else 200,
             title=QUEUE_TITLES[queue],
             queue=queue,
-            counts=review.counts(frame),
+            counts=review.counts(frame, today),
             filters=filters,
             error=error,
             rows=rows.to_dicts(),
@@ -241,7 +244,7 @@ def build_app(settings: Settings):
             filters = fq.parse_filters(queue, params, review.work.statuses)
         except fq.FilterError as exc:
             return JSONResponse({"error": exc.message, "field": exc.field}, status_code=400)
-        selected = fq.apply_filters(review.findings(), filters, review.work.open_work)
+        selected = fq.apply_filters(review.findings(), filters, dt.date.today())
         rows, page = fq.sort_and_page(selected, filters)
         return JSONResponse(
             {
@@ -313,7 +316,7 @@ def build_app(settings: Settings):
             return review.render(
                 request, "error.html", status=400, title="Cannot do that", message=f"{exc.field}: {message}"
             )
-        selected = fq.apply_filters(review.findings(), filters, review.work.open_work)
+        selected = fq.apply_filters(review.findings(), filters, dt.date.today())
         if picked:
             selected = selected.filter(pl.col("finding_id").is_in(picked))
         ids = selected["finding_id"].to_list()

@@ -223,26 +223,29 @@ def _payers(history_root: Path, found: pl.DataFrame) -> pl.DataFrame:
     return lazy.select("admin_id", "payer_type").unique("admin_id", keep="last").collect()
 
 
-def apply_filters(frame: pl.DataFrame, f: Filters, open_work: tuple[str, ...], newest_night=None) -> pl.DataFrame:
-    """The rows of `frame` (findings joined with their work state) that match `f`, unsorted."""
-    conditions = [pl.col("queue") == f.queue]
-    if "all" not in f.status:
-        conditions.append(pl.col("status").is_in(list(f.status or open_work)))
-    if f.owner:
-        conditions.append(pl.col("owner") == f.owner)
-    if f.severity:
-        conditions.append(pl.col("severity") == f.severity)
-    if f.rule:
-        conditions.append(pl.col("rule_id") == f.rule)
-    if f.payer:
-        conditions.append(pl.col("payer_type") == f.payer)
+def apply_filters(frame: pl.DataFrame, f: Filters, as_of: dt.date) -> pl.DataFrame:
+    """The rows of `frame` (findings joined with their work state) that match `f`.
+
+    Status, owner, severity, payer, rule and "new" mean what they mean for `queue show`
+    (worklog.view.filter_work, the open work by default); the date range is the web's own.
+    """
+    from b12pipeline.worklog.view import filter_work
+
+    wanted = {
+        "queue": f.queue,
+        "status": "|".join(f.status) or None,
+        "owner": f.owner,
+        "severity": f.severity,
+        "payer": f.payer,
+        "rule": f.rule,
+        "new": f.new,
+    }
+    selected = filter_work(frame, wanted, as_of=as_of)
     if f.date_from:
-        conditions.append(pl.col("service_date") >= f.date_from)
+        selected = selected.filter(pl.col("service_date") >= f.date_from)
     if f.date_to:
-        conditions.append(pl.col("service_date") <= f.date_to)
-    if f.new:
-        conditions.append(pl.col("is_new"))
-    return frame.filter(*conditions)
+        selected = selected.filter(pl.col("service_date") <= f.date_to)
+    return selected
 
 
 def sort_and_page(selected: pl.DataFrame, f: Filters) -> tuple[pl.DataFrame, int]:

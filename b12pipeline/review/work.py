@@ -19,9 +19,9 @@ import polars as pl
 
 from b12pipeline import worklog
 from b12pipeline.worklog.queries import worklog_stamp
+from b12pipeline.worklog.view import UNTRACKED
 
-STATUSES = worklog.STATUSES
-OPEN_WORK = worklog.OPEN_STATUSES
+STATUSES = (*worklog.STATUSES, UNTRACKED)
 # What each action sets; `assign` and `comment` change only their own field.
 ACTION_STATUS = {"start": "in_progress", "fix": "fixed", "dismiss": "dismissed", "defer": "deferred", "reopen": "open"}
 ACTIONS = ("assign", "start", "fix", "dismiss", "defer", "comment", "reopen")
@@ -43,7 +43,6 @@ class WorkView:
     out: Path
     rules_dir: Path | None = None
     statuses: tuple[str, ...] = STATUSES
-    open_work: tuple[str, ...] = OPEN_WORK
     _stamp: tuple | None = None
     _states: pl.DataFrame | None = None
     _raw: pl.DataFrame | None = None
@@ -84,14 +83,7 @@ class WorkView:
 
 
 def _decisions(states: pl.DataFrame) -> pl.DataFrame:
-    """The worklog rows the pages join to the queues, with `is_new`: first seen on the latest night
-    (the night of the findings still `new`) and still open work."""
-    newest = states.filter(pl.col("status") == "new")["first_seen_night"].max()
-    is_new = (
-        (pl.col("first_seen_night") == newest) & pl.col("status").is_in(list(OPEN_WORK))
-        if newest is not None
-        else pl.lit(False)
-    )
+    """The worklog rows the pages join to the queues; `is_new` is the status `new` (new tonight)."""
     return states.select(
         "finding_id",
         "status",
@@ -102,14 +94,15 @@ def _decisions(states: pl.DataFrame) -> pl.DataFrame:
         "closed_on",
         pl.col("first_seen_night").alias("first_seen"),
         pl.col("revision").cast(pl.Int64).alias("version"),
-        is_new.alias("is_new"),
+        (pl.col("status") == "new").alias("is_new"),
     )
 
 
 def with_work(findings: pl.DataFrame, states: pl.DataFrame) -> pl.DataFrame:
-    """Findings joined with their decisions; a finding the worklog has not seen yet is new."""
+    """Findings joined with their decisions; one the worklog does not track (written before it existed,
+    or by a backfill) is `untracked`, as in `queue show`."""
     joined = findings.join(states, on="finding_id", how="left")
-    return joined.with_columns(pl.col("status").fill_null("new"), pl.col("is_new").fill_null(True))
+    return joined.with_columns(pl.col("status").fill_null(UNTRACKED), pl.col("is_new").fill_null(False))
 
 
 def parse_change(body: dict, reasons: tuple[str, ...]) -> dict:
