@@ -20,8 +20,13 @@ INJECTION_ROUTES = ("injectable", "intravenous")
 
 
 def is_injection() -> pl.Expr:
-    """A given B12 administration by injection (IM/SC, or IV push): the events cross-row rules count."""
-    return pl.col("given").fill_null(False) & pl.col("route_class").is_in(list(INJECTION_ROUTES))
+    """A given B12 administration by injection (IM/SC, or IV push): the events cross-row rules count.
+    Cyanide-antidote hydroxocobalamin is not a B12 replacement dose and is not counted."""
+    return (
+        pl.col("given").fill_null(False)
+        & pl.col("route_class").is_in(list(INJECTION_ROUTES))
+        & ~pl.col("antidote_use").fill_null(False)
+    )
 
 
 def add_cross_row_facts(facts: pl.DataFrame, cfg: SiteConfig) -> pl.DataFrame:

@@ -33,10 +33,17 @@ from b12pipeline.validate import validate
 
 
 def sha256_file(path: Path) -> str:
+    """The checksum of an extract: a file's bytes, or for a folder (a FHIR Bulk Data export) the
+    names and bytes of its files in name order, so the same export arriving twice is recognised."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as fh:
+            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -84,8 +91,10 @@ def reject_file(path: Path, layout: OutputLayout, reason: str, move: bool) -> No
     layout.rejected.mkdir(parents=True, exist_ok=True)
     target = layout.rejected / path.name
     if path.exists():
-        (shutil.move if move else shutil.copy2)(str(path), target)
-        restrict(target)  # copy2/move keep the source's mode; the output root is owner-only
+        copy = shutil.copytree if path.is_dir() else shutil.copy2  # a Bulk Data export is a folder
+        (shutil.move if move else copy)(str(path), target)
+        for item in [target, *target.rglob("*")] if target.is_dir() else [target]:
+            restrict(item)  # copy2/move keep the source's mode; the output root is owner-only
     (layout.rejected / f"{path.name}.error.txt").write_text(f"{path.name}: {reason}\n")
 
 
@@ -102,7 +111,7 @@ def stage_file(
     """`sha256`: the file's checksum when the caller already has it (the flow hashes every input
     once for the run id; hashing a large extract again costs a full read)."""
     path, layout = Path(path), OutputLayout(Path(out))
-    result = StageResult(file=path.name, sha256=sha256 or (sha256_file(path) if path.is_file() else ""))
+    result = StageResult(file=path.name, sha256=sha256 or (sha256_file(path) if path.exists() else ""))
     try:
         # Only B12 rows are read in (CSV/Parquet stream past the rest): scope is decided on raw
         # text (NDC, RxNorm, name), so nothing that could fail to parse decides it.

@@ -149,20 +149,22 @@ def print_summary(manifest: dict, out: Path) -> None:
 def register(app: typer.Typer) -> None:
     @app.command()
     def run(
-        extract: List[Path] = typer.Option(..., "--extract", "-e", help="An extract file; repeat for several."),
+        extract: List[Path] = typer.Option(
+            ..., "--extract", "-e", help="An extract file (or a FHIR Bulk Data export folder); repeat for several."
+        ),
         out: Path = typer.Option(Path("var"), "--out", "-o", help="Output root (queues, quarantine, runs, ...)."),
         night: Optional[str] = typer.Option(None, help="Date of the night (YYYY-MM-DD); default today."),
         rules: Optional[Path] = typer.Option(None, help="Rules folder (default: the project's rules/)."),
         source: Optional[str] = typer.Option(
             None,
-            help="Source format (csv, parquet, clarity, fhir, or a schemas/sources mapping); "
-            "default from the extension and header.",
+            help="Source format (csv, parquet, clarity, fhir, fhir-bulk, or a schemas/sources mapping); "
+            "default from the extension and header (a folder or Bulk Data manifest is fhir-bulk).",
         ),
         engine: str = typer.Option("polars", help=ENGINE_HELP),
         wait: bool = typer.Option(False, "--wait", help=WAIT_HELP),
     ) -> None:
         """Process the given extract files as one night."""
-        missing = [str(p) for p in extract if not p.is_file()]
+        missing = [str(p) for p in extract if not (p.is_file() or p.is_dir())]
         if missing:
             raise usage_error(f"no such file: {', '.join(missing)}")
         raise typer.Exit(run_night(extract, out, night, rules, source, move_rejected=False, engine=engine, wait=wait))
