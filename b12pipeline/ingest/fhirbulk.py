@@ -509,9 +509,10 @@ class _Resolver:
     def medication(self, target: str) -> tuple[dict, str]:
         kind, ident = _split_ref({"reference": target}, "medicationReference")
         _expect(kind, ("Medication",), "medicationReference")
-        return self._get("Medication", ident, "medicationReference", self.index.medications)
+        return self.lookup("Medication", ident, "medicationReference", self.index.medications)
 
-    def _get(self, kind: str, ident: str | None, element: str, table: dict):
+    def lookup(self, kind: str, ident: str | None, element: str, table: dict):
+        """The indexed entry `element` names; Invalid when the export lacks it or could not read it."""
         problem = self.index.problems.get((kind, ident))
         if problem:
             raise Invalid(f"{element} -> {problem}")
@@ -530,22 +531,22 @@ def _resolve(res: dict, row: dict, index: Index, resolver: _Resolver, cfg: dict)
     _expect(kind, ("MedicationRequest",), "request")
     coverage = None
     if ident is not None:
-        request = resolver._get("MedicationRequest", ident, "request", index.requests)
+        request = resolver.lookup("MedicationRequest", ident, "request", index.requests)
         if request is not None:
             (rkind, rid), (ckind, cid) = request
             element = "request -> MedicationRequest.requester"
             if rkind == "PractitionerRole":
-                role = resolver._get("PractitionerRole", rid, element, index.roles)
+                role = resolver.lookup("PractitionerRole", rid, element, index.roles)
                 element += " -> PractitionerRole.practitioner"
                 rkind, rid = role if role is not None else (None, None)
                 _expect(rkind, ("Practitioner",), element)
             if rkind == "Practitioner":
-                row["ordering_provider_npi"] = resolver._get("Practitioner", rid, element, index.practitioners)
+                row["ordering_provider_npi"] = resolver.lookup("Practitioner", rid, element, index.practitioners)
             if ckind == "Coverage":
                 coverage = (cid, "request -> MedicationRequest.insurance[0]")
     kind, ident = _split_ref(res.get("context"), "context")
     _expect(kind, ("Encounter",), "context")
-    encounter = resolver._get("Encounter", ident, "context", index.encounters) if ident else None
+    encounter = resolver.lookup("Encounter", ident, "context", index.encounters) if ident else None
     if row.get("diagnosis_codes") is None:
         row["diagnosis_codes"] = _diagnoses(res, encounter, index, resolver)
     problem = index.charge_problems.get(row["admin_id"])
@@ -562,7 +563,7 @@ def _resolve(res: dict, row: dict, index: Index, resolver: _Resolver, cfg: dict)
         if claim is not None:
             coverage = (claim.coverage, f"{claim.where.split(' item')[0]}: insurance.coverage")
     if coverage is not None and row.get("payer_type") is None:
-        row["payer_type"] = resolver._get("Coverage", coverage[0], coverage[1], index.coverages)
+        row["payer_type"] = resolver.lookup("Coverage", coverage[0], coverage[1], index.coverages)
     return lines
 
 
@@ -572,12 +573,12 @@ def _diagnoses(res: dict, encounter: tuple | None, index: Index, resolver: _Reso
     for i, ref in enumerate(_get(res, "reasonReference", list, "") or []):
         kind, ident = _split_ref(ref, f"reasonReference[{i}]")
         if kind == "Condition":
-            codes += resolver._get("Condition", ident, f"reasonReference[{i}]", index.conditions) or ()
+            codes += resolver.lookup("Condition", ident, f"reasonReference[{i}]", index.conditions) or ()
     if not codes and encounter:
         for i, (kind, ident) in enumerate(encounter):
             if kind == "Condition":
                 element = f"context -> Encounter.diagnosis[{i}].condition"
-                codes += resolver._get("Condition", ident, element, index.conditions) or ()
+                codes += resolver.lookup("Condition", ident, element, index.conditions) or ()
     return ";".join(codes) if codes else None
 
 
