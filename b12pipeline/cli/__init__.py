@@ -32,9 +32,11 @@ _rules.register(app)
 _queue.register(app)
 _serve.register(app)
 
+from b12pipeline.cli import pull as _pull  # noqa: E402
 from b12pipeline.cli import synth as _synth  # noqa: E402
 
 _synth.register(app)
+_pull.register(app)
 
 
 def main() -> None:
