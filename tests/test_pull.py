@@ -161,13 +161,13 @@ def test_unreachable_database_fails_with_one_line_and_no_password(prefect_harnes
 def test_a_password_in_the_sources_file_is_refused(tmp_path):
     sources = _sources_file(
         tmp_path,
-        {"clarity": {"kind": "sql", "url": "postgresql+psycopg://u:secret@db/x", "query": "clarity.sql"}},
+        {"clarity": {"kind": "sql", "url": "postgresql+psycopg://u:Hunter2Canary@db/x", "query": "clarity.sql"}},
     )
     done = subprocess.run(
         [CLI, "pull", "--source", "clarity", "--sources", str(sources), "--out", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert done.returncode == 2 and "carries a password" in done.stderr and "secret" not in done.stderr
+    assert done.returncode == 2 and "carries a password" in done.stderr and "Hunter2Canary" not in done.stderr
     assert not (tmp_path / "out").exists()
 
 
