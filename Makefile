@@ -17,7 +17,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,dask,durable]'
+	$(PY) -m pip install --quiet -e '.[test,dask,durable,postgres,sftp]'
 	touch $(STAMP)
 
 # The demo starts from an empty ./var each time so it always shows a full night.
