@@ -492,3 +492,20 @@ def test_synth_writes_a_bulk_data_folder_and_its_labels(tmp_path):
     assert pl.read_parquet(tmp_path / "export.labels.parquet").height > 0
     ex = read_extract(out / "manifest.json")
     assert ex.rows == 500 and ex.source_format == "fhir-bulk"
+
+
+def test_each_file_of_the_export_is_held_to_the_input_limits(tmp_path, monkeypatch):
+    export = base_export()
+    export["MedicationAdministration"] = [
+        administration("ma-1", "Medication/med-b12", "Encounter/enc-1", "2024-03-01T09:00:00-05:00")
+    ]
+    folder = write_export(tmp_path / "e", export)
+    monkeypatch.setenv("B12_MAX_FILE_BYTES", "900")
+    with pytest.raises(
+        FileRejected, match=r": Medication.ndjson: the file is 929 bytes, over the limit of 900 bytes"
+    ):
+        read_extract(folder)
+    monkeypatch.delenv("B12_MAX_FILE_BYTES")
+    (folder / "Medication.ndjson").write_bytes(b"\x1f\x8b\x08" + b"\0" * 20)
+    with pytest.raises(FileRejected, match="Medication.ndjson: the file is gzip-compressed"):
+        read_extract(folder)
