@@ -16,7 +16,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from b12pipeline.ingest import FileRejected, read_extract
+from b12pipeline.ingest import FileRejected
+from b12pipeline.ingest.read import read_extract
 from b12pipeline.pipeline import Rules, apply_staged, stage_file
 from b12pipeline.queues import read_queue
 

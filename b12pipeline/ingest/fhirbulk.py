@@ -28,6 +28,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -145,6 +146,7 @@ def _lines(path: Path, offsets: bool = False):
         for line in iter(fh.readline, b""):
             number += 1
             start, offset = offset, offset + len(line)
+            item: tuple[int, Any, str | None]
             if not line.strip():
                 item = (number, None, "empty line (NDJSON has one resource per line)")
             else:
@@ -193,7 +195,7 @@ class Index:
     medications: dict[str, tuple] = field(default_factory=dict)  # id -> (resource, path)
     requests: dict[str, tuple] = field(default_factory=dict)  # id -> (requester ref, coverage ref)
     practitioners: dict[str, str | None] = field(default_factory=dict)  # id -> NPI
-    roles: dict[str, str | None] = field(default_factory=dict)  # PractitionerRole id -> practitioner ref
+    roles: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # role id -> practitioner ref
     encounters: dict[str, tuple] = field(default_factory=dict)  # id -> Condition refs of diagnosis
     conditions: dict[str, tuple] = field(default_factory=dict)  # id -> ICD-10-CM codes
     coverages: dict[str, str | None] = field(default_factory=dict)  # id -> payer_type
@@ -292,7 +294,7 @@ def _claim_lines(res: dict, where: str, cfg: dict) -> tuple[list[ChargeLine], di
         if not isinstance(sup, dict):
             raise Invalid(f"supportingInfo[{i}] must be an object")
         t, ident = _split_ref(sup.get("valueReference"), f"supportingInfo[{i}].valueReference")
-        if t == ADMINISTRATION:
+        if t == ADMINISTRATION and ident is not None:
             info[_get(sup, "sequence", int, f"supportingInfo[{i}].", required=True)] = ident
     lines, links = [], {}
     for i, item in enumerate(_get(res, "item", list, "") or []):
@@ -366,7 +368,7 @@ def _charge_item(res: dict, where: str, cfg: dict) -> tuple[ChargeLine, list[str
     services = []
     for i, ref in enumerate(_get(res, "service", list, "") or []):
         t, ident = _split_ref(ref, f"service[{i}]")
-        if t == ADMINISTRATION:
+        if t == ADMINISTRATION and ident is not None:
             services.append(ident)
     line = ChargeLine(
         where=where,
@@ -682,7 +684,7 @@ def _read(path: Path, files: dict, index: Index, cfg: dict, keep: pl.Expr | None
         skipped += _flush(buffer, mpath, keep, kept, held)
     if json_lines == 0:
         raise FileRejected(path, "not a Bulk Data export: no MedicationAdministration line is JSON")
-    frame = pl.concat(kept, how="vertical") if kept else None
+    frame = pl.concat(kept, how="vertical")  # a JSON line was read, so a chunk was flushed
     frame = _link_by_day(frame, on_days, index)
     present = {"charge_hcpcs": has_charges or "charge_hcpcs" in seen, "admin_cpt": has_charges or "admin_cpt" in seen}
     frame = frame.with_columns(pl.lit(v).alias(f"has_{c}") for c, v in present.items() if f"has_{c}" in frame.columns)
