@@ -7,7 +7,7 @@ import datetime as dt
 import polars as pl
 from sqlalchemy import Connection, Engine, func, select
 
-from b12pipeline.worklog.models import finding
+from b12pipeline.worklog.models import audit, finding
 from b12pipeline.worklog.store import read_connection
 
 STATE_SCHEMA = {
@@ -159,3 +159,12 @@ def backlog_snapshot(conn: Connection, night_date: dt.date, since: dt.datetime |
 
 FALSE_POSITIVE = "false positive"
 AGE_BUCKETS = (("0-7", 0, 7), ("8-30", 8, 30), ("31-90", 31, 90), ("over 90", 91, 10**6))
+
+
+def worklog_stamp(engine: Engine) -> tuple:
+    """Changes whenever the worklog does (every change writes an audit row; a night may insert
+    findings): two cheap aggregate reads, so a view can cache `read_states` until it moves."""
+    with read_connection(engine) as conn:
+        last_audit = conn.execute(select(func.max(audit.c.id))).scalar()
+        rows = conn.execute(select(func.count()).select_from(finding)).scalar()
+    return (last_audit, rows)
