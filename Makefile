@@ -30,10 +30,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# ruff (lint and format check); the test extra brings ruff.
+# ruff (lint and format check) and mypy (types, configured in pyproject.toml); the test extra brings both.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(PY) bench/run_bench.py

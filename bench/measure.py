@@ -73,7 +73,7 @@ def profile(args: argparse.Namespace) -> dict:
     from b12pipeline.crossrow import add_cross_row_facts
     from b12pipeline.engine.evaluate import evaluate
     from b12pipeline.history import merge_into_history, read_history
-    from b12pipeline.ingest import read_extract
+    from b12pipeline.ingest.read import read_extract
     from b12pipeline.pipeline import Rules
     from b12pipeline.queues import write_queue_partitions
     from b12pipeline.validate import validate
@@ -121,7 +121,8 @@ def rules_stage(args: argparse.Namespace) -> dict:
     rulesets), as a night's single call does; the second shows the steady state."""
     import polars as pl
 
-    from b12pipeline.engine.evaluate import evaluate, evaluator
+    from b12pipeline.engine.engines import evaluator
+    from b12pipeline.engine.evaluate import evaluate
     from b12pipeline.pipeline import Rules
 
     rules = Rules.load()
@@ -157,7 +158,7 @@ def ingest(args: argparse.Namespace) -> dict:
     import resource
 
     from b12pipeline import normalize
-    from b12pipeline.ingest import read_extract
+    from b12pipeline.ingest.read import read_extract
     from b12pipeline.paths import rules_dir
     from b12pipeline.reference import load_reference
 

@@ -28,6 +28,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -37,6 +38,7 @@ from b12pipeline.ingest.fhir import (
     CHECK,
     Invalid,
     _codings,
+    _concept_text,
     _config,
     _get,
     _JSONError,
@@ -144,6 +146,7 @@ def _lines(path: Path, offsets: bool = False):
         for line in iter(fh.readline, b""):
             number += 1
             start, offset = offset, offset + len(line)
+            item: tuple[int, Any, str | None]
             if not line.strip():
                 item = (number, None, "empty line (NDJSON has one resource per line)")
             else:
@@ -164,7 +167,7 @@ def _read_at(handles: dict, path: Path, offset: int) -> dict:
 # --- the index of supporting resources --------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class ChargeLine:
     """One Claim/ExplanationOfBenefit item or ChargeItem: the fields the contract takes from it."""
 
@@ -183,6 +186,7 @@ class ChargeLine:
     dos: str | None
     patient: str | None
     claim_key: str = ""  # lines of one claim share it
+    description: str | None = None  # the line's text or display ("Injection, cyanocobalamin, ...")
 
 
 @dataclass
@@ -191,7 +195,7 @@ class Index:
     medications: dict[str, tuple] = field(default_factory=dict)  # id -> (resource, path)
     requests: dict[str, tuple] = field(default_factory=dict)  # id -> (requester ref, coverage ref)
     practitioners: dict[str, str | None] = field(default_factory=dict)  # id -> NPI
-    roles: dict[str, str | None] = field(default_factory=dict)  # PractitionerRole id -> practitioner ref
+    roles: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # role id -> practitioner ref
     encounters: dict[str, tuple] = field(default_factory=dict)  # id -> Condition refs of diagnosis
     conditions: dict[str, tuple] = field(default_factory=dict)  # id -> ICD-10-CM codes
     coverages: dict[str, str | None] = field(default_factory=dict)  # id -> payer_type
@@ -290,14 +294,15 @@ def _claim_lines(res: dict, where: str, cfg: dict) -> tuple[list[ChargeLine], di
         if not isinstance(sup, dict):
             raise Invalid(f"supportingInfo[{i}] must be an object")
         t, ident = _split_ref(sup.get("valueReference"), f"supportingInfo[{i}].valueReference")
-        if t == ADMINISTRATION:
+        if t == ADMINISTRATION and ident is not None:
             info[_get(sup, "sequence", int, f"supportingInfo[{i}].", required=True)] = ident
     lines, links = [], {}
     for i, item in enumerate(_get(res, "item", list, "") or []):
         p = f"item[{i}]."
         if not isinstance(item, dict):
             raise Invalid(f"item[{i}] must be an object")
-        system, code = _first_code(_get(item, "productOrService", dict, p, required=True), p + "productOrService.")
+        product = _get(item, "productOrService", dict, p, required=True)
+        system, code = _first_code(product, p + "productOrService.")
         units, _ = _quantity_text(_get(item, "quantity", dict, p), p + "quantity.")
         encounters = _get(item, "encounter", list, p) or []
         encounter = None
@@ -339,6 +344,7 @@ def _claim_lines(res: dict, where: str, cfg: dict) -> tuple[list[ChargeLine], di
             dos=when[:10] if when else None,
             patient=patient,
             claim_key=where,
+            description=_concept_text(product, p + "productOrService."),
         )
         lines.append(line)
         named = [info[s] for s in _get(item, "informationSequence", list, p) or [] if s in info]
@@ -348,7 +354,8 @@ def _claim_lines(res: dict, where: str, cfg: dict) -> tuple[list[ChargeLine], di
 
 
 def _charge_item(res: dict, where: str, cfg: dict) -> tuple[ChargeLine, list[str]]:
-    system, code = _first_code(_get(res, "code", dict, "", required=True), "code.")
+    concept = _get(res, "code", dict, "", required=True)
+    system, code = _first_code(concept, "code.")
     units, _ = _quantity_text(_get(res, "quantity", dict, ""), "quantity.")
     t, encounter = _split_ref(res.get("context"), "context")
     _expect(t, ("Encounter", "EpisodeOfCare"), "context")
@@ -361,7 +368,7 @@ def _charge_item(res: dict, where: str, cfg: dict) -> tuple[ChargeLine, list[str
     services = []
     for i, ref in enumerate(_get(res, "service", list, "") or []):
         t, ident = _split_ref(ref, f"service[{i}]")
-        if t == ADMINISTRATION:
+        if t == ADMINISTRATION and ident is not None:
             services.append(ident)
     line = ChargeLine(
         where=where,
@@ -379,6 +386,7 @@ def _charge_item(res: dict, where: str, cfg: dict) -> tuple[ChargeLine, list[str
         dos=when[:10] if when else None,
         patient=patient,
         claim_key=where,
+        description=_concept_text(concept, "code."),
     )
     return line, services
 
@@ -676,7 +684,7 @@ def _read(path: Path, files: dict, index: Index, cfg: dict, keep: pl.Expr | None
         skipped += _flush(buffer, mpath, keep, kept, held)
     if json_lines == 0:
         raise FileRejected(path, "not a Bulk Data export: no MedicationAdministration line is JSON")
-    frame = pl.concat(kept, how="vertical") if kept else None
+    frame = pl.concat(kept, how="vertical")  # a JSON line was read, so a chunk was flushed
     frame = _link_by_day(frame, on_days, index)
     present = {"charge_hcpcs": has_charges or "charge_hcpcs" in seen, "admin_cpt": has_charges or "admin_cpt" in seen}
     frame = frame.with_columns(pl.lit(v).alias(f"has_{c}") for c, v in present.items() if f"has_{c}" in frame.columns)
@@ -857,6 +865,7 @@ def _unlinked_lines(index: Index, columns: list[str], present: dict) -> list[pl.
                 "encounter_id": ln.encounter,
                 "admin_time": ln.dos,
                 "ndc": ln.ndc,
+                "medication_name": ln.description,  # decides, with the NDC, whether it is a B12 line
                 "place_of_service": ln.pos,
                 "claim_type": ln.claim_type,
                 "charge_hcpcs": ln.code,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import yaml
 
@@ -79,7 +80,8 @@ class PullSource:
             from prefect.blocks.system import Secret
 
             try:
-                return Secret.load(block).get()
+                secret = cast(Secret, Secret.load(block))  # sync call: the block itself, not a coroutine
+                return secret.get()
             except ValueError:
                 raise SourceConfigError(
                     f"source {self.name}: Prefect Secret block {block!r} (password_secret) not found"
