@@ -50,7 +50,7 @@ def _blank_to_null(expr: pl.Expr) -> pl.Expr:
     return pl.when(expr == "").then(None).otherwise(expr)
 
 
-# --- parsing helpers shared with validate -------------------------------------------------------
+# --- parsing shared with validate --------------------------------------------------------------
 
 
 def local_timestamp(col: str = "admin_time") -> pl.Expr:

@@ -120,7 +120,7 @@ def test_cli_writes_the_extract_and_its_labels(tmp_path):
     assert bad.exit_code == 2
 
 
-# --- must show 2: a 100k-row night with seeded defects: findings == labels -----------------------
+# --- a 100k-row night with seeded defects: findings == labels -----------------------
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Shared CLI helpers: the console, usage errors, the night date."""
+"""What every CLI command shares: the console, usage errors, the night date."""
 
 from __future__ import annotations
 
