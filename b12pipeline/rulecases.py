@@ -21,10 +21,8 @@ from b12pipeline.config import SiteConfig
 from b12pipeline.contract import load_contract
 from b12pipeline.crossrow import add_cross_row_facts
 from b12pipeline.engine.evaluate import evaluate
-from b12pipeline.engine.rulefile import Rule
+from b12pipeline.engine.rulefile import CASE_KEYS, Rule
 from b12pipeline.reference import Reference
-
-CASE_KEYS = ("_note", "_history", "_absent_columns")
 
 
 @dataclass

@@ -23,6 +23,7 @@ from b12pipeline.contract import load_contract
 from b12pipeline.engine.conditions import check_condition, compile_condition, config_used, fields_used
 from b12pipeline.engine.evaluate import template_fields
 from b12pipeline.engine.rulefile import (
+    CASE_KEYS,
     CASE_KINDS,
     OPTIONAL_FIELDS,
     QUEUES,
@@ -34,7 +35,7 @@ from b12pipeline.engine.rulefile import (
     parse_rule,
 )
 from b12pipeline.reference import load_reference
-from b12pipeline.rulecases import CASE_KEYS, case_defaults, case_facts
+from b12pipeline.rulecases import case_defaults, case_facts
 from b12pipeline.rulesets import read_yaml, rule_files
 
 FILE_NAME = re.compile(r"^(?P<id>.+?)(?:\.v(?P<n>\d+))?\.yaml$")
