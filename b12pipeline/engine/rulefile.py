@@ -61,6 +61,7 @@ class Ruleset:
     version: str  # content hash of the rule files, reference tables, site config
     directory: Path
     files: tuple[Path, ...] = field(default_factory=tuple)
+    payers: tuple = field(default_factory=tuple)  # PayerOverride files (engine/payers.py)
 
     @property
     def active(self) -> tuple[Rule, ...]:
@@ -149,16 +150,21 @@ def load_rule_file(path: Path) -> Rule:
 
 
 def rule_files(directory: Path) -> list[Path]:
-    """Rule files: every *.yaml under rules/ except the site configuration and reference tables."""
+    """Rule files: every *.yaml under rules/ except the site configuration, reference tables and
+    payer files (rules/payers/, engine/payers.py)."""
     return sorted(
         p
         for p in directory.rglob("*.yaml")
-        if p.name != "site.yaml" and not p.name.startswith("_") and "reference" not in p.relative_to(directory).parts
+        if p.name != "site.yaml"
+        and not p.name.startswith("_")
+        and not {"reference", "payers"} & set(p.relative_to(directory).parts)
     )
 
 
 def ruleset_version(directory: Path) -> str:
-    """Content hash of everything that decides a finding: rule files, reference tables, site config."""
+    """Content hash of everything that decides a finding: rule files, payer files (rules/payers/),
+    reference tables (rules/reference/, the CMS tables in rules/reference/cms/ included) and site
+    config. Only the raw downloads under sources/ are left out: the tables built from them count."""
     digest = hashlib.sha256()
     files = sorted(
         p for p in directory.rglob("*") if p.is_file() and p.suffix in (".yaml", ".csv") and "sources" not in p.parts
@@ -177,4 +183,9 @@ def load_ruleset(directory: Path | None = None) -> Ruleset:
     rules = tuple(load_rule_file(p) for p in files)
     if not rules:
         raise RuleFileError(f"{directory}: no rule files found")
-    return Ruleset(rules=rules, version=ruleset_version(directory), directory=directory, files=tuple(files))
+    from b12pipeline.engine.payers import load_payers
+
+    payers = load_payers(directory, {r.id for r in rules})
+    return Ruleset(
+        rules=rules, version=ruleset_version(directory), directory=directory, files=tuple(files), payers=payers
+    )
