@@ -117,12 +117,16 @@ def stage_file(
         # text (NDC, RxNorm, name), so nothing that could fail to parse decides it.
         scope = normalize.b12_scope(rules.reference)
         extract = read_extract(path, source, keep=scope)
+        progress.step(f"read {path.name}: {extract.rows:,} rows, {extract.frame.height:,} B12")
         result.source_format = extract.source_format
         b12 = extract.frame
         result.rows_read = extract.rows  # includes rows skipped as out of scope and reader-quarantined rows
         held = extract.quarantine_in_scope(scope)
         outcome = validate(b12).with_reader_quarantine(held)
         result.out_of_scope = extract.rows - outcome.rows
+        progress.step(
+            f"validated {path.name}: {outcome.valid.height:,} valid, {outcome.quarantine.height:,} quarantined"
+        )
         result.unexpected_counts = outcome.unexpected_counts
         if outcome.gx_result is not None:  # for the run's Data Docs (counts only, see validate.py)
             write_json(validation_result_path(layout, run_id, f"{path.stem}-{result.sha256[:12]}"), outcome.gx_result)
@@ -138,7 +142,7 @@ def stage_file(
         reject_file(path, layout, exc.reason, move_rejected)
         result.status, result.error = "rejected", str(exc)
         result.in_scope = result.out_of_scope = result.quarantined = 0
-        progress.emit("file_done", file=result.file, status=result.status)
+        progress.step(f"rejected {path.name}")
         return result
     key = f"{Path(result.file).stem}-{result.sha256[:12]}"
     result.quarantined = write_quarantine(outcome.quarantine, layout.quarantine, key, night, run_id)
@@ -147,7 +151,6 @@ def stage_file(
         staged = layout.staging / run_id / f"{key}.parquet"
         atomic_write_parquet(outcome.valid, staged)
         result.staged = str(staged)
-    progress.emit("file_done", file=result.file, status=result.status)
     return result
 
 
@@ -218,7 +221,11 @@ def apply_staged(staged: list[str], out: Path | str, rules: Rules, run_id: str, 
     # A late row or a correction on an earlier date changes what later dates see as their history:
     # re-evaluate those too, so nights and a history re-run agree (docs/history.md).
     touched = sorted(set(touched) | set(dependent_dates(layout.history, touched, rules.config)))
+    progress.step(
+        f"history: {rows.height if rows is not None else 0:,} rows merged, {len(touched):,} date(s) to evaluate"
+    )
     per_queue = evaluate_dates(out, touched, rules, run_id, engine)
+    progress.step(f"evaluated {len(touched):,} date(s): {sum(per_queue.values()):,} findings")
     return {"dates": [d.isoformat() for d in touched], "findings_per_queue": per_queue}
 
 

@@ -123,7 +123,7 @@ def render_report(manifest: dict, trend: list[dict], origin: dict[str, list[tupl
     ]
     pos = [(f"{code} {PLACE_OF_SERVICE.get(code, '')}".strip(), n) for code, n in origin["place_of_service"]]
     links = [
-        ("Validation report (Great Expectations Data Docs)", "validation/index.html"),
+        ("Validation results per file (Great Expectations)", "validation/index.html"),
         ("Validation counts (JSON)", "validation.json"),
         ("Run manifest (JSON)", "manifest.json"),
     ]

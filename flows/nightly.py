@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 import b12pipeline  # noqa: F401  (telemetry defaults before prefect is imported)
-from b12pipeline import pipeline, report
+from b12pipeline import pipeline, progress, report
 from b12pipeline.archive import archive_file
 from b12pipeline.paths import OutputLayout
 from b12pipeline.runguard import guard_output, note_run
@@ -137,6 +137,7 @@ def _nightly(
     run_id = pipeline.make_run_id(night, checksums, rules.ruleset.version)
     note_run(out, run_id)
     logger.info("run %s: %d extract(s), ruleset %s", run_id, len(extracts), rules.ruleset.version)
+    progress.step(f"run {run_id}: {len(extracts)} extract(s)")
     futures = [
         stage_extract.submit(p, out, run_id, night, rules_dir, source, move_rejected, sha)
         for p, sha in zip(extracts, checksums, strict=True)
@@ -157,6 +158,7 @@ def _nightly(
     applied["worklog"] = update_worklog(out, night, run_id, applied["dates"])
     archive_extracts(extracts, inputs, out, night)
     manifest = write_run_record(run_id, night, started_at, inputs, applied, out, rules_dir, rules.ruleset.version)
+    progress.step("run record written; writing the run report")
     # The queues and run record are complete; a broken report must not fail the night for coders.
     report_state = write_run_report(run_id, out, started_at, return_state=True)
     if report_state.is_failed():

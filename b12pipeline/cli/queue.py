@@ -11,7 +11,12 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import box
+from rich.console import Group
+from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
 
 from b12pipeline.cli.common import (
     EXIT_ENVIRONMENT,
@@ -25,17 +30,51 @@ from b12pipeline.cli.common import (
 )
 
 SEVERITY_STYLE = {"error": "red", "warning": "yellow", "info": "cyan"}
-SHOW_COLUMNS = (
-    "service_date",
-    "severity",
-    "rule_id",
-    "patient_id",
-    "encounter_id",
-    "admin_id",
-    "message",
-    "expected",
-    "actual",
-)
+
+
+# Below this many columns the findings table squeezes Problem/Expected/Actual to a few characters.
+TABLE_MIN_WIDTH = 120
+
+
+def findings_table(title: str, rows: list[dict]) -> Table:
+    table = Table(title=title, show_lines=True)
+    table.add_column("date", no_wrap=True)
+    table.add_column("rule", no_wrap=True)
+    table.add_column("patient / encounter / admin", no_wrap=True)
+    table.add_column("problem", ratio=3, overflow="fold")
+    table.add_column("expected", ratio=1, overflow="fold")
+    table.add_column("actual", ratio=1, overflow="fold")
+    table.add_column("status", min_width=11)
+    for r in rows:
+        style = SEVERITY_STYLE.get(r["severity"], "white")
+        table.add_row(
+            r["service_date"].isoformat(),
+            f"{r['rule_id']}\n[{style}]{r['severity']}",
+            "\n".join(str(r[c] or "") for c in ("patient_id", "encounter_id", "admin_id")),
+            escape(r["message"] or ""),
+            escape(r["expected"] or ""),
+            escape(r["actual"] or ""),
+            _status_cell(r),
+        )
+    return table
+
+
+def finding_block(r: dict) -> Group:
+    """One finding as labelled lines; long text wraps at words inside the value column."""
+    style = SEVERITY_STYLE.get(r["severity"], "white")
+    head = Text.assemble(
+        (r["service_date"].isoformat(), "bold"), "  ", (r["rule_id"], "bold"), "  ", (r["severity"], style)
+    )
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True, style="dim", min_width=10)
+    grid.add_column(overflow="fold")
+    grid.add_row("patient", str(r["patient_id"] or ""))
+    grid.add_row("encounter", str(r["encounter_id"] or ""))
+    grid.add_row("admin", str(r["admin_id"] or ""))
+    for label, key in (("problem", "message"), ("expected", "expected"), ("actual", "actual")):
+        grid.add_row(label, Text(r[key] or ""))
+    grid.add_row("status", _status_cell(r).replace("\n", ", "))
+    return Group(Text(""), head, Padding(grid, (0, 0, 0, 2)))
 
 
 def _queues_root(out: Path) -> Path:
@@ -111,13 +150,16 @@ def register(app: typer.Typer) -> None:
         if nights > 0:
             recent = summary["service_date"].unique().sort(descending=True).head(nights)
             summary = summary.filter(summary["service_date"].is_in(recent.implode()))
-        table = Table(title=f"Work queues in {out}")
-        for col in ("date of service", "queue", "findings", *SEVERITIES, "rules"):
+        # SIMPLE_HEAD (no side borders) so 80 columns hold every column and whole rule ids.
+        table = Table(title=f"Work queues in {out}", box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
+        widest = max((len(x) for r in summary["rules"].to_list() for x in r.split(", ")), default=5)
+        for col in ("date", "queue", "findings", *SEVERITIES, "rules"):
             table.add_column(
                 col,
                 justify="right" if col in ("findings", *SEVERITIES) else "left",
-                no_wrap=col in ("date of service", "queue"),
-                min_width=12 if col == "rules" else None,
+                no_wrap=True,
+                min_width=widest if col == "rules" else None,
+                overflow="fold",
             )
         for r in summary.iter_rows(named=True):
             table.add_row(
@@ -132,9 +174,9 @@ def register(app: typer.Typer) -> None:
         else:
             console.print(table)
         if backlog.height:
-            work = Table(title="Open work (worklog)")
+            work = Table(title="Open work (worklog)", box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
             for col in backlog.columns:
-                work.add_column(col.replace("_", " "), justify="left" if col == "queue" else "right")
+                work.add_column(col.replace("_", " "), justify="left" if col == "queue" else "right", no_wrap=True)
             for row in backlog.iter_rows():
                 work.add_row(*[f"{v:,}" if isinstance(v, int) else str(v or "") for v in row])
             console.print(work)
@@ -173,26 +215,14 @@ def register(app: typer.Typer) -> None:
             console.print(f"no findings in queue {queue} matching {_describe(filters) or 'the open work'}")
             raise typer.Exit(EXIT_OK)
         shown = found.head(limit) if limit > 0 else found
-        table = Table(title=f"Queue {queue}: {found.height:,} finding(s)", show_lines=True)
-        table.add_column("date", no_wrap=True)
-        table.add_column("rule", no_wrap=True)
-        table.add_column("patient / encounter / admin", no_wrap=True)
-        table.add_column("problem", ratio=3)
-        table.add_column("expected", ratio=1)
-        table.add_column("actual", ratio=1)
-        table.add_column("status", min_width=11)
-        for r in shown.iter_rows(named=True):
-            style = SEVERITY_STYLE.get(r["severity"], "white")
-            table.add_row(
-                r["service_date"].isoformat(),
-                f"{r['rule_id']}\n[{style}]{r['severity']}",
-                "\n".join(str(r[c] or "") for c in ("patient_id", "encounter_id", "admin_id")),
-                r["message"] or "",
-                r["expected"] or "",
-                r["actual"] or "",
-                _status_cell(r),
-            )
-        console.print(table)
+        rows = list(shown.iter_rows(named=True))
+        title = f"Queue {queue}: {found.height:,} finding(s)"
+        if console.width >= TABLE_MIN_WIDTH:
+            console.print(findings_table(title, rows))
+        else:  # a narrow terminal: one block per finding, so no text is ever cut
+            console.print(f"[bold]{title}[/]")
+            for r in rows:
+                console.print(finding_block(r))
         if shown.height < found.height:
             console.print(f"showing {shown.height:,} of {found.height:,}; use --limit 0 or `queue export`")
 
@@ -288,17 +318,60 @@ def register(app: typer.Typer) -> None:
         out: Path = out_option,
         date: Optional[str] = typer.Option(None, "--date", "-d", help="Only this date of service (YYYY-MM-DD)."),
         rule: Optional[str] = typer.Option(None, "--rule", "-r", help="Only this rule, e.g. UNITS-001."),
+        status: Optional[str] = typer.Option(
+            None, "--status", "-s", help="As `queue show`: open-work (default), all, or statuses joined with |."
+        ),
+        owner: Optional[str] = typer.Option(None, "--owner", help="Only findings owned by NAME."),
+        severity: Optional[str] = typer.Option(None, "--severity", help="error, warning or info."),
+        payer: Optional[str] = typer.Option(None, "--payer", help="Only this payer type, e.g. medicare."),
+        new: bool = typer.Option(False, "--new", help="Only findings new tonight."),
     ) -> None:
-        """Write one queue to CSV or Excel with readable column names (contains patient identifiers)."""
-        from b12pipeline.export import export_csv, export_xlsx, select_findings
+        """Write one queue to CSV or Excel with its worklog columns (contains patient identifiers).
+
+        Edit Status, Owner, Reason, Comment and Deferred until in the xlsx, then `queue import` it."""
+        from b12pipeline.export import export_csv, export_xlsx
 
         kind = (fmt or to.suffix.lstrip(".")).lower()
         if kind not in ("csv", "xlsx"):
             raise usage_error(f"--format must be csv or xlsx (got {kind or 'nothing'})")
-        found = select_findings(_queues_root(out), _queue_name(queue), parse_date(date, "--date"), rule)
+        filters = _filters(
+            date=parse_date(date, "--date"),
+            rule=rule,
+            status=status,
+            owner=owner,
+            severity=severity,
+            payer=payer,
+            new=new,
+        )
+        found = _work(out, _queue_name(queue), filters, today())
         rows = (export_xlsx if kind == "xlsx" else export_csv)(found, to)
         console.print(f"wrote {rows:,} finding(s) of queue {queue} to {to}")
         console.print("[yellow]this file contains patient identifiers: keep it where PHI is allowed[/]")
+
+    @queue_app.command("import")
+    def import_edits(
+        workbook: Path = typer.Argument(..., help="An xlsx written by `queue export`, edited."),
+        out: Path = out_option,
+        as_: Optional[str] = typer.Option(None, "--as", help="Act as NAME (default: the OS user)."),
+    ) -> None:
+        """Apply the Status / Owner / Reason / Comment / Deferred until edits of an export, in one transaction."""
+        from b12pipeline.worklog import dismiss_reasons
+        from b12pipeline.worklog.excel import ImportRefused, import_workbook
+
+        if not workbook.is_file():
+            raise usage_error(f"{workbook}: no such file")
+        try:
+            summary = import_workbook(_worklog(out), workbook, actor=_actor(as_), reasons=dismiss_reasons())
+        except ImportRefused as exc:
+            err_console.print(f"[bold red]refused:[/] {exc}")
+            raise typer.Exit(EXIT_REJECTED) from None
+        console.print(
+            f"{workbook.name}: {summary.rows:,} row(s): changed {summary.changed:,}, "
+            f"unchanged {summary.unchanged:,}, refused {len(summary.refused):,}"
+        )
+        for name, why in summary.refused:
+            err_console.print(f"refused {name}: {why}")
+        raise typer.Exit(EXIT_REJECTED if summary.refused else EXIT_OK)
 
 
 def _describe(values: dict) -> str:
