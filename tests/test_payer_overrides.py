@@ -3,6 +3,7 @@ finding's record of the file that applied, lint, cases, docs and the coder expor
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 from pathlib import Path
 
@@ -15,10 +16,9 @@ from b12pipeline.engine.cases import case_defaults, case_frame, run_payer_cases
 from b12pipeline.engine.evaluate import evaluate
 from b12pipeline.engine.lint import lint_rules
 from b12pipeline.engine.rulefile import ruleset_version
-from b12pipeline.export import coder_view
 from b12pipeline.facts import evaluation_facts
 from b12pipeline.paths import rules_dir
-from b12pipeline.pipeline import Rules
+from b12pipeline.pipeline import Rules, apply_staged, stage_file
 
 SINGLE = {"container_type": "single_dose", "admin_time": "2025-06-02T10:00:00"}
 UHC_MD = {"payer_id": "87726", "payer_type": "medicaid"}
@@ -196,11 +196,26 @@ def test_payer_files_are_in_the_ruleset_version(rules_copy):
     assert ruleset_version(rules_copy) != before
 
 
-def test_the_coder_export_shows_the_payer(loaded):
-    view = coder_view(findings(loaded, {**SINGLE, **UHC_MD}))
-    row = view.filter(pl.col("Rule") == "MOD-002").row(0, named=True)
-    assert row["Payer"] == "87726" and row["Payer type"] == "medicaid"
-    assert row["Payer rules file"] == "uhc-community-plan-md"
+@pytest.mark.slow
+def test_the_coder_export_shows_the_payer(tmp_path):
+    out = tmp_path / "out"
+    extract = tmp_path / "emar_2025-06-02.csv"
+    defaults = case_defaults(rules_dir())
+    record = {**defaults, **SINGLE, **UHC_MD, "expiration_date": "2026-12-31"}
+    pl.DataFrame([{k: (None if v is None else str(v)) for k, v in record.items()}]).write_csv(extract)
+    rules = Rules.load()
+    staged = stage_file(extract, out, "run-payer", dt.date(2025, 6, 2), rules).staged
+    apply_staged([staged], out, rules, "run-payer")
+    runner = CliRunner()
+    target = tmp_path / "coding.csv"
+    exported = runner.invoke(
+        app, ["queue", "export", "coding", "--out", str(out), "--format", "csv", "--to", str(target)]
+    )
+    assert exported.exit_code == 0, exported.output
+    rows = pl.read_csv(target, infer_schema=False).filter(pl.col("Rule") == "MOD-002").to_dicts()
+    assert len(rows) == 1
+    assert rows[0]["Payer id"] == "87726" and rows[0]["Payer"] == "medicaid"
+    assert rows[0]["Payer rules file"] == "uhc-community-plan-md"
 
 
 def test_payer_file_must_name_a_payer(tmp_path):
