@@ -12,10 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from b12pipeline.cli import app
-from b12pipeline.engine.cases import case_defaults, case_frame, run_payer_cases
+from b12pipeline.rulecases import case_defaults, case_frame, run_payer_cases
 from b12pipeline.engine.evaluate import evaluate
-from b12pipeline.engine.lint import lint_rules
-from b12pipeline.engine.rulefile import ruleset_version
+from b12pipeline.rulelint import lint_rules
+from b12pipeline.rulesets import ruleset_version
 from b12pipeline.facts import evaluation_facts
 from b12pipeline.paths import rules_dir
 from b12pipeline.pipeline import Rules, apply_staged, stage_file

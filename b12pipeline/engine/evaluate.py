@@ -12,12 +12,11 @@ import re
 
 import polars as pl
 
-from b12pipeline.config import SiteConfig
-from b12pipeline.engine.conditions import compile_condition, config_used
+from b12pipeline.engine.conditions import Settings, compile_condition, config_used
 from b12pipeline.engine.payers import PAYER_COLUMN, PayerOverride, settings_read, with_payer_override
 from b12pipeline.engine.rulefile import Rule, Ruleset
 
-FINDING_COLUMNS = {
+FINDING_COLUMNS: dict[str, pl.DataType | type[pl.DataType]] = {
     "finding_id": pl.String,
     "queue": pl.String,
     "rule_id": pl.String,
@@ -96,7 +95,7 @@ def finding_ids(admin_ids: pl.Series, rule_ids: pl.Series) -> pl.Series:
     )
 
 
-def rule_mask(rule: Rule, cfg: SiteConfig, columns: set[str], payers: tuple[PayerOverride, ...] = ()) -> pl.Expr:
+def rule_mask(rule: Rule, cfg: Settings, columns: set[str], payers: tuple[PayerOverride, ...] = ()) -> pl.Expr:
     """The rows a rule fires on. With payer files: rows of a file that overrides a setting the
     condition names are judged with that file's settings; rows of a file that turns it off never fire."""
     lo, hi = rule.window
@@ -130,27 +129,12 @@ def _override_applied(rule: Rule, payers: tuple[PayerOverride, ...]) -> pl.Expr:
     return pl.when(pl.col(PAYER_COLUMN).is_in(ids)).then(pl.col(PAYER_COLUMN)).otherwise(None)
 
 
-ENGINES = ("polars", "durable")
-
-
-def evaluator(engine: str = "polars"):
-    """The evaluate function of an engine: polars (default) or durable (optional, differential checks)."""
-    if engine == "polars":
-        return evaluate
-    if engine == "durable":
-        from b12pipeline.engine import durable
-
-        durable.durable_engine()  # fail now, with the install hint, not mid-run
-        return durable.evaluate
-    raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-
-
 def empty_findings() -> pl.DataFrame:
     return pl.DataFrame(schema=FINDING_COLUMNS)
 
 
 def evaluate(
-    facts: pl.DataFrame, ruleset: Ruleset, cfg: SiteConfig, run_id: str, rules: list[Rule] | None = None
+    facts: pl.DataFrame, ruleset: Ruleset, cfg: Settings, run_id: str, rules: list[Rule] | None = None
 ) -> pl.DataFrame:
     """Findings of every active rule (or the given rules) on every row of `facts`."""
     rules = list(rules if rules is not None else ruleset.active)

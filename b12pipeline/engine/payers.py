@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import yaml
 
 from b12pipeline.config import ConfigError, SiteConfig, coerce_setting
 from b12pipeline.engine.rulefile import FAR_FUTURE, FAR_PAST, SEVERITIES, RuleFileError, _date
@@ -195,11 +194,6 @@ def parse_payer(raw: Any, path: Path) -> PayerOverride:
     return override
 
 
-def payer_files(directory: Path) -> list[Path]:
-    folder = Path(directory) / PAYER_FOLDER
-    return sorted(folder.glob("*.yaml")) if folder.is_dir() else []
-
-
 def overlap_problems(payers: list[PayerOverride]) -> list[tuple[PayerOverride, str]]:
     """Two files that could both be the most specific match for one row on one date."""
     out = []
@@ -214,24 +208,6 @@ def overlap_problems(payers: list[PayerOverride]) -> list[tuple[PayerOverride, s
                     (b, f"matches the same payer as {a.path.name} on overlapping dates: one file per payer and date")
                 )
     return out
-
-
-def load_payers(directory: Path, rule_ids: set[str]) -> tuple[PayerOverride, ...]:
-    """Every payer file, checked; the first problem raises PayerFileError (lint lists them all)."""
-    payers = []
-    for path in payer_files(directory):
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, ValueError) as exc:
-            raise PayerFileError(f"{path}: not valid (safe) YAML: {str(exc).splitlines()[0]}") from None
-        payer = parse_payer(raw, path)
-        unknown = sorted(set(payer.rules) - rule_ids)
-        if unknown:
-            raise PayerFileError(f"{path}: rules: unknown rule id(s) {', '.join(unknown)}")
-        payers.append(payer)
-    for payer, problem in overlap_problems(payers):
-        raise PayerFileError(f"{payer.path}: match: {problem}")
-    return tuple(payers)
 
 
 # --- evaluation ---------------------------------------------------------------------------------

@@ -16,10 +16,12 @@ from pathlib import Path
 import polars as pl
 import yaml
 
+from b12pipeline.config import SiteConfig
 from b12pipeline.contract import load_contract
 from b12pipeline.engine.evaluate import evaluate
 from b12pipeline.engine.rulefile import Rule
 from b12pipeline.facts import evaluation_facts
+from b12pipeline.reference import Reference
 
 CASE_KEYS = ("_note", "_history", "_absent_columns")
 
@@ -54,22 +56,24 @@ def case_frame(records: list[dict], absent: list[str] | None = None) -> pl.DataF
     return frame
 
 
-def case_facts(case: dict, defaults: dict, rules) -> tuple[pl.DataFrame, str]:
-    """The facts frame of a case (its history rows first) and the admin_id of the case's own record."""
+def case_facts(
+    case: dict, defaults: dict, reference: Reference, config: SiteConfig, payers: tuple = ()
+) -> tuple[pl.DataFrame, str]:
+    """The facts frame of a case (its history rows first) and the admin_id of the case's own record,
+    with the payer files (rules/payers/) applied, so a case can name a payer."""
     bad = [k for k in case if k.startswith("_") and k not in CASE_KEYS]
     if bad:
         raise ValueError(f"unknown case key(s) {', '.join(bad)}")
     record = {**defaults, **{k: v for k, v in case.items() if not k.startswith("_")}}
     history = [{**defaults, "admin_id": f"HIST-{i}", **h} for i, h in enumerate(case.get("_history", []), start=1)]
     frame = case_frame(history + [record], case.get("_absent_columns"))
-    payers = rules.ruleset.payers if rules.ruleset is not None else ()
-    facts = evaluation_facts(frame, rules.reference, rules.config, payers)
+    facts = evaluation_facts(frame, reference, config, payers)
     return facts, record["admin_id"]
 
 
 def run_case(rule: Rule, case: dict, defaults: dict, rules) -> tuple[bool, str]:
     """Does `rule` fire on the case's own record? Returns (fired, reason-if-error)."""
-    facts, admin_id = case_facts(case, defaults, rules)
+    facts, admin_id = case_facts(case, defaults, rules.reference, rules.config, rules.ruleset.payers)
     found = evaluate(facts, rules.ruleset, rules.config, run_id="rule-case", rules=[rule])
     return bool(found.filter(pl.col("admin_id") == admin_id).height), ""
 
@@ -115,7 +119,7 @@ def _payer_case(payer, rule_id: str, kind: str, case: dict, defaults: dict, rule
     if not selected:
         return False, f"no active rule {rule_id}"
     record = {k: v for k, v in case.items() if k not in ("_rule", "_severity")}
-    facts, admin_id = case_facts(record, defaults, rules)
+    facts, admin_id = case_facts(record, defaults, rules.reference, rules.config, rules.ruleset.payers)
     applied = facts.filter(pl.col("admin_id") == admin_id)["payer_override"].to_list()
     if kind == "fires" and applied != [payer.id]:  # a passes case may be a payer or date the file skips
         return False, f"the record falls under {applied[0] or 'no payer file'}, not {payer.id}: name the payer"
