@@ -12,13 +12,13 @@ import pytest
 from typer.testing import CliRunner
 
 from b12pipeline.cli import app
-from b12pipeline.rulecases import case_defaults, case_frame, run_payer_cases
 from b12pipeline.engine.evaluate import evaluate
-from b12pipeline.rulelint import lint_rules
-from b12pipeline.rulesets import ruleset_version
 from b12pipeline.facts import evaluation_facts
 from b12pipeline.paths import rules_dir
 from b12pipeline.pipeline import Rules, apply_staged, stage_file
+from b12pipeline.rulecases import case_defaults, case_frame, run_payer_cases
+from b12pipeline.rulelint import lint_rules
+from b12pipeline.rulesets import ruleset_version
 
 SINGLE = {"container_type": "single_dose", "admin_time": "2025-06-02T10:00:00"}
 UHC_MD = {"payer_id": "87726", "payer_type": "medicaid"}

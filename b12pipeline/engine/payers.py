@@ -80,7 +80,8 @@ class PayerOverride:
         """0 = payer id (most specific), 1 = payer type."""
         return 0 if self.payer_ids else 1
 
-    def config(self, base: SiteConfig) -> SiteConfig:
+    def config(self, base: Any) -> Any:
+        """The site settings (a SiteConfig) with this file's settings in place."""
         return dataclasses.replace(base, **self.settings) if self.settings else base
 
     def disables(self, rule_id: str) -> bool:
@@ -229,7 +230,7 @@ def payer_override_expr(payers: tuple[PayerOverride, ...] | list[PayerOverride])
     ordered = sorted(payers, key=lambda p: (p.specificity, p.id))
     if not ordered:
         return pl.lit(None, dtype=pl.String).alias(PAYER_COLUMN)
-    expr = pl.when(_matches(ordered[0])).then(pl.lit(ordered[0].id))
+    expr: Any = pl.when(_matches(ordered[0])).then(pl.lit(ordered[0].id))
     for p in ordered[1:]:
         expr = expr.when(_matches(p)).then(pl.lit(p.id))
     return expr.otherwise(pl.lit(None, dtype=pl.String)).alias(PAYER_COLUMN)
