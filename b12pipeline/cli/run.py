@@ -64,8 +64,14 @@ def _run_night(
 
     with feedback(f"night {night}", quiet) as shown:
         shown.step(f"starting Prefect for {len(extracts)} file(s)")
+        from b12pipeline.cli.prefect_server import ServerStart, warm_up
         from flows.nightly import nightly_flow
 
+        server = ServerStart()
+        warm_up()  # overlaps the temporary server's start-up
+        server.wait()
+        if server.temporary:
+            shown.step("Prefect's temporary server is up")
         try:
             manifest = nightly_flow(
                 extracts=[str(p) for p in extracts],
