@@ -37,8 +37,8 @@ def _folder(rules: Optional[Path]) -> Path:
 
 def _load(rules: Optional[Path]):
     """Rules (ruleset, site config, reference) or a usage error naming the bad file."""
-    from b12pipeline.config import ConfigError
     from b12pipeline.engine.rulefile import RuleFileError
+    from b12pipeline.engine.settings import ConfigError
     from b12pipeline.pipeline import Rules
 
     folder = _folder(rules)
