@@ -65,6 +65,7 @@ class Ruleset:
     directory: Path
     files: tuple[Path, ...] = field(default_factory=tuple)
     payers: tuple = field(default_factory=tuple)  # PayerOverride files (engine/payers.py)
+    reference_versions: dict = field(default_factory=dict)  # table -> version (Reference.versions)
 
     @property
     def active(self) -> tuple[Rule, ...]:
