@@ -32,7 +32,11 @@ ASP_FILE = (
     "J3420,Vitamin b12 injection,American Regent,00517-0031-25,Cyanocobalamin,UP TO 1000 MCG,1,25,1,25\n"
     "J3420,Vitamin b12 injection,Laboratoires Séquence,69680-0121-30,Cyanocobalamin,UP TO 1000 MCG,30,1,30,30\n"
 )
-NOC_FILE = "NOC NDC-HCPCS crosswalk\nDrug Generic Name,Drug Brand Name,Labeler Name,NDC2\nHydroxocobalamin,,Actavis,00591-2888-30\n"
+NOC_FILE = (
+    "NOC NDC-HCPCS crosswalk\n"
+    "Drug Generic Name,Drug Brand Name,Labeler Name,NDC2\n"
+    "Hydroxocobalamin,,Actavis,00591-2888-30\n"
+)
 MUE_PRACTITIONER = (
     "CMS Medically Unlikely Edits, Practitioner Services\n"
     "HCPCS/CPT Code,Practitioner Services MUE Values,MUE Adjudication Indicator,MUE Rationale\n"
