@@ -17,11 +17,11 @@ import polars as pl
 
 from b12pipeline import normalize, progress
 from b12pipeline.config import SiteConfig, load_site_config
-from b12pipeline.crossrow import add_cross_row_facts
 from b12pipeline.datadocs import validation_result_path
 from b12pipeline.engine.engines import evaluator
 from b12pipeline.engine.evaluate import empty_findings
 from b12pipeline.engine.rulefile import Ruleset
+from b12pipeline.facts import evaluation_facts
 from b12pipeline.files import sha256_file, write_json
 from b12pipeline.history import history_paths, merge_into_history, read_history
 from b12pipeline.ingest import FileRejected
@@ -194,8 +194,7 @@ def dependent_dates(history_root: Path, changed: list[dt.date], cfg: SiteConfig)
 def _findings(
     canonical: pl.DataFrame, dates: list[dt.date], rules: Rules, run_id: str, engine: str = "polars"
 ) -> pl.DataFrame:
-    facts = normalize.facts(canonical, rules.reference, rules.config)
-    facts = add_cross_row_facts(facts, rules.config)
+    facts = evaluation_facts(canonical, rules.reference, rules.config, rules.ruleset.payers)
     targets = facts.filter(pl.col("service_date").is_in(dates))
     return evaluator(engine)(targets, rules.ruleset, rules.config, run_id)
 

@@ -74,7 +74,12 @@ def read_queue(queues_root: Path, queue: str | None = None, dates: list[dt.date]
     for p in paths:
         day = dt.date.fromisoformat(p.parent.name.split("=", 1)[1])
         frames.append(pl.read_parquet(p).with_columns(pl.lit(day).alias("service_date")))
-    return pl.concat(frames).select(list(FINDING_COLUMNS)).sort("service_date", "queue", "rule_id", "admin_id")
+    # Partitions written before a column was added lack it: it reads as empty, not as an error.
+    found = pl.concat(frames, how="diagonal_relaxed")
+    found = found.with_columns(
+        [pl.lit(None, dtype=t).alias(c) for c, t in FINDING_COLUMNS.items() if c not in found.columns]
+    )
+    return found.select(list(FINDING_COLUMNS)).sort("service_date", "queue", "rule_id", "admin_id")
 
 
 def write_quarantine(rows: pl.DataFrame, quarantine_root: Path, file_key: str, night: dt.date, run_id: str) -> int:

@@ -131,7 +131,6 @@ def backlog_snapshot(conn: Connection, night_date: dt.date, since: dt.datetime |
     """The open backlog per queue as of `night_date` (counts and age buckets), what was closed since
     `since` (the previous night's update), and the rules' effectiveness: counts only, for the run report."""
     from b12pipeline.worklog.models import CLOSED_STATUSES, audit
-    from b12pipeline.worklog.view import OPEN_WORK
 
     states = _lifecycle_frame(conn, night_date)
     due = (pl.col("status") == "deferred") & pl.col("due")
@@ -147,7 +146,7 @@ def backlog_snapshot(conn: Connection, night_date: dt.date, since: dt.datetime |
             "reopened": int(n.filter(group["status"] == "reopened").sum()),
             "in_progress": int(n.filter(group["status"] == "in_progress").sum()),
             "age_days": {label: int(n.filter((ages >= lo) & (ages <= hi)).sum()) for label, lo, hi in AGE_BUCKETS},
-            "oldest_days": int(ages.max()),
+            "oldest_days": int(group.select(pl.col("age").max()).item()),
         }
     deferred = states.filter((pl.col("status") == "deferred") & ~due).group_by("queue").agg(pl.col("n").sum())
     closed_query = select(audit.c.after, func.count()).where(
