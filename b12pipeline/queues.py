@@ -39,8 +39,13 @@ def partition_dir(root: Path, queue: str, service_date: dt.date) -> Path:
     return root / queue / f"service_date={service_date.isoformat()}"
 
 
-def write_queue_partitions(findings: pl.DataFrame, queues_root: Path, dates: list[dt.date]) -> dict[str, int]:
-    """Replace the partitions of `dates` in every queue with `findings`; returns rows per queue."""
+def write_queue_partitions(
+    findings: pl.DataFrame, queues_root: Path, dates: list[dt.date], patients: pl.Series | None = None
+) -> dict[str, int]:
+    """Replace the partitions of `dates` in every queue with `findings`; returns rows per queue.
+
+    With `patients`, only those patients' findings in each partition are replaced (`findings` holds
+    theirs); the other patients' findings are kept as they are."""
     written = {q: 0 for q in QUEUES}
     findings = findings.select(list(FINDING_COLUMNS))
     by_key = {(k[0], k[1]): g for k, g in findings.group_by(["queue", "service_date"])} if findings.height else {}
@@ -48,6 +53,12 @@ def write_queue_partitions(findings: pl.DataFrame, queues_root: Path, dates: lis
         for day in sorted(set(dates)):
             part = partition_dir(queues_root, queue, day)
             rows = by_key.get((queue, day))
+            if patients is not None and (part / PART_NAME).exists():
+                kept = pl.read_parquet(part / PART_NAME).filter(
+                    ~pl.col("patient_id").is_in(patients.unique().implode()).fill_null(False)
+                )
+                kept = kept.with_columns(pl.lit(day).alias("service_date")).select(list(FINDING_COLUMNS))
+                rows = kept if rows is None else pl.concat([kept, rows], how="vertical_relaxed")
             if rows is None or rows.height == 0:
                 if part.exists():
                     shutil.rmtree(part)
