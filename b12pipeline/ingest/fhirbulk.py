@@ -203,7 +203,7 @@ class Index:
     by_day: dict[tuple, list[ChargeLine]] = field(default_factory=lambda: defaultdict(list))  # (enc, dos) -> lines
     problems: dict[tuple, str] = field(default_factory=dict)  # (type, id) -> why the resource is unusable
     charge_problems: dict[str, str] = field(default_factory=dict)  # admin id -> why its charge line is unusable
-    deferred: dict[str, tuple] = field(default_factory=dict)  # admin id -> ((file, offset, where), ...)
+    deferred: dict[str, tuple] = field(default_factory=dict)  # admin id -> ((file, offset, line), ...)
     handles: dict = field(default_factory=dict)  # open claim files while administrations are read
 
 
@@ -404,7 +404,7 @@ def build_index(files: dict[str, list[Path]], cfg: dict) -> Index:
                     continue
                 named = _linked_claim(res) if kind in ("Claim", "ExplanationOfBenefit") else ()
                 for admin in named:  # read when (and only if) that administration is: most are other drugs
-                    index.deferred[admin] = (*index.deferred.get(admin, ()), (path, offset, where))
+                    index.deferred[admin] = (*index.deferred.get(admin, ()), (path, offset, number))
                 if named:
                     continue
                 try:
@@ -438,7 +438,8 @@ def _linked_claim(res: dict) -> list[str]:
 def _deferred_lines(index: Index, admin: str, cfg: dict) -> list[ChargeLine]:
     """The lines of the claims deferred for `admin` that name it."""
     lines = []
-    for path, offset, where in index.deferred.pop(admin, ()):
+    for path, offset, number in index.deferred.pop(admin, ()):
+        where = f"{path.name} line {number}"
         try:
             found, links = _claim_lines(_read_at(index.handles, path, offset), where, cfg)
         except Invalid as exc:
