@@ -210,6 +210,7 @@ def measure(cmd: list[str], env: dict, log: Path, json_out: Path | None = None) 
 class Bench:
     def __init__(self, plan: Plan, workdir: Path, echo=print):
         self.plan, self.work, self.echo = plan, workdir, echo
+        self._bench_rules: Path | None = None
         self.data, self.logs = workdir / "data", workdir / "logs"
         for d in (self.data, self.logs):
             d.mkdir(parents=True, exist_ok=True)
@@ -325,6 +326,16 @@ class Bench:
         self.results["run"][ds.name] = row
         return row
 
+    @property
+    def bench_rules(self) -> Path:
+        """The rules folder of the profile and rule-stage measurements: the project's rules with
+        payer overrides and CMS tables that apply to the synthetic rows (bench/bench_rules.py)."""
+        if self._bench_rules is None:
+            from bench_rules import build_bench_rules
+
+            self._bench_rules = build_bench_rules(self.work)
+        return self._bench_rules
+
     def profile(self, ds: Dataset, extract: Path) -> Path:
         facts = self.work / f"facts-{ds.name}.parquet"
         out = self.work / f"profile-{ds.name}.json"
@@ -342,6 +353,8 @@ class Bench:
                 str(facts),
                 "--json",
                 str(out),
+                "--rules",
+                str(self.bench_rules),
             ],
             out,
         )
@@ -353,6 +366,7 @@ class Bench:
         key = f"{engine}-{ds.name}" + (f"-{limit}" if limit else "")
         out = self.work / f"rules-{key}.json"
         cmd = [sys.executable, str(MEASURE), "rules", "--facts", str(facts), "--engine", engine, "--json", str(out)]
+        cmd += ["--rules", str(self.bench_rules)]  # payer overrides and CMS tables that apply (bench_rules.py)
         if limit:
             cmd += ["--limit", str(limit)]
         m = self._run(f"rules-{key}", cmd, out)
