@@ -74,6 +74,7 @@ class Plan:
     durable_rows: int  # durable-rules subset of the largest facts frame
     prefect_startup: bool  # a tiny run to show the fixed cost
     backfill_chunks: tuple = (None,)  # backfill --chunk-days variants (None = the CLI default)
+    review_findings: int = 100_000  # open findings in the review web app's coding queue
 
 
 FULL = Plan(
@@ -96,7 +97,13 @@ _QUICK_DS = Dataset(
     "quick", 8_000, 0.25, 10, start=BACKFILL_START.isoformat(), label="8k-row extract, 25% B12, 10 nights (quick)"
 )
 QUICK = Plan(
-    mode="quick", runs=(_QUICK_DS,), allmed=_QUICK_DS, backfill=_QUICK_DS, durable_rows=300, prefect_startup=False
+    mode="quick",
+    runs=(_QUICK_DS,),
+    allmed=_QUICK_DS,
+    backfill=_QUICK_DS,
+    durable_rows=300,
+    prefect_startup=False,
+    review_findings=2_000,
 )
 
 TARGETS = {
@@ -106,6 +113,7 @@ TARGETS = {
     "rules_vs_durable": "rule stage >= 30 x the durable-rules engine on the same rules",
     "allmed_rss": "5M-row all-medication extract: peak RSS <= 4 GB",
     "backfill_ratio": "365-night backfill <= 2 x the one-night run over the same rows",
+    "review_page": "review app: queue page and API list < 300 ms (median) with 100k open findings",
 }
 
 
@@ -405,7 +413,16 @@ class Bench:
         extract = self.synth(p.backfill)
         self.floor(p.backfill, extract)
         self.backfill(p.backfill, extract, p.backfill_chunks)
+        self.echo(f"review web app, {p.review_findings:,} open findings")
+        self.review(p.review_findings)
         return self.results
+
+    def review(self, findings: int) -> None:
+        """The queue page and the API list over HTTP from the real server (bench/review_bench.py)."""
+        report = self.logs / "review.json"
+        cmd = [sys.executable, str(BENCH / "review_bench.py"), "--findings", str(findings)]
+        self._run("review", [*cmd, "--workdir", str(self.work / "review"), "--json", str(report)])
+        self.results["review"] = json.loads(report.read_text())
 
 
 def _row(ds: Dataset, m: Measured) -> dict:
@@ -492,6 +509,9 @@ def evaluate_targets(plan: Plan, r: dict) -> dict:
     add("allmed_rss", allmed["peak_rss_mb"] / 1024 if allmed else None, 4, "GB")
     bf = r["backfill"].get(plan.backfill.name)  # as the user runs it: default chunking
     add("backfill_ratio", bf["ratio"] if bf and bf.get("ok", True) else None, 2, "x one night")
+    review = r.get("review")
+    slowest = max(review["big"]["queue_page"]["median_ms"], review["big"]["api_list"]["median_ms"]) if review else None
+    add("review_page", slowest, 300, "ms")
     if bf and not bf.get("ok", True):
         targets["backfill_ratio"].update(
             measured=bf["ratio"],
@@ -788,6 +808,10 @@ def render(plan: Plan, facts: dict, r: dict, targets: dict, elapsed: float) -> s
         L += _table(
             ["dataset", "rows", "wall s"], [[k, v["rows"], v["wall_s"]] for k, v in _by_size(r["synth"]).items()]
         )
+    if r.get("review"):
+        from review_bench import render as render_review
+
+        L += ["", "## Review web app", "", *render_review(r["review"]).splitlines()]
     return "\n".join(L) + "\n"
 
 

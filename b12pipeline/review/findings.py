@@ -23,6 +23,8 @@ from b12pipeline.queues import read_queue
 
 PAGE_SIZES = (25, 50, 100, 200, 500)
 DEFAULT_PAGE_SIZE = 50
+# The rows are kept in this order; another sort is one stable sort on its own key (ties keep this order).
+DEFAULT_ORDER = ("service_date", "severity_rank", "rule_id", "finding_id")
 SORTS = ("service_date", "severity", "rule_id", "status", "owner", "payer_type", "first_seen")
 # Columns of the administration a coder decides with, in the order the finding page shows them.
 ADMINISTRATION_FIELDS = (
@@ -200,12 +202,17 @@ class QueueSnapshot:
             return self._frame
 
     def _load(self) -> pl.DataFrame:
+        """The findings in the pages' default order, once: a request then only filters and slices."""
         found = read_queue(self.layout.queues)
         payers = _payers(self.layout.history, found)
-        return found.join(payers, on="admin_id", how="left").with_columns(
-            severity_rank=pl.col("severity").replace_strict(
-                {s: i for i, s in enumerate(SEVERITIES)}, default=len(SEVERITIES), return_dtype=pl.Int8
+        return (
+            found.join(payers, on="admin_id", how="left")
+            .with_columns(
+                severity_rank=pl.col("severity").replace_strict(
+                    {s: i for i, s in enumerate(SEVERITIES)}, default=len(SEVERITIES), return_dtype=pl.Int8
+                )
             )
+            .sort(DEFAULT_ORDER)
         )
 
 
@@ -249,13 +256,13 @@ def apply_filters(frame: pl.DataFrame, f: Filters, as_of: dt.date) -> pl.DataFra
 
 
 def sort_and_page(selected: pl.DataFrame, f: Filters) -> tuple[pl.DataFrame, int]:
-    """One page of `selected` in the requested order (ties broken stably) and the page actually shown."""
+    """One page of `selected` (in DEFAULT_ORDER) in the requested order, and the page actually shown."""
     pages = max((selected.height + f.size - 1) // f.size, 1)
     page = min(f.page, pages)
-    primary = "severity_rank" if f.sort == "severity" else f.sort
-    keys = [primary] + [k for k in ("service_date", "severity_rank", "rule_id", "finding_id") if k != primary]
-    ordered = selected.sort(keys, descending=[f.descending] + [False] * (len(keys) - 1), nulls_last=True)
-    return ordered.slice((page - 1) * f.size, f.size), page
+    if f.sort != "service_date" or f.descending:
+        key = "severity_rank" if f.sort == "severity" else f.sort
+        selected = selected.sort(key, descending=f.descending, nulls_last=True, maintain_order=True)
+    return selected.slice((page - 1) * f.size, f.size), page
 
 
 def rule_for(ruleset: Ruleset, rule_id: str, version: str) -> Rule | None:
