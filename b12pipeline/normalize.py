@@ -9,6 +9,7 @@ so a test can pin it; docs/columns.md lists them.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import polars as pl
 
@@ -191,7 +192,7 @@ def name_ingredient() -> pl.Expr:
 
 def route_class() -> pl.Expr:
     route = enum_text("route")
-    expr = pl.when(False).then(None)
+    expr: Any = pl.when(False).then(None)  # a chain of when/then, closed by otherwise
     for klass, spellings in ROUTE_CLASSES.items():
         expr = expr.when(route.is_in(spellings)).then(pl.lit(klass))
     return expr.otherwise(pl.lit("unknown"))

@@ -34,9 +34,11 @@ _queue.register(app)
 _serve.register(app)
 _review.register(app)
 
+from b12pipeline.cli import pull as _pull  # noqa: E402
 from b12pipeline.cli import synth as _synth  # noqa: E402
 
 _synth.register(app)
+_pull.register(app)
 
 
 def main() -> None:

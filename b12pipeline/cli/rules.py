@@ -75,7 +75,7 @@ def test_rules(
     rule_id: Optional[str] = typer.Option(None, "--id", help="Only this rule id."),
 ) -> None:
     """Run every rule's own cases (fires / passes); exit 1 if any case fails."""
-    from b12pipeline.engine.cases import run_rule_cases
+    from b12pipeline.rulecases import run_rule_cases
 
     loaded = _load(rules)
     selected = [r for r in loaded.ruleset.rules if rule_id is None or r.id == rule_id]
@@ -97,7 +97,7 @@ def test_rules(
 @rules_app.command("lint")
 def lint(rules: Optional[Path] = typer.Option(None, "--rules", help=RULES_HELP)) -> None:
     """Check every rule file (fields, citations, cases, windows, columns, settings, names); exit 1 on problems."""
-    from b12pipeline.engine.lint import lint_rules
+    from b12pipeline.rulelint import lint_rules
 
     folder = _folder(rules)
     problems = lint_rules(folder)

@@ -19,14 +19,16 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from b12pipeline.engine.rulefile import QUEUES, SEVERITIES, load_ruleset
+from b12pipeline.engine.rulefile import QUEUES, SEVERITIES
 from b12pipeline.review import dashboard
 from b12pipeline.review import findings as fq
 from b12pipeline.review.accounts import Authenticator, User
 from b12pipeline.review.middleware import CSRF_FIELD, Policy, SecurityLayer, route_templates, session_cookie
 from b12pipeline.review.sessions import SessionStore
 from b12pipeline.review.work import ChangeError, WorkView, action_body, parse_change, with_work
-from b12pipeline.worklog.view import OPEN_WORK, UNTRACKED
+from b12pipeline.rulesets import load_ruleset
+from b12pipeline.worklog.models import OPEN_WORK
+from b12pipeline.worklog.view import UNTRACKED
 
 HERE = Path(__file__).resolve().parent
 QUEUE_TITLES = {"coding": "Coding", "medical_necessity": "Medical necessity", "documentation": "Documentation"}

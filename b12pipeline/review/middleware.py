@@ -117,7 +117,8 @@ class SecurityLayer:
                 "application/x-www-form-urlencoded"
             ):
                 body = await _read_body(receive)
-                token = (parse_qs(body.decode("utf-8", "replace")).get(CSRF_FIELD) or [None])[0]
+                sent = parse_qs(body.decode("utf-8", "replace")).get(CSRF_FIELD)
+                token = sent[0] if sent else None
                 receive = _replay(body, receive)
             if session is None or not session.csrf_ok(token):
                 message = "missing or stale form token: reload the page and try again"
