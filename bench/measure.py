@@ -158,7 +158,7 @@ def ingest(args: argparse.Namespace) -> dict:
     import resource
 
     from b12pipeline import normalize
-    from b12pipeline.ingest import read_extract
+    from b12pipeline.ingest.read import read_extract
     from b12pipeline.paths import rules_dir
     from b12pipeline.reference import load_reference
 

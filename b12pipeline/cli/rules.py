@@ -134,5 +134,45 @@ def docs(
     console.print(f"wrote {out}")
 
 
+@rules_app.command("stats")
+def stats(
+    out: Path = typer.Option(Path("var"), "--out", "-o", help="Output root whose worklog to read."),
+) -> None:
+    """How good each rule is, from what coders decided: raised, fixed, dismissed (by reason),
+    auto-resolved, median days to close, precision = fixed / (fixed + dismissed as false positive)."""
+    from b12pipeline.cli.queue import _worklog
+    from b12pipeline.worklog.queries import rule_stats
+
+    if not out.is_dir():
+        raise usage_error(escape(f"--out {out} is not a folder"))
+    frame = rule_stats(_worklog(out))
+    if frame.height == 0:
+        console.print(f"no findings in the worklog of {out} yet")
+        return
+    table = Table(
+        title=f"Rule effectiveness in {out}",
+        caption="resolved: by a re-evaluation; days: median days to close; "
+        "precision: fixed / (fixed + dismissed as false positive), blank until a coder decided one",
+    )
+    table.add_column("rule", no_wrap=True)
+    for col in ("raised", "open", "fixed", "dismissed", "resolved", "days", "precision"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for r in frame.iter_rows(named=True):
+        median = r["median_days_to_close"]
+        table.add_row(
+            r["rule_id"],
+            f"{r['raised']:,}",
+            f"{r['open']:,}",
+            f"{r['fixed']:,}",
+            f"{r['dismissed']:,}",
+            f"{r['auto_resolved']:,}",
+            "" if median is None else f"{median:g}",
+            "" if r["precision"] is None else f"{r['precision']:.0%}",
+        )
+    console.print(table)
+    for r in frame.filter(frame["dismissed"] > 0).iter_rows(named=True):
+        console.print(f"{r['rule_id']} dismissed: {escape(r['dismissed_by_reason'])}")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(rules_app, name="rules")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import yaml
 
@@ -79,16 +80,21 @@ class PullSource:
             from prefect.blocks.system import Secret
 
             try:
-                return Secret.load(block).get()
+                secret = cast(Secret, Secret.load(block))  # sync call: the block itself, not a coroutine
+                return secret.get()
             except ValueError:
                 raise SourceConfigError(
                     f"source {self.name}: Prefect Secret block {block!r} (password_secret) not found"
                 ) from None
         return None
 
-    def query_path(self) -> Path:
+    def query_path(self, dialect: str | None = None) -> Path:
+        """The query file; `<stem>.<dialect>.sql` beside it wins for that database (ordered
+        aggregates, for one, are written differently by SQL Server and PostgreSQL)."""
         query = Path(self.settings["query"])
-        return query if query.is_absolute() else schemas_dir() / "sources" / query
+        query = query if query.is_absolute() else schemas_dir() / "sources" / query
+        variant = query.with_name(f"{query.stem}.{dialect}{query.suffix}") if dialect else None
+        return variant if variant is not None and variant.is_file() else query
 
 
 def default_sources_file() -> Path | None:

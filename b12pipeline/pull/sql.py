@@ -62,10 +62,11 @@ def pull_sql(source: PullSource, night: dt.date, target: Path) -> int:
     the query fails; the message names the source and the kind of failure, never the URL's secrets.
     """
     from sqlalchemy import text
+    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
     start, end = night_window(night, int(source.get("lookback_days", 0)))
-    query = source.query_path().read_text()
+    query = source.query_path(make_url(str(source.get("url"))).get_backend_name()).read_text()
     batch = int(source.get("batch_rows", 50_000))
     rows = 0
     writer: pq.ParquetWriter | None = None
