@@ -71,25 +71,28 @@ def load_site_config(path: Path | None = None) -> SiteConfig:
     unknown = sorted(set(raw) - set(known))
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    values = {}
-    for key, value in raw.items():
-        default = getattr(SiteConfig(), key)
-        if isinstance(default, tuple):
-            if not isinstance(value, list):
-                raise ConfigError(f"{path}: {key} must be a list")
-            value = tuple(str(v).strip() for v in value)
-            if key in ("given_actions",) or key.endswith("_payers"):
-                # Compared with normalize.enum_text values: case and runs of whitespace do not matter.
-                value = tuple(" ".join(v.split()).lower() for v in value)
-        elif isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise ConfigError(f"{path}: {key} must be true or false")
-        elif isinstance(default, (int, float)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{path}: {key} must be a number")
-        elif isinstance(default, dict):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{path}: {key} must be a mapping")
-            value = {str(k).lower(): str(v).upper() for k, v in value.items()}
-        values[key] = value
-    return SiteConfig(**values)
+    return SiteConfig(**{key: coerce_setting(key, value, str(path)) for key, value in raw.items()})
+
+
+def coerce_setting(key: str, value, where: str):
+    """One setting's value, checked against the type of its default and normalised as the rules
+    compare it; ConfigError names `where` and the key. Shared by site.yaml and payer files."""
+    default = getattr(SiteConfig(), key)
+    if isinstance(default, tuple):
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: {key} must be a list")
+        value = tuple(str(v).strip() for v in value)
+        if key in ("given_actions",) or key.endswith("_payers"):
+            # Compared with normalize.enum_text values: case and runs of whitespace do not matter.
+            value = tuple(" ".join(v.split()).lower() for v in value)
+    elif isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key} must be true or false")
+    elif isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: {key} must be a number")
+    elif isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {key} must be a mapping")
+        value = {str(k).lower(): str(v).upper() for k, v in value.items()}
+    return value

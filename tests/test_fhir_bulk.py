@@ -516,3 +516,23 @@ def test_each_file_of_the_export_is_held_to_the_input_limits(tmp_path, monkeypat
     (folder / "Medication.ndjson").write_bytes(b"\x1f\x8b\x08" + b"\0" * 20)
     with pytest.raises(FileRejected, match="Medication.ndjson: the file is gzip-compressed"):
         read_extract(folder)
+
+
+def test_large_outputs_are_split_into_numbered_files_that_read_as_one_export(tmp_path):
+    from b12pipeline import synth
+    from b12pipeline.fhirbulk_writer import write_fhir_bulk
+
+    frame = synth.generate(100, seed=4, defect_rate=0.2, b12_share=0.5, days=30).frame
+    whole = read_extract(write_fhir_bulk(frame, tmp_path / "whole"))
+    folder = write_fhir_bulk(frame, tmp_path / "split", per_file=40)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    administrations = [o for o in manifest["output"] if o["type"] == "MedicationAdministration"]
+    assert [(o["url"], o["count"]) for o in administrations] == [
+        ("MedicationAdministration.001.ndjson", 40),
+        ("MedicationAdministration.002.ndjson", 40),
+        ("MedicationAdministration.003.ndjson", 20),
+    ]
+    split = read_extract(folder / "manifest.json")
+    assert split.frame.drop("source_file", "source_row").equals(whole.frame.drop("source_file", "source_row"))
+    last = split.frame.filter(pl.col("source_file") == "MedicationAdministration.003.ndjson")
+    assert last.height == whole.frame.filter(pl.col("source_row") > 80).height

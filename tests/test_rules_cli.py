@@ -42,7 +42,9 @@ def test_list_shows_every_rule_file():
 
 def test_test_runs_every_case_and_passes():
     result = invoke("rules", "test")
-    total = sum(len(r.cases.get("fires") or []) + len(r.cases.get("passes") or []) for r in load_ruleset().rules)
+    ruleset = load_ruleset()
+    total = sum(len(r.cases.get("fires") or []) + len(r.cases.get("passes") or []) for r in ruleset.rules)
+    total += sum(len(p.cases.get("fires") or []) + len(p.cases.get("passes") or []) for p in ruleset.payers)
     assert result.exit_code == 0, result.output
     assert f"{total} of {total} case(s) passed" in result.output
 

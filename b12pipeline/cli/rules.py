@@ -74,14 +74,21 @@ def test_rules(
     rules: Optional[Path] = typer.Option(None, "--rules", help=RULES_HELP),
     rule_id: Optional[str] = typer.Option(None, "--id", help="Only this rule id."),
 ) -> None:
-    """Run every rule's own cases (fires / passes); exit 1 if any case fails."""
-    from b12pipeline.rulecases import run_rule_cases
+    """Run every rule's own cases (fires / passes) and every payer file's; exit 1 if any case fails."""
+    from b12pipeline.rulecases import run_payer_cases, run_rule_cases
 
     loaded = _load(rules)
     selected = [r for r in loaded.ruleset.rules if rule_id is None or r.id == rule_id]
     if not selected:
         raise usage_error(f"no rule with id {rule_id!r}")
     results = [res for r in selected for res in run_rule_cases(r, loaded)]
+    # Payer files' cases (each names the rule it checks): all of them, or those of --id.
+    results += [
+        res
+        for p in loaded.ruleset.payers
+        for res in run_payer_cases(p, loaded)
+        if rule_id is None or res.rule_id.endswith(f": {rule_id}")
+    ]
     failed = [res for res in results if not res.ok]
     if failed:
         table = Table(title=f"{len(failed)} failing case(s)")

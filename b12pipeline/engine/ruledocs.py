@@ -153,6 +153,58 @@ def rule_section(rule: Rule, examples: int = 2) -> str:
     return "\n".join(out)
 
 
+def _window_text(lo, hi) -> str:
+    if lo is None and hi is None:
+        return "all dates of service"
+    if hi is None:
+        return f"dates of service from {lo}"
+    if lo is None:
+        return f"dates of service before {hi}"
+    return f"dates of service from {lo} to before {hi}"
+
+
+def payer_section(payer) -> str:
+    """One payer file: what it matches, when, and each override it makes."""
+    out = [f"### Payer file `{payer.path.name}`: {payer.title}", ""]
+    out += [
+        f"- **Matches:** {payer.match_text()}",
+        f"- **Effective:** {_window_text(payer.effective_from, payer.effective_to)}",
+        "",
+    ]
+    if payer.description.strip():
+        out += [payer.description.strip(), ""]
+    rows = []
+    for rule_id, change in sorted(payer.rules.items()):
+        if change.get("enabled") is False:
+            rows.append(f"| {rule_id} | turned off |")
+        if change.get("severity"):
+            rows.append(f"| {rule_id} | severity {change['severity']} |")
+    for key, value in sorted(payer.settings.items()):
+        rows.append(f"| setting `{key}` | {_escape_cell(_value(list(value) if isinstance(value, tuple) else value))} |")
+    if rows:
+        out += ["| what | override |", "|---|---|"] + rows + [""]
+    out += ["Why:", ""] + [f"- {c}" for c in payer.citations] + [""]
+    for kind, label in (("fires", "Fires"), ("passes", "Does not fire")):
+        cases = list(payer.cases.get(kind) or [])
+        if cases:
+            out += [f"{label}:", ""]
+            for c in cases:
+                shown = {k: v for k, v in c.items() if k not in ("_rule", "_severity")}
+                severity = f" as {c['_severity']}" if c.get("_severity") else ""
+                out.append(f"- {c['_rule']}{severity}: {_case_text(shown)}")
+            out.append("")
+    return "\n".join(out)
+
+
+PAYER_HEADER = """## Payer overrides
+
+One file per payer or payer group in `rules/payers/`. A row falls under at most one file: the most
+specific match effective on its date of service (payer id, then payer type); other rows get the site
+defaults. A file turns rules off, changes their severity or overrides site settings for its rows, and
+a finding records the file (`payer_override`) when it changed the finding's rule.
+"""
+
+
 def render_rules_markdown(ruleset: Ruleset) -> str:
     rules = sorted_rules(ruleset.rules)
     lines = [HEADER, "| id | title | queue | severity | version | status |", "|---|---|---|---|---|---|"]
@@ -164,4 +216,7 @@ def render_rules_markdown(ruleset: Ruleset) -> str:
     lines.append("")
     body = "\n".join(lines)
     sections = "\n".join(rule_section(r) for r in rules)
+    payers = sorted(ruleset.payers, key=lambda p: p.path.name)
+    if payers:
+        sections = sections.rstrip("\n") + "\n\n" + PAYER_HEADER + "\n" + "\n".join(payer_section(p) for p in payers)
     return body + "\n" + sections.rstrip("\n") + "\n"

@@ -64,6 +64,7 @@ class Ruleset:
     version: str  # content hash of the rule files, reference tables, site config
     directory: Path
     files: tuple[Path, ...] = field(default_factory=tuple)
+    payers: tuple = field(default_factory=tuple)  # PayerOverride files (engine/payers.py)
 
     @property
     def active(self) -> tuple[Rule, ...]:
