@@ -3,7 +3,7 @@
 
     python bench/review_bench.py [--findings 100000] [--workdir DIR] [--json OUT]
 
-Builds two output roots with the library's own writers (queues.write_queue_partitions, history,
+Builds two output roots with the library's own writers (queues.write_queue_partitions,
 worklog.update_night): one whose coding queue holds N open findings over 120 dates of service, and
 one with an empty coding queue. Each is served by the real `b12pipeline review` process; requests go
 over HTTP from this process. Per request kind: the first (cold) time, then the median and p95 of
@@ -34,13 +34,13 @@ PAYERS = ("medicare", "medicaid", "commercial", "self_pay")
 
 
 def build_store(out: Path, findings: int) -> None:
-    """An output root with `findings` open findings in the coding queue, history rows for the payer
-    column, and the worklog after the night that first saw them."""
+    """An output root with `findings` open findings in the coding queue and the worklog after the
+    night that first saw them."""
     import polars as pl
 
     from b12pipeline.engine.evaluate import FINDING_COLUMNS
     from b12pipeline.paths import OutputLayout
-    from b12pipeline.queues import PART_NAME, atomic_write_parquet, write_queue_partitions
+    from b12pipeline.queues import write_queue_partitions
     from b12pipeline.rulesets import load_ruleset
     from b12pipeline.worklog import open_worklog, update_night
 
@@ -82,14 +82,11 @@ def build_store(out: Path, findings: int) -> None:
         source_row=pl.col("i") + 1,
         run_id=pl.lit("night-bench"),
     )
-    cast = {name: dtype for name, dtype in FINDING_COLUMNS.items()}
-    frame = frame.select([pl.col(c).cast(t) for c, t in cast.items()])
-    write_queue_partitions(frame, layout.queues, dates)
-    history = frame.select(
-        "admin_id", "service_date", payer_type=pl.lit(list(PAYERS)).list.get(pl.int_range(pl.len()) % len(PAYERS))
+    frame = frame.with_columns(payer_type=pl.lit(list(PAYERS)).list.get(pl.col("i") % len(PAYERS)))
+    frame = frame.select(
+        [(pl.col(c) if c in frame.columns else pl.lit(None)).cast(t).alias(c) for c, t in FINDING_COLUMNS.items()]
     )
-    for (day,), rows in history.group_by(["service_date"]):
-        atomic_write_parquet(rows.drop("service_date"), layout.history / f"service_date={day.isoformat()}" / PART_NAME)
+    write_queue_partitions(frame, layout.queues, dates)
     update_night(engine, frame, dates, night=NIGHT, run_id="night-bench")
 
 

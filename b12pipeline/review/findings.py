@@ -2,9 +2,8 @@
 
 Every page asks `QueueSnapshot.frame()`: the Parquet partitions are stat-ed on each call (cheap)
 and re-read only when one changed (a night ran), so filtering and paging 100k findings is an
-in-memory Polars query of a few milliseconds. The administration's payer is joined from history
-once per snapshot, for the payer filter. People's decisions (status, owner, ...) come from the
-worklog and are joined per request by the caller (`with_work`).
+in-memory Polars query of a few milliseconds. People's decisions (status, owner, ...) come from the
+worklog and are joined by the caller (`with_work`) when either side changed.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from pathlib import Path
 import polars as pl
 
 from b12pipeline.engine.rulefile import QUEUES, SEVERITIES, Rule, Ruleset
-from b12pipeline.history import history_paths, read_history
+from b12pipeline.history import read_history
 from b12pipeline.paths import OutputLayout
 from b12pipeline.queues import read_queue
 
@@ -184,7 +183,6 @@ class QueueSnapshot:
 
     def _signature(self) -> tuple:
         paths = sorted(self.layout.queues.glob("*/service_date=*/*.parquet"))
-        paths += sorted(history_paths(self.layout.history).values())
         stamp = []
         for p in paths:
             try:
@@ -203,10 +201,8 @@ class QueueSnapshot:
 
     def _load(self) -> pl.DataFrame:
         """The findings in the pages' default order, once: a request then only filters and slices."""
-        found = read_queue(self.layout.queues)
-        payers = _payers(self.layout.history, found)
         return (
-            found.join(payers, on="admin_id", how="left")
+            read_queue(self.layout.queues)
             .with_columns(
                 severity_rank=pl.col("severity").replace_strict(
                     {s: i for i, s in enumerate(SEVERITIES)}, default=len(SEVERITIES), return_dtype=pl.Int8
@@ -214,20 +210,6 @@ class QueueSnapshot:
             )
             .sort(DEFAULT_ORDER)
         )
-
-
-def _payers(history_root: Path, found: pl.DataFrame) -> pl.DataFrame:
-    empty = pl.DataFrame(schema={"admin_id": pl.String, "payer_type": pl.String})
-    if found.height == 0:
-        return empty
-    dates = set(found["service_date"].unique().to_list())
-    paths = [p for d, p in history_paths(history_root).items() if d in dates]
-    if not paths:
-        return empty
-    lazy = pl.scan_parquet(paths)
-    if "payer_type" not in lazy.collect_schema():
-        return empty
-    return lazy.select("admin_id", "payer_type").unique("admin_id", keep="last").collect()
 
 
 def apply_filters(frame: pl.DataFrame, f: Filters, as_of: dt.date) -> pl.DataFrame:
