@@ -7,6 +7,7 @@ evaluate_dates re-evaluates given dates from history (shared by nights and histo
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import shutil
@@ -16,11 +17,12 @@ from pathlib import Path
 import polars as pl
 
 from b12pipeline import normalize, progress
-from b12pipeline.config import SiteConfig, load_site_config
+from b12pipeline.config import load_site_config
 from b12pipeline.datadocs import validation_result_path
 from b12pipeline.engine.engines import evaluator
 from b12pipeline.engine.evaluate import empty_findings
 from b12pipeline.engine.rulefile import Ruleset
+from b12pipeline.engine.settings import SiteConfig
 from b12pipeline.facts import evaluation_facts
 from b12pipeline.files import sha256_file, write_json
 from b12pipeline.history import history_paths, merge_into_history, patients_of, read_for_dates
@@ -46,10 +48,12 @@ class Rules:
     def load(cls, rules_dir: Path | str | None = None) -> "Rules":
         directory = Path(rules_dir) if rules_dir else None
         ruleset = load_ruleset(directory)
+        reference = load_reference(ruleset.directory / "reference")
         return cls(
-            ruleset=ruleset,
+            # Findings carry the versions of the reference tables their rule used.
+            ruleset=dataclasses.replace(ruleset, reference_versions=reference.versions),
             config=load_site_config(ruleset.directory / "site.yaml"),
-            reference=load_reference(ruleset.directory / "reference"),
+            reference=reference,
         )
 
 
