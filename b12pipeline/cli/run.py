@@ -8,6 +8,7 @@ from typing import Callable, List, Optional
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from b12pipeline.cli.common import (
