@@ -10,9 +10,9 @@ from __future__ import annotations
 import polars as pl
 
 from b12pipeline import normalize
-from b12pipeline.config import SiteConfig
 from b12pipeline.crossrow import CROSS_ROW_COLUMNS, add_cross_row_facts
 from b12pipeline.engine.payers import DERIVED_SETTINGS, PAYER_COLUMN, PayerOverride, payer_override_expr
+from b12pipeline.engine.settings import SiteConfig
 from b12pipeline.reference import Reference
 
 CROSS_ROW_SETTINGS = ("frequency_window_days", "frequency_lookback_days", "duplicate_window_minutes")

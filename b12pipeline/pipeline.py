@@ -16,11 +16,12 @@ from pathlib import Path
 import polars as pl
 
 from b12pipeline import normalize, progress
-from b12pipeline.config import SiteConfig, load_site_config
+from b12pipeline.config import load_site_config
 from b12pipeline.datadocs import validation_result_path
 from b12pipeline.engine.engines import evaluator
 from b12pipeline.engine.evaluate import empty_findings
 from b12pipeline.engine.rulefile import Ruleset
+from b12pipeline.engine.settings import SiteConfig
 from b12pipeline.facts import evaluation_facts
 from b12pipeline.files import sha256_file, write_json
 from b12pipeline.history import history_paths, merge_into_history, patients_of, read_for_dates

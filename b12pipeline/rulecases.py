@@ -16,14 +16,12 @@ from pathlib import Path
 import polars as pl
 import yaml
 
-from b12pipeline.config import SiteConfig
 from b12pipeline.contract import load_contract
 from b12pipeline.engine.evaluate import evaluate
-from b12pipeline.engine.rulefile import Rule
+from b12pipeline.engine.rulefile import CASE_KEYS, Rule
+from b12pipeline.engine.settings import SiteConfig
 from b12pipeline.facts import evaluation_facts
 from b12pipeline.reference import Reference
-
-CASE_KEYS = ("_note", "_history", "_absent_columns")
 
 
 @dataclass

@@ -18,11 +18,12 @@ from typing import Any
 
 import polars as pl
 
-from b12pipeline.config import ConfigError, SiteConfig, load_site_config
+from b12pipeline.config import load_site_config
 from b12pipeline.contract import load_contract
 from b12pipeline.engine.conditions import check_condition, compile_condition, config_used, fields_used
 from b12pipeline.engine.evaluate import template_fields
 from b12pipeline.engine.rulefile import (
+    CASE_KEYS,
     CASE_KINDS,
     OPTIONAL_FIELDS,
     QUEUES,
@@ -33,8 +34,9 @@ from b12pipeline.engine.rulefile import (
     RuleFileError,
     parse_rule,
 )
+from b12pipeline.engine.settings import ConfigError, SiteConfig
 from b12pipeline.reference import load_reference
-from b12pipeline.rulecases import CASE_KEYS, case_defaults, case_facts
+from b12pipeline.rulecases import case_defaults, case_facts
 from b12pipeline.rulesets import read_yaml, rule_files
 
 FILE_NAME = re.compile(r"^(?P<id>.+?)(?:\.v(?P<n>\d+))?\.yaml$")

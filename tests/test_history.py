@@ -24,8 +24,8 @@ from history_support import (
 
 from b12pipeline import pipeline
 from b12pipeline.archive import ArchiveError, archive_file, archive_index, archived_checksums
-from b12pipeline.config import SiteConfig
 from b12pipeline.crossrow import add_cross_row_facts
+from b12pipeline.engine.settings import SiteConfig
 from b12pipeline.files import sha256_file
 from b12pipeline.history import history_paths, merge_into_history, read_history
 from b12pipeline.rulecases import case_frame, run_rule_cases

@@ -29,8 +29,8 @@ from typing import Any
 
 import polars as pl
 
-from b12pipeline.config import ConfigError, SiteConfig, coerce_setting
 from b12pipeline.engine.rulefile import FAR_FUTURE, FAR_PAST, SEVERITIES, RuleFileError, _date
+from b12pipeline.engine.settings import ConfigError, SiteConfig, coerce_setting
 
 PAYER_FOLDER = "payers"
 PAYER_COLUMN = "payer_override"
