@@ -81,6 +81,7 @@ class Plan:
     bulk: Dataset | None = None  # the same administrations as a FHIR Bulk Data export and as Parquet
     worklog_open: int = 100_000  # open findings in the worklog for the lifecycle measurement
     pull_rows: int = 0  # administrations pulled from PostgreSQL (bench/pull_bench.py), 0 = not measured
+    review_findings: int = 100_000  # open findings in the review web app's coding queue
 
 
 FULL = Plan(
@@ -115,6 +116,7 @@ QUICK = Plan(
     worklog_open=2_000,
     pull_rows=3_000,
     small_night_rows=200,
+    review_findings=2_000,
 )
 FIXTURES = PROJECT / "data" / "fixtures"
 SMALL_NIGHT = ("emar_2024-03-01.csv", "emar_2024-03-02.parquet", "emar_all_rules.csv")  # ~70 rows
@@ -134,6 +136,7 @@ TARGETS = {
     "night_after_year_rss": "small night after a year of history <= 1.2 x the same night on an empty store (peak RSS)",
     "year_extract_rss": "a year of history loaded as one extract: peak RSS <= 2 GB",
     "worklog_ratio": "worklog lifecycle update of a night with 100k open findings < 10% of that night's `run`",
+    "review_page": "review app: queue page and API list < 300 ms (median) with 100k open findings",
 }
 
 
@@ -222,6 +225,7 @@ def measure(cmd: list[str], env: dict, log: Path, json_out: Path | None = None) 
 class Bench:
     def __init__(self, plan: Plan, workdir: Path, echo=print):
         self.plan, self.work, self.echo = plan, workdir, echo
+        self._bench_rules: Path | None = None
         self.data, self.logs = workdir / "data", workdir / "logs"
         for d in (self.data, self.logs):
             d.mkdir(parents=True, exist_ok=True)
@@ -441,6 +445,16 @@ class Bench:
         self.results["run"][ds.name] = row
         return row
 
+    @property
+    def bench_rules(self) -> Path:
+        """The rules folder of the profile and rule-stage measurements: the project's rules with
+        payer overrides and CMS tables that apply to the synthetic rows (bench/bench_rules.py)."""
+        if self._bench_rules is None:
+            from bench_rules import build_bench_rules
+
+            self._bench_rules = build_bench_rules(self.work)
+        return self._bench_rules
+
     def profile(self, ds: Dataset, extract: Path) -> Path:
         facts = self.work / f"facts-{ds.name}.parquet"
         out = self.work / f"profile-{ds.name}.json"
@@ -458,6 +472,8 @@ class Bench:
                 str(facts),
                 "--json",
                 str(out),
+                "--rules",
+                str(self.bench_rules),
             ],
             out,
         )
@@ -469,6 +485,7 @@ class Bench:
         key = f"{engine}-{ds.name}" + (f"-{limit}" if limit else "")
         out = self.work / f"rules-{key}.json"
         cmd = [sys.executable, str(MEASURE), "rules", "--facts", str(facts), "--engine", engine, "--json", str(out)]
+        cmd += ["--rules", str(self.bench_rules)]  # payer overrides and CMS tables that apply (bench_rules.py)
         if limit:
             cmd += ["--limit", str(limit)]
         m = self._run(f"rules-{key}", cmd, out)
@@ -531,6 +548,7 @@ class Bench:
             "export_mb": sum(p.stat().st_size for p in self.synth(ds, "fhir-bulk").iterdir()) / 2**20,
             "ratio_wall": bulk["wall_s"] / parquet["wall_s"],
             "ratio_work": bulk["detail"]["work_s"] / parquet["detail"]["work_s"],
+            "ratio_cpu": bulk["cpu_s"] / parquet["cpu_s"],  # steadier than wall on a shared machine
             "same_rows": bulk["detail"]["b12_rows"] == parquet["detail"]["b12_rows"]
             and bulk["detail"]["rows_read"] == parquet["detail"]["rows_read"],
         }
@@ -616,6 +634,8 @@ class Bench:
         if p.pull_rows:
             self.echo(f"pull {p.pull_rows:,} administrations from PostgreSQL vs COPY TO on the same server")
             self.pull(p.pull_rows)
+        self.echo(f"review web app, {p.review_findings:,} open findings")
+        self.review(p.review_findings)
         return self.results
 
     def pull(self, rows: int) -> None:
@@ -630,6 +650,13 @@ class Bench:
         (self.logs / "pull.log").write_text(done.stdout + done.stderr)
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
         self.results["pull"] = json.loads(lines[-1]) if done.returncode == 0 and lines else {"failed": done.returncode}
+
+    def review(self, findings: int) -> None:
+        """The queue page and the API list over HTTP from the real server (bench/review_bench.py)."""
+        report = self.logs / "review.json"
+        cmd = [sys.executable, str(BENCH / "review_bench.py"), "--findings", str(findings)]
+        self._run("review", [*cmd, "--workdir", str(self.work / "review"), "--json", str(report)])
+        self.results["review"] = json.loads(report.read_text())
 
 
 def _row(ds: Dataset, m: Measured | None) -> dict:
@@ -736,6 +763,9 @@ def evaluate_targets(plan: Plan, r: dict) -> dict:
     add("night_after_year_rss", ratio(sn.get("year"), sn.get("empty"), "peak_rss_mb"), 1.2, "x empty store")
     year = r["run"].get(plan.backfill.name)
     add("year_extract_rss", year["peak_rss_mb"] / 1024 if year else None, 2, "GB")
+    review = r.get("review")
+    slowest = max(review["big"]["queue_page"]["median_ms"], review["big"]["api_list"]["median_ms"]) if review else None
+    add("review_page", slowest, 300, "ms")
     if bf and not bf.get("ok", True):
         targets["backfill_ratio"].update(
             measured=bf["ratio"],
@@ -1111,6 +1141,7 @@ def render(plan: Plan, facts: dict, r: dict, targets: dict, elapsed: float) -> s
                 "export read s",
                 "ratio (read)",
                 "ratio (process wall)",
+                "ratio (process CPU)",
                 "Parquet peak RSS MB",
                 "export peak RSS MB",
                 "same rows",
@@ -1124,6 +1155,7 @@ def render(plan: Plan, facts: dict, r: dict, targets: dict, elapsed: float) -> s
                     v["bulk"]["detail"]["work_s"],
                     v["ratio_work"],
                     v["ratio_wall"],
+                    v.get("ratio_cpu"),
                     v["parquet"]["peak_rss_mb"],
                     v["bulk"]["peak_rss_mb"],
                     v["same_rows"],
@@ -1188,6 +1220,10 @@ def render(plan: Plan, facts: dict, r: dict, targets: dict, elapsed: float) -> s
         L += _table(
             ["dataset", "rows", "wall s"], [[k, v["rows"], v["wall_s"]] for k, v in _by_size(r["synth"]).items()]
         )
+    if r.get("review"):
+        from review_bench import render as render_review
+
+        L += ["", "## Review web app", "", *render_review(r["review"]).splitlines()]
     return "\n".join(L) + "\n"
 
 

@@ -28,6 +28,7 @@ TARGET_KEYS = {
     "night_after_year_rss",
     "year_extract_rss",
     "worklog_ratio",
+    "review_page",
 }
 
 
@@ -88,6 +89,7 @@ def test_results_markdown_has_machine_facts_targets_and_a_table_per_measurement(
         or line.startswith("| 5M")
         or line.startswith("| 365")
         or line.startswith("| worklog")
+        or line.startswith("| review")
         or line.startswith("| 70-row night")
         or line.startswith("| malformed rule file")
         or line.startswith("| small night after a year")
