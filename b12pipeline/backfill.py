@@ -160,6 +160,17 @@ def summarise_diff(out: Path | str, run_id: str, chunk_paths: list[str], ruleset
         "service_date", "rule_id", "finding_id"
     )
     atomic_write_parquet(detail, run_dir / "diff_findings.parquet")
+    summary, counts = summarise_detail(detail, ruleset_version)
+    atomic_write_parquet(summary, run_dir / "diff.parquet")
+    for p in chunk_paths:
+        Path(p).unlink(missing_ok=True)
+    if (run_dir / "chunks").is_dir() and not any((run_dir / "chunks").iterdir()):
+        (run_dir / "chunks").rmdir()
+    return counts
+
+
+def summarise_detail(detail: pl.DataFrame, ruleset_version: str) -> tuple[pl.DataFrame, dict]:
+    """Per-rule counts of a per-finding diff: the frame (diff.parquet) and the same as a dict."""
     counts = (
         detail.group_by("rule_id", "queue")
         .agg(
@@ -174,12 +185,7 @@ def summarise_diff(out: Path | str, run_id: str, chunk_paths: list[str], ruleset
         .with_columns(pl.lit(ruleset_version).alias("ruleset_version"))
     )
     summary = counts.select([pl.col(c).cast(t) for c, t in SUMMARY_COLUMNS.items()]).sort("queue", "rule_id")
-    atomic_write_parquet(summary, run_dir / "diff.parquet")
-    for p in chunk_paths:
-        Path(p).unlink(missing_ok=True)
-    if (run_dir / "chunks").is_dir() and not any((run_dir / "chunks").iterdir()):
-        (run_dir / "chunks").rmdir()
-    return {
+    return summary, {
         "per_rule": {r["rule_id"]: {c: r[c] for c in CHANGES} for r in summary.iter_rows(named=True)},
         "total": {c: int(summary[c].sum()) for c in CHANGES},
         "previous_ruleset_versions": sorted(set(detail["previous_ruleset_version"].drop_nulls().to_list())),

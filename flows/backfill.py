@@ -15,7 +15,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
 
 import b12pipeline  # noqa: F401  (telemetry defaults before prefect is imported)
-from b12pipeline import backfill, pipeline, report
+from b12pipeline import backfill, pipeline, report, rulesets
+from b12pipeline.change_report import write_change_report
+from b12pipeline.ruleset_changes import FolderChanges
 
 
 @task(name="backfill-chunk", retries=2, retry_delay_seconds=[2, 10])
@@ -137,13 +139,41 @@ def run_backfill(
     dask_address: str | None = None,
     workers: int | None = None,
 ) -> dict:
-    """Run the backfill flow on the chosen task runner. Default chunking: the look-back length on the
-    local thread pool (Polars already uses every core), 7 days on Dask (chunks are its parallelism)."""
+    """Re-evaluate [start, end] with the output root's active ruleset; with `rules_dir`, deploy that
+    folder first, through the deploy gates (flows/deploy.py): a backfill never evaluates history with
+    rules the next night would not use."""
     from b12pipeline.runguard import guard_output
 
+    if rules_dir is not None:
+        from flows.deploy import deploy_rules
+
+        return deploy_rules(
+            rules_dir, out, start, end, chunk_days=chunk_days, dask_address=dask_address, workers=workers
+        )
+    with guard_output(out):  # one run per output root, owner-only files (b12pipeline/runguard.py)
+        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        folder = rulesets.resolve_rules(out, None, now, rulesets.operator_name())
+        manifest = reevaluate(start, end, out, str(folder), chunk_days, dask_address, workers)
+        manifest["change_report"] = f"runs/{manifest['run_id']}/changes.html"
+        pipeline.write_json(Path(out) / "runs" / manifest["run_id"] / "manifest.json", manifest)
+        write_change_report(out, manifest, FolderChanges(rules=[], other_files={}))
+        return manifest
+
+
+def reevaluate(
+    start: dt.date,
+    end: dt.date,
+    out: str,
+    rules_dir: str,
+    chunk_days: int | None = None,
+    dask_address: str | None = None,
+    workers: int | None = None,
+) -> dict:
+    """Run the backfill flow on the chosen task runner (the caller holds the output lock). Default
+    chunking: the look-back length on the local thread pool (Polars already uses every core), 7 days
+    on Dask (chunks are its parallelism)."""
     if chunk_days is None and (dask_address or workers):
         chunk_days = DASK_CHUNK_DAYS
     runner = task_runner(dask_address, workers)
     target = backfill_flow if runner is None else backfill_flow.with_options(task_runner=runner)
-    with guard_output(out):  # one run per output root, owner-only files (b12pipeline/runguard.py)
-        return target(start=start, end=end, out=out, rules_dir=rules_dir, chunk_days=chunk_days)
+    return target(start=start, end=end, out=out, rules_dir=rules_dir, chunk_days=chunk_days)

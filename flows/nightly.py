@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 import b12pipeline  # noqa: F401  (telemetry defaults before prefect is imported)
-from b12pipeline import pipeline, report
+from b12pipeline import pipeline, report, rulesets
 from b12pipeline.archive import archive_file
 from b12pipeline.paths import OutputLayout
 from b12pipeline.runguard import guard_output, note_run
@@ -124,6 +124,8 @@ def _nightly(
 ) -> dict:
     logger = get_run_logger()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    # The output root's deployed ruleset, never a folder that differs from it (b12pipeline/rulesets.py).
+    rules_dir = str(rulesets.resolve_rules(out, rules_dir, started_at, rulesets.operator_name()))
     rules = pipeline.Rules.load(rules_dir)
     checksums = [pipeline.sha256_file(Path(p)) for p in extracts]
     run_id = pipeline.make_run_id(night, checksums, rules.ruleset.version)

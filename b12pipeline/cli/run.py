@@ -21,6 +21,10 @@ from b12pipeline.cli.common import (
     usage_error,
 )
 
+RULES_HELP = (
+    "Rules folder; must be the ruleset deployed on --out (default: the deployed one; on a new --out, "
+    "the project's rules/). Change rules with `b12pipeline rules deploy`."
+)
 WAIT_HELP = "If another run holds --out, wait for it instead of stopping (exit code 3)."
 
 
@@ -38,6 +42,12 @@ def run_night(
     if rules is not None and not rules.is_dir():
         raise usage_error(f"--rules {rules} is not a folder")
     check_engine(engine)
+    from b12pipeline.rulesets import RulesetError, check_requested
+
+    try:  # read-only, before the lock and Prefect: a refused --rules leaves --out untouched
+        check_requested(out, rules)  # (the flow checks again, holding the lock)
+    except RulesetError as exc:
+        raise usage_error(str(exc)) from None
     with output_guard(out, wait):
         return _run_night(extracts, out, night, rules, source, move_rejected, engine)
 
@@ -52,6 +62,7 @@ def _run_night(
     engine: str,
 ) -> int:
     from b12pipeline.engine.rulefile import RuleFileError
+    from b12pipeline.rulesets import RulesetError
     from flows.nightly import nightly_flow
 
     with Progress(
@@ -81,7 +92,7 @@ def _run_night(
                 move_rejected=move_rejected,
                 engine=engine,
             )
-        except RuleFileError as exc:
+        except (RuleFileError, RulesetError) as exc:
             raise usage_error(str(exc)) from None
         finally:
             stop()
@@ -152,7 +163,7 @@ def register(app: typer.Typer) -> None:
         extract: List[Path] = typer.Option(..., "--extract", "-e", help="An extract file; repeat for several."),
         out: Path = typer.Option(Path("var"), "--out", "-o", help="Output root (queues, quarantine, runs, ...)."),
         night: Optional[str] = typer.Option(None, help="Date of the night (YYYY-MM-DD); default today."),
-        rules: Optional[Path] = typer.Option(None, help="Rules folder (default: the project's rules/)."),
+        rules: Optional[Path] = typer.Option(None, help=RULES_HELP),
         source: Optional[str] = typer.Option(
             None,
             help="Source format (csv, parquet, clarity, fhir, or a schemas/sources mapping); "
@@ -172,7 +183,7 @@ def register(app: typer.Typer) -> None:
         landing: Path = typer.Option(..., help="Landing folder the nightly extracts arrive in."),
         out: Path = typer.Option(Path("var"), "--out", "-o", help="Output root."),
         night: Optional[str] = typer.Option(None, help="Date of the night (YYYY-MM-DD); default today."),
-        rules: Optional[Path] = typer.Option(None, help="Rules folder (default: the project's rules/)."),
+        rules: Optional[Path] = typer.Option(None, help=RULES_HELP),
         source: Optional[str] = typer.Option(None, help="Source format for every file; default per extension."),
         engine: str = typer.Option("polars", help=ENGINE_HELP),
         wait: bool = typer.Option(False, "--wait", help=WAIT_HELP),

@@ -29,6 +29,12 @@ def register(app: typer.Typer) -> None:
             raise usage_error(f"--landing {landing} is not a folder")
         if rules is not None and not rules.is_dir():
             raise usage_error(f"--rules {rules} is not a folder")
+        from b12pipeline.rulesets import RulesetError, check_requested
+
+        try:
+            check_requested(out, rules)
+        except RulesetError as exc:
+            raise usage_error(str(exc)) from None
         from prefect import serve as prefect_serve
 
         from flows.nightly import landing_deployment
