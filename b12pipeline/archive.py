@@ -56,8 +56,8 @@ def archived_checksums(archive_root: Path) -> set[str]:
 
 
 def _existing_copy(folder: Path) -> Path | None:
-    copies = (
-        sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix != ".sha256")
+    copies = (  # a file, or a folder (a FHIR Bulk Data export)
+        sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.suffix != ".sha256")
         if folder.is_dir()
         else []
     )
@@ -82,7 +82,10 @@ def archive_file(path: Path, sha256: str, archive_root: Path, night: str) -> Pat
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{path.name}.{uuid.uuid4().hex}.tmp"
         try:
-            shutil.copyfile(path, tmp)
+            if path.is_dir():
+                shutil.copytree(path, tmp)
+            else:
+                shutil.copyfile(path, tmp)
             actual = sha256_file(tmp)
             if actual != sha256:
                 raise ArchiveError(
@@ -91,6 +94,8 @@ def archive_file(path: Path, sha256: str, archive_root: Path, night: str) -> Pat
                 )
             tmp.replace(target)
         finally:
+            if tmp.is_dir():
+                shutil.rmtree(tmp)
             tmp.unlink(missing_ok=True)
         (folder / f"{path.name}.sha256").write_text(f"{sha256}  {path.name}\n")
         _append_index(archive_root, sha256, target, night)

@@ -13,15 +13,35 @@ import polars as pl
 
 from b12pipeline.engine.rulefile import SEVERITIES
 from b12pipeline.queues import read_queue
+from b12pipeline.runguard import restrict
 
-# Column order and headings of a coder's export: what to fix first, then who, then lineage.
+# The worklog's columns come first with fixed headings: a coder edits Status, Owner, Reason, Comment
+# and Deferred until, and `queue import` reads them back by these names (b12pipeline/worklog/excel.py).
+WORKLOG_HEADINGS: dict[str, str] = {
+    "finding_id": "Finding ID",
+    "status": "Status",
+    "owner": "Owner",
+    "reason": "Reason",
+    "comment": "Comment",
+    "deferred_until": "Deferred until",
+    "first_seen_night": "First seen",
+    "days_open": "Days open",
+}
+# Then what to fix first, what the claim says, who, and lineage.
 CODER_COLUMNS: dict[str, str] = {
+    **WORKLOG_HEADINGS,
     "service_date": "Date of service",
     "severity": "Severity",
     "rule_id": "Rule",
+    "rule_title": "Rule title",
     "message": "Problem",
     "expected": "Expected",
     "actual": "Actual",
+    "payer_type": "Payer",
+    "charge_hcpcs": "Billed HCPCS",
+    "charge_units": "Billed units",
+    "charge_modifiers": "Modifiers",
+    "diagnosis_codes": "Diagnoses",
     "patient_id": "Patient ID",
     "encounter_id": "Encounter ID",
     "admin_id": "Administration ID",
@@ -31,9 +51,9 @@ CODER_COLUMNS: dict[str, str] = {
     "dose_mcg": "Dose (mcg)",
     "route": "Route",
     "queue": "Queue",
+    "rule_citation": "Citation",
     "source_file": "Source file",
     "source_row": "Source row",
-    "finding_id": "Finding ID",
     "rule_version": "Rule version",
     "ruleset_version": "Ruleset version",
     "run_id": "Run ID",
@@ -85,12 +105,17 @@ def export_csv(findings: pl.DataFrame, target: Path) -> int:
     with open(tmp, "wb") as fh:
         fh.write("\ufeff".encode())
         view.write_csv(fh, datetime_format="%Y-%m-%d %H:%M", date_format="%Y-%m-%d")
+    restrict(tmp)  # an export holds patient identifiers: owner-only, like everything under --out
     tmp.replace(target)
     return view.height
 
 
 def export_xlsx(findings: pl.DataFrame, target: Path, sheet: str = "findings") -> int:
-    """An Excel workbook a coder can sort and filter: bold frozen header, autofilter, sized columns."""
+    """An Excel workbook a coder can sort and filter: bold frozen header, autofilter, sized columns.
+
+    `findings` is a worklog view (b12pipeline/worklog/view.py); a hidden sheet keeps each finding's
+    worklog revision and exported values, so `queue import` can tell an edit from a change made by
+    someone else since the export."""
     from openpyxl import Workbook
     from openpyxl.styles import Alignment, Font
     from openpyxl.utils import get_column_letter
@@ -121,9 +146,13 @@ def export_xlsx(findings: pl.DataFrame, target: Path, sheet: str = "findings") -
                     cell.number_format = fmt
                 if wrap:
                     cell.alignment = Alignment(wrap_text=True, vertical="top")
+    from b12pipeline.worklog.excel import add_revision_sheet
+
+    add_revision_sheet(wb, findings)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
     wb.save(tmp)
+    restrict(tmp)  # an export holds patient identifiers: owner-only, like everything under --out
     tmp.replace(target)
     return view.height
 

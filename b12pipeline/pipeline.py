@@ -33,10 +33,17 @@ from b12pipeline.validate import validate
 
 
 def sha256_file(path: Path) -> str:
+    """The checksum of an extract: a file's bytes, or for a folder (a FHIR Bulk Data export) the
+    names and bytes of its files in name order, so the same export arriving twice is recognised."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as fh:
+            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -84,8 +91,10 @@ def reject_file(path: Path, layout: OutputLayout, reason: str, move: bool) -> No
     layout.rejected.mkdir(parents=True, exist_ok=True)
     target = layout.rejected / path.name
     if path.exists():
-        (shutil.move if move else shutil.copy2)(str(path), target)
-        restrict(target)  # copy2/move keep the source's mode; the output root is owner-only
+        copy = shutil.copytree if path.is_dir() else shutil.copy2  # a Bulk Data export is a folder
+        (shutil.move if move else copy)(str(path), target)
+        for item in [target, *target.rglob("*")] if target.is_dir() else [target]:
+            restrict(item)  # copy2/move keep the source's mode; the output root is owner-only
     (layout.rejected / f"{path.name}.error.txt").write_text(f"{path.name}: {reason}\n")
 
 
@@ -102,18 +111,22 @@ def stage_file(
     """`sha256`: the file's checksum when the caller already has it (the flow hashes every input
     once for the run id; hashing a large extract again costs a full read)."""
     path, layout = Path(path), OutputLayout(Path(out))
-    result = StageResult(file=path.name, sha256=sha256 or (sha256_file(path) if path.is_file() else ""))
+    result = StageResult(file=path.name, sha256=sha256 or (sha256_file(path) if path.exists() else ""))
     try:
         # Only B12 rows are read in (CSV/Parquet stream past the rest): scope is decided on raw
         # text (NDC, RxNorm, name), so nothing that could fail to parse decides it.
         scope = normalize.b12_scope(rules.reference)
         extract = read_extract(path, source, keep=scope)
+        progress.step(f"read {path.name}: {extract.rows:,} rows, {extract.frame.height:,} B12")
         result.source_format = extract.source_format
         b12 = extract.frame
         result.rows_read = extract.rows  # includes rows skipped as out of scope and reader-quarantined rows
         held = extract.quarantine_in_scope(scope)
         outcome = validate(b12).with_reader_quarantine(held)
         result.out_of_scope = extract.rows - outcome.rows
+        progress.step(
+            f"validated {path.name}: {outcome.valid.height:,} valid, {outcome.quarantine.height:,} quarantined"
+        )
         result.unexpected_counts = outcome.unexpected_counts
         if outcome.gx_result is not None:  # for the run's Data Docs (counts only, see validate.py)
             write_json(validation_result_path(layout, run_id, f"{path.stem}-{result.sha256[:12]}"), outcome.gx_result)
@@ -129,7 +142,7 @@ def stage_file(
         reject_file(path, layout, exc.reason, move_rejected)
         result.status, result.error = "rejected", str(exc)
         result.in_scope = result.out_of_scope = result.quarantined = 0
-        progress.emit("file_done", file=result.file, status=result.status)
+        progress.step(f"rejected {path.name}")
         return result
     key = f"{Path(result.file).stem}-{result.sha256[:12]}"
     result.quarantined = write_quarantine(outcome.quarantine, layout.quarantine, key, night, run_id)
@@ -138,7 +151,6 @@ def stage_file(
         staged = layout.staging / run_id / f"{key}.parquet"
         atomic_write_parquet(outcome.valid, staged)
         result.staged = str(staged)
-    progress.emit("file_done", file=result.file, status=result.status)
     return result
 
 
@@ -210,7 +222,11 @@ def apply_staged(staged: list[str], out: Path | str, rules: Rules, run_id: str, 
     # A late row or a correction on an earlier date changes what later dates see as their history:
     # re-evaluate those too, so nights and a history re-run agree (docs/history.md).
     touched = sorted(set(touched) | set(dependent_dates(layout.history, touched, rules.config)))
+    progress.step(
+        f"history: {rows.height if rows is not None else 0:,} rows merged, {len(touched):,} date(s) to evaluate"
+    )
     per_queue = evaluate_dates(out, touched, rules, run_id, engine)
+    progress.step(f"evaluated {len(touched):,} date(s): {sum(per_queue.values()):,} findings")
     return {"dates": [d.isoformat() for d in touched], "findings_per_queue": per_queue}
 
 

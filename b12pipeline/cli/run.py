@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich import box
 from rich.table import Table
 
-from b12pipeline import progress
 from b12pipeline.cli.common import (
     EXIT_OK,
     EXIT_REJECTED,
+    check_rules,
     console,
     err_console,
     output_guard,
@@ -20,6 +20,7 @@ from b12pipeline.cli.common import (
     today,
     usage_error,
 )
+from b12pipeline.cli.feedback import feedback, quiet_option
 
 RULES_HELP = (
     "Rules folder; must be the ruleset deployed on --out (default: the deployed one; on a new --out, "
@@ -28,20 +29,27 @@ RULES_HELP = (
 WAIT_HELP = "If another run holds --out, wait for it instead of stopping (exit code 3)."
 
 
+def preflight(night_text: Optional[str], rules: Optional[Path], engine: str):
+    """Every check that needs no data, before Prefect or GX start: the night's date, the rule files
+    (file, line and column), the engine. Returns the night."""
+    night = parse_date(night_text, "--night") or today()
+    check_rules(rules)
+    check_engine(engine)
+    return night
+
+
 def run_night(
     extracts: list[Path],
     out: Path,
-    night_text: Optional[str],
+    night,
     rules: Optional[Path],
     source: Optional[str],
     move_rejected: bool,
     engine: str = "polars",
     wait: bool = False,
+    quiet: bool = False,
 ) -> int:
-    night = parse_date(night_text, "--night") or today()
-    if rules is not None and not rules.is_dir():
-        raise usage_error(f"--rules {rules} is not a folder")
-    check_engine(engine)
+    """`night`, `rules` and `engine` have passed preflight()."""
     from b12pipeline.rulesets import RulesetError, check_requested
 
     try:  # read-only, before the lock and Prefect: a refused --rules leaves --out untouched
@@ -49,7 +57,7 @@ def run_night(
     except RulesetError as exc:
         raise usage_error(str(exc)) from None
     with output_guard(out, wait):
-        return _run_night(extracts, out, night, rules, source, move_rejected, engine)
+        return _run_night(extracts, out, night, rules, source, move_rejected, engine, quiet)
 
 
 def _run_night(
@@ -60,28 +68,15 @@ def _run_night(
     source: Optional[str],
     move_rejected: bool,
     engine: str,
+    quiet: bool = False,
 ) -> int:
     from b12pipeline.engine.rulefile import RuleFileError
     from b12pipeline.rulesets import RulesetError
-    from flows.nightly import nightly_flow
 
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(f"night {night}: starting Prefect, reading {len(extracts)} file(s)", total=len(extracts))
-        stop = progress.listen(
-            lambda event, data: (
-                bar.update(task, advance=1, description=f"night {night}: {data['file']} {data['status']}")
-                if event == "file_done"
-                else None
-            )
-        )
+    with feedback(f"night {night}", quiet) as shown:
+        shown.step(f"starting Prefect for {len(extracts)} file(s)")
+        from flows.nightly import nightly_flow
+
         try:
             manifest = nightly_flow(
                 extracts=[str(p) for p in extracts],
@@ -94,14 +89,15 @@ def _run_night(
             )
         except (RuleFileError, RulesetError) as exc:
             raise usage_error(str(exc)) from None
-        finally:
-            stop()
+        shown.step("done")
     print_summary(manifest, out)
     return EXIT_REJECTED if manifest["totals"]["files_rejected"] else EXIT_OK
 
 
 def check_engine(engine: str) -> None:
     """Usage error for an unknown engine, or durable when durable-rules is not installed."""
+    if engine == "polars":  # the default: nothing to check, and no reason to import the engine yet
+        return
     from b12pipeline.engine.durable import DurableUnavailable
     from b12pipeline.engine.evaluate import evaluator
 
@@ -118,10 +114,16 @@ ENGINE_HELP = "Rule engine: polars (default) or durable (optional second engine;
 
 def print_summary(manifest: dict, out: Path) -> None:
     t = manifest["totals"]
-    files = Table(title=f"Night {manifest['night']} - run {manifest['run_id']}", show_lines=False)
-    files.add_column("file", no_wrap=True, overflow="fold")
-    for col in ("status", "rows read", "in scope", "out of scope", "quarantined"):
-        files.add_column(col, justify="left" if col == "status" else "right")
+    # Borderless so 80 columns hold every heading and count whole; only a long file name folds.
+    files = Table(
+        title=f"Night {manifest['night']} - run {manifest['run_id']}",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        collapse_padding=True,
+    )
+    files.add_column("file", overflow="fold")
+    for col in ("status", "read", "in scope", "out of scope", "quarantined"):
+        files.add_column(col, justify="left" if col == "status" else "right", no_wrap=True)
     for i in manifest["inputs"]:
         status = "[green]processed" if i["status"] == "processed" else "[red]rejected"
         files.add_row(
@@ -141,7 +143,8 @@ def print_summary(manifest: dict, out: Path) -> None:
         f"[bold]{t['quarantined']:,}",
     )
     console.print(files)
-    queues = Table(title="Findings on the dates evaluated")
+    title = "Findings on the dates evaluated"
+    queues = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, min_width=len(title))
     queues.add_column("queue")
     queues.add_column("findings", justify="right")
     for q, n in manifest["findings"]["per_queue"].items():
@@ -160,23 +163,27 @@ def print_summary(manifest: dict, out: Path) -> None:
 def register(app: typer.Typer) -> None:
     @app.command()
     def run(
-        extract: List[Path] = typer.Option(..., "--extract", "-e", help="An extract file; repeat for several."),
+        extract: List[Path] = typer.Option(
+            ..., "--extract", "-e", help="An extract file (or a FHIR Bulk Data export folder); repeat for several."
+        ),
         out: Path = typer.Option(Path("var"), "--out", "-o", help="Output root (queues, quarantine, runs, ...)."),
         night: Optional[str] = typer.Option(None, help="Date of the night (YYYY-MM-DD); default today."),
         rules: Optional[Path] = typer.Option(None, help=RULES_HELP),
         source: Optional[str] = typer.Option(
             None,
-            help="Source format (csv, parquet, clarity, fhir, or a schemas/sources mapping); "
-            "default from the extension and header.",
+            help="Source format (csv, parquet, clarity, fhir, fhir-bulk, or a schemas/sources mapping); "
+            "default from the extension and header (a folder or Bulk Data manifest is fhir-bulk).",
         ),
         engine: str = typer.Option("polars", help=ENGINE_HELP),
         wait: bool = typer.Option(False, "--wait", help=WAIT_HELP),
+        quiet: bool = quiet_option,
     ) -> None:
         """Process the given extract files as one night."""
-        missing = [str(p) for p in extract if not p.is_file()]
+        missing = [str(p) for p in extract if not (p.is_file() or p.is_dir())]
         if missing:
             raise usage_error(f"no such file: {', '.join(missing)}")
-        raise typer.Exit(run_night(extract, out, night, rules, source, move_rejected=False, engine=engine, wait=wait))
+        day = preflight(night, rules, engine)
+        raise typer.Exit(run_night(extract, out, day, rules, source, False, engine, wait, quiet))
 
     @app.command()
     def nightly(
@@ -187,15 +194,17 @@ def register(app: typer.Typer) -> None:
         source: Optional[str] = typer.Option(None, help="Source format for every file; default per extension."),
         engine: str = typer.Option("polars", help=ENGINE_HELP),
         wait: bool = typer.Option(False, "--wait", help=WAIT_HELP),
+        quiet: bool = quiet_option,
     ) -> None:
         """Process the files in LANDING that were not processed before (by checksum)."""
         if not landing.is_dir():
             raise usage_error(f"--landing {landing} is not a folder")
+        day = preflight(night, rules, engine)
         with output_guard(out, wait):  # held from the archive lookup to the end of the night
-            _nightly(landing, out, night, rules, source, engine)
+            _nightly(landing, out, day, rules, source, engine, quiet)
 
     def _nightly(
-        landing: Path, out: Path, night: Optional[str], rules: Optional[Path], source: Optional[str], engine: str
+        landing: Path, out: Path, night, rules: Optional[Path], source: Optional[str], engine: str, quiet: bool
     ) -> None:
         from b12pipeline.archive import landing_extracts
         from b12pipeline.paths import OutputLayout
@@ -206,4 +215,4 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(EXIT_OK)
         if len(new) < len(candidates):
             console.print(f"skipping {len(candidates) - len(new)} file(s) already processed (same checksum)")
-        raise typer.Exit(run_night(new, out, night, rules, source, move_rejected=True, engine=engine))
+        raise typer.Exit(_run_night(new, out, night, rules, source, True, engine, quiet))
