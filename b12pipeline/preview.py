@@ -15,6 +15,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import polars as pl
@@ -57,17 +59,61 @@ def candidate_diff(out: Path, rules: Rules, dates: list[dt.date], run_id: str) -
     return pl.concat(frames) if frames else pl.DataFrame(schema=DETAIL_COLUMNS)
 
 
-def work_effect(detail: pl.DataFrame) -> dict:
-    """What the change would do to people's work, per queue.
+def worklog_states(out: Path, ids: list[str]) -> pl.DataFrame | None:
+    """What coders decided about `ids`, read without writing anything under `out` (None: no worklog).
 
-    With no record of what coders decided, every finding now in a queue is open work: resolved
-    findings are open items that would resolve, and nothing dismissed or fixed can come back."""
-    resolved = detail.filter(pl.col("change") == "resolved").group_by("queue").len()
-    rows = [
-        {"queue": q, "status": "open", "would_resolve": int(n), "would_return": 0}
-        for q, n in sorted(resolved.iter_rows())
-    ]
-    return {"rows": rows, "note": "Every finding now in a queue counts as open work (no coder decisions recorded)."}
+    Opening the embedded SQLite worklog in place would write its -shm file, so a private copy (the
+    database and its write-ahead log) in a temporary folder outside `out` is read; a worklog on a
+    database server (B12_WORKLOG_URL) is read through the worklog's own API."""
+    from sqlalchemy import create_engine
+
+    from b12pipeline.worklog import open_worklog, read_states, worklog_url
+
+    url = worklog_url(out)
+    if not url.startswith("sqlite:///"):
+        return read_states(open_worklog(url=url), ids)
+    path = Path(url.removeprefix("sqlite:///"))
+    if not path.is_file():
+        return None
+    with tempfile.TemporaryDirectory(prefix="b12-preview-") as scratch:
+        copy = Path(scratch) / path.name  # with its -wal: what the last writer committed
+        for suffix in ("", "-wal"):
+            if Path(f"{path}{suffix}").is_file():
+                shutil.copyfile(f"{path}{suffix}", f"{copy}{suffix}")
+        engine = create_engine(f"sqlite:///{copy}")
+        try:
+            return read_states(engine, ids)
+        finally:
+            engine.dispose()
+
+
+def work_effect(out: Path, detail: pl.DataFrame) -> dict:
+    """What the change would do to people's work, per queue and current status: open items that
+    would resolve, and dismissed, fixed or resolved items that would come back."""
+    from b12pipeline.worklog import CLOSED_STATUSES, OPEN_STATUSES
+
+    moved = detail.filter(pl.col("change") != "unchanged").select("finding_id", "queue", "change")
+    states = worklog_states(out, moved["finding_id"].to_list()) if moved.height else None
+    if states is None:
+        resolved = moved.filter(pl.col("change") == "resolved").group_by("queue").len()
+        rows = [
+            {"queue": q, "status": "open", "would_resolve": int(n), "would_return": 0}
+            for q, n in sorted(resolved.iter_rows())
+        ]
+        return {"rows": rows, "note": "No worklog yet: every finding now in a queue counts as open work."}
+    joined = moved.join(states.select("finding_id", "status"), on="finding_id", how="left")
+    counts = (
+        joined.with_columns(pl.col("status").fill_null("not in the worklog"))
+        .group_by("queue", "status")
+        .agg(
+            ((pl.col("change") == "resolved") & pl.col("status").is_in(OPEN_STATUSES)).sum().alias("would_resolve"),
+            ((pl.col("change") == "new") & pl.col("status").is_in(CLOSED_STATUSES)).sum().alias("would_return"),
+        )
+        .filter((pl.col("would_resolve") > 0) | (pl.col("would_return") > 0))
+        .sort("queue", "status")
+    )
+    rows = [{k: (int(v) if isinstance(v, int) else v) for k, v in r.items()} for r in counts.iter_rows(named=True)]
+    return {"rows": rows, "note": "From the coders' worklog: statuses as they are now."}
 
 
 def preview(out: Path | str, candidate: Path | str, start: dt.date | None = None, end: dt.date | None = None) -> dict:
@@ -83,7 +129,7 @@ def preview(out: Path | str, candidate: Path | str, start: dt.date | None = None
     detail = candidate_diff(out, rules, dates, f"preview-{preview_id}")
     summary, counts = summarise_detail(detail, rules.ruleset.version)
     changes = rule_changes(baseline, candidate) if baseline else FolderChanges(rules=[], other_files={})
-    work = work_effect(detail)
+    work = work_effect(out, detail)
     result = {
         "preview_id": preview_id,
         "active_version": active.version if active else "",

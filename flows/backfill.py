@@ -154,6 +154,12 @@ def run_backfill(
         now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         folder = rulesets.resolve_rules(out, None, now, rulesets.operator_name())
         manifest = reevaluate(start, end, out, str(folder), chunk_days, dask_address, workers)
+        from flows.deploy import record_in_worklog
+
+        cause = f"backfill {start}..{end} with ruleset {manifest['ruleset_version']}, run {manifest['run_id']}"
+        manifest["worklog"] = record_in_worklog(
+            out, (start, end), manifest["run_id"], cause, rulesets.operator_name(), now, interface="night"
+        )
         manifest["change_report"] = f"runs/{manifest['run_id']}/changes.html"
         pipeline.write_json(Path(out) / "runs" / manifest["run_id"] / "manifest.json", manifest)
         write_change_report(out, manifest, FolderChanges(rules=[], other_files={}))

@@ -98,6 +98,8 @@ def deploy_rules(
             return {"run_id": "", "deployment": record, "diff": None}
         manifest = reevaluate(span[0], span[1], out, str(snapshot), chunk_days, dask_address, workers)
         record["counts"] = manifest["diff"]["total"]
+        cause = f"{kind} of ruleset {record['from_version'] or '(none)'} -> {version}, run {manifest['run_id']}"
+        record["worklog"] = record_in_worklog(out, span, manifest["run_id"], cause, deployment.deployed_by, deployed_at)
         manifest["deployment"] = record
         changes = rule_changes(baseline, snapshot)
         manifest["rules_changed"] = sorted(changes.changed_rule_ids)
@@ -109,6 +111,31 @@ def deploy_rules(
         write_change_report(out, manifest, changes)
         rulesets.write_active(out, rulesets.Deployment(**{**deployment.to_dict(), "run_id": manifest["run_id"]}))
         return manifest
+
+
+def record_in_worklog(
+    out: str, span: tuple[dt.date, dt.date], run_id: str, cause: str, actor: str, at: str, interface: str = "deploy"
+) -> dict:
+    """The re-evaluated findings into the coders' worklog, with the deployment (or backfill) as the
+    cause of every status it changes: findings it no longer produces are resolved, returning ones
+    are reopened and keep their history. Counts only."""
+    from b12pipeline.backfill import date_range
+    from b12pipeline.queues import read_queue
+    from b12pipeline.worklog import apply_evaluation, open_worklog
+
+    days = date_range(*span)
+    findings = read_queue(OutputLayout(Path(out)).queues, dates=days)
+    counts = apply_evaluation(
+        open_worklog(out),
+        findings,
+        days,
+        night=dt.date.fromisoformat(at[:10]),
+        cause=cause[:200],
+        interface=interface,
+        actor=actor,
+        run_id=run_id,
+    )
+    return counts.to_dict()
 
 
 def rollback(out: Path | str, to_version: str | None = None, start: dt.date | None = None, **options) -> dict:

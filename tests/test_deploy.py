@@ -29,6 +29,7 @@ from typer.testing import CliRunner
 
 from b12pipeline.cli import app
 from b12pipeline.engine.rulefile import ruleset_version, versioned_files
+from b12pipeline.pipeline import Rules
 
 CHANGED_DAY = dt.date(2024, 3, 6)  # where the FREQ-001 change shows in the history fixture
 
@@ -212,7 +213,8 @@ def test_rollback_restores_the_earlier_findings_exactly(base, tmp_path):
     old = queue_frame(out)
     old_version = active_record(out)["version"]
     assert invoke("rules", "deploy", "--rules", str(base["rules_b"]), "--out", str(out)).exit_code == 0
-    assert not without_run_id(queue_frame(out)).equals(without_run_id(old))
+    after_deploy = queue_frame(out)
+    assert not without_run_id(after_deploy).equals(without_run_id(old))
 
     before = tree(out)
     unknown = invoke("rules", "rollback", "--out", str(out), "--to", "0123456789ab")
@@ -229,6 +231,21 @@ def test_rollback_restores_the_earlier_findings_exactly(base, tmp_path):
     assert (record["version"], record["kind"]) == (old_version, "rollback")
     assert record["previous_version"] == ruleset_version(base["rules_b"])
 
+    # The coders' worklog: the deploy resolved the finding, the rollback reopened it; one history.
+    from b12pipeline.worklog import history, open_worklog
+
+    (added,) = set(after_deploy["finding_id"]) - set(old["finding_id"])
+    assert invoke("rules", "deploy", "--rules", str(base["rules_b"]), "--out", str(out)).exit_code == 0
+    trail = [
+        (h["interface"], h["before"], h["after"], h["cause"].split(" of ")[0])
+        for h in history(open_worklog(out), added)
+    ]
+    assert trail == [
+        ("deploy", None, "new", "deploy"),
+        ("deploy", "new", "resolved", "rollback"),
+        ("deploy", "resolved", "reopened", "deploy"),
+    ]
+
 
 def test_preview_writes_only_under_previews_and_matches_the_deploy(base, tmp_path):
     out = copy_out(base["four"], tmp_path / "out")
@@ -239,11 +256,13 @@ def test_preview_writes_only_under_previews_and_matches_the_deploy(base, tmp_pat
     (folder,) = (out / "previews").iterdir()
     summary = json.loads((folder / "preview.json").read_text())
     assert [r["rule_id"] for r in summary["rules"]] == ["FREQ-001"]
-    assert summary["rules"][0]["old_versions"] == ["1"] and summary["rules"][0]["new_versions"] == ["2"]
+    old_v, new_v = (Rules.load(f).ruleset.by_id("FREQ-001")[0].version for f in (PROJECT / "rules", base["rules_b"]))
+    assert summary["rules"][0]["old_versions"] == [old_v] and summary["rules"][0]["new_versions"] == [new_v]
     page = (folder / "report.html").read_text()
-    assert "FREQ-001" in page and "+version: &quot;2&quot;" in page
+    assert "FREQ-001" in page and f"+version: &quot;{new_v}&quot;" in page
     detail = pl.read_parquet(folder / "diff_findings.parquet")
     assert set(detail.filter(pl.col("change") != "unchanged")["rule_id"]) == {"FREQ-001"}
+    assert summary["work"]["rows"] == []  # the change adds findings; nobody's work resolves
     for p in folder.rglob("*"):
         assert p.stat().st_mode & 0o077 == 0, p  # owner-only, as everything under --out
 
@@ -254,6 +273,15 @@ def test_preview_writes_only_under_previews_and_matches_the_deploy(base, tmp_pat
     assert manifest["diff"]["total"] == summary["diff"]["total"]  # the preview said what the deploy did
     assert manifest["deployment"]["to_version"] == ruleset_version(base["rules_b"])
     assert "FREQ-001" in (run / "changes.html").read_text()
+
+    # Previewing the way back: the finding the deploy added is in the worklog as new work.
+    before = tree(out, skip="previews")
+    back = invoke("rules", "preview", "--rules", str(PROJECT / "rules"), "--out", str(out), "--from", str(FIRST_DOS))
+    assert back.exit_code == 0, back.output
+    assert tree(out, skip="previews") == before  # the worklog database included
+    (folder,) = [p for p in (out / "previews").iterdir() if p.name.startswith(ruleset_version(PROJECT / "rules"))]
+    work = json.loads((folder / "preview.json").read_text())["work"]["rows"]
+    assert work == [{"queue": "medical_necessity", "status": "new", "would_resolve": 1, "would_return": 0}]
 
 
 def test_bad_ranges_are_one_line_usage_errors(base, tmp_path):
