@@ -16,7 +16,7 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-from b12pipeline.pipeline import sha256_file
+from b12pipeline.files import sha256_file
 
 INDEX = "index.jsonl"
 _LOCK = threading.Lock()  # nightly stages extracts in a thread pool: one archiver at a time

@@ -28,6 +28,17 @@ WORKLOG_HEADINGS: dict[str, str] = {
     "days_open": "Days open",
 }
 # Then what to fix first, what the claim says, who, and lineage.
+# The hidden sheet `queue import` reads back (b12pipeline/worklog/excel.py): finding id, revision and
+# the editable values as exported, so an edit can be told from a change made in the worklog since.
+REVISION_SHEET = "worklog"
+EDITABLE = {
+    "status": "Status",
+    "owner": "Owner",
+    "reason": "Reason",
+    "comment": "Comment",
+    "deferred_until": "Deferred until",
+}
+REVISION_HEADINGS = ["Finding ID", "Revision", *EDITABLE.values()]
 CODER_COLUMNS: dict[str, str] = {
     **WORKLOG_HEADINGS,
     "service_date": "Date of service",
@@ -146,8 +157,6 @@ def export_xlsx(findings: pl.DataFrame, target: Path, sheet: str = "findings") -
                     cell.number_format = fmt
                 if wrap:
                     cell.alignment = Alignment(wrap_text=True, vertical="top")
-    from b12pipeline.worklog.excel import add_revision_sheet
-
     add_revision_sheet(wb, findings)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
@@ -157,12 +166,21 @@ def export_xlsx(findings: pl.DataFrame, target: Path, sheet: str = "findings") -
     return view.height
 
 
+def add_revision_sheet(workbook, view: pl.DataFrame) -> None:
+    """The hidden sheet `queue import` checks edits against (finding id, revision, exported values)."""
+    ws = workbook.create_sheet(REVISION_SHEET)
+    ws.append(REVISION_HEADINGS)
+    cols = ["finding_id", "revision", *EDITABLE]
+    for row in view.select(cols).iter_rows():
+        ws.append(list(row))
+    ws.sheet_state = "hidden"
+
+
 def _column_widths(view: pl.DataFrame) -> dict[str, float]:
     """Width per column from its heading and longest value (dates are 10/16 characters wide)."""
+    longest: tuple | list = [0] * len(view.columns)
     if view.height:
         longest = view.select([pl.col(c).cast(pl.String).str.len_chars().max().alias(c) for c in view.columns]).row(0)
-    else:
-        longest = [0] * len(view.columns)
     fixed = {pl.Date: 10, pl.Datetime: 16}
     return {
         name: float(min(MAX_WIDTH, max(len(name), fixed.get(dtype.base_type(), n or 0)) + 2))

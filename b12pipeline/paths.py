@@ -21,6 +21,13 @@ def schemas_dir() -> Path:
     return Path(os.environ.get("B12_SCHEMAS_DIR", PROJECT_ROOT / "schemas"))
 
 
+def cache_dir() -> Path:
+    """Derived public data (never patient data) kept between runs: B12_CACHE_DIR, else the user cache."""
+    if os.environ.get("B12_CACHE_DIR"):
+        return Path(os.environ["B12_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "b12pipeline"
+
+
 @dataclass(frozen=True)
 class OutputLayout:
     """Every folder a run writes under one output root (work-queues.md)."""

@@ -21,29 +21,21 @@ from pathlib import Path
 
 import polars as pl
 
-from b12pipeline.backfill import DETAIL_COLUMNS, date_range, diff_findings, read_partitions, summarise_detail
+from b12pipeline.backfill import (
+    DETAIL_COLUMNS,
+    date_range,
+    diff_findings,
+    read_partitions,
+    rerun_range,
+    summarise_detail,
+)
 from b12pipeline.change_report import render_changes, write_page
-from b12pipeline.history import history_paths
+from b12pipeline.deployments import RulesetError, read_active, snapshot_dir
 from b12pipeline.paths import OutputLayout
 from b12pipeline.pipeline import Rules, findings_for_dates, lookback_days
 from b12pipeline.queues import atomic_write_parquet
 from b12pipeline.ruleset_changes import FolderChanges, load_folder, rule_changes
-from b12pipeline.rulesets import RulesetError, read_active, snapshot_dir
 from b12pipeline.runguard import run_umask
-
-
-def preview_range(
-    out: Path, rules: Rules, start: dt.date | None, end: dt.date | None
-) -> tuple[dt.date, dt.date] | None:
-    """--from/--to, by default the look-back window ending at the latest date of service in history."""
-    dates = sorted(history_paths(OutputLayout(out).history))
-    if not dates and not (start and end):
-        return None
-    last = end or (dates[-1] if dates else start)
-    first = start or last - dt.timedelta(days=lookback_days(rules.config))
-    if last < first:
-        raise RulesetError(f"--to {last} is before --from {first}")
-    return first, last
 
 
 def candidate_diff(out: Path, rules: Rules, dates: list[dt.date], run_id: str) -> pl.DataFrame:
@@ -122,10 +114,15 @@ def preview(out: Path | str, candidate: Path | str, start: dt.date | None = None
     rules = load_folder(candidate)
     active = read_active(out)
     baseline = snapshot_dir(out, active.version) if active else None
-    span = preview_range(out, rules, start, end)
+    try:
+        span = rerun_range(out, rules, start, end)
+    except ValueError as exc:
+        raise RulesetError(str(exc)) from None
+    dates = date_range(*span) if span else []
     first, last = span if span else (None, None)
-    preview_id = f"{rules.ruleset.version}-{first:%Y%m%d}-{last:%Y%m%d}" if span else f"{rules.ruleset.version}-empty"
-    dates = date_range(first, last) if span else []
+    preview_id = (
+        f"{rules.ruleset.version}-{span[0]:%Y%m%d}-{span[1]:%Y%m%d}" if span else f"{rules.ruleset.version}-empty"
+    )
     detail = candidate_diff(out, rules, dates, f"preview-{preview_id}")
     summary, counts = summarise_detail(detail, rules.ruleset.version)
     changes = rule_changes(baseline, candidate) if baseline else FolderChanges(rules=[], other_files={})

@@ -79,7 +79,7 @@ def findings_by_origin(layout: OutputLayout, dates: list[dt.date]) -> dict[str, 
     The findings carry no department column: the administration's place_of_service and
     ordering_provider_npi come from history, joined on admin_id here and aggregated away at once.
     """
-    empty = {"place_of_service": [], "ordering_provider_npi": []}
+    empty: dict[str, list[tuple[str, int]]] = {"place_of_service": [], "ordering_provider_npi": []}
     if not dates:
         return empty
     parts = [p for q in QUEUES for d in dates if (p := partition_dir(layout.queues, q, d) / PART_NAME).exists()]
@@ -123,7 +123,7 @@ def render_report(manifest: dict, trend: list[dict], origin: dict[str, list[tupl
     ]
     pos = [(f"{code} {PLACE_OF_SERVICE.get(code, '')}".strip(), n) for code, n in origin["place_of_service"]]
     links = [
-        ("Validation report (Great Expectations Data Docs)", "validation/index.html"),
+        ("Validation results per file (Great Expectations)", "validation/index.html"),
         ("Validation counts (JSON)", "validation.json"),
         ("Run manifest (JSON)", "manifest.json"),
     ]

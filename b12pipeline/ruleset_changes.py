@@ -12,8 +12,9 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from b12pipeline.engine.rulefile import Rule, versioned_files
-from b12pipeline.rulesets import RulesetError
+from b12pipeline.deployments import RulesetError
+from b12pipeline.engine.rulefile import Rule
+from b12pipeline.rulesets import versioned_files
 
 DECIDING_FIELDS = ("when", "message", "severity")
 MAX_DIFF_LINES = 200  # a reference table rewritten from scratch is summarised, not printed whole
@@ -39,8 +40,8 @@ def load_folder(folder: Path | str):
 
 def gate_failures(candidate: Path | str, baseline: Path | str | None) -> list[str]:
     """Every reason `candidate` may not be deployed over `baseline` (None: nothing deployed yet)."""
-    from b12pipeline.engine.cases import run_rule_cases
-    from b12pipeline.engine.lint import lint_rules
+    from b12pipeline.rulecases import run_rule_cases
+    from b12pipeline.rulelint import lint_rules
 
     candidate = Path(candidate)
     loaded = load_folder(candidate)

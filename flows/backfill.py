@@ -15,8 +15,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
 
 import b12pipeline  # noqa: F401  (telemetry defaults before prefect is imported)
-from b12pipeline import backfill, pipeline, report, rulesets
+from b12pipeline import backfill, deployments, pipeline
 from b12pipeline.change_report import write_change_report
+from b12pipeline.files import write_json
 from b12pipeline.ruleset_changes import FolderChanges
 
 
@@ -37,34 +38,8 @@ def backfill_record(
     rules_dir: str | None,
     task_runner: str,
 ) -> dict:
-    diff = backfill.summarise_diff(out, plan.run_id, chunk_paths, plan.ruleset_version)
     ended_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    dates = [d.isoformat() for d in plan.dates]
-    manifest = report.build_manifest(
-        run_id=plan.run_id,
-        kind="backfill",
-        night=plan.end.isoformat(),
-        started_at=started_at,
-        ended_at=ended_at,
-        inputs=[],
-        applied={"dates": dates},
-        out=Path(out),
-        ruleset_version=plan.ruleset_version,
-        rules_dir=rules_dir or "",
-    )
-    manifest.update(
-        {
-            "from": plan.start.isoformat(),
-            "to": plan.end.isoformat(),
-            "chunks": len(plan.chunks),
-            "task_runner": task_runner,
-            "diff": diff,
-            "diff_report": f"runs/{plan.run_id}/diff.parquet",
-            "diff_findings": f"runs/{plan.run_id}/diff_findings.parquet",
-        }
-    )
-    pipeline.write_json(Path(out) / "runs" / plan.run_id / "manifest.json", manifest)
-    return manifest
+    return backfill.record_backfill(out, plan, chunk_paths, started_at, ended_at, rules_dir, task_runner)
 
 
 @flow(name="b12-backfill", log_prints=False)
@@ -88,7 +63,8 @@ def backfill_flow(
         backfill_chunk.submit(out, [d.isoformat() for d in chunk], rules_dir, plan.run_id) for chunk in plan.chunks
     ]
     chunk_paths = [f.result() for f in futures]
-    runner = type(FlowRunContext.get().task_runner).__name__
+    context = FlowRunContext.get()
+    runner = type(context.task_runner).__name__ if context else "none"
     manifest = backfill_record(out, plan, chunk_paths, started_at, rules_dir, runner)
     create_markdown_artifact(
         key="b12-backfill-diff",
@@ -122,7 +98,7 @@ def task_runner(dask_address: str | None = None, workers: int | None = None):
         return DaskTaskRunner(address=dask_address)
     return DaskTaskRunner(
         cluster_kwargs={
-            "n_workers": int(workers),
+            "n_workers": workers,
             "threads_per_worker": 1,
             "processes": True,
             "dashboard_address": None,
@@ -152,16 +128,16 @@ def run_backfill(
         )
     with guard_output(out):  # one run per output root, owner-only files (b12pipeline/runguard.py)
         now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        folder = rulesets.resolve_rules(out, None, now, rulesets.operator_name())
+        folder = deployments.resolve_rules(out, None, now, deployments.operator_name())
         manifest = reevaluate(start, end, out, str(folder), chunk_days, dask_address, workers)
         from flows.deploy import record_in_worklog
 
         cause = f"backfill {start}..{end} with ruleset {manifest['ruleset_version']}, run {manifest['run_id']}"
         manifest["worklog"] = record_in_worklog(
-            out, (start, end), manifest["run_id"], cause, rulesets.operator_name(), now, interface="night"
+            out, (start, end), manifest["run_id"], cause, deployments.operator_name(), now, interface="night"
         )
         manifest["change_report"] = f"runs/{manifest['run_id']}/changes.html"
-        pipeline.write_json(Path(out) / "runs" / manifest["run_id"] / "manifest.json", manifest)
+        write_json(Path(out) / "runs" / manifest["run_id"] / "manifest.json", manifest)
         write_change_report(out, manifest, FolderChanges(rules=[], other_files={}))
         return manifest
 
@@ -180,6 +156,5 @@ def reevaluate(
     on Dask (chunks are its parallelism)."""
     if chunk_days is None and (dask_address or workers):
         chunk_days = DASK_CHUNK_DAYS
-    runner = task_runner(dask_address, workers)
-    target = backfill_flow if runner is None else backfill_flow.with_options(task_runner=runner)
+    target = backfill_flow.with_options(task_runner=task_runner(dask_address, workers))
     return target(start=start, end=end, out=out, rules_dir=rules_dir, chunk_days=chunk_days)

@@ -10,34 +10,20 @@ import datetime as dt
 from pathlib import Path
 
 import b12pipeline  # noqa: F401  (telemetry defaults before prefect is imported)
-from b12pipeline import pipeline, rulesets
-from b12pipeline.history import history_paths
+from b12pipeline import deployments, pipeline
+from b12pipeline.backfill import rerun_range
+from b12pipeline.files import write_json
 from b12pipeline.paths import OutputLayout
 from b12pipeline.ruleset_changes import gate_failures, rule_changes
 from b12pipeline.runguard import guard_output
 
 
-class GatesFailed(rulesets.RulesetError):
+class GatesFailed(deployments.RulesetError):
     """The candidate ruleset failed a deploy gate; `reasons` lists every failure."""
 
     def __init__(self, folder: Path, reasons: list[str]):
         self.reasons = reasons
         super().__init__(f"{folder}: not deployed, {len(reasons)} gate failure(s)")
-
-
-def deploy_range(
-    out: Path | str, rules: pipeline.Rules, start: dt.date | None, end: dt.date | None
-) -> tuple[dt.date, dt.date] | None:
-    """The dates a deployment re-evaluates: --from/--to, by default the look-back window ending at
-    the latest date of service in history; None when there is no history yet."""
-    dates = sorted(history_paths(OutputLayout(Path(out)).history))
-    if not dates:
-        return None
-    last = end or max(dates[-1], start or dates[-1])
-    first = start or last - dt.timedelta(days=pipeline.lookback_days(rules.config))
-    if last < first:
-        raise rulesets.RulesetError(f"--to {last} is before --from {first}")
-    return first, last
 
 
 def deploy_rules(
@@ -59,34 +45,37 @@ def deploy_rules(
     from flows.backfill import reevaluate
 
     folder, out = Path(folder), str(out)
-    active = rulesets.read_active(out)
-    baseline = rulesets.snapshot_dir(out, active.version) if active else None
+    active = deployments.read_active(out)
+    baseline = deployments.snapshot_dir(out, active.version) if active else None
     reasons = gate_failures(folder, baseline)
     if reasons:
         raise GatesFailed(folder, reasons)
     candidate = pipeline.Rules.load(folder)
-    span = deploy_range(out, candidate, start, end)
+    try:
+        span = rerun_range(out, candidate, start, end)
+    except ValueError as exc:
+        raise deployments.RulesetError(str(exc)) from None
     with guard_output(out):
-        if rulesets.read_active(out) != active:
-            raise rulesets.RulesetError(f"{out}: the active ruleset changed while the gates ran; deploy again")
+        if deployments.read_active(out) != active:
+            raise deployments.RulesetError(f"{out}: the active ruleset changed while the gates ran; deploy again")
         deployed_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        version = rulesets.snapshot(out, folder)
+        version = deployments.snapshot(out, folder)
         previous = active.version if active else ""
         if active and active.version == version:  # a redeploy: keep what a rollback would return to
             previous = active.previous_version
-        deployment = rulesets.Deployment(
+        deployment = deployments.Deployment(
             version=version,
             deployed_at=deployed_at,
-            deployed_by=deployed_by or rulesets.operator_name(),
+            deployed_by=deployed_by or deployments.operator_name(),
             kind=kind,
             previous_version=previous,
             source=str(folder),
         )
         # Switch first: if the re-evaluation dies, the next night already uses the new rules and
         # running the deploy again finishes the range.
-        rulesets.write_active(out, deployment)
-        snapshot = rulesets.snapshot_dir(out, version)
-        record = {
+        deployments.write_active(out, deployment)
+        snapshot = deployments.snapshot_dir(out, version)
+        record: dict = {
             "kind": kind,
             "by": deployment.deployed_by,
             "at": deployed_at,
@@ -105,11 +94,11 @@ def deploy_rules(
         manifest["rules_changed"] = sorted(changes.changed_rule_ids)
         manifest["settings_changed"] = sorted(changes.other_files)
         manifest["change_report"] = f"runs/{manifest['run_id']}/changes.html"
-        pipeline.write_json(OutputLayout(Path(out)).run_dir(manifest["run_id"]) / "manifest.json", manifest)
+        write_json(OutputLayout(Path(out)).run_dir(manifest["run_id"]) / "manifest.json", manifest)
         from b12pipeline.change_report import write_change_report
 
         write_change_report(out, manifest, changes)
-        rulesets.write_active(out, rulesets.Deployment(**{**deployment.to_dict(), "run_id": manifest["run_id"]}))
+        deployments.write_active(out, deployments.Deployment(**{**deployment.to_dict(), "run_id": manifest["run_id"]}))
         return manifest
 
 
@@ -140,15 +129,15 @@ def record_in_worklog(
 
 def rollback(out: Path | str, to_version: str | None = None, start: dt.date | None = None, **options) -> dict:
     """Redeploy an earlier snapshot of `out` (default: the one the active deployment replaced)."""
-    active = rulesets.read_active(out)
+    active = deployments.read_active(out)
     if active is None:
-        raise rulesets.RulesetError(f"{out}: no ruleset has been deployed here")
+        raise deployments.RulesetError(f"{out}: no ruleset has been deployed here")
     target = to_version or active.previous_version
     if not target:
-        raise rulesets.RulesetError(f"{out}: ruleset {active.version} replaced nothing; give --to VERSION")
-    known = rulesets.known_versions(out)
+        raise deployments.RulesetError(f"{out}: ruleset {active.version} replaced nothing; give --to VERSION")
+    known = deployments.known_versions(out)
     if target not in known:
-        raise rulesets.RulesetError(
+        raise deployments.RulesetError(
             f"{out}: no ruleset {target} was deployed here; known: {', '.join(known) or 'none'}"
         )
-    return deploy_rules(rulesets.snapshot_dir(out, target), out, start, kind="rollback", **options)
+    return deploy_rules(deployments.snapshot_dir(out, target), out, start, kind="rollback", **options)

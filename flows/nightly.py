@@ -12,8 +12,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 import b12pipeline  # noqa: F401  (telemetry defaults before prefect is imported)
-from b12pipeline import pipeline, progress, report, rulesets
+from b12pipeline import deployments, pipeline, progress, report
 from b12pipeline.archive import archive_file
+from b12pipeline.files import sha256_file
 from b12pipeline.paths import OutputLayout
 from b12pipeline.runguard import guard_output, note_run
 
@@ -132,10 +133,10 @@ def _nightly(
 ) -> dict:
     logger = get_run_logger()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    # The output root's deployed ruleset, never a folder that differs from it (b12pipeline/rulesets.py).
-    rules_dir = str(rulesets.resolve_rules(out, rules_dir, started_at, rulesets.operator_name()))
+    # The output root's deployed ruleset, never a folder that differs from it (b12pipeline/deployments.py).
+    rules_dir = str(deployments.resolve_rules(out, rules_dir, started_at, deployments.operator_name()))
     rules = pipeline.Rules.load(rules_dir)
-    checksums = [pipeline.sha256_file(Path(p)) for p in extracts]
+    checksums = [sha256_file(Path(p)) for p in extracts]
     run_id = pipeline.make_run_id(night, checksums, rules.ruleset.version)
     note_run(out, run_id)
     logger.info("run %s: %d extract(s), ruleset %s", run_id, len(extracts), rules.ruleset.version)
@@ -188,7 +189,8 @@ def landing_flow(
     source: str | None = None,
     engine: str = "polars",
 ) -> dict:
-    """What the schedule runs: every new file in `landing` (by checksum) as one night.
+    """What the schedule (and `b12pipeline nightly`) runs: every new file in `landing` (by checksum)
+    as one night; rejected files are moved out of the landing folder.
 
     `night` defaults to the date of this run's *scheduled* start in `tz` (see b12pipeline.schedule),
     so a late or re-run schedule slot still processes its own night.
@@ -202,9 +204,17 @@ def landing_flow(
     night = night or night_of(flow_run.scheduled_start_time, tz)
     with guard_output(out):  # held from the archive lookup to the end of the night
         candidates, new = landing_extracts(Path(landing), OutputLayout(Path(out)).archive)
+        already = len(candidates) - len(new)
+        progress.step(f"{len(new)} new file(s) in the landing folder, {already} already processed")
         if not new:
-            logger.info("night %s: nothing new in landing (%d file(s) already processed)", night, len(candidates))
-            return {"night": night.isoformat(), "run_id": None, "status": "nothing new", "files": 0}
+            logger.info("night %s: nothing new in landing (%d file(s) already processed)", night, already)
+            return {
+                "night": night.isoformat(),
+                "run_id": None,
+                "status": "nothing new",
+                "files": 0,
+                "already_processed": already,
+            }
         manifest = nightly_flow(
             extracts=[str(p) for p in new],
             out=out,
@@ -220,6 +230,8 @@ def landing_flow(
         "status": "processed",
         "files": manifest["totals"]["files"],
         "files_rejected": manifest["totals"]["files_rejected"],
+        "already_processed": already,
+        "manifest": manifest,  # counts and file names only, as the run record itself
     }
 
 

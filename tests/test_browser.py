@@ -51,14 +51,32 @@ def test_report_renders_with_charts_and_no_console_errors(two_nights):
             assert bars.count() == 3 and max(widths) > 100 and (coding == 0 or widths[0] > 0)
             assert page.locator("svg[data-chart='trend'] circle").count() == 3 * len(manifests)
             report_errors, report_requests = list(errors), list(requests)
-            # The link to the GX Data Docs resolves (GX's own pages pull CSS/JS from CDNs: not checked here).
+            # The validation pages, followed from the report: static, so they list the night's
+            # results with no network at all (every request below is a file:// URL).
             link = page.locator("a[href='validation/index.html']")
             assert link.count() == 1
             link.click()
-            page.wait_for_load_state("domcontentloaded")
+            page.wait_for_load_state("load")
             assert page.url.endswith("/validation/index.html")
-            assert "canonical_extract" in page.content()
+            assert "canonical_extract" in page.locator("p").first.inner_text()
+            rows = page.locator("table[data-table='validation-results'] tbody tr")
+            validated = [i for i in manifests[1]["inputs"] if i["status"] == "processed"]
+            assert rows.count() == len(validated) > 0
+            for i in range(rows.count()):
+                cells = rows.nth(i).locator("td")
+                assert cells.nth(1).inner_text() in ("passed", "failed")
+                assert int(cells.nth(2).inner_text().replace(",", "")) > 0  # rows checked
+                assert int(cells.nth(3).inner_text()) > 0  # expectations evaluated
+            assert any(
+                rows.nth(i).inner_text().startswith(v["file"].rsplit(".", 1)[0])
+                for v in validated
+                for i in range(rows.count())
+            )
+            rows.first.locator("a").click()
+            page.wait_for_load_state("load")
+            assert "/validation/validations/" in page.url
+            assert page.locator("table[data-table='expectations'] tbody tr").count() > 5
         finally:
             browser.close()
-    assert report_errors == [], report_errors
-    assert report_requests and all(u.startswith("file://") for u in report_requests), report_requests
+    assert report_errors == [] and errors == [], errors
+    assert report_requests and all(u.startswith("file://") for u in requests), requests

@@ -28,8 +28,8 @@ from history_support import (
 from typer.testing import CliRunner
 
 from b12pipeline.cli import app
-from b12pipeline.engine.rulefile import ruleset_version, versioned_files
 from b12pipeline.pipeline import Rules
+from b12pipeline.rulesets import ruleset_version, versioned_files
 
 CHANGED_DAY = dt.date(2024, 3, 6)  # where the FREQ-001 change shows in the history fixture
 

@@ -7,7 +7,8 @@ import datetime as dt
 import shutil
 from pathlib import Path
 
-from b12pipeline.pipeline import Rules, apply_staged, make_run_id, sha256_file, stage_file
+from b12pipeline.files import sha256_file
+from b12pipeline.pipeline import Rules, apply_staged, make_run_id, stage_file
 from b12pipeline.worklog import update_night_from_queues
 
 PROJECT = Path(__file__).resolve().parent.parent

@@ -57,8 +57,8 @@ def register(app: typer.Typer) -> None:
         if not (out / "history").is_dir():
             raise usage_error(f"{out / 'history'} does not exist: nothing has been processed into {out} yet")
         from b12pipeline.cli.rules import deploy_or_exit
+        from b12pipeline.deployments import RulesetError
         from b12pipeline.engine.rulefile import RuleFileError
-        from b12pipeline.rulesets import RulesetError
         from flows.backfill import run_backfill
 
         if rules is not None:  # a new rules folder is deployed, through the deploy gates

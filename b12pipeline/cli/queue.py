@@ -8,7 +8,7 @@ goes to the worklog (b12pipeline/worklog), recorded with who (the OS user, or --
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich import box
@@ -255,7 +255,7 @@ def register(app: typer.Typer) -> None:
         from b12pipeline.worklog.actions import check_changes
         from b12pipeline.worklog.view import FilterError, parse_where
 
-        changes = {
+        changes: dict[str, Any] = {
             k: v
             for k, v in (("status", status), ("reason", reason), ("owner", owner), ("comment", comment))
             if v is not None

@@ -79,7 +79,7 @@ def test_rules(
     rule_id: Optional[str] = typer.Option(None, "--id", help="Only this rule id."),
 ) -> None:
     """Run every rule's own cases (fires / passes); exit 1 if any case fails."""
-    from b12pipeline.engine.cases import run_rule_cases
+    from b12pipeline.rulecases import run_rule_cases
 
     loaded = _load(rules)
     selected = [r for r in loaded.ruleset.rules if rule_id is None or r.id == rule_id]
@@ -101,7 +101,7 @@ def test_rules(
 @rules_app.command("lint")
 def lint(rules: Optional[Path] = typer.Option(None, "--rules", help=RULES_HELP)) -> None:
     """Check every rule file (fields, citations, cases, windows, columns, settings, names); exit 1 on problems."""
-    from b12pipeline.engine.lint import lint_rules
+    from b12pipeline.rulelint import lint_rules
 
     folder = _folder(rules)
     problems = lint_rules(folder)
@@ -154,7 +154,7 @@ def deploy_or_exit(folder: Path, out: Path, start=None, end=None, **options) -> 
 
 def _deploying(action, *args, **options) -> dict:
     from b12pipeline.cli.common import EXIT_BUSY
-    from b12pipeline.rulesets import RulesetError
+    from b12pipeline.deployments import RulesetError
     from b12pipeline.runguard import OutputLocked
     from flows.deploy import GatesFailed
 
@@ -230,7 +230,7 @@ def rollback(
 @rules_app.command("active")
 def active(out: Path = typer.Option(Path("var"), "--out", "-o", help=OUT_HELP)) -> None:
     """The ruleset deployed on --out: version, when, by whom, and what it replaced."""
-    from b12pipeline.rulesets import RulesetError, read_active
+    from b12pipeline.deployments import RulesetError, read_active
 
     try:
         dep = read_active(out)
@@ -258,8 +258,8 @@ def check(
 
     Exit 0 when `rules deploy` would accept FOLDER, 1 when a gate fails (each reason printed),
     2 when FOLDER (or --against) does not load or the options are wrong."""
+    from b12pipeline.deployments import RulesetError, read_active, snapshot_dir
     from b12pipeline.ruleset_changes import gate_failures
-    from b12pipeline.rulesets import RulesetError, read_active, snapshot_dir
 
     if against is not None and out is not None:
         raise usage_error("give --against or --out, not both")
@@ -291,8 +291,8 @@ def preview(
 
     Writes only <out>/previews/<id>/ (HTML and Parquet); the queues, history, worklog and the active
     ruleset are left exactly as they are."""
+    from b12pipeline.deployments import RulesetError
     from b12pipeline.preview import preview as run_preview
-    from b12pipeline.rulesets import RulesetError
 
     start, end = _range(date_from, date_to)
     try:

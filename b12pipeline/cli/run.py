@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import typer
 from rich import box
@@ -50,7 +51,7 @@ def run_night(
     quiet: bool = False,
 ) -> int:
     """`night`, `rules` and `engine` have passed preflight()."""
-    from b12pipeline.rulesets import RulesetError, check_requested
+    from b12pipeline.deployments import RulesetError, check_requested
 
     try:  # read-only, before the lock and Prefect: a refused --rules leaves --out untouched
         check_requested(out, rules)  # (the flow checks again, holding the lock)
@@ -63,35 +64,72 @@ def run_night(
 def _run_night(
     extracts: list[Path],
     out: Path,
-    night,
+    night: dt.date,
     rules: Optional[Path],
     source: Optional[str],
     move_rejected: bool,
     engine: str,
     quiet: bool = False,
 ) -> int:
-    from b12pipeline.engine.rulefile import RuleFileError
-    from b12pipeline.rulesets import RulesetError
-
-    with feedback(f"night {night}", quiet) as shown:
-        shown.step(f"starting Prefect for {len(extracts)} file(s)")
+    def run() -> dict:
         from flows.nightly import nightly_flow
 
+        return nightly_flow(
+            extracts=[str(p) for p in extracts],
+            out=str(out),
+            night=night,
+            rules_dir=str(rules) if rules else None,
+            source=source,
+            move_rejected=move_rejected,
+            engine=engine,
+        )
+
+    manifest = _with_feedback(night, f"starting Prefect for {len(extracts)} file(s)", quiet, run)
+    print_summary(manifest, out)
+    return EXIT_REJECTED if manifest["totals"]["files_rejected"] else EXIT_OK
+
+
+def _with_feedback(night: dt.date, first_step: str, quiet: bool, run: Callable[[], dict]) -> dict:
+    """Run a night's flow showing its progress steps on stderr (file names and counts only)."""
+    from b12pipeline.deployments import RulesetError
+    from b12pipeline.engine.rulefile import RuleFileError
+
+    with feedback(f"night {night}", quiet) as shown:
+        shown.step(first_step)
         try:
-            manifest = nightly_flow(
-                extracts=[str(p) for p in extracts],
-                out=str(out),
-                night=night,
-                rules_dir=str(rules) if rules else None,
-                source=source,
-                move_rejected=move_rejected,
-                engine=engine,
-            )
+            result = run()
         except (RuleFileError, RulesetError) as exc:
             raise usage_error(str(exc)) from None
         shown.step("done")
-    print_summary(manifest, out)
-    return EXIT_REJECTED if manifest["totals"]["files_rejected"] else EXIT_OK
+    return result
+
+
+def run_landing(
+    landing: Path, out: Path, night: dt.date, rules: Optional[Path], source: Optional[str], engine: str, quiet: bool
+) -> int:
+    """The scheduled night's flow (landing_flow) run now: the same landing lookup, archive and moves.
+    `night`, `rules` and `engine` have passed preflight()."""
+
+    def run() -> dict:
+        from flows.nightly import landing_flow
+
+        return landing_flow(
+            landing=str(landing),
+            out=str(out),
+            night=night,
+            rules_dir=str(rules) if rules else None,
+            source=source,
+            engine=engine,
+        )
+
+    result = _with_feedback(night, "starting Prefect", quiet, run)
+    if result["run_id"] is None:
+        console.print(f"nothing new in {landing} ({result['already_processed']} file(s) already processed)")
+        return EXIT_OK
+    if result["already_processed"]:
+        console.print(f"skipped {result['already_processed']} file(s) already processed (same checksum)")
+    print_summary(result["manifest"], out)
+    return EXIT_REJECTED if result["files_rejected"] else EXIT_OK
 
 
 def check_engine(engine: str) -> None:
@@ -99,7 +137,7 @@ def check_engine(engine: str) -> None:
     if engine == "polars":  # the default: nothing to check, and no reason to import the engine yet
         return
     from b12pipeline.engine.durable import DurableUnavailable
-    from b12pipeline.engine.evaluate import evaluator
+    from b12pipeline.engine.engines import evaluator
 
     try:
         evaluator(engine)
@@ -201,18 +239,4 @@ def register(app: typer.Typer) -> None:
             raise usage_error(f"--landing {landing} is not a folder")
         day = preflight(night, rules, engine)
         with output_guard(out, wait):  # held from the archive lookup to the end of the night
-            _nightly(landing, out, day, rules, source, engine, quiet)
-
-    def _nightly(
-        landing: Path, out: Path, night, rules: Optional[Path], source: Optional[str], engine: str, quiet: bool
-    ) -> None:
-        from b12pipeline.archive import landing_extracts
-        from b12pipeline.paths import OutputLayout
-
-        candidates, new = landing_extracts(landing, OutputLayout(out).archive)
-        if not new:
-            console.print(f"nothing new in {landing} ({len(candidates)} file(s) already processed)")
-            raise typer.Exit(EXIT_OK)
-        if len(new) < len(candidates):
-            console.print(f"skipping {len(candidates) - len(new)} file(s) already processed (same checksum)")
-        raise typer.Exit(_run_night(new, out, night, rules, source, True, engine, quiet))
+            raise typer.Exit(run_landing(landing, out, day, rules, source, engine, quiet))

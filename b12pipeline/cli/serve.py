@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
             raise usage_error(f"--landing {landing} is not a folder")
         if rules is not None and not rules.is_dir():
             raise usage_error(f"--rules {rules} is not a folder")
-        from b12pipeline.rulesets import RulesetError, check_requested
+        from b12pipeline.deployments import RulesetError, check_requested
 
         try:
             check_requested(out, rules)

@@ -15,19 +15,9 @@ import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
-import polars as pl
-
+from b12pipeline.export import CODER_COLUMNS, EDITABLE, REVISION_HEADINGS, REVISION_SHEET
 from b12pipeline.worklog.actions import Edit, EditOutcome, apply_edits
 
-REVISION_SHEET = "worklog"
-EDITABLE = {
-    "status": "Status",
-    "owner": "Owner",
-    "reason": "Reason",
-    "comment": "Comment",
-    "deferred_until": "Deferred until",
-}
-REVISION_HEADINGS = ["Finding ID", "Revision", *EDITABLE.values()]
 TEXT_FIELDS = ("status", "owner", "reason", "comment")
 
 
@@ -55,19 +45,7 @@ class ImportSummary:
         return self.outcome.refused
 
 
-def add_revision_sheet(workbook, view: pl.DataFrame) -> None:
-    """The hidden sheet `queue import` checks edits against (finding id, revision, exported values)."""
-    ws = workbook.create_sheet(REVISION_SHEET)
-    ws.append(REVISION_HEADINGS)
-    cols = ["finding_id", "revision", *EDITABLE]
-    for row in view.select(cols).iter_rows():
-        ws.append(list(row))
-    ws.sheet_state = "hidden"
-
-
 def _headings() -> list[str]:
-    from b12pipeline.export import CODER_COLUMNS
-
     return list(CODER_COLUMNS.values())
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 
 import polars as pl
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
-from b12pipeline.worklog.models import finding
+from b12pipeline.worklog.models import OPEN_WORK, audit, finding
 from b12pipeline.worklog.store import read_connection
 
 STATE_SCHEMA = {
@@ -49,8 +49,6 @@ def read_states(engine: Engine, ids: list[str] | None = None, queue: str | None 
 def backlog_by_queue(engine: Engine, queue: str | None, *, as_of: dt.date) -> pl.DataFrame:
     """Per queue: open work, of which new tonight, reopened, in progress, deferred (not yet due),
     and the age in days of the oldest open finding (first seen -> as_of)."""
-    from b12pipeline.worklog.view import OPEN_WORK
-
     states = read_states(engine, queue=queue)
     due = (pl.col("status") == "deferred") & (pl.col("deferred_until") <= as_of)
     open_work = pl.col("status").is_in(OPEN_WORK) | due
@@ -67,3 +65,12 @@ def backlog_by_queue(engine: Engine, queue: str | None, *, as_of: dt.date) -> pl
         )
         .sort("queue")
     )
+
+
+def worklog_stamp(engine: Engine) -> tuple:
+    """Changes whenever the worklog does (every change writes an audit row; a night may insert
+    findings): two cheap aggregate reads, so a view can cache `read_states` until it moves."""
+    with read_connection(engine) as conn:
+        last_audit = conn.execute(select(func.max(audit.c.id))).scalar()
+        rows = conn.execute(select(func.count()).select_from(finding)).scalar()
+    return (last_audit, rows)
