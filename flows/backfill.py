@@ -18,6 +18,7 @@ import b12pipeline  # noqa: F401  (telemetry defaults before prefect is imported
 from b12pipeline import backfill, deployments, pipeline
 from b12pipeline.change_report import write_change_report
 from b12pipeline.files import write_json
+from b12pipeline.paths import OutputLayout
 from b12pipeline.ruleset_changes import FolderChanges
 
 
@@ -115,23 +116,15 @@ def run_backfill(
     dask_address: str | None = None,
     workers: int | None = None,
 ) -> dict:
-    """Re-evaluate [start, end] with the output root's active ruleset; with `rules_dir`, deploy that
-    folder first, through the deploy gates (flows/deploy.py): a backfill never evaluates history with
-    rules the next night would not use."""
+    """Re-evaluate [start, end] with the output root's active ruleset. A `rules_dir` other than the
+    deployed one is refused (RulesetMismatch): new rules come in through flows/deploy.py, gates first,
+    so a backfill never evaluates history with rules the next night would not use."""
     from b12pipeline.runguard import guard_output
 
-    if rules_dir is not None:
-        from flows.deploy import deploy_rules
-
-        return deploy_rules(
-            rules_dir, out, start, end, chunk_days=chunk_days, dask_address=dask_address, workers=workers
-        )
     with guard_output(out):  # one run per output root, owner-only files (b12pipeline/runguard.py)
         now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        folder = deployments.resolve_rules(out, None, now, deployments.operator_name())
+        folder = deployments.resolve_rules(out, rules_dir, now, deployments.operator_name())
         manifest = reevaluate(start, end, out, str(folder), chunk_days, dask_address, workers)
-        from flows.deploy import record_in_worklog
-
         cause = f"backfill {start}..{end} with ruleset {manifest['ruleset_version']}, run {manifest['run_id']}"
         manifest["worklog"] = record_in_worklog(
             out, (start, end), manifest["run_id"], cause, deployments.operator_name(), now, interface="night"
@@ -140,6 +133,31 @@ def run_backfill(
         write_json(Path(out) / "runs" / manifest["run_id"] / "manifest.json", manifest)
         write_change_report(out, manifest, FolderChanges(rules=[], other_files={}))
         return manifest
+
+
+def record_in_worklog(
+    out: str, span: tuple[dt.date, dt.date], run_id: str, cause: str, actor: str, at: str, interface: str = "deploy"
+) -> dict:
+    """The re-evaluated findings into the coders' worklog, with the deployment (or backfill) as the
+    cause of every status it changes: findings it no longer produces are resolved, returning ones
+    are reopened and keep their history. Counts only."""
+    from b12pipeline.backfill import date_range
+    from b12pipeline.queues import read_queue
+    from b12pipeline.worklog import apply_evaluation, open_worklog
+
+    days = date_range(*span)
+    findings = read_queue(OutputLayout(Path(out)).queues, dates=days)
+    counts = apply_evaluation(
+        open_worklog(out),
+        findings,
+        days,
+        night=dt.date.fromisoformat(at[:10]),
+        cause=cause[:200],
+        interface=interface,
+        actor=actor,
+        run_id=run_id,
+    )
+    return counts.to_dict()
 
 
 def reevaluate(

@@ -42,7 +42,7 @@ def deploy_rules(
 
     The gates run before anything is written, and the output lock is taken before the first write:
     a refusal (GatesFailed, RulesetError, runguard.OutputLocked) changes nothing under `out`."""
-    from flows.backfill import reevaluate
+    from flows.backfill import record_in_worklog, reevaluate
 
     folder, out = Path(folder), str(out)
     active = deployments.read_active(out)
@@ -100,31 +100,6 @@ def deploy_rules(
         write_change_report(out, manifest, changes)
         deployments.write_active(out, deployments.Deployment(**{**deployment.to_dict(), "run_id": manifest["run_id"]}))
         return manifest
-
-
-def record_in_worklog(
-    out: str, span: tuple[dt.date, dt.date], run_id: str, cause: str, actor: str, at: str, interface: str = "deploy"
-) -> dict:
-    """The re-evaluated findings into the coders' worklog, with the deployment (or backfill) as the
-    cause of every status it changes: findings it no longer produces are resolved, returning ones
-    are reopened and keep their history. Counts only."""
-    from b12pipeline.backfill import date_range
-    from b12pipeline.queues import read_queue
-    from b12pipeline.worklog import apply_evaluation, open_worklog
-
-    days = date_range(*span)
-    findings = read_queue(OutputLayout(Path(out)).queues, dates=days)
-    counts = apply_evaluation(
-        open_worklog(out),
-        findings,
-        days,
-        night=dt.date.fromisoformat(at[:10]),
-        cause=cause[:200],
-        interface=interface,
-        actor=actor,
-        run_id=run_id,
-    )
-    return counts.to_dict()
 
 
 def rollback(out: Path | str, to_version: str | None = None, start: dt.date | None = None, **options) -> dict:

@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 PROJECT = Path(__file__).resolve().parent.parent
-TARGET_KEYS = {"run_vs_floor", "run_wall", "rules_rate", "rules_vs_durable", "allmed_rss", "backfill_ratio"}
+TARGET_KEYS = {
+    "run_vs_floor",
+    "run_wall",
+    "rules_rate",
+    "rules_vs_durable",
+    "allmed_rss",
+    "backfill_ratio",
+    "preview_ratio",
+}
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +59,7 @@ def test_results_markdown_has_machine_facts_targets_and_a_table_per_measurement(
         "### Where the time goes",
         "## (c) Rule stage alone",
         "## Backfill",
+        "## Rules preview",
         "## (d) Ingest of a FHIR Bulk Data export",
     ):
         assert heading in text, heading
@@ -61,11 +70,12 @@ def test_results_markdown_has_machine_facts_targets_and_a_table_per_measurement(
         line
         for line in targets.splitlines()
         if line.startswith("| `run`")
+        or line.startswith("| `rules preview`")
         or line.startswith("| rule")
         or line.startswith("| 5M")
         or line.startswith("| 365")
     ]
-    assert len(rows) == 6
+    assert len(rows) == 7
     assert all(("| met |" in r) or ("**not met**" in r) for r in rows), rows
 
 
@@ -92,6 +102,8 @@ def test_results_json_has_every_measurement_with_time_rate_and_peak_rss(quick):
     assert durable["detail"]["rows"] == 300 and durable["detail"]["agrees_with_polars"] is True
     backfill = r["backfill"]["quick"]
     assert backfill["nights"] == 10 and backfill["ratio"] == pytest.approx(backfill["wall_s"] / run["wall_s"])
+    preview = r["preview"]["quick"]
+    assert preview["nights"] == 10 and preview["ratio"] == pytest.approx(preview["wall_s"] / run["wall_s"])
     # the same administrations read from a Bulk Data export folder and from Parquet, side by side
     bulk = r["bulk"]["quick"]
     assert bulk["same_rows"] is True and bulk["bulk"]["detail"]["format"] == "fhir-bulk"

@@ -94,7 +94,20 @@ def test_a_run_given_another_rules_folder_refuses_and_names_the_deploy_command(b
         assert version_b in text and active_record(out)["version"] in text
         assert "b12pipeline rules deploy --rules" in text
         assert "Traceback" not in result.output
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    shutil.copy2(night_file(NIGHTS[4]), landing)
+    result = invoke("nightly", "--landing", str(landing), "--out", str(out), "--rules", str(base["rules_b"]))
+    assert result.exit_code == 2 and version_b in " ".join(result.output.split())
+    assert [p.name for p in landing.iterdir()] == [night_file(NIGHTS[4]).name]
     assert tree(out) == before
+    # The library path too: a backfill with other rules is refused; new rules come in by deploying.
+    from b12pipeline.deployments import RulesetMismatch
+    from flows.backfill import run_backfill
+
+    with pytest.raises(RulesetMismatch, match="rules deploy"):
+        run_backfill(FIRST_DOS, NIGHTS[3], str(out), rules_dir=str(base["rules_b"]))
+    assert tree(out, skip=".lock") == tree(base["four"], skip=".lock")
 
 
 def test_a_deployed_change_holds_through_the_next_nightly(base, tmp_path):

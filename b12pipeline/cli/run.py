@@ -30,11 +30,19 @@ RULES_HELP = (
 WAIT_HELP = "If another run holds --out, wait for it instead of stopping (exit code 3)."
 
 
-def preflight(night_text: Optional[str], rules: Optional[Path], engine: str):
-    """Every check that needs no data, before Prefect or GX start: the night's date, the rule files
-    (file, line and column), the engine. Returns the night."""
+def preflight(night_text: Optional[str], rules: Optional[Path], engine: str, out: Path):
+    """Every check that needs no data, before the output lock, Prefect or GX: the night's date, the
+    rule files (file, line and column), that --rules is the ruleset deployed on --out (read-only: a
+    refused folder leaves --out untouched; the flow checks again holding the lock), the engine.
+    Returns the night."""
+    from b12pipeline.deployments import RulesetError, check_requested
+
     night = parse_date(night_text, "--night") or today()
     check_rules(rules)
+    try:
+        check_requested(out, rules)
+    except RulesetError as exc:
+        raise usage_error(str(exc)) from None
     check_engine(engine)
     return night
 
@@ -51,12 +59,6 @@ def run_night(
     quiet: bool = False,
 ) -> int:
     """`night`, `rules` and `engine` have passed preflight()."""
-    from b12pipeline.deployments import RulesetError, check_requested
-
-    try:  # read-only, before the lock and Prefect: a refused --rules leaves --out untouched
-        check_requested(out, rules)  # (the flow checks again, holding the lock)
-    except RulesetError as exc:
-        raise usage_error(str(exc)) from None
     with output_guard(out, wait):
         return _run_night(extracts, out, night, rules, source, move_rejected, engine, quiet)
 
@@ -220,7 +222,7 @@ def register(app: typer.Typer) -> None:
         missing = [str(p) for p in extract if not (p.is_file() or p.is_dir())]
         if missing:
             raise usage_error(f"no such file: {', '.join(missing)}")
-        day = preflight(night, rules, engine)
+        day = preflight(night, rules, engine, out)
         raise typer.Exit(run_night(extract, out, day, rules, source, False, engine, wait, quiet))
 
     @app.command()
@@ -237,6 +239,6 @@ def register(app: typer.Typer) -> None:
         """Process the files in LANDING that were not processed before (by checksum)."""
         if not landing.is_dir():
             raise usage_error(f"--landing {landing} is not a folder")
-        day = preflight(night, rules, engine)
+        day = preflight(night, rules, engine, out)
         with output_guard(out, wait):  # held from the archive lookup to the end of the night
             raise typer.Exit(run_landing(landing, out, day, rules, source, engine, quiet))
