@@ -61,6 +61,8 @@ CODER_COLUMNS: dict[str, str] = {
     "ndc11": "NDC (11-digit)",
     "dose_mcg": "Dose (mcg)",
     "route": "Route",
+    "payer_id": "Payer id",
+    "payer_override": "Payer rules file",
     "queue": "Queue",
     "rule_citation": "Citation",
     "source_file": "Source file",

@@ -13,7 +13,7 @@ from typing import Any
 
 import polars as pl
 
-from b12pipeline.config import SiteConfig
+from b12pipeline.engine.settings import SiteConfig
 from b12pipeline.reference import Reference
 
 B12_NAME_PATTERN = r"(?i)cyanocobalamin|hydroxocobalamin|methylcobalamin|vitamin\s*b\s*-?\s*12\b"
@@ -50,7 +50,7 @@ def _blank_to_null(expr: pl.Expr) -> pl.Expr:
     return pl.when(expr == "").then(None).otherwise(expr)
 
 
-# --- parsing helpers shared with validate -------------------------------------------------------
+# --- parsing shared with validate --------------------------------------------------------------
 
 
 def local_timestamp(col: str = "admin_time") -> pl.Expr:

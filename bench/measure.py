@@ -72,6 +72,7 @@ def profile(args: argparse.Namespace) -> dict:
     from b12pipeline import normalize
     from b12pipeline.crossrow import add_cross_row_facts
     from b12pipeline.engine.evaluate import evaluate
+    from b12pipeline.facts import payer_facts
     from b12pipeline.history import merge_into_history, read_history
     from b12pipeline.ingest.read import read_extract
     from b12pipeline.pipeline import Rules
@@ -96,6 +97,8 @@ def profile(args: argparse.Namespace) -> dict:
     t = step("normalize.facts", t)
     facts = add_cross_row_facts(facts, rules.config)
     t = step("cross-row facts", t)
+    facts = payer_facts(facts, rules.config, rules.ruleset.payers)
+    t = step("payer overrides", t)
     findings = evaluate(facts, rules.ruleset, rules.config, "bench")
     t = step("evaluate (polars rules)", t)
     write_queue_partitions(findings, work / "queues", touched)
@@ -158,7 +161,7 @@ def ingest(args: argparse.Namespace) -> dict:
     import resource
 
     from b12pipeline import normalize
-    from b12pipeline.ingest import read_extract
+    from b12pipeline.ingest.read import read_extract
     from b12pipeline.paths import rules_dir
     from b12pipeline.reference import load_reference
 

@@ -77,6 +77,7 @@ class Plan:
     prefect_startup: bool  # a tiny run to show the fixed cost
     backfill_chunks: tuple = (None,)  # backfill --chunk-days variants (None = the CLI default)
     bulk: Dataset | None = None  # the same administrations as a FHIR Bulk Data export and as Parquet
+    pull_rows: int = 0  # administrations pulled from PostgreSQL (bench/pull_bench.py), 0 = not measured
 
 
 FULL = Plan(
@@ -93,6 +94,7 @@ FULL = Plan(
     prefect_startup=True,
     backfill_chunks=(None, 7),  # the default (the look-back, 365 days), and 7-day chunks
     bulk=Dataset("bulk_1m", 1_000_000, 1.0, 120, label="1M B12 administrations"),
+    pull_rows=1_000_000,
 )
 # One small all-medication extract over a few nights plays every part (run, all-medication,
 # backfill), so the harness test starts Prefect only twice (run + backfill).
@@ -107,6 +109,7 @@ QUICK = Plan(
     durable_rows=300,
     prefect_startup=False,
     bulk=_QUICK_DS,
+    pull_rows=3_000,
 )
 
 TARGETS = {
@@ -227,6 +230,7 @@ class Bench:
             "preview": {},
             "bulk": {},
             "synth": {},
+            "pull": None,
             "prefect_startup": None,
         }
 
@@ -476,7 +480,23 @@ class Bench:
         if p.bulk is not None:
             self.echo(f"{p.bulk.label}: FHIR Bulk Data export vs canonical Parquet (ingest)")
             self.bulk(p.bulk)
+        if p.pull_rows:
+            self.echo(f"pull {p.pull_rows:,} administrations from PostgreSQL vs COPY TO on the same server")
+            self.pull(p.pull_rows)
         return self.results
+
+    def pull(self, rows: int) -> None:
+        """bench/pull_bench.py in its own process (it starts its own PostgreSQL server)."""
+        done = subprocess.run(
+            [sys.executable, str(BENCH / "pull_bench.py"), str(rows)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
+        (self.logs / "pull.log").write_text(done.stdout + done.stderr)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        self.results["pull"] = json.loads(lines[-1]) if done.returncode == 0 and lines else {"failed": done.returncode}
 
 
 def _row(ds: Dataset, m: Measured) -> dict:
@@ -914,6 +934,31 @@ def render(plan: Plan, facts: dict, r: dict, targets: dict, elapsed: float) -> s
                 for v in r["bulk"].values()
             ],
         )
+    pull = r.get("pull")
+    if pull:
+        L += ["", "## Pulling a night from PostgreSQL (`b12pipeline pull`, SQL source)", ""]
+        if "pull_s" in pull:
+            L += [
+                "The shipped Clarity query over Clarity-shaped tables, streamed in batches into the archive's "
+                "Parquet file, against `COPY (the same query) TO STDOUT WITH CSV` into a file, same server, same rows.",
+                "",
+            ]
+            L += _table(
+                ["administrations", "rows pulled", "COPY s", "pull s", "pull / COPY", "CSV MB", "Parquet MB"],
+                [
+                    [
+                        pull["rows"],
+                        pull["pull_rows"],
+                        pull["copy_s"],
+                        pull["pull_s"],
+                        pull["ratio"],
+                        pull["csv_mb"],
+                        pull["parquet_mb"],
+                    ]
+                ],
+            )
+        else:
+            L += [f"not measured: {pull.get('skipped') or pull.get('failed')}"]
     if r["synth"]:
         L += ["", "## Data generation (`b12pipeline synth`, not part of any measurement)", ""]
         L += _table(

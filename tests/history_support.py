@@ -1,4 +1,4 @@
-"""Helpers shared by test_history.py and test_backfill.py: run the multi-night fixture."""
+"""Shared by test_history.py and test_backfill.py: run the multi-night fixture."""
 
 from __future__ import annotations
 
@@ -56,7 +56,11 @@ def changed_rules(tmp: Path) -> Path:
     shutil.copytree(PROJECT / "rules", rules)
     path = rules / "medical_necessity" / "FREQ-001.yaml"
     text = path.read_text()
+    version = re.search(r'^version: "(\d+)"$', text, re.MULTILINE)
+    assert version, "FREQ-001 has a numeric version"
+    bumped = f'version: "{int(version[1]) + 1}"'
     for old, new in (
+        (version[0], bumped),  # a changed rule carries a new version (the deploy gates refuse it otherwise)
         ("{field: payer_type, in: {config: frequency_payers}}", "{field: payer_type, in: [medicare, commercial]}"),
         (
             "{field: days_since_first_injection, gt: {config: loading_phase_days}}",
@@ -81,7 +85,5 @@ def changed_rules(tmp: Path) -> Path:
         assert old in text, old
         text = text.replace(old, new)
     assert "commercial" not in text.split("cases:")[1]
-    # A changed rule carries a new version (the deploy gates refuse it otherwise).
-    text = re.sub(r'^version: "(\d+)"$', lambda m: f'version: "{int(m.group(1)) + 1}"', text, count=1, flags=re.M)
     path.write_text(text)
     return rules

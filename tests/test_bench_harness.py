@@ -61,6 +61,7 @@ def test_results_markdown_has_machine_facts_targets_and_a_table_per_measurement(
         "## Backfill",
         "## Rules preview",
         "## (d) Ingest of a FHIR Bulk Data export",
+        "## Pulling a night from PostgreSQL",
     ):
         assert heading in text, heading
     for fact in ("| date | 2024-03-02 |", "| CPU |", "| cores |", "| RAM |", "| Python |", "polars ", "prefect "):

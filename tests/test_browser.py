@@ -80,3 +80,48 @@ def test_report_renders_with_charts_and_no_console_errors(two_nights):
             browser.close()
     assert report_errors == [] and errors == [], errors
     assert report_requests and all(u.startswith("file://") for u in requests), requests
+
+
+def test_report_shows_the_coders_backlog_and_rule_effectiveness(two_nights):
+    """Night 2's report: the open backlog per queue (as the worklog's snapshot counted it), its age,
+    and a row per rule, rendered in Chromium; no finding id or comment on the page."""
+    from playwright.sync_api import sync_playwright
+
+    from b12pipeline.worklog import open_worklog, read_states
+
+    out, manifests = two_nights
+    snapshot = manifests[1]["worklog"]["snapshot"]
+    states = read_states(open_worklog(out))
+    open_now = states.filter(states["status"].is_in(["new", "open", "reopened", "in_progress"]))
+    assert sum(q["open"] for q in snapshot["backlog"].values()) == open_now.height > 0
+    report = (out / manifests[1]["run_report"]).resolve()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(report.as_uri(), wait_until="load")
+            section = page.locator("section#backlog")
+            assert section.is_visible()
+            assert section.locator("h2").first.inner_text() == f"Coders' backlog as of {manifests[1]['night']}"
+            cards = dict(
+                zip(
+                    section.locator(".card .l").all_inner_texts(),
+                    section.locator(".card .n").all_inner_texts(),
+                    strict=True,
+                )
+            )
+            assert cards["open work"] == f"{open_now.height:,}"
+            assert cards["new tonight"] == f"{int((open_now['status'] == 'new').sum()):,}"
+            rows = section.locator("table.backlog tbody tr")
+            by_queue = {rows.nth(i).locator("td").first.inner_text(): rows.nth(i) for i in range(rows.count())}
+            for queue, group in open_now.group_by("queue"):
+                assert by_queue[queue[0]].locator("td").nth(1).inner_text() == f"{group.height:,}"
+            for chart in ("backlog-queue", "backlog-age"):
+                box = section.locator(f"svg[data-chart='{chart}']").bounding_box()
+                assert box and box["width"] > 100 and box["height"] > 20, chart
+            rule_rows = section.locator("table.rules tbody tr td:first-child").all_inner_texts()
+            assert sorted(rule_rows) == sorted(states["rule_id"].unique().to_list())
+            text = page.content()
+            assert not any(fid in text for fid in states["finding_id"].to_list())
+        finally:
+            browser.close()

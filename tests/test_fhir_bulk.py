@@ -409,9 +409,17 @@ def test_non_b12_administrations_are_out_of_scope_and_never_fail_the_file(tmp_pa
         *other,
         administration("ma-1", "Medication/med-b12", "Encounter/enc-1", t.format(9)),
     ]
+    # another drug's charge line that no administration takes: reported, and out of B12 scope
+    dexamethasone = {
+        "sequence": 1,
+        "productOrService": {"coding": [{"system": HCPCS, "code": "J1100", "display": "Injection, dexamethasone"}]},
+        "servicedDate": "2024-03-01",
+        "encounter": [ref("Encounter/enc-2")],
+    }
+    export["Claim"] = [claim("clm-2", [dexamethasone])]
     result = stage_file(write_export(tmp_path / "e", export), tmp_path / "out", "run-test", dt.date(2024, 3, 1), rules)
     assert result.status == "processed", result.error
-    assert (result.rows_read, result.in_scope, result.out_of_scope, result.quarantined) == (13, 1, 12, 0)
+    assert (result.rows_read, result.in_scope, result.out_of_scope, result.quarantined) == (14, 1, 13, 0)
 
 
 def test_export_without_administrations_is_rejected(tmp_path):
@@ -493,3 +501,38 @@ def test_synth_writes_a_bulk_data_folder_and_its_labels(tmp_path):
     assert pl.read_parquet(tmp_path / "export.labels.parquet").height > 0
     ex = read_extract(out / "manifest.json")
     assert ex.rows == 500 and ex.source_format == "fhir-bulk"
+
+
+def test_each_file_of_the_export_is_held_to_the_input_limits(tmp_path, monkeypatch):
+    export = base_export()
+    export["MedicationAdministration"] = [
+        administration("ma-1", "Medication/med-b12", "Encounter/enc-1", "2024-03-01T09:00:00-05:00")
+    ]
+    folder = write_export(tmp_path / "e", export)
+    monkeypatch.setenv("B12_MAX_FILE_BYTES", "900")
+    with pytest.raises(FileRejected, match=r": Medication.ndjson: the file is 929 bytes, over the limit of 900 bytes"):
+        read_extract(folder)
+    monkeypatch.delenv("B12_MAX_FILE_BYTES")
+    (folder / "Medication.ndjson").write_bytes(b"\x1f\x8b\x08" + b"\0" * 20)
+    with pytest.raises(FileRejected, match="Medication.ndjson: the file is gzip-compressed"):
+        read_extract(folder)
+
+
+def test_large_outputs_are_split_into_numbered_files_that_read_as_one_export(tmp_path):
+    from b12pipeline import synth
+    from b12pipeline.fhirbulk_writer import write_fhir_bulk
+
+    frame = synth.generate(100, seed=4, defect_rate=0.2, b12_share=0.5, days=30).frame
+    whole = read_extract(write_fhir_bulk(frame, tmp_path / "whole"))
+    folder = write_fhir_bulk(frame, tmp_path / "split", per_file=40)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    administrations = [o for o in manifest["output"] if o["type"] == "MedicationAdministration"]
+    assert [(o["url"], o["count"]) for o in administrations] == [
+        ("MedicationAdministration.001.ndjson", 40),
+        ("MedicationAdministration.002.ndjson", 40),
+        ("MedicationAdministration.003.ndjson", 20),
+    ]
+    split = read_extract(folder / "manifest.json")
+    assert split.frame.drop("source_file", "source_row").equals(whole.frame.drop("source_file", "source_row"))
+    last = split.frame.filter(pl.col("source_file") == "MedicationAdministration.003.ndjson")
+    assert last.height == whole.frame.filter(pl.col("source_row") > 80).height

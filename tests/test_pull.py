@@ -116,6 +116,8 @@ def test_sql_pull_gives_the_csv_findings_and_a_second_pull_changes_nothing(
     missing = expected.join(got, on=got.columns, how="anti", nulls_equal=True)
     assert got.equals(expected), f"pulled only:\n{extra.rows()}\nCSV only:\n{missing.rows()}"
 
+    _assert_password_nowhere(pulled)
+
     archived = [p for p in (pulled / "archive").rglob("*.parquet")]
     assert len(archived) == 1 and not any((pulled / "incoming" / "clarity").iterdir())
     before = _tree_digest(pulled, "queues") + _tree_digest(pulled, "history")
@@ -129,6 +131,27 @@ def _cli_env(**extra) -> dict:
     from prefect.settings import PREFECT_API_URL
 
     return {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), **extra}
+
+
+def _assert_password_nowhere(out: Path) -> None:
+    """Not in any file the run wrote (manifests, reports, logs, worklog, archive) nor in Prefect's API."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.logging.handlers import APILogHandler
+
+    leaks = [str(p) for p in out.rglob("*") if p.is_file() and CANARY_PASSWORD.encode() in p.read_bytes()]
+    assert leaks == []
+
+    async def from_api():
+        await APILogHandler.aflush()
+        async with get_client() as client:
+            logs = await client.read_logs()
+            runs = await client.read_flow_runs()
+            return [log.message for log in logs] + [repr(r.parameters) for r in runs]
+
+    texts = asyncio.run(from_api())
+    assert texts and not [t for t in texts if CANARY_PASSWORD in t]
 
 
 def test_unreachable_database_fails_with_one_line_and_no_password(prefect_harness, tmp_path):
@@ -269,3 +292,69 @@ def test_sftp_unknown_host_key_is_refused_and_not_retried(prefect_harness, sshd,
     assert "host key" in done.stderr and "refused" in done.stderr and "Traceback" not in done.stderr
     assert time.monotonic() - started < 60  # 3 retries 5 s apart would show: a refused key is not retried
     assert not list((tmp_path / "out").rglob("emar_*.csv"))
+
+
+def test_served_pull_deployment_processes_the_scheduled_night(prefect_harness, landing, tmp_path):
+    """`serve --source` schedules the pull like `nightly`: a folder source, through a real Prefect runner."""
+    import asyncio
+    import json
+
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.runner import Runner
+
+    from flows.pull import pull_deployment
+
+    sources = _sources_file(tmp_path, {"share": {"kind": "landing", "path": str(landing)}})
+    out = tmp_path / "out"
+    deployment = pull_deployment("share", str(out), str(sources), "30 22 * * *", "America/New_York", "t", None)
+    runner = Runner(name="b12-test-pull-runner", pause_on_shutdown=False, limit=1)
+    runner.add_deployment(deployment)
+    scheduled = dt.datetime(2024, 3, 3, 3, 30, tzinfo=dt.timezone.utc)  # 22:30 on 2024-03-02 in New York
+    flow_run = run_deployment("b12-pull/t", scheduled_time=scheduled, timeout=0)
+    asyncio.run(runner.start(run_once=True))
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_flow_run(flow_run.id)
+
+    assert asyncio.run(read()).state.is_completed()
+    manifests = [json.loads(p.read_text()) for p in (out / "runs").glob("*/manifest.json")]
+    assert [m["night"] for m in manifests] == ["2024-03-02"]
+    assert sorted(i["file"] for i in manifests[0]["inputs"]) == sorted(p.name for p in landing.iterdir())
+    assert sorted(p.name for p in landing.iterdir())  # the source folder is read, never emptied
+
+
+def test_the_sql_server_and_postgresql_queries_select_the_same_columns():
+    import re
+
+    def columns(name: str) -> list[str]:
+        text = (PROJECT / "schemas" / "sources" / name).read_text()
+        text = "\n".join(line.split("--")[0] for line in text.splitlines())
+        select = text[text.index("SELECT") + 6 : text.index("FROM MAR_ADMIN_INFO")]
+        return [re.split(r"\s+AS\s+|\.", item.strip())[-1] for item in select.split(",") if item.strip()]
+
+    mssql, postgres = columns("clarity.sql"), columns("clarity.postgresql.sql")
+    assert mssql == postgres and len(mssql) == 32 and mssql[:2] == ["ORDER_MED_ID", "LINE"]
+
+
+def test_a_batch_is_written_as_text_exactly_as_cell_by_cell():
+    import datetime as dt
+    import decimal
+
+    from b12pipeline.pull.sql import as_text, text_column
+
+    columns = [
+        [decimal.Decimal("1000.00"), decimal.Decimal("1.50"), decimal.Decimal("-0.00"), None, decimal.Decimal("10")],
+        [dt.datetime(2024, 3, 1, 8, 5, 7, 123), None],
+        [dt.date(2024, 3, 1), None],
+        [1, None, 3],
+        [1000.0, 1.5],
+        ["a", None, " b "],
+        [None, None],
+        [1, "mixed"],
+        [dt.datetime(2024, 3, 1, 8, 5, tzinfo=dt.timezone(dt.timedelta(hours=-5)))],
+    ]
+    for values in columns:
+        assert text_column(values).to_pylist() == [as_text(v) for v in values], values
+    assert [as_text(v) for v in columns[0]] == ["1000", "1.5", "0", None, "10"]

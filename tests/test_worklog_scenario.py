@@ -102,6 +102,8 @@ def test_three_nights_of_coding_work(night1, three_nights, tmp_path):
 
     night2 = three_nights.replay(out, 1)  # the same extract again
     assert night2["new"] == 0 and night2["resolved"] == 0
+    assert night2["snapshot"]["closed_since_previous_night"] == {"fixed": 1, "dismissed": 2, "resolved": 0}
+    assert night2["snapshot"]["backlog"]["coding"]["open"] == 1  # UNITS-001
     after2 = statuses(out)
     assert after2 == {
         "UNITS-003": "dismissed",
@@ -115,6 +117,18 @@ def test_three_nights_of_coding_work(night1, three_nights, tmp_path):
 
     night3 = three_nights.replay(out, 2)  # MAR-1006-1 corrected: its lot number is documented now
     assert night3["resolved"] == 1
+    snap = night3["snapshot"]
+    assert snap["closed_since_previous_night"] == {"fixed": 0, "dismissed": 0, "resolved": 1}
+    assert snap["backlog"] == {
+        "coding": {
+            "open": 1,
+            "new": 0,
+            "reopened": 0,
+            "in_progress": 0,
+            "age_days": {"0-7": 1, "8-30": 0, "31-90": 0, "over 90": 0},
+            "oldest_days": 2,
+        }
+    }
     assert statuses(out) == {**after2, "DOC-001": "resolved"}
 
     steps = history(open_worklog(out), ids["DOC-001"])
@@ -131,6 +145,16 @@ def test_three_nights_of_coding_work(night1, three_nights, tmp_path):
         ("ben", "excel", "comment", "rebilled as J3490"),
     ]
     assert all(s["at"].tzinfo is not None for s in fixed)
+    stats = {r["rule_id"]: r for r in snap["rules"]}
+    assert (stats["CODE-001"]["fixed"], stats["CODE-001"]["precision"]) == (1, 1.0)
+    assert (stats["UNITS-003"]["false_positive"], stats["UNITS-003"]["precision"]) == (1, 0.0)
+    assert stats["UNITS-002"]["dismissed_by_reason"] == "payer exception 1" and stats["UNITS-002"]["precision"] is None
+    assert (stats["DOC-001"]["auto_resolved"], stats["DOC-001"]["median_days_to_close"]) == (1, 2.0)
+    assert (stats["UNITS-001"]["raised"], stats["UNITS-001"]["open"]) == (1, 1)
+    shown = invoke("rules", "stats", "--out", str(out))
+    assert shown.exit_code == 0, shown.output
+    for rule in ("CODE-001", "UNITS-003", "DOC-001", "100%", "0%"):
+        assert rule in shown.output
     printed = invoke("queue", "history", ids["UNITS-003"], "--out", str(out))
     assert printed.exit_code == 0
     assert "ana via cli" in printed.output and "new -> dismissed" in printed.output

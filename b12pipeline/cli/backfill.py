@@ -56,10 +56,13 @@ def register(app: typer.Typer) -> None:
             raise usage_error(f"--dask-address {dask_address!r} is not a scheduler address like tcp://HOST:8786")
         if not (out / "history").is_dir():
             raise usage_error(f"{out / 'history'} does not exist: nothing has been processed into {out} yet")
+        from b12pipeline.cli.prefect_server import ServerStart
         from b12pipeline.cli.rules import deploy_or_exit
         from b12pipeline.deployments import RulesetError
         from b12pipeline.engine.rulefile import RuleFileError
         from flows.backfill import run_backfill
+
+        ServerStart().wait()  # longer start-up timeout, one retry, one clear line if it cannot start
 
         if rules is not None:  # a new rules folder is deployed, through the deploy gates
             manifest = deploy_or_exit(

@@ -38,6 +38,7 @@ from b12pipeline.ingest.fhir import (
     CHECK,
     Invalid,
     _codings,
+    _concept_text,
     _config,
     _get,
     _JSONError,
@@ -166,7 +167,7 @@ def _read_at(handles: dict, path: Path, offset: int) -> dict:
 # --- the index of supporting resources --------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class ChargeLine:
     """One Claim/ExplanationOfBenefit item or ChargeItem: the fields the contract takes from it."""
 
@@ -185,6 +186,7 @@ class ChargeLine:
     dos: str | None
     patient: str | None
     claim_key: str = ""  # lines of one claim share it
+    description: str | None = None  # the line's text or display ("Injection, cyanocobalamin, ...")
 
 
 @dataclass
@@ -299,7 +301,8 @@ def _claim_lines(res: dict, where: str, cfg: dict) -> tuple[list[ChargeLine], di
         p = f"item[{i}]."
         if not isinstance(item, dict):
             raise Invalid(f"item[{i}] must be an object")
-        system, code = _first_code(_get(item, "productOrService", dict, p, required=True), p + "productOrService.")
+        product = _get(item, "productOrService", dict, p, required=True)
+        system, code = _first_code(product, p + "productOrService.")
         units, _ = _quantity_text(_get(item, "quantity", dict, p), p + "quantity.")
         encounters = _get(item, "encounter", list, p) or []
         encounter = None
@@ -341,6 +344,7 @@ def _claim_lines(res: dict, where: str, cfg: dict) -> tuple[list[ChargeLine], di
             dos=when[:10] if when else None,
             patient=patient,
             claim_key=where,
+            description=_concept_text(product, p + "productOrService."),
         )
         lines.append(line)
         named = [info[s] for s in _get(item, "informationSequence", list, p) or [] if s in info]
@@ -350,7 +354,8 @@ def _claim_lines(res: dict, where: str, cfg: dict) -> tuple[list[ChargeLine], di
 
 
 def _charge_item(res: dict, where: str, cfg: dict) -> tuple[ChargeLine, list[str]]:
-    system, code = _first_code(_get(res, "code", dict, "", required=True), "code.")
+    concept = _get(res, "code", dict, "", required=True)
+    system, code = _first_code(concept, "code.")
     units, _ = _quantity_text(_get(res, "quantity", dict, ""), "quantity.")
     t, encounter = _split_ref(res.get("context"), "context")
     _expect(t, ("Encounter", "EpisodeOfCare"), "context")
@@ -381,6 +386,7 @@ def _charge_item(res: dict, where: str, cfg: dict) -> tuple[ChargeLine, list[str
         dos=when[:10] if when else None,
         patient=patient,
         claim_key=where,
+        description=_concept_text(concept, "code."),
     )
     return line, services
 
@@ -859,6 +865,7 @@ def _unlinked_lines(index: Index, columns: list[str], present: dict) -> list[pl.
                 "encounter_id": ln.encounter,
                 "admin_time": ln.dos,
                 "ndc": ln.ndc,
+                "medication_name": ln.description,  # decides, with the NDC, whether it is a B12 line
                 "place_of_service": ln.pos,
                 "claim_type": ln.claim_type,
                 "charge_hcpcs": ln.code,

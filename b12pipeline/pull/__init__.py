@@ -80,8 +80,8 @@ def _copy_landing(source: PullSource, target: Path) -> list[Path]:
 def clear_processed(out: Path | str, source: str) -> int:
     """Remove incoming files whose bytes are now in the archive (they are kept there, byte for byte)."""
     from b12pipeline.archive import archived_checksums
+    from b12pipeline.files import sha256_file
     from b12pipeline.paths import OutputLayout
-    from b12pipeline.pipeline import sha256_file
 
     folder = incoming_dir(out, source)
     if not folder.is_dir():

@@ -88,9 +88,13 @@ class PullSource:
                 ) from None
         return None
 
-    def query_path(self) -> Path:
+    def query_path(self, dialect: str | None = None) -> Path:
+        """The query file; `<stem>.<dialect>.sql` beside it wins for that database (ordered
+        aggregates, for one, are written differently by SQL Server and PostgreSQL)."""
         query = Path(self.settings["query"])
-        return query if query.is_absolute() else schemas_dir() / "sources" / query
+        query = query if query.is_absolute() else schemas_dir() / "sources" / query
+        variant = query.with_name(f"{query.stem}.{dialect}{query.suffix}") if dialect else None
+        return variant if variant is not None and variant.is_file() else query
 
 
 def default_sources_file() -> Path | None:

@@ -75,7 +75,7 @@ def pull_sftp(source: PullSource, target_dir: Path, known_checksums: set[str]) -
 
     `known_checksums`: the archive's checksums; a file whose bytes were processed before is removed
     again after download (a remote file renamed or re-dropped is not processed twice)."""
-    from b12pipeline.pipeline import sha256_file
+    from b12pipeline.files import sha256_file
 
     remote_dir = str(source.get("remote_dir")).rstrip("/") or "/"
     pattern = str(source.get("pattern", "*"))

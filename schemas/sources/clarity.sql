@@ -3,8 +3,10 @@
 --
 -- Parameters (bound by `b12pipeline pull`): :start, :end = the night's window in the site's local
 -- wall-clock time (the night's date plus the source's lookback_days for late charting), end exclusive.
--- Written in SQL that SQL Server (2017+: STRING_AGG) and PostgreSQL both run; ORDER BY keeps the
--- pulled bytes identical for identical rows, so a second pull of an unchanged night does nothing.
+-- This file is SQL Server's (Clarity's database; 2017+ for STRING_AGG ... WITHIN GROUP);
+-- clarity.postgresql.sql is the same query for PostgreSQL, chosen automatically for a postgresql URL.
+-- Every ORDER BY matters: identical rows must give identical bytes, so that a second pull of an
+-- unchanged night does nothing (diagnoses keep their order on the order, E/M codes their charge order).
 --
 -- Tables and the columns read (check them against your Clarity build before going live):
 --   MAR_ADMIN_INFO      ORDER_MED_ID, LINE, MAR_ENC_CSN, TAKEN_TIME, MAR_ACTION_C, SIG, DOSE_UNIT_C,
@@ -68,7 +70,7 @@ LEFT JOIN MAR_ADDL_INFO addl ON addl.ORDER_MED_ID = mai.ORDER_MED_ID AND addl.LI
 LEFT JOIN CLARITY_SER_2 ser ON ser.PROV_ID = om.AUTHRZING_PROV_ID
 LEFT JOIN PAT_ENC enc ON enc.PAT_ENC_CSN_ID = mai.MAR_ENC_CSN
 LEFT JOIN (
-    SELECT odm.ORDER_MED_ID, STRING_AGG(edg.CODE, ';') AS DX_ICD10_LIST
+    SELECT odm.ORDER_MED_ID, STRING_AGG(edg.CODE, ';') WITHIN GROUP (ORDER BY odm.LINE) AS DX_ICD10_LIST
     FROM ORDER_DX_MED odm
     JOIN EDG_CURRENT_ICD10 edg ON edg.DX_ID = odm.DX_ID
     GROUP BY odm.ORDER_MED_ID
@@ -85,7 +87,8 @@ LEFT JOIN HSP_TRANSACTIONS adm
 LEFT JOIN (
     SELECT t.PAT_ENC_CSN_ID, t.SERVICE_DATE,
            STRING_AGG(CASE WHEN t.MODIFIERS IS NULL THEN t.CPT_CODE
-                           ELSE CONCAT(t.CPT_CODE, '-', t.MODIFIERS) END, ';') AS SAME_DAY_EM
+                           ELSE CONCAT(t.CPT_CODE, '-', t.MODIFIERS) END, ';')
+               WITHIN GROUP (ORDER BY t.TX_ID) AS SAME_DAY_EM
     FROM HSP_TRANSACTIONS t
     WHERE t.CPT_CODE LIKE '992%'
     GROUP BY t.PAT_ENC_CSN_ID, t.SERVICE_DATE
