@@ -68,6 +68,7 @@ CODER_COLUMNS: dict[str, str] = {
     "source_file": "Source file",
     "source_row": "Source row",
     "rule_version": "Rule version",
+    "reference_versions": "Reference tables",
     "ruleset_version": "Ruleset version",
     "run_id": "Run ID",
 }

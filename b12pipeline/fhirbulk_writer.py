@@ -204,14 +204,19 @@ def _medication(r: dict, ids: _Ids, systems: dict, emit) -> str:
 
 def _coverage(r: dict, ids: _Ids, systems: dict, payer_code: dict, patient, emit) -> str | None:
     payer = r["payer_type"]
-    if payer is None:
+    if payer is None and r.get("payer_id") is None:
         return None
-    cov, new = ids.get((r["patient_id"], payer))
+    payer_id = r.get("payer_id")
+    cov, new = ids.get((r["patient_id"], payer, payer_id))
     if new:
         code = payer_code.get(payer)
-        kind = {"coding": [{"system": systems["sopt"], "code": code}]} if code else {"text": payer}
-        resource: dict = {"resourceType": "Coverage", "id": cov, "status": "active", "type": kind}
-        resource["payor"] = [{"display": "payer of record"}]
+        resource: dict = {"resourceType": "Coverage", "id": cov, "status": "active"}
+        if payer is not None:
+            resource["type"] = {"coding": [{"system": systems["sopt"], "code": code}]} if code else {"text": payer}
+        payor: dict = {"display": "payer of record"}
+        if payer_id:
+            payor["identifier"] = {"value": payer_id}  # the site's code for the payer (plan)
+        resource["payor"] = [payor]
         emit("Coverage", {**resource, **({"beneficiary": patient} if patient else {})})
     return cov
 

@@ -7,6 +7,7 @@ evaluate_dates re-evaluates given dates from history (shared by nights and histo
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import shutil
@@ -47,10 +48,12 @@ class Rules:
     def load(cls, rules_dir: Path | str | None = None) -> "Rules":
         directory = Path(rules_dir) if rules_dir else None
         ruleset = load_ruleset(directory)
+        reference = load_reference(ruleset.directory / "reference")
         return cls(
-            ruleset=ruleset,
+            # Findings carry the versions of the reference tables their rule used.
+            ruleset=dataclasses.replace(ruleset, reference_versions=reference.versions),
             config=load_site_config(ruleset.directory / "site.yaml"),
-            reference=load_reference(ruleset.directory / "reference"),
+            reference=reference,
         )
 
 

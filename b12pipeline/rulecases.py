@@ -6,6 +6,9 @@ starting with "_" are not columns:
   _history          earlier administrations of the same patient (lists of field changes), for
                     cross-row rules; they get admin_ids HIST-1, HIST-2, ...
   _absent_columns   columns the extract does not carry at all (CHG-002, ADMIN-001)
+  _reference        CMS table rows the case assumes ({asp_crosswalk: [rows], mue_practitioner: [rows]}):
+                    they replace that table for the case (the shipped tables hold no crosswalk or
+                    MUE rows, see rules/reference/cms/)
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ def case_facts(
     record = {**defaults, **{k: v for k, v in case.items() if not k.startswith("_")}}
     history = [{**defaults, "admin_id": f"HIST-{i}", **h} for i, h in enumerate(case.get("_history", []), start=1)]
     frame = case_frame(history + [record], case.get("_absent_columns"))
+    if case.get("_reference"):
+        reference = with_case_tables(reference, case["_reference"])
     facts = evaluation_facts(frame, reference, config, payers)
     return facts, record["admin_id"]
 
@@ -133,3 +138,19 @@ def _payer_case(payer, rule_id: str, kind: str, case: dict, defaults: dict, rule
     if wanted and own["payer_override"].to_list() != [payer.id]:
         return False, f"the finding records payer_override {own['payer_override'].to_list()}, not {payer.id}"
     return True, ""
+
+
+def with_case_tables(reference: Reference, tables: dict) -> Reference:
+    """`reference` with the CMS tables a case states (rows as text, version "case")."""
+    import dataclasses
+
+    from b12pipeline.cms import TABLES, CmsTable
+
+    unknown = sorted(set(tables) - set(TABLES))
+    if unknown:
+        raise ValueError(f"_reference: unknown table(s) {', '.join(unknown)}; known: {', '.join(TABLES)}")
+    cms = dict(reference.cms)
+    for name, rows in tables.items():
+        frame = pl.DataFrame([{k: None if v is None else str(v) for k, v in r.items()} for r in rows])
+        cms[name] = CmsTable(name, frame, "case", "case")
+    return dataclasses.replace(reference, cms=cms)

@@ -20,6 +20,7 @@ TARGET_KEYS = {
     "allmed_rss",
     "backfill_ratio",
     "preview_ratio",
+    "worklog_ratio",
 }
 
 
@@ -61,6 +62,7 @@ def test_results_markdown_has_machine_facts_targets_and_a_table_per_measurement(
         "## Backfill",
         "## Rules preview",
         "## (d) Ingest of a FHIR Bulk Data export",
+        "## (e) Coders' worklog",
         "## Pulling a night from PostgreSQL",
     ):
         assert heading in text, heading
@@ -75,8 +77,9 @@ def test_results_markdown_has_machine_facts_targets_and_a_table_per_measurement(
         or line.startswith("| rule")
         or line.startswith("| 5M")
         or line.startswith("| 365")
+        or line.startswith("| worklog")
     ]
-    assert len(rows) == 7
+    assert len(rows) == 8
     assert all(("| met |" in r) or ("**not met**" in r) for r in rows), rows
 
 
@@ -111,3 +114,9 @@ def test_results_json_has_every_measurement_with_time_rate_and_peak_rss(quick):
     assert bulk["bulk"]["detail"]["rows_read"] == 8_000 and bulk["parquet"]["detail"]["format"] == "parquet"
     assert bulk["ratio_work"] == pytest.approx(bulk["bulk"]["detail"]["work_s"] / bulk["parquet"]["detail"]["work_s"])
     assert bulk["bulk"]["peak_rss_mb"] > 10
+    # the worklog's nights: the run's findings topped up to the open count, each night's update timed
+    wl = r["worklog"]["quick"]
+    assert wl["detail"]["open"] == 2_000 and wl["detail"]["run_findings"] == run["findings"]
+    assert wl["detail"]["counts"]["first"]["new"] == 2_000 and wl["detail"]["counts"]["aging"]["aged"] == 2_000
+    assert wl["detail"]["counts"]["steady"]["resolved"] == 20 and wl["detail"]["counts"]["same"]["new"] == 0
+    assert wl["ratios"]["steady"] == pytest.approx(wl["detail"]["times_s"]["steady"] / run["wall_s"])

@@ -150,7 +150,7 @@ def base_export() -> dict[str, list[dict]]:
                 "status": "active",
                 "type": {"coding": [{"system": "https://nahdo.org/sopt", "code": "121", "display": "Medicare FFS"}]},
                 "beneficiary": ref("Patient/pat-1"),
-                "payor": [{"display": "Medicare"}],
+                "payor": [{"identifier": {"value": "MCR-B"}, "display": "Medicare"}],
             }
         ],
         "Encounter": [
@@ -226,7 +226,8 @@ def test_medication_reference_across_files_is_resolved_in_scope_and_evaluated(tm
         "nurse-7",
         "2024-03-01T09:00:00-05:00",
     )
-    assert (row["order_id"], row["ordering_provider_npi"], row["payer_type"]) == ("mr-1", "1234567893", "medicare")
+    assert (row["order_id"], row["ordering_provider_npi"]) == ("mr-1", "1234567893")
+    assert (row["payer_type"], row["payer_id"]) == ("medicare", "MCR-B")
     assert (row["encounter_id"], row["diagnosis_codes"]) == ("enc-1", "D51.0")
     # linked by encounter + date of service + NDC: the only administration with that NDC that day
     charge = (row["charge_hcpcs"], row["charge_units"], row["charge_ndc_qty"], row["charge_ndc_unit"], row["admin_cpt"])
@@ -469,6 +470,10 @@ def test_an_export_of_standard_resources_only_gives_the_findings_of_the_canonica
     night = synth.generate(2000, seed=5, defect_rate=0.3, b12_share=0.5, days=90)
     # the two columns R4 has no element for are left out of both files
     frame = night.frame.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in NO_R4_ELEMENT)
+    # a payer (plan) code on the commercial rows: it picks the rules/payers/ file
+    frame = frame.with_columns(
+        pl.when(pl.col("payer_type") == "commercial").then(pl.lit("60054")).otherwise(None).alias("payer_id")
+    )
     csv = write_extract(frame, "csv", tmp_path / "night.csv")
     folder = write_fhir_bulk(frame, tmp_path / "export", standard_only=True)
     text = "".join(p.read_text() for p in folder.glob("*.ndjson"))

@@ -35,6 +35,7 @@ SPEC_COLUMNS = [
     "payer_type",
     "payer_id",
     "payer_override",
+    "reference_versions",
     "source_file",
     "source_row",
     "run_id",

@@ -189,7 +189,7 @@ def test_schema_is_the_migrations_head_and_matches_the_models(worklog_engine):
     from b12pipeline.worklog.models import metadata
 
     with worklog_engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
     assert {"worklog_finding", "worklog_audit", "worklog_night"} <= set(inspect(worklog_engine).get_table_names())
 
@@ -212,3 +212,35 @@ def test_embedded_worklog_is_owner_only_and_in_wal_mode(tmp_path, monkeypatch):
 def test_unknown_interface_is_a_programming_error(worklog_engine, interface):
     with pytest.raises(ValueError):
         apply_edits(worklog_engine, [], actor="x", interface=interface, reasons=REASONS)
+
+
+def test_a_worklog_at_the_first_migration_upgrades_and_keeps_its_rows(worklog_url):
+    """A site's database from an earlier version: opened by a newer one, it is migrated in place."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine
+
+    from b12pipeline.worklog.store import MIGRATIONS, dispose_all, open_worklog
+
+    old = create_engine(worklog_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with old.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+        conn.execute(
+            text(
+                "INSERT INTO worklog_finding (finding_id, queue, rule_id, rule_version, severity, service_date, "
+                "status, first_seen_night, first_seen_run, present, revision) VALUES "
+                "('a', 'coding', 'UNITS-001', '1', 'error', :d, 'open', :d, 'r', :t, 1)"
+            ),
+            {"d": DOS, "t": True},
+        )
+    old.dispose()
+    dispose_all()
+    engine = open_worklog(url=worklog_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+    assert statuses(engine) == {"a": "open"}
+    night(engine, findings("a"), N2)
+    assert statuses(engine) == {"a": "open"}

@@ -22,6 +22,7 @@ app = typer.Typer(
 
 from b12pipeline.cli import backfill as _backfill  # noqa: E402
 from b12pipeline.cli import queue as _queue  # noqa: E402
+from b12pipeline.cli import reference as _reference  # noqa: E402
 from b12pipeline.cli import review as _review  # noqa: E402
 from b12pipeline.cli import rules as _rules  # noqa: E402
 from b12pipeline.cli import run as _run  # noqa: E402
@@ -31,6 +32,7 @@ _run.register(app)
 _backfill.register(app)
 _rules.register(app)
 _queue.register(app)
+_reference.register(app)
 _serve.register(app)
 _review.register(app)
 

@@ -38,6 +38,7 @@ FINDING_COLUMNS: dict[str, pl.DataType | type[pl.DataType]] = {
     "payer_type": pl.String,
     "payer_id": pl.String,
     "payer_override": pl.String,  # the rules/payers/ file that changed this finding's rule, if any
+    "reference_versions": pl.String,  # "products <v>; asp_crosswalk <quarter-sha>": the tables it used
     "source_file": pl.String,
     "source_row": pl.Int64,
     "run_id": pl.String,
@@ -120,6 +121,27 @@ def _severity(rule: Rule, payers: tuple[PayerOverride, ...]) -> pl.Expr:
     return expr
 
 
+# Facts columns derived from each CMS table (b12pipeline/normalize.cms_facts): a rule that reads one
+# used that table. Every finding used the product reference (scope, ingredient, strength).
+TABLE_COLUMNS = {
+    "asp_crosswalk": {"xwalk_listed", "xwalk_hcpcs_ok", "xwalk_codes", "ndc_expected_units"},
+    "noc_crosswalk": {"xwalk_listed", "xwalk_hcpcs_ok", "xwalk_codes"},
+    "mue_practitioner": {"mue_value", "mue_mai", "mue_units", "mue_check", "mue_scope"},
+    "mue_facility": {"mue_value", "mue_mai", "mue_units", "mue_check", "mue_scope"},
+}
+
+
+def reference_versions(rule: Rule, versions: dict[str, str]) -> str:
+    """The versions of the reference tables a rule's condition and messages read, as one text."""
+    from b12pipeline.engine.conditions import fields_used
+
+    read = fields_used(rule.when) | {
+        name for t in (rule.message, rule.expected, rule.actual) for name in template_fields(t)
+    }
+    used = [name for name in versions if name == "products" or TABLE_COLUMNS.get(name, set()) & read]
+    return "; ".join(f"{name} {versions[name]}" for name in sorted(used))
+
+
 def _override_applied(rule: Rule, payers: tuple[PayerOverride, ...]) -> pl.Expr:
     """The payer file id on a finding when that file changed something this rule depends on."""
     reads = settings_read(rule.when, config_used)
@@ -186,6 +208,7 @@ def findings_from_hits(flagged: pl.DataFrame, ruleset: Ruleset, rules: list[Rule
                 "payer_type",
                 "payer_id",
                 _override_applied(rule, payers).alias("payer_override"),
+                pl.lit(reference_versions(rule, dict(ruleset.reference_versions))).alias("reference_versions"),
                 "source_file",
                 "source_row",
             )

@@ -39,7 +39,13 @@ OPTIONAL_FIELDS = ("effective_from", "effective_to", "description", "rules", "se
 RULE_OVERRIDE_KEYS = ("enabled", "severity")
 CASE_KEYS = ("_note", "_rule", "_severity", "_history")
 # Settings that decide what a row is (or how a file is validated), not how a payer is billed.
-NOT_PER_PAYER = ("given_actions", "max_quarantine_share", "antidote_ndcs", "antidote_min_dose_mg")
+NOT_PER_PAYER = (
+    "given_actions",
+    "max_quarantine_share",
+    "antidote_ndcs",
+    "antidote_min_dose_mg",
+    "reference_max_age_quarters",
+)
 # Settings read while deriving facts columns rather than in conditions: a payer file that overrides
 # one has those columns recomputed for its rows (b12pipeline/facts.py).
 DERIVED_SETTINGS: dict[str, tuple[str, ...]] = {

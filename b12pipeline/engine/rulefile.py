@@ -46,6 +46,8 @@ CASE_KEY_DOCS = {
     "_history": "Earlier administrations of the same patient, each a mapping of field changes, for "
     "cross-row rules; they get admin_ids HIST-1, HIST-2, ...",
     "_absent_columns": "Columns the extract does not carry at all (an optional column left out).",
+    "_reference": "CMS table rows the case assumes, by table (asp_crosswalk, noc_crosswalk, "
+    "mue_practitioner, mue_facility, hcpcs): they replace that table for the case.",
 }
 CASE_KEYS = tuple(CASE_KEY_DOCS)
 FAR_FUTURE = dt.date(9999, 12, 31)
@@ -93,6 +95,7 @@ class Ruleset:
     directory: Path
     files: tuple[Path, ...] = field(default_factory=tuple)
     payers: tuple = field(default_factory=tuple)  # PayerOverride files (engine/payers.py)
+    reference_versions: dict = field(default_factory=dict)  # table -> version (Reference.versions)
 
     @property
     def active(self) -> tuple[Rule, ...]:

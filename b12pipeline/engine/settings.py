@@ -33,6 +33,7 @@ class SiteConfig:
     jwjz_payers: tuple[str, ...] = ("medicare",)
     antidote_ndcs: tuple[str, ...] = ("50633031011",)
     antidote_min_dose_mg: float = 100
+    reference_max_age_quarters: int = 2
     covered_dx_prefixes: tuple[str, ...] = ()
     duplicate_window_minutes: int = 60
     frequency_window_days: int = 30
