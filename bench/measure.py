@@ -81,7 +81,7 @@ def profile(args: argparse.Namespace) -> dict:
     from b12pipeline.validate import validate
 
     t = step("import", t)
-    rules = Rules.load()
+    rules = Rules.load(args.rules)
     t = step("load rules", t)
     # As stage_file does: the reader returns only B12-scope rows (the scope filter is part of ingest).
     extract = read_extract(Path(args.extract), None, keep=normalize.b12_scope(rules.reference))
@@ -129,7 +129,7 @@ def rules_stage(args: argparse.Namespace) -> dict:
     from b12pipeline.engine.evaluate import evaluate
     from b12pipeline.pipeline import Rules
 
-    rules = Rules.load()
+    rules = Rules.load(args.rules)
     facts = pl.read_parquet(args.facts)
     if args.limit:
         facts = facts.head(args.limit)
@@ -262,6 +262,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--work", default=None)
     for p in sub.choices.values():
         p.add_argument("--json", required=True)
+        p.add_argument("--rules", default=None, help="rules folder (bench/bench_rules.py builds one)")
     args = parser.parse_args(argv)
     if args.command == "profile" and args.work is None:
         args.work = tempfile.mkdtemp(prefix="b12bench-")

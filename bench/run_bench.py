@@ -212,6 +212,7 @@ def measure(cmd: list[str], env: dict, log: Path, json_out: Path | None = None) 
 class Bench:
     def __init__(self, plan: Plan, workdir: Path, echo=print):
         self.plan, self.work, self.echo = plan, workdir, echo
+        self._bench_rules: Path | None = None
         self.data, self.logs = workdir / "data", workdir / "logs"
         for d in (self.data, self.logs):
             d.mkdir(parents=True, exist_ok=True)
@@ -328,6 +329,16 @@ class Bench:
         self.results["run"][ds.name] = row
         return row
 
+    @property
+    def bench_rules(self) -> Path:
+        """The rules folder of the profile and rule-stage measurements: the project's rules with
+        payer overrides and CMS tables that apply to the synthetic rows (bench/bench_rules.py)."""
+        if self._bench_rules is None:
+            from bench_rules import build_bench_rules
+
+            self._bench_rules = build_bench_rules(self.work)
+        return self._bench_rules
+
     def profile(self, ds: Dataset, extract: Path) -> Path:
         facts = self.work / f"facts-{ds.name}.parquet"
         out = self.work / f"profile-{ds.name}.json"
@@ -345,6 +356,8 @@ class Bench:
                 str(facts),
                 "--json",
                 str(out),
+                "--rules",
+                str(self.bench_rules),
             ],
             out,
         )
@@ -356,6 +369,7 @@ class Bench:
         key = f"{engine}-{ds.name}" + (f"-{limit}" if limit else "")
         out = self.work / f"rules-{key}.json"
         cmd = [sys.executable, str(MEASURE), "rules", "--facts", str(facts), "--engine", engine, "--json", str(out)]
+        cmd += ["--rules", str(self.bench_rules)]  # payer overrides and CMS tables that apply (bench_rules.py)
         if limit:
             cmd += ["--limit", str(limit)]
         m = self._run(f"rules-{key}", cmd, out)
@@ -445,6 +459,7 @@ class Bench:
             "export_mb": sum(p.stat().st_size for p in self.synth(ds, "fhir-bulk").iterdir()) / 2**20,
             "ratio_wall": bulk["wall_s"] / parquet["wall_s"],
             "ratio_work": bulk["detail"]["work_s"] / parquet["detail"]["work_s"],
+            "ratio_cpu": bulk["cpu_s"] / parquet["cpu_s"],  # steadier than wall on a shared machine
             "same_rows": bulk["detail"]["b12_rows"] == parquet["detail"]["b12_rows"]
             and bulk["detail"]["rows_read"] == parquet["detail"]["rows_read"],
         }
@@ -950,6 +965,7 @@ def render(plan: Plan, facts: dict, r: dict, targets: dict, elapsed: float) -> s
                 "export read s",
                 "ratio (read)",
                 "ratio (process wall)",
+                "ratio (process CPU)",
                 "Parquet peak RSS MB",
                 "export peak RSS MB",
                 "same rows",
@@ -963,6 +979,7 @@ def render(plan: Plan, facts: dict, r: dict, targets: dict, elapsed: float) -> s
                     v["bulk"]["detail"]["work_s"],
                     v["ratio_work"],
                     v["ratio_wall"],
+                    v.get("ratio_cpu"),
                     v["parquet"]["peak_rss_mb"],
                     v["bulk"]["peak_rss_mb"],
                     v["same_rows"],

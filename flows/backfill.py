@@ -30,6 +30,16 @@ def backfill_chunk(out: str, dates: list[str], rules_dir: str | None, run_id: st
     )
 
 
+@task(name="backfill-worklog", retries=2, retry_delay_seconds=[2, 10])
+def backfill_worklog(out: str, plan: backfill.BackfillPlan, cause: str | None = None, actor: str | None = None) -> dict:
+    """The re-evaluated dates applied to the coders' worklog (resolved / new / reopened), with the
+    backfill (or the deployment it carries out, `cause`) as the cause of each change: counts only."""
+    from b12pipeline.worklog import apply_evaluation_from_queues
+
+    why = f"{cause}, run {plan.run_id}" if cause else f"backfill {plan.run_id}"
+    return apply_evaluation_from_queues(out, plan.dates, night=plan.end, cause=why, actor=actor)
+
+
 @task(name="backfill-record")
 def backfill_record(
     out: str,
@@ -38,16 +48,28 @@ def backfill_record(
     started_at: str,
     rules_dir: str | None,
     task_runner: str,
+    worklog: dict | None = None,
 ) -> dict:
     ended_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    return backfill.record_backfill(out, plan, chunk_paths, started_at, ended_at, rules_dir, task_runner)
+    manifest = backfill.record_backfill(out, plan, chunk_paths, started_at, ended_at, rules_dir, task_runner)
+    if worklog is not None:
+        manifest["worklog"] = worklog
+        write_json(OutputLayout(Path(out)).run_dir(plan.run_id) / "manifest.json", manifest)
+    return manifest
 
 
 @flow(name="b12-backfill", log_prints=False)
 def backfill_flow(
-    start: dt.date, end: dt.date, out: str, rules_dir: str | None = None, chunk_days: int | None = None
+    start: dt.date,
+    end: dt.date,
+    out: str,
+    rules_dir: str | None = None,
+    chunk_days: int | None = None,
+    worklog_cause: str | None = None,
+    worklog_actor: str | None = None,
 ) -> dict:
-    """Re-evaluate history rows with service_date in [start, end]; replace those dates' partitions."""
+    """Re-evaluate history rows with service_date in [start, end]; replace those dates' partitions.
+    `worklog_cause`/`worklog_actor`: what the worklog records as the cause (and who), for a deployment."""
     logger = get_run_logger()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     rules = pipeline.Rules.load(rules_dir)
@@ -66,7 +88,8 @@ def backfill_flow(
     chunk_paths = [f.result() for f in futures]
     context = FlowRunContext.get()
     runner = type(context.task_runner).__name__ if context else "none"
-    manifest = backfill_record(out, plan, chunk_paths, started_at, rules_dir, runner)
+    worklog = backfill_worklog(out, plan, worklog_cause, worklog_actor)
+    manifest = backfill_record(out, plan, chunk_paths, started_at, rules_dir, runner, worklog)
     create_markdown_artifact(
         key="b12-backfill-diff",
         markdown=backfill.diff_markdown(manifest),
@@ -125,39 +148,10 @@ def run_backfill(
         now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         folder = deployments.resolve_rules(out, rules_dir, now, deployments.operator_name())
         manifest = reevaluate(start, end, out, str(folder), chunk_days, dask_address, workers)
-        cause = f"backfill {start}..{end} with ruleset {manifest['ruleset_version']}, run {manifest['run_id']}"
-        manifest["worklog"] = record_in_worklog(
-            out, (start, end), manifest["run_id"], cause, deployments.operator_name(), now, interface="night"
-        )
         manifest["change_report"] = f"runs/{manifest['run_id']}/changes.html"
         write_json(Path(out) / "runs" / manifest["run_id"] / "manifest.json", manifest)
         write_change_report(out, manifest, FolderChanges(rules=[], other_files={}))
         return manifest
-
-
-def record_in_worklog(
-    out: str, span: tuple[dt.date, dt.date], run_id: str, cause: str, actor: str, at: str, interface: str = "deploy"
-) -> dict:
-    """The re-evaluated findings into the coders' worklog, with the deployment (or backfill) as the
-    cause of every status it changes: findings it no longer produces are resolved, returning ones
-    are reopened and keep their history. Counts only."""
-    from b12pipeline.backfill import date_range
-    from b12pipeline.queues import read_queue
-    from b12pipeline.worklog import apply_evaluation, open_worklog
-
-    days = date_range(*span)
-    findings = read_queue(OutputLayout(Path(out)).queues, dates=days)
-    counts = apply_evaluation(
-        open_worklog(out),
-        findings,
-        days,
-        night=dt.date.fromisoformat(at[:10]),
-        cause=cause[:200],
-        interface=interface,
-        actor=actor,
-        run_id=run_id,
-    )
-    return counts.to_dict()
 
 
 def reevaluate(
@@ -168,6 +162,8 @@ def reevaluate(
     chunk_days: int | None = None,
     dask_address: str | None = None,
     workers: int | None = None,
+    worklog_cause: str | None = None,
+    worklog_actor: str | None = None,
 ) -> dict:
     """Run the backfill flow on the chosen task runner (the caller holds the output lock). Default
     chunking: the look-back length on the local thread pool (Polars already uses every core), 7 days
@@ -175,4 +171,12 @@ def reevaluate(
     if chunk_days is None and (dask_address or workers):
         chunk_days = DASK_CHUNK_DAYS
     target = backfill_flow.with_options(task_runner=task_runner(dask_address, workers))
-    return target(start=start, end=end, out=out, rules_dir=rules_dir, chunk_days=chunk_days)
+    return target(
+        start=start,
+        end=end,
+        out=out,
+        rules_dir=rules_dir,
+        chunk_days=chunk_days,
+        worklog_cause=worklog_cause,
+        worklog_actor=worklog_actor,
+    )

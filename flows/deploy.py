@@ -42,7 +42,7 @@ def deploy_rules(
 
     The gates run before anything is written, and the output lock is taken before the first write:
     a refusal (GatesFailed, RulesetError, runguard.OutputLocked) changes nothing under `out`."""
-    from flows.backfill import record_in_worklog, reevaluate
+    from flows.backfill import reevaluate
 
     folder, out = Path(folder), str(out)
     active = deployments.read_active(out)
@@ -85,10 +85,13 @@ def deploy_rules(
         }
         if span is None:
             return {"run_id": "", "deployment": record, "diff": None}
-        manifest = reevaluate(span[0], span[1], out, str(snapshot), chunk_days, dask_address, workers)
+        # The worklog records each finding this resolves, reopens or brings in with the deployment as cause.
+        cause = f"{kind} of ruleset {record['from_version'] or '(none)'} -> {version}"
+        manifest = reevaluate(
+            span[0], span[1], out, str(snapshot), chunk_days, dask_address, workers, cause, deployment.deployed_by
+        )
         record["counts"] = manifest["diff"]["total"]
-        cause = f"{kind} of ruleset {record['from_version'] or '(none)'} -> {version}, run {manifest['run_id']}"
-        record["worklog"] = record_in_worklog(out, span, manifest["run_id"], cause, deployment.deployed_by, deployed_at)
+        record["worklog"] = manifest.get("worklog", {})
         manifest["deployment"] = record
         changes = rule_changes(baseline, snapshot)
         manifest["rules_changed"] = sorted(changes.changed_rule_ids)

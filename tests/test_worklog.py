@@ -244,3 +244,38 @@ def test_a_worklog_at_the_first_migration_upgrades_and_keeps_its_rows(worklog_ur
     assert statuses(engine) == {"a": "open"}
     night(engine, findings("a"), N2)
     assert statuses(engine) == {"a": "open"}
+
+
+def test_an_edit_during_a_night_waits_for_it_and_both_land_in_the_audit_log(worklog_engine):
+    """The night holds the write lock for its whole update; a coder's edit meanwhile waits (no
+    'database is locked' error, no lost update) and applies on top of what the night decided."""
+    import threading
+
+    from b12pipeline.worklog.lifecycle import _apply
+    from b12pipeline.worklog.store import write_transaction
+
+    night(worklog_engine, findings("a", "b"), N1)
+    done: list = []
+    with write_transaction(worklog_engine) as conn:
+        _apply(conn, findings("a"), [DOS], N2, "night-2", "night", "b12pipeline", "night-2", None, utc())
+        coder = threading.Thread(
+            target=lambda: done.append(
+                set_findings(worklog_engine, ["b"], actor="ana", interface="excel", reasons=REASONS, owner="ana")
+            )
+        )
+        coder.start()
+        coder.join(1.0)
+        assert coder.is_alive() and not done  # waiting for the night's transaction
+    coder.join(60)
+    assert done and done[0].changed == ["b"]
+    state = read_states(worklog_engine, ["b"]).row(0, named=True)
+    assert (state["status"], state["owner"]) == ("resolved", "ana")
+    assert [(h["interface"], h["field"], h["after"]) for h in history(worklog_engine, "b")] == [
+        ("night", "status", "new"),
+        ("night", "status", "resolved"),
+        ("excel", "owner", "ana"),
+    ]
+
+
+def utc() -> dt.datetime:
+    return dt.datetime(2024, 3, 2, 3, 0, tzinfo=dt.timezone.utc)
