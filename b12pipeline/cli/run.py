@@ -8,6 +8,7 @@ from typing import Callable, List, Optional
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from b12pipeline.cli.common import (
@@ -200,6 +201,8 @@ def print_summary(manifest: dict, out: Path) -> None:
     for i in manifest["inputs"]:
         if i["status"] == "rejected":
             err_console.print(f"[red]rejected[/] {i['error']}  -> {out / 'rejected'}")
+    for warning in manifest.get("warnings", []):  # stale CMS tables (reference_max_age_quarters)
+        err_console.print(f"[yellow]warning[/] {escape(warning)}", soft_wrap=True)
     console.print(f"queues:     {out / 'queues'}")
     console.print(f"quarantine: {out / 'quarantine'}")
     console.print(f"run record: {out / 'runs' / manifest['run_id'] / 'manifest.json'}")
