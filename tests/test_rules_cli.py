@@ -41,6 +41,7 @@ def test_list_shows_every_rule_file():
         assert heading in result.output
 
 
+@pytest.mark.slow  # every case of every rule
 def test_test_runs_every_case_and_passes():
     result = invoke("rules", "test")
     ruleset = load_ruleset()
@@ -50,6 +51,7 @@ def test_test_runs_every_case_and_passes():
     assert f"{total} of {total} case(s) passed" in result.output
 
 
+@pytest.mark.slow  # every case of every rule, on a copy
 def test_test_reports_a_failing_case_and_exits_1(rules_copy: Path):
     # a "passes" case that in fact fires: the lot is missing on a given IM injection
     broken = DOC001.replace('- {_note: "lot documented"}', '- {_note: "lot documented", lot_number: null}')
@@ -117,6 +119,11 @@ def test_lint_reports_every_broken_file_by_name(rules_copy: Path, tmp_path: Path
         ),
         (lambda t: t.split("  passes:")[0], "cases.passes: needs at least one case"),
         (lambda t: t.replace("id: DOC-001", "id: DOC-009"), "id: file name must be DOC-009.yaml or DOC-009.v<N>.yaml"),
+        (lambda t: t.replace("id: DOC-001", "id: doc-1"), "id: 'doc-1' is not an id like CODE-001"),
+        (
+            lambda t: re.sub(r"citations:\n(  - .*\n)+", 'citations: ["CMS"]\n', t),
+            "citations: cite a source (what it is and where), not a word",
+        ),
         (
             lambda t: t.replace("queue: documentation", "queue: coding"),
             "queue: file is in documentation/ but its queue is coding",

@@ -8,6 +8,7 @@ from typing import Callable, List, Optional
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from b12pipeline.cli.common import (
@@ -130,8 +131,12 @@ def run_landing(
 
 def check_engine(engine: str) -> None:
     """Usage error for an unknown engine, or durable when durable-rules is not installed."""
+    from b12pipeline.engine.engines import ENGINES
+
     if engine == "polars":  # the default: nothing to check, and no reason to import the engine yet
         return
+    if engine not in ENGINES:
+        raise usage_error(f"--engine {engine}: unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     from b12pipeline.engine.durable import DurableUnavailable
     from b12pipeline.engine.engines import evaluator
 
@@ -187,6 +192,8 @@ def print_summary(manifest: dict, out: Path) -> None:
     for i in manifest["inputs"]:
         if i["status"] == "rejected":
             err_console.print(f"[red]rejected[/] {i['error']}  -> {out / 'rejected'}")
+    for warning in manifest.get("warnings", []):  # stale CMS tables (reference_max_age_quarters)
+        err_console.print(f"[yellow]warning[/] {escape(warning)}", soft_wrap=True)
     console.print(f"queues:     {out / 'queues'}")
     console.print(f"quarantine: {out / 'quarantine'}")
     console.print(f"run record: {out / 'runs' / manifest['run_id'] / 'manifest.json'}")
