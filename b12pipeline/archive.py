@@ -120,6 +120,8 @@ def _append_index(archive_root: Path, sha256: str, target: Path, night: str) -> 
 
 
 EXTRACT_SUFFIXES = (".csv", ".txt", ".parquet", ".pq", ".ndjson", ".jsonl")
+# `synth` writes its expected findings beside the extract as <extract>.labels.parquet: never an extract.
+LABELS_SUFFIX = ".labels.parquet"
 
 
 def landing_extracts(landing: Path, archive_root: Path) -> tuple[list[Path], list[Path]]:
@@ -128,6 +130,9 @@ def landing_extracts(landing: Path, archive_root: Path) -> tuple[list[Path], lis
     candidates = sorted(
         p
         for p in landing.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in EXTRACT_SUFFIXES
+        if p.is_file()
+        and not p.name.startswith(".")
+        and p.suffix.lower() in EXTRACT_SUFFIXES
+        and not p.name.lower().endswith(LABELS_SUFFIX)
     )
     return candidates, [p for p in candidates if sha256_file(p) not in seen]

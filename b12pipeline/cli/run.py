@@ -144,8 +144,12 @@ def run_landing(
 
 def check_engine(engine: str) -> None:
     """Usage error for an unknown engine, or durable when durable-rules is not installed."""
+    from b12pipeline.engine.engines import ENGINES
+
     if engine == "polars":  # the default: nothing to check, and no reason to import the engine yet
         return
+    if engine not in ENGINES:
+        raise usage_error(f"--engine {engine}: unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     from b12pipeline.engine.durable import DurableUnavailable
     from b12pipeline.engine.engines import evaluator
 
