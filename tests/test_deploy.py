@@ -31,6 +31,9 @@ from b12pipeline.cli import app
 from b12pipeline.pipeline import Rules
 from b12pipeline.rulesets import ruleset_version, versioned_files
 
+# Every test here runs the real flows on a multi-night history (the module fixture runs nine nights).
+pytestmark = pytest.mark.slow
+
 CHANGED_DAY = dt.date(2024, 3, 6)  # where the FREQ-001 change shows in the history fixture
 
 
