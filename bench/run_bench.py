@@ -9,6 +9,7 @@ Measurements (each in its own subprocess; wall time, CPU time and peak RSS from 
   profile   the same night's library steps in-process, timed one by one (where the time goes)
   rules     the rule stage alone on the facts frame: Polars engine vs durable-rules (subset)
   backfill  one night of a year's rows through `run`, then `b12pipeline backfill` over that year
+  preview   `b12pipeline rules preview` of a changed ruleset over that same year of history
   bulk      ingest of a FHIR Bulk Data export folder vs the same administrations as canonical Parquet
   worklog   the coders' worklog lifecycle update on nights with 100k open findings (the 1M run's own)
 --quick (or BENCH_QUICK=1) uses small sizes so the harness itself can be tested; its numbers mean
@@ -128,6 +129,7 @@ TARGETS = {
     "rules_vs_durable": "rule stage >= 30 x the durable-rules engine on the same rules",
     "allmed_rss": "5M-row all-medication extract: peak RSS <= 4 GB",
     "backfill_ratio": "365-night backfill <= 2 x the one-night run over the same rows",
+    "preview_ratio": "`rules preview` of a 365-day history <= 2 x the one-night run over the same rows",
     "fixed_temporary": "70-row night <= 2 x `import polars, prefect, great_expectations` (temporary server)",
     "fixed_running": "70-row night <= 1.2 x that import (running server, PREFECT_API_URL)",
     "early_error": "malformed rule file reported <= 1.5 x `b12pipeline --help`",
@@ -245,6 +247,7 @@ class Bench:
             "profile": {},
             "rules": {},
             "backfill": {},
+            "preview": {},
             "bulk": {},
             "synth": {},
             "worklog": {},
@@ -526,6 +529,33 @@ class Bench:
             )
             self.results["backfill"][key] = row
 
+    def preview(self, ds: Dataset) -> None:
+        """`rules preview` of a changed ruleset (DOC-001 raised to an error, FREQ-001 extended to
+        commercial payers, both with new versions) over the year the backfill re-evaluated."""
+        out = self.work / f"out-{ds.name}"
+        candidate = self.work / "rules-candidate"
+        shutil.rmtree(candidate, ignore_errors=True)
+        shutil.copytree(PROJECT / "rules", candidate)
+        for rel, edits in (
+            ("documentation/DOC-001.yaml", [("severity: warning", "severity: error")]),
+            ("medical_necessity/FREQ-001.yaml", [("in: {config: frequency_payers}", "in: [medicare, commercial]")]),
+        ):
+            path = candidate / rel
+            text = path.read_text()
+            for old, new in edits:
+                text = text.replace(old, new, 1)
+            version = int(text.split('version: "', 1)[1].split('"', 1)[0])
+            path.write_text(text.replace(f'version: "{version}"', f'version: "{version + 1}"', 1))
+        first = dt.date.fromisoformat(ds.start)
+        last = first + dt.timedelta(days=ds.days - 1)
+        cmd = [self.cli, "rules", "preview", "--rules", str(candidate), "--out", str(out)]
+        cmd += ["--from", first.isoformat(), "--to", last.isoformat()]
+        m = self._run(f"preview-{ds.name}", cmd)
+        night = self.results["run"][ds.name]
+        row = _row(ds, m)
+        row.update({"nights": ds.days, "one_night_wall_s": night["wall_s"], "ratio": m.wall_s / night["wall_s"]})
+        self.results["preview"][ds.name] = row
+
     def bulk(self, ds: Dataset) -> None:
         """Ingest (read_extract with the B12 scope, as a night calls it) of the same administrations
         written by `synth` (same seed) as canonical Parquet and as a FHIR Bulk Data export folder."""
@@ -626,6 +656,7 @@ class Bench:
         extract = self.synth(p.backfill)
         self.floor(p.backfill, extract)
         self.backfill(p.backfill, extract, p.backfill_chunks)
+        self.preview(p.backfill)
         self.echo("a small night after the year of history, and on an empty store")
         self.small_night(p.backfill)
         if p.bulk is not None:
@@ -772,6 +803,8 @@ def evaluate_targets(plan: Plan, r: dict) -> dict:
             met=False,
             gap=f"did not finish: {bf['outcome']} after {bf['wall_s']:.0f} s (> {bf['ratio']:.1f}x the one-night run)",
         )
+    pv = r.get("preview", {}).get(plan.backfill.name)
+    add("preview_ratio", pv["ratio"] if pv else None, 2, "x one night")
     wl = r.get("worklog", {}).get(big)
     # The typical night (1% corrected, 1% new); the one-off nights are in the worklog table.
     add("worklog_ratio", wl["ratios"]["steady"] * 100 if wl else None, 10, "% of the run")
@@ -1122,6 +1155,24 @@ def render(plan: Plan, facts: dict, r: dict, targets: dict, elapsed: float) -> s
             for v in r["backfill"].values()
         ],
     )
+    if r.get("preview"):
+        L += ["", "## Rules preview: a changed ruleset over the same year of history (writes only previews/)", ""]
+        L += _table(
+            ["history", "rows", "one-night run s", "preview s", "ratio", "preview CPU s", "peak RSS MB", "load"],
+            [
+                [
+                    v["label"],
+                    v["rows"],
+                    v["one_night_wall_s"],
+                    v["wall_s"],
+                    v["ratio"],
+                    v["cpu_s"],
+                    v["peak_rss_mb"],
+                    v["load_before"],
+                ]
+                for v in r["preview"].values()
+            ],
+        )
     if r.get("bulk"):
         L += [
             "",

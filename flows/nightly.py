@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 import b12pipeline  # noqa: F401  (telemetry defaults before prefect is imported)
-from b12pipeline import pipeline, progress, report
+from b12pipeline import deployments, pipeline, progress, report
 from b12pipeline.archive import archive_file
 from b12pipeline.files import sha256_file
 from b12pipeline.paths import OutputLayout
@@ -133,6 +133,8 @@ def _nightly(
 ) -> dict:
     logger = get_run_logger()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    # The output root's deployed ruleset, never a folder that differs from it (b12pipeline/deployments.py).
+    rules_dir = str(deployments.resolve_rules(out, rules_dir, started_at, deployments.operator_name()))
     rules = pipeline.Rules.load(rules_dir)
     checksums = [sha256_file(Path(p)) for p in extracts]
     run_id = pipeline.make_run_id(night, checksums, rules.ruleset.version)

@@ -20,6 +20,7 @@ TARGET_KEYS = {
     "rules_vs_durable",
     "allmed_rss",
     "backfill_ratio",
+    "preview_ratio",
     "fixed_temporary",
     "fixed_running",
     "early_error",
@@ -70,6 +71,7 @@ def test_results_markdown_has_machine_facts_targets_and_a_table_per_measurement(
         "### Where the time goes",
         "## (c) Rule stage alone",
         "## Backfill",
+        "## Rules preview",
         "## (d) Ingest of a FHIR Bulk Data export",
         "## (e) Coders' worklog",
         "## Pulling a night from PostgreSQL",
@@ -85,6 +87,7 @@ def test_results_markdown_has_machine_facts_targets_and_a_table_per_measurement(
         line
         for line in targets.splitlines()
         if line.startswith("| `run`")
+        or line.startswith("| `rules preview`")
         or line.startswith("| rule")
         or line.startswith("| 5M")
         or line.startswith("| 365")
@@ -127,6 +130,8 @@ def test_results_json_has_every_measurement_with_time_rate_and_peak_rss(quick):
     assert set(r["small_night"]) == {"empty", "year"} and r["run_running"]["quick"]["wall_s"] > 0
     backfill = r["backfill"]["quick"]
     assert backfill["nights"] == 10 and backfill["ratio"] == pytest.approx(backfill["wall_s"] / run["wall_s"])
+    preview = r["preview"]["quick"]
+    assert preview["nights"] == 10 and preview["ratio"] == pytest.approx(preview["wall_s"] / run["wall_s"])
     # the same administrations read from a Bulk Data export folder and from Parquet, side by side
     bulk = r["bulk"]["quick"]
     assert bulk["same_rows"] is True and bulk["bulk"]["detail"]["format"] == "fhir-bulk"

@@ -35,6 +35,12 @@ def register(app: typer.Typer) -> None:
             raise usage_error(f"--landing {landing} is not a folder")
         if rules is not None and not rules.is_dir():
             raise usage_error(f"--rules {rules} is not a folder")
+        from b12pipeline.deployments import RulesetError, check_requested
+
+        try:
+            check_requested(out, rules)
+        except RulesetError as exc:
+            raise usage_error(str(exc)) from None
         rules_dir = str(rules.resolve()) if rules else None
         if source is not None:
             sources_file = checked_sources_file(source, sources)
