@@ -42,7 +42,7 @@ ROUTE_CLASSES = {
     "self_administered": ["intranasal", "nasal", "oral", "po", "sublingual", "sl", "by mouth"],
 }
 
-_TIMESTAMP_LOCAL = r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?)"
+_TIMESTAMP_LOCAL = r"^([0-9]{4}-[0-9]{2}-[0-9]{2})[T ]([0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?)"
 
 
 def _blank_to_null(expr: pl.Expr) -> pl.Expr:
@@ -81,15 +81,15 @@ def number(col: str) -> pl.Expr:
 def ndc_parts(col: str = "ndc") -> tuple[pl.Expr, pl.Expr]:
     """(ndc11, ndc_status): status is empty | valid | ambiguous (ten bare digits) | malformed."""
     s = pl.col(col).str.replace_all(r"\s+", "")
-    seg = s.str.extract_groups(r"^(\d{4,5})-(\d{3,4})-(\d{1,2})$")
+    seg = s.str.extract_groups(r"^([0-9]{4,5})-([0-9]{3,4})-([0-9]{1,2})$")
     a, b, c = (seg.struct.field(str(i)) for i in (1, 2, 3))
     shape = pl.concat_str(
         a.str.len_chars().cast(pl.String), b.str.len_chars().cast(pl.String), c.str.len_chars().cast(pl.String)
     )
     hyphen_ok = shape.is_in(["442", "532", "541", "542"])
     padded = pl.concat_str(a.str.zfill(5), b.str.zfill(4), c.str.zfill(2))
-    bare11 = s.str.contains(r"^\d{11}$")
-    bare10 = s.str.contains(r"^\d{10}$")
+    bare11 = s.str.contains(r"^[0-9]{11}$")
+    bare10 = s.str.contains(r"^[0-9]{10}$")
     ndc11 = pl.when(hyphen_ok).then(padded).when(bare11).then(s).otherwise(None)
     status = (
         pl.when(s.is_null() | (s == ""))
@@ -179,7 +179,7 @@ def npi_valid(col: str = "ordering_provider_npi") -> pl.Expr:
     for i in range(9):  # d1..d9; d9, d7, d5, d3, d1 (even indices) are doubled
         total = total + (doubled(digit[i]) if i % 2 == 0 else digit[i])
     check = (10 - total % 10) % 10
-    return (s.str.contains(r"^\d{10}$") & (check == digit[9])).fill_null(False)
+    return (s.str.contains(r"^[0-9]{10}$") & (check == digit[9])).fill_null(False)
 
 
 # --- the facts frame ----------------------------------------------------------------------------

@@ -82,7 +82,11 @@ def write_quarantine(rows: pl.DataFrame, quarantine_root: Path, file_key: str, n
     """
     if rows.height == 0:
         return 0
-    day = rows["admin_time"].str.extract(r"^(\d{4}-\d{2}-\d{2})", 1).str.strptime(pl.Date, "%Y-%m-%d", strict=False)
+    day = (
+        rows["admin_time"]
+        .str.extract(r"^([0-9]{4}-[0-9]{2}-[0-9]{2})", 1)
+        .str.strptime(pl.Date, "%Y-%m-%d", strict=False)
+    )
     # A year outside 1..9999 is a date Python cannot name (a partition folder needs one): unreadable.
     day = pl.select(pl.when(day.dt.year().is_between(1, 9999)).then(day)).to_series()
     rows = rows.with_columns(day.alias("_day"), pl.lit(run_id).alias("run_id"))
