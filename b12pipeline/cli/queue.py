@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from b12pipeline.cli.common import EXIT_OK, console, parse_date, usage_error
@@ -115,10 +116,11 @@ def register(app: typer.Typer) -> None:
             table.add_row(
                 r["service_date"].isoformat(),
                 f"{r['rule_id']}\n[{style}]{r['severity']}",
-                "\n".join(str(r[c] or "") for c in ("patient_id", "encounter_id", "admin_id")),
-                r["message"] or "",
-                r["expected"] or "",
-                r["actual"] or "",
+                # identifiers, messages and values come from extracts: text, never Rich markup
+                escape("\n".join(str(r[c] or "") for c in ("patient_id", "encounter_id", "admin_id"))),
+                escape(r["message"] or ""),
+                escape(r["expected"] or ""),
+                escape(r["actual"] or ""),
             )
         console.print(table)
         if shown.height < found.height:
