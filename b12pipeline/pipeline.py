@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import json
 import shutil
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,8 +29,12 @@ from b12pipeline.ingest import FileRejected, read_extract
 from b12pipeline.paths import OutputLayout
 from b12pipeline.queues import atomic_write_parquet, write_quarantine, write_queue_partitions
 from b12pipeline.reference import Reference, load_reference
-from b12pipeline.runguard import restrict
 from b12pipeline.validate import validate
+
+
+def extract_checksum(path: Path) -> str:
+    """The file's SHA-256, or "" for a symbolic link or a missing file (never read through a link)."""
+    return sha256_file(path) if path.is_file() and not path.is_symlink() else ""
 
 
 def sha256_file(path: Path) -> str:
@@ -73,20 +78,44 @@ class StageResult:
     out_of_scope: int = 0
     quarantined: int = 0
     staged: str = ""  # Parquet of valid canonical B12 rows ("" when none)
+    rejected_as: str = ""  # its name in rejected/ (rejected files only)
     unexpected_counts: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def reject_file(path: Path, layout: OutputLayout, reason: str, move: bool) -> None:
-    """Put the file aside intact in rejected/ with <file>.error.txt beside it."""
+def rejected_name(path: Path, sha256: str) -> str:
+    """`<stem>-<sha[:12]><suffix>`: a later file of the same name never overwrites an earlier one."""
+    return f"{path.stem}-{sha256[:12]}{path.suffix}" if sha256 else path.name
+
+
+def reject_file(path: Path, layout: OutputLayout, reason: str, sha256: str) -> str:
+    """Keep a copy of the file's bytes in rejected/ with `<name>.error.txt` beside it; return the name.
+
+    Always a copy: `nightly` removes the landing file only once the night is recorded
+    (flows/nightly.py), so a run killed in between rejects it again. A symbolic link is never
+    followed: only the error file is written (the link's target is not ours to copy or change)."""
+    from b12pipeline.archive import _copy_no_follow
+
     layout.rejected.mkdir(parents=True, exist_ok=True)
-    target = layout.rejected / path.name
-    if path.exists():
-        (shutil.move if move else shutil.copy2)(str(path), target)
-        restrict(target)  # copy2/move keep the source's mode; the output root is owner-only
-    (layout.rejected / f"{path.name}.error.txt").write_text(f"{path.name}: {reason}\n")
+    name = rejected_name(path, sha256)
+    target = layout.rejected / name
+    if sha256 and not path.is_symlink() and path.is_file():
+        tmp = layout.rejected / f".{name}.{uuid.uuid4().hex}.tmp"
+        try:
+            _copy_no_follow(path, tmp)
+            tmp.replace(target)  # created under the run's umask: owner-only, whatever the source's mode
+        finally:
+            tmp.unlink(missing_ok=True)
+    write_text_atomic(layout.rejected / f"{name}.error.txt", f"{path.name}: {reason}\n")
+    return name
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def stage_file(
@@ -96,13 +125,12 @@ def stage_file(
     night: dt.date,
     rules: Rules,
     source: str | None = None,
-    move_rejected: bool = False,
     sha256: str | None = None,
 ) -> StageResult:
     """`sha256`: the file's checksum when the caller already has it (the flow hashes every input
     once for the run id; hashing a large extract again costs a full read)."""
     path, layout = Path(path), OutputLayout(Path(out))
-    result = StageResult(file=path.name, sha256=sha256 or (sha256_file(path) if path.is_file() else ""))
+    result = StageResult(file=path.name, sha256=sha256 if sha256 is not None else extract_checksum(path))
     try:
         # Only B12 rows are read in (CSV/Parquet stream past the rest): scope is decided on raw
         # text (NDC, RxNorm, name), so nothing that could fail to parse decides it.
@@ -126,9 +154,10 @@ def stage_file(
                 f"most common: {_top_failures(outcome.unexpected_counts)}",
             )
     except FileRejected as exc:
-        reject_file(path, layout, exc.reason, move_rejected)
+        result.rejected_as = reject_file(path, layout, exc.reason, result.sha256)
         result.status, result.error = "rejected", str(exc)
-        result.in_scope = result.out_of_scope = result.quarantined = 0
+        # A rejected file counts no rows (docs/reliability.md): it is kept whole in rejected/.
+        result.rows_read = result.in_scope = result.out_of_scope = result.quarantined = 0
         progress.emit("file_done", file=result.file, status=result.status)
         return result
     key = f"{Path(result.file).stem}-{result.sha256[:12]}"

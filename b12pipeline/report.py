@@ -38,9 +38,12 @@ def build_manifest(
     out: Path,
     ruleset_version: str,
     rules_dir: str,
+    ignored: list[dict] | None = None,
 ) -> dict:
     layout = OutputLayout(out)
-    totals = {k: sum(i.get(k, 0) for i in inputs) for k in ("rows_read", "in_scope", "out_of_scope", "quarantined")}
+    # A rejected file counts no rows (it is kept whole in rejected/), whatever its record says.
+    counted = [i for i in inputs if i["status"] != "rejected"]
+    totals = {k: sum(i.get(k, 0) for i in counted) for k in ("rows_read", "in_scope", "out_of_scope", "quarantined")}
     totals["files"] = len(inputs)
     totals["files_rejected"] = sum(1 for i in inputs if i["status"] == "rejected")
     safe_inputs = [{k: v for k, v in i.items() if k not in ("staged",)} for i in inputs]
@@ -54,6 +57,7 @@ def build_manifest(
         "ruleset_version": ruleset_version,
         "rules_dir": rules_dir,
         "inputs": safe_inputs,
+        "ignored": ignored or [],  # landing entries not read, each with the rule that skipped it
         "totals": totals,
         "dates_evaluated": applied.get("dates", []),
         "findings": findings_counts(layout.queues, applied.get("dates", [])),

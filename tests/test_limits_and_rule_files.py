@@ -63,10 +63,10 @@ REJECTED = [
         "data row 17: an unclosed quote",
     ),
     (
-        "enormous field (5,000 bytes)",
+        "enormous field (5,000 bytes) holding line breaks: an unclosed quote",
         "emar.csv",
-        _csv_with_row(",".join(["y" * 5000] * N_COLS)),
-        "data row 17, column admin_id",
+        _csv_with_row('"' + "y\n" * 2500 + '",' + ",".join(["x"] * (N_COLS - 1))),
+        "data row 17, column admin_id: a value over the limit of 4K (B12_MAX_FIELD_BYTES) holding line breaks",
     ),
     ("repeated column name", "emar.csv", CLEAN.replace(b"route,", b"route,route,", 1), "duplicate column"),
     ("Parquet bytes that are not Parquet", "emar.parquet", b"PAR1" + b"\0" * 100, "not a readable Parquet"),
@@ -92,6 +92,17 @@ ACCEPTED = [
     ("invalid UTF-8 in a value", CLEAN.replace(b"left deltoid", b"left \xff\xfe deltoid", 1), 16),
     ("quoted newline inside a value", CLEAN.replace(b"left deltoid", b'"left\ndeltoid"', 1), 16),
 ]
+
+
+def test_one_over_long_value_quarantines_its_row_and_the_rest_is_read(tmp_path):
+    path = tmp_path / "emar.csv"
+    path.write_bytes(_csv_with_row(",".join(["MAR-9-1", "P9", "E9", "z" * 5000] + ["x"] * (N_COLS - 4))))
+    extract = read_extract(path)
+    assert extract.rows == 17 and extract.frame.height == 16
+    (held,) = extract.quarantine.iter_rows(named=True)
+    assert held["source_row"] == 17 and held["admin_id"] == "MAR-9-1"
+    assert held["failed_expectations"] == ["value_within_length_limit"]
+    assert "over the limit of 4K" in held["failure_reasons"] and "z" * 10 not in held["failure_reasons"]
 
 
 @pytest.mark.parametrize("case,data,rows", ACCEPTED, ids=[c[0] for c in ACCEPTED])
@@ -161,7 +172,8 @@ print(json.dumps({"outcome": outcome, "peak_mb": resource.getrusage(resource.RUS
     "kind,name,expected,peak_mb",
     [
         ("parquet-dictionary", "bomb.parquet", "bytes of text once decoded, over the limit of 4G", 1024),
-        ("csv-field", "field.csv", "data row 1, column order_id: a value over the limit of 4K", 3072),
+        # one long value without line breaks is that row's problem: read, the row quarantined
+        ("csv-field", "field.csv", "read", 3072),
     ],
 )
 def test_bombs_are_refused_within_bounded_memory(tmp_path, kind, name, expected, peak_mb):

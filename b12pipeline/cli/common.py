@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
@@ -43,11 +44,11 @@ def output_guard(out: Path, wait: bool):
     from b12pipeline.runguard import OutputLocked, guard_output
 
     def waiting(holder: str) -> None:
-        err_console.print(f"waiting for {out}: in use by {holder}")
+        err_console.print(escape(f"waiting for {out}: in use by {holder}"))
 
     try:
         with guard_output(out, wait=wait, on_wait=waiting):
             yield
     except OutputLocked as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(EXIT_BUSY) from None

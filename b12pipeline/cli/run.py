@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -33,13 +34,14 @@ def run_night(
     move_rejected: bool,
     engine: str = "polars",
     wait: bool = False,
+    ignored: list[dict] | None = None,
 ) -> int:
     night = parse_date(night_text, "--night") or today()
     if rules is not None and not rules.is_dir():
         raise usage_error(f"--rules {rules} is not a folder")
     check_engine(engine)
     with output_guard(out, wait):
-        return _run_night(extracts, out, night, rules, source, move_rejected, engine)
+        return _run_night(extracts, out, night, rules, source, move_rejected, engine, ignored or [])
 
 
 def _run_night(
@@ -50,6 +52,7 @@ def _run_night(
     source: Optional[str],
     move_rejected: bool,
     engine: str,
+    ignored: list[dict],
 ) -> int:
     from b12pipeline.engine.rulefile import RuleFileError
     from flows.nightly import nightly_flow
@@ -66,7 +69,7 @@ def _run_night(
         task = bar.add_task(f"night {night}: starting Prefect, reading {len(extracts)} file(s)", total=len(extracts))
         stop = progress.listen(
             lambda event, data: (
-                bar.update(task, advance=1, description=f"night {night}: {data['file']} {data['status']}")
+                bar.update(task, advance=1, description=f"night {night}: {escape(data['file'])} {data['status']}")
                 if event == "file_done"
                 else None
             )
@@ -80,6 +83,7 @@ def _run_night(
                 source=source,
                 move_rejected=move_rejected,
                 engine=engine,
+                ignored=ignored,
             )
         except RuleFileError as exc:
             raise usage_error(str(exc)) from None
@@ -97,8 +101,6 @@ def check_engine(engine: str) -> None:
     try:
         evaluator(engine)
     except (ValueError, DurableUnavailable) as exc:
-        from rich.markup import escape  # the hint contains [durable], which is not markup
-
         raise usage_error(escape(f"--engine {engine}: {exc}")) from None
 
 
@@ -106,6 +108,7 @@ ENGINE_HELP = "Rule engine: polars (default) or durable (optional second engine;
 
 
 def print_summary(manifest: dict, out: Path) -> None:
+    """File names, reasons and paths come from data: escaped, so `[/]` in them is text, not markup."""
     t = manifest["totals"]
     files = Table(title=f"Night {manifest['night']} - run {manifest['run_id']}", show_lines=False)
     files.add_column("file", no_wrap=True, overflow="fold")
@@ -114,7 +117,7 @@ def print_summary(manifest: dict, out: Path) -> None:
     for i in manifest["inputs"]:
         status = "[green]processed" if i["status"] == "processed" else "[red]rejected"
         files.add_row(
-            i["file"],
+            escape(i["file"]),
             status,
             f"{i['rows_read']:,}",
             f"{i['in_scope']:,}",
@@ -138,12 +141,15 @@ def print_summary(manifest: dict, out: Path) -> None:
     console.print(queues)
     for i in manifest["inputs"]:
         if i["status"] == "rejected":
-            err_console.print(f"[red]rejected[/] {i['error']}  -> {out / 'rejected'}")
-    console.print(f"queues:     {out / 'queues'}")
-    console.print(f"quarantine: {out / 'quarantine'}")
-    console.print(f"run record: {out / 'runs' / manifest['run_id'] / 'manifest.json'}")
+            kept = out / "rejected" / i.get("rejected_as", "")
+            err_console.print(f"[red]rejected[/] {escape(i['error'])}  -> {escape(str(kept))}")
+    for entry in manifest.get("ignored", []):
+        console.print(f"ignored {escape(entry['file'])}: {escape(entry['reason'])}")
+    console.print(f"queues:     {escape(str(out / 'queues'))}")
+    console.print(f"quarantine: {escape(str(out / 'quarantine'))}")
+    console.print(f"run record: {escape(str(out / 'runs' / manifest['run_id'] / 'manifest.json'))}")
     if "run_report" in manifest:
-        console.print(f"report:     {out / manifest['run_report']}")
+        console.print(f"report:     {escape(str(out / manifest['run_report']))}")
 
 
 def register(app: typer.Typer) -> None:
@@ -186,13 +192,17 @@ def register(app: typer.Typer) -> None:
     def _nightly(
         landing: Path, out: Path, night: Optional[str], rules: Optional[Path], source: Optional[str], engine: str
     ) -> None:
-        from b12pipeline.archive import landing_extracts
+        from b12pipeline.archive import scan_landing
         from b12pipeline.paths import OutputLayout
 
-        candidates, new = landing_extracts(landing, OutputLayout(out).archive)
-        if not new:
-            console.print(f"nothing new in {landing} ({len(candidates)} file(s) already processed)")
+        scan = scan_landing(landing, OutputLayout(out).archive)
+        if not scan.new:
+            for entry in scan.ignored:
+                console.print(f"ignored {escape(entry['file'])}: {escape(entry['reason'])}")
+            console.print(f"nothing new in {escape(str(landing))} ({len(scan.processed)} file(s) already processed)")
             raise typer.Exit(EXIT_OK)
-        if len(new) < len(candidates):
-            console.print(f"skipping {len(candidates) - len(new)} file(s) already processed (same checksum)")
-        raise typer.Exit(run_night(new, out, night, rules, source, move_rejected=True, engine=engine))
+        if scan.processed:
+            console.print(f"skipping {len(scan.processed)} file(s) already processed (same checksum)")
+        raise typer.Exit(
+            run_night(scan.new, out, night, rules, source, move_rejected=True, engine=engine, ignored=scan.ignored)
+        )

@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from b12pipeline.contract import Contract, load_contract
-from b12pipeline.limits import current_limits, file_problem, frame_problem
+from b12pipeline.limits import LONG_VALUE_CHECK, current_limits, file_problem, frame_problem, long_values
 
 
 class FileRejected(Exception):
@@ -87,8 +87,8 @@ def canonicalise(
     missing = [c for c in contract.required_in_file if c not in present]
     if missing:
         hint = ""
-        if len(rename) == 1:
-            hint = f" (the header was read as one column {next(iter(rename.values()))[:60]!r}: is the delimiter ','?)"
+        if len(rename) == 1:  # never quoted: in a file without a header, the "header" is patient data
+            hint = " (the header was read as one column: is the delimiter ','?)"
         raise FileRejected(path, f"missing required column(s) {', '.join(missing)}{hint}")
     ignored = [c for c in rename.values() if c not in contract.columns]
     exprs = []
@@ -128,6 +128,8 @@ def read_extract(path: Path | str, source: str | None = None, keep: pl.Expr | No
     from b12pipeline.ingest import canonical
 
     path = Path(path)
+    if path.is_symlink():  # never followed: its target may be anywhere (docs/decisions.md)
+        raise FileRejected(path, "a symbolic link; extracts are read only from regular files (not followed)")
     if not path.is_file():
         raise FileRejected(path, "no such file")
     fmt = (source or canonical.format_from_suffix(path)).lower()
@@ -155,4 +157,22 @@ def read_extract(path: Path | str, source: str | None = None, keep: pl.Expr | No
     problem = frame_problem(extract.frame, load_contract().names, limits)
     if problem:
         raise FileRejected(path, problem)
+    delimiter = {"csv": ","}.get(fmt) or (
+        sourcemapped.load_mapping(fmt).delimiter if fmt in sourcemapped.delimited_names() else None
+    )
+    reasons, problem = long_values(extract.frame, load_contract().names, limits, delimiter)
+    if problem:
+        raise FileRejected(path, problem)
+    if reasons is not None:
+        extract.frame, held = split_quarantine(extract.frame, reasons, LONG_VALUE_CHECK)
+        # The over-long values are not copied into quarantine (one can be hundreds of MB): the
+        # archived file keeps them; the reason names the column.
+        held = held.with_columns(
+            pl.when(pl.col(c).str.len_bytes() > limits.max_field_bytes).then(None).otherwise(pl.col(c)).alias(c)
+            for c in load_contract().names
+            if held.schema.get(c) == pl.String
+        )
+        extract.quarantine = (
+            held if extract.quarantine is None else pl.concat([extract.quarantine, held], how="diagonal_relaxed")
+        )
     return extract
