@@ -69,8 +69,8 @@ def rejected_checksums(archive_root: Path) -> set[str]:
 
 
 def _existing_copy(folder: Path) -> Path | None:
-    copies = (
-        sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix != ".sha256")
+    copies = (  # a file, or a folder (a FHIR Bulk Data export)
+        sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.suffix != ".sha256")
         if folder.is_dir()
         else []
     )
@@ -102,7 +102,10 @@ def copy_into_archive(path: Path, sha256: str, archive_root: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{path.name}.{uuid.uuid4().hex}.tmp"
         try:
-            _copy_no_follow(path, tmp)
+            if path.is_dir() and not path.is_symlink():  # a FHIR Bulk Data export folder
+                shutil.copytree(path, tmp, symlinks=True)
+            else:
+                _copy_no_follow(path, tmp)
             actual = sha256_file(tmp)
             if actual != sha256:
                 raise ArchiveError(
@@ -111,6 +114,8 @@ def copy_into_archive(path: Path, sha256: str, archive_root: Path) -> Path:
                 )
             tmp.replace(target)
         finally:
+            if tmp.is_dir():
+                shutil.rmtree(tmp)
             tmp.unlink(missing_ok=True)
         (folder / f"{path.name}.sha256").write_text(f"{sha256}  {path.name}\n")
         return target

@@ -34,12 +34,23 @@ class SiteConfig:
     ndc_required_payers: tuple[str, ...] = ("medicaid",)
     facility_pos: tuple[str, ...] = ("19", "21", "22", "23", "24", "26", "51", "52", "61")
     mod002_institutional: bool = False
+    jwjz_payers: tuple[str, ...] = ("medicare",)
+    antidote_ndcs: tuple[str, ...] = ("50633031011",)
+    antidote_min_dose_mg: float = 100
     covered_dx_prefixes: tuple[str, ...] = ()
     duplicate_window_minutes: int = 60
     frequency_window_days: int = 30
     loading_phase_days: int = 56
     frequency_lookback_days: int = 365
     max_quarantine_share: float = 0.5
+    # Why a coder may dismiss a finding (the worklog refuses any other reason).
+    dismiss_reasons: tuple[str, ...] = (
+        "false positive",
+        "payer exception",
+        "documented elsewhere",
+        "corrected outside b12pipeline",
+        "not billable",
+    )
 
     def get(self, name: str):
         """A configuration value by name, as rule conditions reference it ({config: name})."""
@@ -67,8 +78,9 @@ def load_site_config(path: Path | None = None) -> SiteConfig:
             if not isinstance(value, list):
                 raise ConfigError(f"{path}: {key} must be a list")
             value = tuple(str(v).strip() for v in value)
-            if key in ("given_actions",):
-                value = tuple(v.lower() for v in value)
+            if key in ("given_actions",) or key.endswith("_payers"):
+                # Compared with normalize.enum_text values: case and runs of whitespace do not matter.
+                value = tuple(" ".join(v.split()).lower() for v in value)
         elif isinstance(default, bool):
             if not isinstance(value, bool):
                 raise ConfigError(f"{path}: {key} must be true or false")

@@ -19,9 +19,12 @@ CROSS_ROW_COLUMNS = ("prior_injection_within_window", "days_since_first_injectio
 INJECTION_ROUTES = ("injectable", "intravenous")
 
 
-def is_injection() -> pl.Expr:
-    """A given B12 administration by injection (IM/SC, or IV push): the events cross-row rules count."""
-    return pl.col("given").fill_null(False) & pl.col("route_class").is_in(list(INJECTION_ROUTES))
+def is_injection(antidote_known: bool = True) -> pl.Expr:
+    """A given B12 administration by injection (IM/SC, or IV push): the events cross-row rules count.
+    Cyanide-antidote hydroxocobalamin is not a B12 replacement dose and is not counted (a frame
+    built without `antidote_use`, such as a hand-made history, has no antidote rows)."""
+    injection = pl.col("given").fill_null(False) & pl.col("route_class").is_in(list(INJECTION_ROUTES))
+    return injection & ~pl.col("antidote_use").fill_null(False) if antidote_known else injection
 
 
 def add_cross_row_facts(facts: pl.DataFrame, cfg: SiteConfig) -> pl.DataFrame:
@@ -38,7 +41,9 @@ def add_cross_row_facts(facts: pl.DataFrame, cfg: SiteConfig) -> pl.DataFrame:
                                    duplicate_window_minutes before it (at the same instant, the one
                                    with the larger admin_id is "the later" and is flagged)
     """
-    df = facts.with_columns(is_injection().alias("_inj"), pl.int_range(pl.len(), dtype=pl.Int64).alias("_i"))
+    df = facts.with_columns(
+        is_injection("antidote_use" in facts.columns).alias("_inj"), pl.int_range(pl.len(), dtype=pl.Int64).alias("_i")
+    )
     keyed = df.filter(pl.col("patient_id").is_not_null() & pl.col("service_date").is_not_null()).select(
         "_i", "patient_id", "service_date"
     )

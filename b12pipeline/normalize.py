@@ -20,6 +20,7 @@ B12_NAME_PATTERN = r"(?i)cyanocobalamin|hydroxocobalamin|methylcobalamin|vitamin
 
 MCG_UNITS = ["mcg", "ug", "µg", "μg", "microgram", "micrograms", "mcgs"]
 MG_UNITS = ["mg", "milligram", "milligrams", "mgs"]
+G_UNITS = ["g", "gm", "gram", "grams"]  # Cyanokit is labeled 5 g
 ML_UNITS = ["ml", "milliliter", "milliliters", "millilitre", "millilitres", "mls"]
 
 ROUTE_CLASSES = {
@@ -71,36 +72,93 @@ def expiry_date(col: str = "expiration_date") -> pl.Expr:
 
 
 def number(col: str) -> pl.Expr:
-    """Decimal text -> Float64; "1,000" thousands separators allowed; anything else null."""
-    return pl.col(col).str.replace_all(",", "", literal=True).cast(pl.Float64, strict=False)
+    """Decimal text -> Float64; "1,000" thousands separators allowed; anything else null.
+    "-0" is 0 (adding 0.0 turns IEEE negative zero into zero, so it never shows as "-0")."""
+    return pl.col(col).str.replace_all(",", "", literal=True).cast(pl.Float64, strict=False) + 0.0
+
+
+def positive(expr: pl.Expr) -> pl.Expr:
+    """A quantity that divides or scales a dose: zero, negative or non-finite means unknown."""
+    return pl.when((expr > 0) & expr.is_finite()).then(expr).otherwise(None)
+
+
+def enum_text(col: str) -> pl.Expr:
+    """An enumerated value compared case- and whitespace-insensitively: trimmed, inner runs of
+    whitespace as one space, lower case; empty is null."""
+    text = pl.col(col).str.replace_all(r"\s+", " ").str.strip_chars().str.to_lowercase()
+    return pl.when(text == "").then(None).otherwise(text)
 
 
 # --- NDC ----------------------------------------------------------------------------------------
 
 
-def ndc_parts(col: str = "ndc") -> tuple[pl.Expr, pl.Expr]:
-    """(ndc11, ndc_status): status is empty | valid | ambiguous (ten bare digits) | malformed."""
-    s = pl.col(col).str.replace_all(r"\s+", "")
-    seg = s.str.extract_groups(r"^([0-9]{4,5})-([0-9]{3,4})-([0-9]{1,2})$")
+_NDC_HYPHENATED = r"^([0-9]{4,6})-([0-9]{3,4})-([0-9]{1,2})$"
+# Label shapes that pad to 5-4-2 unambiguously (the padded segment is the short one). A 6-digit
+# labeler is a zero-padded 5-digit one (000406-0522-05): its leading zero is dropped first.
+_NDC_SHAPES = ["442", "532", "541", "542", "642", "641", "632", "631"]
+
+
+def _ndc_text(col: str) -> pl.Expr:
+    """The NDC as written, without whitespace, `*` placeholders read as 0 (054868-5338-*3)."""
+    return pl.col(col).str.replace_all(r"\s+", "").str.replace_all("*", "0", literal=True)
+
+
+def _ndc_segments(col: str) -> tuple[pl.Expr, pl.Expr, pl.Expr, pl.Expr]:
+    """(labeler, product, package, shape) of a hyphenated NDC; shape is the segment lengths ("642")."""
+    seg = _ndc_text(col).str.extract_groups(_NDC_HYPHENATED)
     a, b, c = (seg.struct.field(str(i)) for i in (1, 2, 3))
     shape = pl.concat_str(
         a.str.len_chars().cast(pl.String), b.str.len_chars().cast(pl.String), c.str.len_chars().cast(pl.String)
     )
-    hyphen_ok = shape.is_in(["442", "532", "541", "542"])
-    padded = pl.concat_str(a.str.zfill(5), b.str.zfill(4), c.str.zfill(2))
+    return a, b, c, shape
+
+
+def ndc_parts(col: str = "ndc") -> tuple[pl.Expr, pl.Expr]:
+    """(ndc11, ndc_status): status is empty | valid | ambiguous (ten bare digits) | malformed.
+
+    Accepted: hyphenated 4-4-2, 5-3-2, 5-4-1, 5-4-2; the same with a zero-padded 6-digit labeler
+    (6-4-2, 6-4-1, 6-3-2, 6-3-1); `*` as a placeholder digit 0; 11 bare digits; 12 bare digits with a
+    leading zero. Ten bare digits stay ambiguous: which segment is short cannot be known.
+    """
+    s = _ndc_text(col)
+    a, b, c, shape = _ndc_segments(col)
+    six_ok = (a.str.len_chars() < 6) | a.str.starts_with("0")
+    hyphen_ok = shape.is_in(_NDC_SHAPES) & six_ok
+    padded = pl.concat_str(a.str.slice(-5).str.zfill(5), b.str.zfill(4), c.str.zfill(2))
     bare11 = s.str.contains(r"^[0-9]{11}$")
+    bare12 = s.str.contains(r"^0[0-9]{11}$")
     bare10 = s.str.contains(r"^[0-9]{10}$")
-    ndc11 = pl.when(hyphen_ok).then(padded).when(bare11).then(s).otherwise(None)
+    ndc11 = pl.when(hyphen_ok).then(padded).when(bare11).then(s).when(bare12).then(s.str.slice(1)).otherwise(None)
     status = (
-        pl.when(s.is_null() | (s == ""))
+        pl.when(pl.col(col).is_null() | (s == ""))
         .then(pl.lit("empty"))
-        .when(hyphen_ok | bare11)
+        .when(hyphen_ok | bare11 | bare12)
         .then(pl.lit("valid"))
         .when(bare10)
         .then(pl.lit("ambiguous"))
         .otherwise(pl.lit("malformed"))
     )
     return ndc11, status
+
+
+def ndc_form(col: str = "ndc") -> pl.Expr:
+    """The form the NDC was written in, for the coder: "6-4-2", "11 digits", "6-4-2 with *", "other"."""
+    s = pl.col(col).str.replace_all(r"\s+", "")
+    _, _, _, shape = _ndc_segments(col)
+    hyphenated = pl.concat_str(
+        shape.str.slice(0, 1), pl.lit("-"), shape.str.slice(1, 1), pl.lit("-"), shape.str.slice(2, 1)
+    )
+    form = (
+        pl.when(shape.is_not_null())
+        .then(hyphenated)
+        .when(_ndc_text(col).str.contains(r"^[0-9]+$"))
+        .then(pl.concat_str(s.str.len_chars().cast(pl.String), pl.lit(" digits")))
+        .otherwise(pl.lit("other"))
+    )
+    placeholder = (
+        pl.when(shape.is_not_null() & s.str.contains("*", literal=True)).then(pl.lit(" with *")).otherwise(pl.lit(""))
+    )
+    return pl.when(s.is_null() | (s == "")).then(None).otherwise(pl.concat_str(form, placeholder))
 
 
 # --- scope --------------------------------------------------------------------------------------
@@ -133,7 +191,7 @@ def name_ingredient() -> pl.Expr:
 
 
 def route_class() -> pl.Expr:
-    route = pl.col("route").str.to_lowercase().str.replace_all(r"\s+", " ").str.strip_chars()
+    route = enum_text("route")
     expr = pl.when(False).then(None)
     for klass, spellings in ROUTE_CLASSES.items():
         expr = expr.when(route.is_in(spellings)).then(pl.lit(klass))
@@ -243,10 +301,10 @@ def facts(valid: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame:
     ndc_table = (
         valid.select("ndc")
         .unique()
-        .with_columns(ndc11.alias("ndc11"), ndc_status.alias("ndc_status"))
+        .with_columns(ndc11.alias("ndc11"), ndc_status.alias("ndc_status"), ndc_form().alias("ndc_form"))
         .join(products, on="ndc11", how="left")
     )
-    unit = pl.col("dose_unit").str.to_lowercase().str.strip_chars().str.replace(r"s$", "")
+    unit = enum_text("dose_unit").str.replace(r"s$", "")
     em = pl.col("em_codes")
     df = valid.join(ndc_table, on="ndc", how="left", nulls_equal=True, maintain_order="left")
     df = df.join(rx, on="rxnorm_code", how="left", maintain_order="left")
@@ -254,13 +312,7 @@ def facts(valid: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame:
     df = by_value(
         df,
         "mar_action",
-        {
-            "given": pl.col("mar_action")
-            .str.strip_chars()
-            .str.to_lowercase()
-            .is_in(list(cfg.given_actions))
-            .fill_null(False)
-        },
+        {"given": enum_text("mar_action").is_in(list(cfg.given_actions)).fill_null(False)},
     )
     df = by_value(df, "medication_name", {"name_ingredient": name_ingredient()})
     df = by_value(df, "route", {"route_class": route_class()})
@@ -272,6 +324,8 @@ def facts(valid: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame:
             .then(pl.lit("mcg"))
             .when(unit.is_in(MG_UNITS))
             .then(pl.lit("mg"))
+            .when(unit.is_in(G_UNITS))
+            .then(pl.lit("g"))
             .when(unit.is_in(ML_UNITS))
             .then(pl.lit("ml"))
             .otherwise(None)
@@ -285,16 +339,18 @@ def facts(valid: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame:
         local_timestamp().alias("admin_time"),
         pl.col("_expiry").alias("expiration_date"),
         number("dose_value").alias("dose_value"),
-        number("concentration_mcg_per_ml").alias("concentration_mcg_per_ml"),
-        number("container_volume_ml").alias("container_volume_ml"),
+        # A zero concentration or volume is unknown, like an empty one (docs/decisions.md).
+        positive(number("concentration_mcg_per_ml")).alias("concentration_mcg_per_ml"),
+        positive(number("container_volume_ml")).alias("container_volume_ml"),
         number("waste_mcg").alias("waste_mcg"),
         number("charge_ndc_qty").alias("charge_ndc_qty"),
         pl.col("charge_units").cast(pl.Int64, strict=False).alias("charge_units"),
         pl.col("charge_hcpcs").str.to_uppercase().str.strip_chars().alias("charge_hcpcs"),
         pl.col("admin_cpt").str.to_uppercase().str.strip_chars().alias("admin_cpt"),
-        pl.col("charge_ndc_unit").str.to_uppercase().str.strip_chars().alias("charge_ndc_unit"),
-        pl.col("payer_type").str.to_lowercase().str.strip_chars().alias("payer_type"),
-        pl.col("claim_type").str.to_lowercase().fill_null("professional").alias("claim_type"),
+        enum_text("charge_ndc_unit").str.to_uppercase().alias("charge_ndc_unit"),
+        enum_text("payer_type").alias("payer_type"),
+        enum_text("claim_type").fill_null("professional").alias("claim_type"),
+        enum_text("container_type").alias("container_type"),
         pl.col("place_of_service").str.zfill(2).alias("place_of_service"),
     ).with_columns(pl.col("admin_time").dt.date().alias("service_date"))
     given_container = pl.when(pl.col("container_type") == "unknown").then(None).otherwise(pl.col("container_type"))
@@ -302,8 +358,8 @@ def facts(valid: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame:
         pl.col("ref_ingredient").is_not_null().alias("ndc_in_reference"),
         pl.coalesce("ref_ingredient", "rx_ingredient", "name_ingredient").alias("ingredient"),
         pl.coalesce(given_container, "ref_container_type", pl.lit("unknown")).alias("container"),
-        pl.coalesce("concentration_mcg_per_ml", "ref_mcg_per_ml").alias("concentration"),
-        pl.coalesce("container_volume_ml", "ref_ml_per_container").alias("container_ml"),
+        pl.coalesce("concentration_mcg_per_ml", positive(pl.col("ref_mcg_per_ml"))).alias("concentration"),
+        pl.coalesce("container_volume_ml", positive(pl.col("ref_ml_per_container"))).alias("container_ml"),
         pl.col("charge_hcpcs").is_not_null().alias("charge_present"),
         pl.col("modifiers").list.contains("JW").alias("has_jw"),
         pl.col("modifiers").list.contains("JZ").alias("has_jz"),
@@ -321,6 +377,8 @@ def facts(valid: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame:
         .then(pl.col("dose_value"))
         .when(pl.col("_unit") == "mg")
         .then(pl.col("dose_value") * 1000)
+        .when(pl.col("_unit") == "g")
+        .then(pl.col("dose_value") * 1_000_000)
         .when(pl.col("_unit") == "ml")
         .then(pl.col("dose_value") * pl.col("concentration"))
         .otherwise(None)
@@ -338,6 +396,7 @@ def facts(valid: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame:
         (pl.col("dose_mcg") / pl.col("concentration")).round(4).alias("dose_ml"),
     )
     df = df.with_columns(
+        antidote_use(cfg).alias("antidote_use"),
         dose_plus_waste_mcg().alias("dose_plus_waste_mcg"),
         unit_capacity_mcg().alias("unit_capacity_mcg"),
         ndc_qty_diff_ml().alias("ndc_qty_diff_ml"),
@@ -347,6 +406,19 @@ def facts(valid: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame:
 
 
 # --- derivations for the catalog rules (read dose_mcg, dose_ml, expected_units: run after them) --
+
+
+def antidote_use(cfg: SiteConfig) -> pl.Expr:
+    """Hydroxocobalamin given as the cyanide antidote (Cyanokit, 5 g IV), not for B12 deficiency:
+    a hydroxocobalamin row whose NDC is one of antidote_ndcs, whose name says Cyanokit, or whose dose
+    is at least antidote_min_dose_mg (a deficiency dose is 1 mg; an antidote dose is grams)."""
+    hydroxo = pl.col("ingredient") == "hydroxocobalamin"
+    signs = (
+        pl.col("ndc11").is_in(list(cfg.antidote_ndcs)).fill_null(False)
+        | pl.col("medication_name").str.contains("(?i)cyanokit").fill_null(False)
+        | (pl.col("dose_mcg") >= cfg.antidote_min_dose_mg * 1000).fill_null(False)
+    )
+    return (hydroxo & signs).fill_null(False)
 
 
 def dose_plus_waste_mcg() -> pl.Expr:

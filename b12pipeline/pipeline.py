@@ -33,15 +33,22 @@ from b12pipeline.validate import validate
 
 
 def extract_checksum(path: Path) -> str:
-    """The file's SHA-256, or "" for a symbolic link or a missing file (never read through a link)."""
-    return sha256_file(path) if path.is_file() and not path.is_symlink() else ""
+    """The extract's SHA-256, or "" for a symbolic link or a missing path (never read through a link)."""
+    return sha256_file(path) if path.exists() and not path.is_symlink() else ""
 
 
 def sha256_file(path: Path) -> str:
+    """The checksum of an extract: a file's bytes, or for a folder (a FHIR Bulk Data export) the
+    names and bytes of its files in name order, so the same export arriving twice is recognised."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as fh:
+            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -101,12 +108,19 @@ def reject_file(path: Path, layout: OutputLayout, reason: str, sha256: str) -> s
     layout.rejected.mkdir(parents=True, exist_ok=True)
     name = rejected_name(path, sha256)
     target = layout.rejected / name
-    if sha256 and not path.is_symlink() and path.is_file():
+    if sha256 and not path.is_symlink() and path.exists():
         tmp = layout.rejected / f".{name}.{uuid.uuid4().hex}.tmp"
         try:
-            _copy_no_follow(path, tmp)
+            if path.is_dir():  # a Bulk Data export is a folder; links inside it are copied as links
+                shutil.copytree(path, tmp, symlinks=True, copy_function=shutil.copyfile)
+            else:
+                _copy_no_follow(path, tmp)
+            if target.is_dir():
+                shutil.rmtree(target)
             tmp.replace(target)  # created under the run's umask: owner-only, whatever the source's mode
         finally:
+            if tmp.is_dir():
+                shutil.rmtree(tmp)
             tmp.unlink(missing_ok=True)
     write_text_atomic(layout.rejected / f"{name}.error.txt", f"{path.name}: {reason}\n")
     return name
@@ -136,12 +150,16 @@ def stage_file(
         # text (NDC, RxNorm, name), so nothing that could fail to parse decides it.
         scope = normalize.b12_scope(rules.reference)
         extract = read_extract(path, source, keep=scope)
+        progress.step(f"read {path.name}: {extract.rows:,} rows, {extract.frame.height:,} B12")
         result.source_format = extract.source_format
         b12 = extract.frame
         result.rows_read = extract.rows  # includes rows skipped as out of scope and reader-quarantined rows
         held = extract.quarantine_in_scope(scope)
         outcome = validate(b12).with_reader_quarantine(held)
         result.out_of_scope = extract.rows - outcome.rows
+        progress.step(
+            f"validated {path.name}: {outcome.valid.height:,} valid, {outcome.quarantine.height:,} quarantined"
+        )
         result.unexpected_counts = outcome.unexpected_counts
         if outcome.gx_result is not None:  # for the run's Data Docs (counts only, see validate.py)
             write_json(validation_result_path(layout, run_id, f"{path.stem}-{result.sha256[:12]}"), outcome.gx_result)
@@ -158,7 +176,7 @@ def stage_file(
         result.status, result.error = "rejected", str(exc)
         # A rejected file counts no rows (docs/reliability.md): it is kept whole in rejected/.
         result.rows_read = result.in_scope = result.out_of_scope = result.quarantined = 0
-        progress.emit("file_done", file=result.file, status=result.status)
+        progress.step(f"rejected {path.name}")
         return result
     key = f"{Path(result.file).stem}-{result.sha256[:12]}"
     result.quarantined = write_quarantine(outcome.quarantine, layout.quarantine, key, night, run_id)
@@ -167,7 +185,6 @@ def stage_file(
         staged = layout.staging / run_id / f"{key}.parquet"
         atomic_write_parquet(outcome.valid, staged)
         result.staged = str(staged)
-    progress.emit("file_done", file=result.file, status=result.status)
     return result
 
 
@@ -239,7 +256,11 @@ def apply_staged(staged: list[str], out: Path | str, rules: Rules, run_id: str, 
     # A late row or a correction on an earlier date changes what later dates see as their history:
     # re-evaluate those too, so nights and a history re-run agree (docs/history.md).
     touched = sorted(set(touched) | set(dependent_dates(layout.history, touched, rules.config)))
+    progress.step(
+        f"history: {rows.height if rows is not None else 0:,} rows merged, {len(touched):,} date(s) to evaluate"
+    )
     per_queue = evaluate_dates(out, touched, rules, run_id, engine)
+    progress.step(f"evaluated {len(touched):,} date(s): {sum(per_queue.values()):,} findings")
     return {"dates": [d.isoformat() for d in touched], "findings_per_queue": per_queue}
 
 

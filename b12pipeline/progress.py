@@ -1,4 +1,4 @@
-"""Progress events from the library to whoever displays them (the CLI's Rich progress bar).
+"""Progress events from the library to whoever displays them (the CLI's progress lines).
 
 The library calls emit(); nothing happens unless a listener is registered. Events carry file names
 and counts only, never row values.
@@ -19,3 +19,8 @@ def listen(callback: Callable[[str, dict], None]) -> Callable[[], None]:
 def emit(event: str, **data) -> None:
     for callback in list(_listeners):
         callback(event, data)
+
+
+def step(text: str) -> None:
+    """A step of long work, said in a few words with counts (shown by the CLI on stderr)."""
+    emit("step", text=text)

@@ -58,13 +58,16 @@ def write_queue_partitions(findings: pl.DataFrame, queues_root: Path, dates: lis
     return written
 
 
-def read_queue(queues_root: Path, queue: str | None = None) -> pl.DataFrame:
-    """Every finding under queues_root (optionally one queue) as one frame, service_date restored."""
+def read_queue(queues_root: Path, queue: str | None = None, dates: list[dt.date] | None = None) -> pl.DataFrame:
+    """Every finding under queues_root (optionally one queue, only `dates`) as one frame, service_date restored."""
     paths = sorted(
         (queues_root / queue).glob("service_date=*/*.parquet")
         if queue
         else queues_root.glob("*/service_date=*/*.parquet")
     )
+    if dates is not None:
+        wanted = {f"service_date={d.isoformat()}" for d in dates}
+        paths = [p for p in paths if p.parent.name in wanted]
     if not paths:
         return pl.DataFrame(schema=FINDING_COLUMNS)
     frames = []

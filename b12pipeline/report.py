@@ -61,6 +61,8 @@ def build_manifest(
         "totals": totals,
         "dates_evaluated": applied.get("dates", []),
         "findings": findings_counts(layout.queues, applied.get("dates", [])),
+        # The worklog's lifecycle update of this run (counts; empty for runs that do not update it).
+        "worklog": applied.get("worklog", {}),
         "validation_report": str((layout.run_dir(run_id) / "validation.json").relative_to(out)),
         # Written after this manifest by the flow's run-report task (report_html.py, datadocs.py).
         "validation_docs": str((layout.run_dir(run_id) / "validation" / "index.html").relative_to(out)),

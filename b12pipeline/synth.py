@@ -452,7 +452,7 @@ RECIPES: list[tuple[str, dict]] = [
     ("ADMIN-004", {"same_day_em_codes": ["99213", "99214", "99213-59"]}),
     ("ADMIN-005", {"claim_type": "professional", "place_of_service": ["22", "19", "21"]}),
     ("MOD-001", {**_MULTI, "charge_modifiers": "JZ", "waste_mcg": "0"}),
-    ("MOD-002", {**_SINGLE, "charge_modifiers": None}),
+    ("MOD-002", {**_SINGLE, "charge_modifiers": None, "payer_type": "medicare"}),  # JW/JZ: jwjz_payers
     ("MOD-003", {**_HALF_SINGLE, "charge_modifiers": "JW", "waste_mcg": "500"}),
     ("MOD-004", {**_HALF_SINGLE, "charge_modifiers": "JZ", "waste_mcg": "500"}),
     ("MOD-005", {**_MULTI, "ndc": SINGLE_DOSE_NDC}),

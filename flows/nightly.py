@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 import b12pipeline  # noqa: F401  (telemetry defaults before prefect is imported)
-from b12pipeline import pipeline, report
+from b12pipeline import pipeline, progress, report
 from b12pipeline.archive import commit_night
 from b12pipeline.paths import OutputLayout
 from b12pipeline.runguard import guard_output, note_run
@@ -67,6 +67,14 @@ def commit(
 @task(name="apply-night", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_on_io)
 def apply_night(staged: list[str], out: str, rules_dir: str | None, run_id: str, engine: str = "polars") -> dict:
     return pipeline.apply_staged(staged, out, pipeline.Rules.load(rules_dir), run_id, engine)
+
+
+@task(name="update-worklog", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_on_io)
+def update_worklog(out: str, night: dt.date, run_id: str, dates: list[str]) -> dict:
+    """The findings' lifecycle (new / open / resolved / reopened) in the coders' worklog: counts only."""
+    from b12pipeline.worklog import update_night_from_queues
+
+    return update_night_from_queues(out, night, run_id, dates)
 
 
 @task(name="write-run-record", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_on_io)
@@ -144,6 +152,7 @@ def _nightly(
     run_id = pipeline.make_run_id(night, checksums, rules.ruleset.version)
     note_run(out, run_id)
     logger.info("run %s: %d extract(s), ruleset %s", run_id, len(extracts), rules.ruleset.version)
+    progress.step(f"run {run_id}: {len(extracts)} extract(s)")
     futures = [
         stage_extract.submit(p, out, run_id, night, rules_dir, source, sha)
         for p, sha in zip(extracts, checksums, strict=True)
@@ -161,9 +170,11 @@ def _nightly(
                 i["quarantined"],
             )
     applied = apply_night([i["staged"] for i in inputs if i["staged"]], out, rules_dir, run_id, engine)
+    applied["worklog"] = update_worklog(out, night, run_id, applied["dates"])
     manifest = write_run_record(
         run_id, night, started_at, inputs, applied, out, rules_dir, rules.ruleset.version, ignored
     )
+    progress.step("run record written; writing the run report")
     # The queues and run record are complete; a broken report must not fail the night for coders.
     report_state = write_run_report(run_id, out, started_at, return_state=True)
     if report_state.is_failed():

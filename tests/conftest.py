@@ -80,3 +80,53 @@ def fixture_identifiers() -> set[str]:
             if col in frame.columns:
                 ids |= {str(v) for v in frame[col].drop_nulls().to_list() if str(v).strip()}
     return ids
+
+
+# --- databases --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for the session (tests/postgres_server.py); skipped only when it cannot run here."""
+    from tests.postgres_server import PostgresServer
+
+    why = PostgresServer.unavailable()
+    if why:
+        pytest.skip(why)
+    with PostgresServer.start() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request):
+    """A fresh database on the session's PostgreSQL server, dropped after the test: its SQLAlchemy URL."""
+    import re
+
+    name = "t_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:40] + f"_{os.getpid()}"
+    postgres_server.drop_database(name)
+    yield postgres_server.create_database(name)
+    from b12pipeline.worklog.store import dispose_all
+
+    dispose_all()
+    postgres_server.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def worklog_url(request, tmp_path, monkeypatch):
+    """The worklog's URL on each supported database, set as B12_WORKLOG_URL for every interface."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'worklog.sqlite'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    monkeypatch.setenv("B12_WORKLOG_URL", url)
+    yield url
+    from b12pipeline.worklog.store import dispose_all
+
+    dispose_all()
+
+
+@pytest.fixture
+def worklog_engine(worklog_url):
+    from b12pipeline.worklog import open_worklog
+
+    return open_worklog(url=worklog_url)

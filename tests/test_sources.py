@@ -198,15 +198,21 @@ def synthetic_findings(tmp_path_factory):
     night = synth.generate(3000, seed=11, defect_rate=0.3, b12_share=0.5, days=120)
     root = tmp_path_factory.mktemp("formats")
     found = {}
-    for fmt, suffix in (("csv", "csv"), ("parquet", "parquet"), ("clarity", "csv"), ("fhir", "ndjson")):
-        path = write_extract(night.frame, fmt, root / fmt / f"night.{suffix}")
+    for fmt, name in (
+        ("csv", "night.csv"),
+        ("parquet", "night.parquet"),
+        ("clarity", "night.csv"),
+        ("fhir", "night.ndjson"),
+        ("fhir-bulk", "night"),  # a Bulk Data export folder
+    ):
+        path = write_extract(night.frame, fmt, root / fmt / name)
         result, findings, _ = run_night(path, root / fmt / "out", rules)
         assert result.source_format == fmt and result.rows_read == 3000
         found[fmt] = (result, findings.drop("source_file", "run_id"))
     return night, found
 
 
-@pytest.mark.parametrize("fmt", ["parquet", "clarity", "fhir"])
+@pytest.mark.parametrize("fmt", ["parquet", "clarity", "fhir", "fhir-bulk"])
 def test_same_administrations_in_every_format_give_identical_findings(synthetic_findings, fmt):
     night, found = synthetic_findings
     base_result, base = found["csv"]

@@ -8,7 +8,15 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from b12pipeline.cli.common import EXIT_OK, console, err_console, output_guard, parse_date, usage_error
+from b12pipeline.cli.common import (
+    EXIT_OK,
+    check_rules,
+    console,
+    err_console,
+    output_guard,
+    parse_date,
+    usage_error,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -37,8 +45,7 @@ def register(app: typer.Typer) -> None:
         start, end = parse_date(date_from, "--from"), parse_date(date_to, "--to")
         if end < start:
             raise usage_error(f"--to {end} is before --from {start}")
-        if rules is not None and not rules.is_dir():
-            raise usage_error(f"--rules {rules} is not a folder")
+        check_rules(rules)
         if dask_address and workers:
             raise usage_error("give --dask-address or --workers, not both")
         if dask_address and not dask_address.startswith(("tcp://", "tls://", "ucx://", "inproc://")):

@@ -20,7 +20,7 @@ EXIT_SOURCE = 5  # a pull source could not be reached (after its retries)
 
 
 def usage_error(message: str) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}")
+    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)  # one line, however narrow
     return typer.Exit(EXIT_USAGE)
 
 
@@ -31,6 +31,23 @@ def parse_date(value: str | None, name: str) -> dt.date | None:
         return dt.date.fromisoformat(value)
     except ValueError:
         raise usage_error(f"{name} {value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def check_rules(rules: Path | None) -> None:
+    """Load the rule files and site configuration before anything heavy starts (Prefect, GX): a
+    rule file that does not load is a usage error, one line naming file, line and column."""
+    from rich.markup import escape
+
+    from b12pipeline.config import ConfigError, load_site_config
+    from b12pipeline.engine.rulefile import RuleFileError, load_ruleset
+
+    if rules is not None and not rules.is_dir():
+        raise usage_error(escape(f"--rules {rules} is not a folder"))
+    try:
+        ruleset = load_ruleset(rules)
+        load_site_config(ruleset.directory / "site.yaml")
+    except (RuleFileError, ConfigError) as exc:
+        raise usage_error(escape(f"{exc} (`b12pipeline rules lint` lists every problem)")) from None
 
 
 def today() -> dt.date:

@@ -6,14 +6,14 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich import box
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from b12pipeline import progress
 from b12pipeline.cli.common import (
     EXIT_OK,
     EXIT_REJECTED,
+    check_rules,
     console,
     err_console,
     output_guard,
@@ -21,27 +21,35 @@ from b12pipeline.cli.common import (
     today,
     usage_error,
 )
+from b12pipeline.cli.feedback import feedback, quiet_option
 
 WAIT_HELP = "If another run holds --out, wait for it instead of stopping (exit code 3)."
+
+
+def preflight(night_text: Optional[str], rules: Optional[Path], engine: str):
+    """Every check that needs no data, before Prefect or GX start: the night's date, the rule files
+    (file, line and column), the engine. Returns the night."""
+    night = parse_date(night_text, "--night") or today()
+    check_rules(rules)
+    check_engine(engine)
+    return night
 
 
 def run_night(
     extracts: list[Path],
     out: Path,
-    night_text: Optional[str],
+    night,
     rules: Optional[Path],
     source: Optional[str],
     move_rejected: bool,
     engine: str = "polars",
     wait: bool = False,
+    quiet: bool = False,
     ignored: list[dict] | None = None,
 ) -> int:
-    night = parse_date(night_text, "--night") or today()
-    if rules is not None and not rules.is_dir():
-        raise usage_error(f"--rules {rules} is not a folder")
-    check_engine(engine)
+    """`night`, `rules` and `engine` have passed preflight()."""
     with output_guard(out, wait):
-        return _run_night(extracts, out, night, rules, source, move_rejected, engine, ignored or [])
+        return _run_night(extracts, out, night, rules, source, move_rejected, engine, quiet, ignored or [])
 
 
 def _run_night(
@@ -52,28 +60,15 @@ def _run_night(
     source: Optional[str],
     move_rejected: bool,
     engine: str,
-    ignored: list[dict],
+    quiet: bool = False,
+    ignored: list[dict] | None = None,
 ) -> int:
     from b12pipeline.engine.rulefile import RuleFileError
-    from flows.nightly import nightly_flow
 
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(f"night {night}: starting Prefect, reading {len(extracts)} file(s)", total=len(extracts))
-        stop = progress.listen(
-            lambda event, data: (
-                bar.update(task, advance=1, description=f"night {night}: {escape(data['file'])} {data['status']}")
-                if event == "file_done"
-                else None
-            )
-        )
+    with feedback(f"night {night}", quiet) as shown:
+        shown.step(f"starting Prefect for {len(extracts)} file(s)")
+        from flows.nightly import nightly_flow
+
         try:
             manifest = nightly_flow(
                 extracts=[str(p) for p in extracts],
@@ -87,14 +82,15 @@ def _run_night(
             )
         except RuleFileError as exc:
             raise usage_error(str(exc)) from None
-        finally:
-            stop()
+        shown.step("done")
     print_summary(manifest, out)
     return EXIT_REJECTED if manifest["totals"]["files_rejected"] else EXIT_OK
 
 
 def check_engine(engine: str) -> None:
     """Usage error for an unknown engine, or durable when durable-rules is not installed."""
+    if engine == "polars":  # the default: nothing to check, and no reason to import the engine yet
+        return
     from b12pipeline.engine.durable import DurableUnavailable
     from b12pipeline.engine.evaluate import evaluator
 
@@ -110,10 +106,16 @@ ENGINE_HELP = "Rule engine: polars (default) or durable (optional second engine;
 def print_summary(manifest: dict, out: Path) -> None:
     """File names, reasons and paths come from data: escaped, so `[/]` in them is text, not markup."""
     t = manifest["totals"]
-    files = Table(title=f"Night {manifest['night']} - run {manifest['run_id']}", show_lines=False)
-    files.add_column("file", no_wrap=True, overflow="fold")
-    for col in ("status", "rows read", "in scope", "out of scope", "quarantined"):
-        files.add_column(col, justify="left" if col == "status" else "right")
+    # Borderless so 80 columns hold every heading and count whole; only a long file name folds.
+    files = Table(
+        title=f"Night {manifest['night']} - run {manifest['run_id']}",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        collapse_padding=True,
+    )
+    files.add_column("file", overflow="fold")
+    for col in ("status", "read", "in scope", "out of scope", "quarantined"):
+        files.add_column(col, justify="left" if col == "status" else "right", no_wrap=True)
     for i in manifest["inputs"]:
         status = "[green]processed" if i["status"] == "processed" else "[red]rejected"
         files.add_row(
@@ -133,7 +135,8 @@ def print_summary(manifest: dict, out: Path) -> None:
         f"[bold]{t['quarantined']:,}",
     )
     console.print(files)
-    queues = Table(title="Findings on the dates evaluated")
+    title = "Findings on the dates evaluated"
+    queues = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, min_width=len(title))
     queues.add_column("queue")
     queues.add_column("findings", justify="right")
     for q, n in manifest["findings"]["per_queue"].items():
@@ -155,23 +158,27 @@ def print_summary(manifest: dict, out: Path) -> None:
 def register(app: typer.Typer) -> None:
     @app.command()
     def run(
-        extract: List[Path] = typer.Option(..., "--extract", "-e", help="An extract file; repeat for several."),
+        extract: List[Path] = typer.Option(
+            ..., "--extract", "-e", help="An extract file (or a FHIR Bulk Data export folder); repeat for several."
+        ),
         out: Path = typer.Option(Path("var"), "--out", "-o", help="Output root (queues, quarantine, runs, ...)."),
         night: Optional[str] = typer.Option(None, help="Date of the night (YYYY-MM-DD); default today."),
         rules: Optional[Path] = typer.Option(None, help="Rules folder (default: the project's rules/)."),
         source: Optional[str] = typer.Option(
             None,
-            help="Source format (csv, parquet, clarity, fhir, or a schemas/sources mapping); "
-            "default from the extension and header.",
+            help="Source format (csv, parquet, clarity, fhir, fhir-bulk, or a schemas/sources mapping); "
+            "default from the extension and header (a folder or Bulk Data manifest is fhir-bulk).",
         ),
         engine: str = typer.Option("polars", help=ENGINE_HELP),
         wait: bool = typer.Option(False, "--wait", help=WAIT_HELP),
+        quiet: bool = quiet_option,
     ) -> None:
         """Process the given extract files as one night."""
-        missing = [str(p) for p in extract if not p.is_file()]
+        missing = [str(p) for p in extract if not (p.is_file() or p.is_dir())]
         if missing:
             raise usage_error(f"no such file: {', '.join(missing)}")
-        raise typer.Exit(run_night(extract, out, night, rules, source, move_rejected=False, engine=engine, wait=wait))
+        day = preflight(night, rules, engine)
+        raise typer.Exit(run_night(extract, out, day, rules, source, False, engine, wait, quiet))
 
     @app.command()
     def nightly(
@@ -182,15 +189,17 @@ def register(app: typer.Typer) -> None:
         source: Optional[str] = typer.Option(None, help="Source format for every file; default per extension."),
         engine: str = typer.Option("polars", help=ENGINE_HELP),
         wait: bool = typer.Option(False, "--wait", help=WAIT_HELP),
+        quiet: bool = quiet_option,
     ) -> None:
         """Process the files in LANDING that were not processed before (by checksum)."""
         if not landing.is_dir():
             raise usage_error(f"--landing {landing} is not a folder")
+        day = preflight(night, rules, engine)
         with output_guard(out, wait):  # held from the archive lookup to the end of the night
-            _nightly(landing, out, night, rules, source, engine)
+            _nightly(landing, out, day, rules, source, engine, quiet)
 
     def _nightly(
-        landing: Path, out: Path, night: Optional[str], rules: Optional[Path], source: Optional[str], engine: str
+        landing: Path, out: Path, night, rules: Optional[Path], source: Optional[str], engine: str, quiet: bool
     ) -> None:
         from b12pipeline.archive import scan_landing
         from b12pipeline.paths import OutputLayout
@@ -203,6 +212,4 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(EXIT_OK)
         if scan.processed:
             console.print(f"skipping {len(scan.processed)} file(s) already processed (same checksum)")
-        raise typer.Exit(
-            run_night(scan.new, out, night, rules, source, move_rejected=True, engine=engine, ignored=scan.ignored)
-        )
+        raise typer.Exit(_run_night(scan.new, out, night, rules, source, True, engine, quiet, scan.ignored))

@@ -16,9 +16,10 @@ test emptiness explicitly with is_null. Columns are those of the facts frame (do
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import polars as pl
+if TYPE_CHECKING:  # checking a rule file needs no Polars: the CLI checks rules before importing it
+    import polars as pl
 
 COMPARISONS = {"eq": "__eq__", "ne": "__ne__", "lt": "__lt__", "le": "__le__", "gt": "__gt__", "ge": "__ge__"}
 SET_OPS = ("in", "not_in", "contains_any")
@@ -92,6 +93,8 @@ def config_used(cond: dict) -> set[str]:
 
 def compile_condition(cond: dict, config: Callable[[str], Any], columns: set[str] | None = None) -> pl.Expr:
     """One boolean Polars expression, never null (see the module doc for the semantics)."""
+    import polars as pl
+
     if "all" in cond:
         return pl.all_horizontal([compile_condition(c, config, columns) for c in cond["all"]])
     if "any" in cond:

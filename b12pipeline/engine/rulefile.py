@@ -26,8 +26,18 @@ FAR_FUTURE = dt.date(9999, 12, 31)
 FAR_PAST = dt.date(1900, 1, 1)
 
 
+# libyaml's safe loader: the same safe constructors, about 10x faster than the pure-Python parser
+# (35 rule files with their cases took 0.5 s, paid by every run before anything else).
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 class RuleFileError(ValueError):
-    """A rule file is malformed. str() names the file and the field."""
+    """A rule file is malformed. str() names the file and the field, and the line and column
+    (`path:line:column: ...`, as compilers print) when the loader can place it."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field  # the top-level key at fault, so the loader can find its line
 
 
 @dataclass(frozen=True)
@@ -78,7 +88,7 @@ def _date(value: Any, path: Path, key: str) -> dt.date | None:
     try:
         return dt.date.fromisoformat(str(value))
     except ValueError:
-        raise RuleFileError(f"{path}: {key} {value!r} is not a date (YYYY-MM-DD)") from None
+        raise RuleFileError(f"{path}: {key} {value!r} is not a date (YYYY-MM-DD)", field=key) from None
 
 
 def parse_rule(raw: Any, path: Path) -> Rule:
@@ -89,32 +99,33 @@ def parse_rule(raw: Any, path: Path) -> Rule:
     unknown = sorted(set(raw) - set(REQUIRED_FIELDS) - set(OPTIONAL_FIELDS))
     if unknown:
         raise RuleFileError(
-            f"{path}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(REQUIRED_FIELDS + OPTIONAL_FIELDS)}"
+            f"{path}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(REQUIRED_FIELDS + OPTIONAL_FIELDS)}",
+            field=unknown[0],
         )
     missing = [k for k in REQUIRED_FIELDS if raw.get(k) in (None, "", [], {})]
     if missing:
         raise RuleFileError(f"{path}: missing required field(s) {', '.join(missing)}")
     for key, allowed in (("queue", QUEUES), ("severity", SEVERITIES), ("status", STATUSES)):
         if raw[key] not in allowed:
-            raise RuleFileError(f"{path}: {key} {raw[key]!r} is not one of {', '.join(allowed)}")
+            raise RuleFileError(f"{path}: {key} {raw[key]!r} is not one of {', '.join(allowed)}", field=key)
     citations = raw["citations"]
     if isinstance(citations, str):
         citations = [citations]
     if not isinstance(citations, list) or not all(isinstance(c, str) and c.strip() for c in citations):
-        raise RuleFileError(f"{path}: citations must be a list of non-empty strings")
+        raise RuleFileError(f"{path}: citations must be a list of non-empty strings", field="citations")
     cases = raw["cases"]
     if not isinstance(cases, dict) or set(cases) - set(CASE_KINDS):
-        raise RuleFileError(f"{path}: cases must be a mapping with keys {', '.join(CASE_KINDS)}")
+        raise RuleFileError(f"{path}: cases must be a mapping with keys {', '.join(CASE_KINDS)}", field="cases")
     for kind in CASE_KINDS:
         if not isinstance(cases.get(kind, []), list):
-            raise RuleFileError(f"{path}: cases.{kind} must be a list of records")
+            raise RuleFileError(f"{path}: cases.{kind} must be a list of records", field="cases")
     try:
         check_condition(raw["when"])
     except ValueError as exc:
-        raise RuleFileError(f"{path}: when: {exc}") from None
+        raise RuleFileError(f"{path}: when: {exc}", field="when") from None
     for key in ("message", "expected", "actual", "title", "id", "version"):
         if key in raw and raw[key] is not None and not isinstance(raw[key], (str, int, float)):
-            raise RuleFileError(f"{path}: {key} must be text")
+            raise RuleFileError(f"{path}: {key} must be text", field=key)
     rule = Rule(
         id=str(raw["id"]),
         title=str(raw["title"]),
@@ -136,16 +147,46 @@ def parse_rule(raw: Any, path: Path) -> Rule:
     )
     lo, hi = rule.window
     if lo >= hi:
-        raise RuleFileError(f"{path}: effective_from {lo} is not before effective_to {hi}")
+        raise RuleFileError(f"{path}: effective_from {lo} is not before effective_to {hi}", field="effective_from")
     return rule
 
 
 def load_rule_file(path: Path) -> Rule:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, ValueError) as exc:  # ValueError: not UTF-8, or an impossible date like 2024-13-45
+        text = path.read_text(encoding="utf-8")
+        raw = yaml.load(text, Loader=SAFE_LOADER)  # noqa: S506 - a safe loader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RuleFileError(f"{_at(path, mark)}: not valid (safe) YAML: {problem}") from None
+    except ValueError as exc:  # not UTF-8, or an impossible date like 2024-13-45
         raise RuleFileError(f"{path}: not valid (safe) YAML: {str(exc).splitlines()[0]}") from None
-    return parse_rule(raw, path)
+    try:
+        return parse_rule(raw, path)
+    except RuleFileError as exc:
+        mark = _key_mark(text, exc.field) if exc.field else None
+        if mark is None:
+            raise
+        raise RuleFileError(str(exc).replace(f"{path}: ", f"{_at(path, mark)}: ", 1), field=exc.field) from None
+
+
+def _at(path: Path, mark) -> str:
+    """`path:line:column` (1-based, as editors and compilers count) or just the path."""
+    return f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+
+
+def _key_mark(text: str, key: str):
+    """Where a top-level key's value starts in the file (only on the error path: composing costs a parse)."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    for key_node, value_node in node.value:
+        if getattr(key_node, "value", None) == key:
+            return value_node.start_mark
+    return None
 
 
 def rule_files(directory: Path) -> list[Path]:

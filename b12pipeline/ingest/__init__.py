@@ -125,15 +125,24 @@ def read_extract(path: Path | str, source: str | None = None, keep: pl.Expr | No
     `keep` (an expression over canonical columns): only the rows that satisfy it are returned; the
     rest are counted in `rows_skipped`. The CSV and Parquet readers apply it while streaming, so the
     other rows are never materialised; for the other readers it is applied here."""
-    from b12pipeline.ingest import canonical
+    from b12pipeline.ingest import canonical, fhir, fhirbulk, sourcemapped
 
     path = Path(path)
     if path.is_symlink():  # never followed: its target may be anywhere (docs/decisions.md)
         raise FileRejected(path, "a symbolic link; extracts are read only from regular files (not followed)")
+    if source is None and fhirbulk.recognise(path):  # a Bulk Data folder or its manifest
+        source = fhirbulk.FORMAT
+    if source and source.lower() == fhirbulk.FORMAT:
+        if not path.exists():
+            raise FileRejected(path, "no such folder or manifest")
+        extract = fhirbulk.read_fhir_bulk(path, keep)
+        problem = frame_problem(extract.frame, load_contract().names, current_limits())
+        if problem:
+            raise FileRejected(path, problem)
+        return extract
     if not path.is_file():
         raise FileRejected(path, "no such file")
     fmt = (source or canonical.format_from_suffix(path)).lower()
-    from b12pipeline.ingest import fhir, sourcemapped
 
     if source is None and fmt == "csv":
         fmt = sourcemapped.recognise(path) or fmt  # a Clarity-style header is read as clarity
@@ -151,7 +160,7 @@ def read_extract(path: Path | str, source: str | None = None, keep: pl.Expr | No
         elif fmt in sourcemapped.delimited_names():
             extract = sourcemapped.read_mapped(path, fmt)
         else:
-            known = sorted(set(readers) | {"fhir"} | set(sourcemapped.delimited_names()))
+            known = sorted(set(readers) | {"fhir", fhirbulk.FORMAT} | set(sourcemapped.delimited_names()))
             raise FileRejected(path, f"unknown source format {fmt!r}; expected one of {', '.join(known)}")
         extract.frame, extract.rows_skipped = collect_kept(extract.frame.lazy(), keep)
     problem = frame_problem(extract.frame, load_contract().names, limits)

@@ -20,6 +20,7 @@ Element -> column:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -55,6 +56,10 @@ CORE_COLUMNS = (
     "administered_by",
     "diagnosis_codes",
 )
+
+
+# Read from a Medication's ingredient strength and amount; also carried by extensions.
+MEDICATION_COLUMNS = ("concentration_mcg_per_ml", "container_volume_ml")
 
 
 class Invalid(ValueError):
@@ -137,7 +142,49 @@ def _concept_text(concept: dict, path: str) -> str | None:
     return next((d for _, _, d in _codings(concept, path) if d), None)
 
 
-def _medication(res: dict, row: dict, cfg: dict) -> None:
+# A Medication resolver for references that are not contained ('Medication/<id>' in a Bulk Data
+# export): target -> (the Medication resource, the element path to name in reasons).
+MedicationResolver = Callable[[str], tuple[dict, str]]
+
+_MASS_TO_MCG = {"ug": 1.0, "mg": 1000.0, "g": 1_000_000.0}
+_VOLUME_TO_ML = {"mL": 1.0, "ml": 1.0, "L": 1000.0}
+
+
+def _ucum(quantity: dict, path: str) -> tuple[float, str | None]:
+    value = _get(quantity, "value", float, path, required=True)
+    return value, _get(quantity, "code", str, path) or _get(quantity, "unit", str, path)
+
+
+def _medication_resource(med: dict, path: str, row: dict) -> None:
+    """Lot, expiry, strength (mcg/mL) and package volume (mL) of a Medication (contained or referenced)."""
+    batch = _get(med, "batch", dict, path)
+    if batch is not None:
+        row["lot_number"] = _get(batch, "lotNumber", str, path + "batch.")
+        exp = _get(batch, "expirationDate", str, path + "batch.")
+        row["expiration_date"] = exp[:10] if exp else None
+    for i, ingredient in enumerate(_get(med, "ingredient", list, path) or []):
+        p = f"{path}ingredient[{i}].strength."
+        strength = _get(ingredient, "strength", dict, p[:-9]) if isinstance(ingredient, dict) else None
+        if strength is None:
+            continue
+        num = _get(strength, "numerator", dict, p, required=True)
+        den = _get(strength, "denominator", dict, p, required=True)
+        (n, n_unit), (d, d_unit) = _ucum(num, p + "numerator."), _ucum(den, p + "denominator.")
+        if n_unit not in _MASS_TO_MCG or d_unit not in _VOLUME_TO_ML or not d:
+            raise Invalid(f"{p[:-1]} is not a UCUM mass per volume (ug, mg or g per mL or L)")
+        row["concentration_mcg_per_ml"] = _num_text(n * _MASS_TO_MCG[n_unit] / (d * _VOLUME_TO_ML[d_unit]))
+        break
+    amount = _get(med, "amount", dict, path)
+    if amount is not None:
+        volume, unit = _ucum(
+            _get(amount, "numerator", dict, path + "amount.", required=True), path + "amount.numerator."
+        )
+        if unit not in _VOLUME_TO_ML:
+            raise Invalid(f"{path}amount.numerator is not a UCUM volume (mL or L)")
+        row["container_volume_ml"] = _num_text(volume * _VOLUME_TO_ML[unit])
+
+
+def _medication(res: dict, row: dict, cfg: dict, resolve: MedicationResolver | None = None) -> None:
     concept = _get(res, "medicationCodeableConcept", dict, "")
     ref = _get(res, "medicationReference", dict, "")
     if (concept is None) == (ref is None):
@@ -145,26 +192,24 @@ def _medication(res: dict, row: dict, cfg: dict) -> None:
     path = "medicationCodeableConcept."
     if ref is not None:
         target = _get(ref, "reference", str, "medicationReference.", required=True)
-        if not target.startswith("#"):
-            raise Invalid(
-                "medicationReference is not a contained Medication ('#id'); "
-                "this reader resolves contained Medications only"
-            )
         med = None
-        for i, c in enumerate(_get(res, "contained", list, "") or []):
-            if isinstance(c, dict) and c.get("id") == target[1:]:
-                med = c
-                path = f"contained[{i}]."
+        if not target.startswith("#"):
+            if resolve is None:
+                raise Invalid(
+                    "medicationReference is not a contained Medication ('#id'); "
+                    "this reader resolves contained Medications only (read a Bulk Data folder with --source fhir-bulk)"
+                )
+            med, path = resolve(target)
+        else:
+            for i, c in enumerate(_get(res, "contained", list, "") or []):
+                if isinstance(c, dict) and c.get("id") == target[1:]:
+                    med = c
+                    path = f"contained[{i}]."
         if med is None or med.get("resourceType") != "Medication":
             raise Invalid("medicationReference names no contained Medication")
         concept = _get(med, "code", dict, path, required=True)
+        _medication_resource(med, path, row)
         path += "code."
-        batch = _get(med, "batch", dict, path[:-5])
-        if batch is not None:
-            bp = path[:-5] + "batch."
-            row["lot_number"] = _get(batch, "lotNumber", str, bp)
-            exp = _get(batch, "expirationDate", str, bp)
-            row["expiration_date"] = exp[:10] if exp else None
     row["medication_name"] = _concept_text(concept, path)
     for system, code, _ in _codings(concept, path):
         if system == cfg["rxnorm"] and code and row.get("rxnorm_code") is None:
@@ -237,7 +282,9 @@ def _not_done_reason(res: dict) -> str | None:
     return text
 
 
-def parse_resource(res: object, cfg: dict, seen: set[str], row: dict) -> None:
+def parse_resource(
+    res: object, cfg: dict, seen: set[str], row: dict, resolve: MedicationResolver | None = None
+) -> None:
     """Fill `row` (canonical column -> text) from one resource; raise Invalid on the first problem.
     Fields read before the problem stay in `row`, so quarantine keeps what could be read."""
     if not isinstance(res, dict):
@@ -246,7 +293,7 @@ def parse_resource(res: object, cfg: dict, seen: set[str], row: dict) -> None:
     if kind != "MedicationAdministration":
         raise Invalid("resourceType is not MedicationAdministration" if kind else "resourceType is missing")
     row["admin_id"] = _get(res, "id", str, "", required=True)
-    _medication(res, row, cfg)
+    _medication(res, row, cfg, resolve)
     status = _get(res, "status", str, "", required=True)
     if status not in cfg["status"]:
         raise Invalid("status is not a MedicationAdministration status in the fhir mapping")
@@ -348,7 +395,9 @@ def read_fhir(path: Path, mapping: str = "fhir") -> Extract:
             rows[c].append(row.get(c))
     if json_lines == 0:  # not NDJSON at all (a CSV named .ndjson, a binary file): reject, do not quarantine
         raise FileRejected(path, f"not an NDJSON file: no line is JSON ({reasons[0]})")
-    keep = list(CORE_COLUMNS) + sorted(seen)  # an extension seen on no resource = an absent column
+    # an extension seen on no resource = an absent column; so is a Medication element no row had
+    seen |= {c for c in MEDICATION_COLUMNS if c in rows and any(v is not None for v in rows[c])}
+    keep = list(CORE_COLUMNS) + sorted(seen)
     raw = pl.DataFrame({c: rows[c] for c in keep}, schema={c: pl.String for c in keep})
     frame, _ = canonicalise(raw, path)
     frame, held = split_quarantine(frame, pl.Series("r", reasons, dtype=pl.String), CHECK)

@@ -1,0 +1,297 @@
+"""The finding lifecycle, computed from what an evaluation produced (never from the wall clock).
+
+A night calls `update_night`: findings first seen the night before become `open`, deferrals due by
+tonight return to `open`, then `apply_evaluation` compares the findings of every re-evaluated date
+with the worklog:
+
+- produced, unknown            -> inserted as `new` (first seen = this night and run)
+- produced, `resolved`         -> `reopened` (it came back)
+- produced, `fixed` but absent since -> `reopened` (the fix did not hold)
+- produced, `dismissed` under another rule version -> `reopened` (the rule changed: review again)
+- not produced, still open work (new/open/reopened/in_progress/deferred) -> `resolved`
+- anything else holds (a dismissal or a fix holds while the evaluation still produces it)
+
+Work is set-based (a handful of statements per night, whatever the number of findings) so a night
+with 100k open findings adds little to its run time (bench/run_bench.py measures it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass
+
+import polars as pl
+from sqlalchemy import Connection, Engine, and_, bindparam, insert, literal, select, update
+
+from b12pipeline.worklog.models import OPEN_STATUSES, audit, finding
+from b12pipeline.worklog.models import night as nights
+from b12pipeline.worklog.store import write_transaction
+
+NIGHT_ACTOR = "b12pipeline"
+KEY_COLUMNS = ("finding_id", "queue", "rule_id", "rule_version", "severity", "service_date")
+
+
+@dataclass
+class LifecycleCounts:
+    """What one update changed: counts only (safe for logs, artifacts and reports)."""
+
+    new: int = 0
+    reopened: int = 0
+    resolved: int = 0
+    returned: int = 0  # deferred findings due again
+    aged: int = 0  # new -> open
+    rule_version_changed: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def utc_now() -> dt.datetime:
+    """When a change is recorded (a record only: no decision reads it)."""
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def update_night(
+    engine: Engine,
+    findings: pl.DataFrame,
+    dates: list[dt.date],
+    *,
+    night: dt.date,
+    run_id: str,
+    at: dt.datetime | None = None,
+) -> LifecycleCounts:
+    """A night's whole lifecycle update, in one transaction. Re-running the same night is a no-op."""
+    at = at or utc_now()
+    with write_transaction(engine) as conn:
+        counts = LifecycleCounts()
+        counts.aged = _night_transition(
+            conn, finding.c.status == "new", finding.c.first_seen_night < night, "open", at, run_id, "seen before"
+        )
+        counts.returned = _night_transition(
+            conn,
+            finding.c.status == "deferred",
+            finding.c.deferred_until <= night,
+            "open",
+            at,
+            run_id,
+            "deferral due",
+        )
+        evaluated = _apply(conn, findings, dates, night, run_id, "night", NIGHT_ACTOR, run_id, None, at)
+        for key in ("new", "reopened", "resolved", "rule_version_changed"):
+            setattr(counts, key, getattr(evaluated, key))
+        if conn.execute(select(nights.c.run_id).where(nights.c.run_id == run_id)).first() is None:
+            conn.execute(
+                insert(nights).values(
+                    run_id=run_id,
+                    night=night,
+                    interface="night",
+                    at=at,
+                    new=counts.new,
+                    reopened=counts.reopened,
+                    resolved=counts.resolved,
+                    returned=counts.returned,
+                )
+            )
+    return counts
+
+
+def apply_evaluation(
+    engine: Engine,
+    findings: pl.DataFrame,
+    dates: list[dt.date],
+    *,
+    night: dt.date,
+    cause: str,
+    interface: str = "deploy",
+    actor: str = NIGHT_ACTOR,
+    rule_ids: list[str] | None = None,
+    run_id: str | None = None,
+    at: dt.datetime | None = None,
+) -> LifecycleCounts:
+    """Apply a re-evaluation of `dates` (e.g. after a rule deployment) with `cause` recorded on each change.
+
+    `findings` are every finding the re-evaluation produced on `dates` (only `rule_ids` when given:
+    findings of other rules are then left alone). A finding it no longer produces is resolved."""
+    with write_transaction(engine) as conn:
+        return _apply(conn, findings, dates, night, run_id or cause, interface, actor, cause, rule_ids, at or utc_now())
+
+
+def _night_transition(
+    conn: Connection, where_status, where_due, to: str, at: dt.datetime, run_id: str, why: str
+) -> int:
+    """Move every row matching both conditions to `to`, with one audit row each (two statements)."""
+    status_before = finding.c.status
+    conn.execute(
+        insert(audit).from_select(
+            ["finding_id", "at", "actor", "interface", "field", "before", "after", "cause"],
+            select(
+                finding.c.finding_id,
+                literal(at, audit.c.at.type),
+                literal(NIGHT_ACTOR),
+                literal("night"),
+                literal("status"),
+                status_before,
+                literal(to),
+                literal(f"{run_id}: {why}"),
+            ).where(and_(where_status, where_due)),
+        )
+    )
+    result = conn.execute(
+        update(finding).where(and_(where_status, where_due)).values(status=to, revision=finding.c.revision + 1)
+    )
+    return result.rowcount or 0
+
+
+def _existing(conn: Connection, dates: list[dt.date], rule_ids: list[str] | None) -> pl.DataFrame:
+    cols = [finding.c.finding_id, finding.c.status, finding.c.rule_version, finding.c.present]
+    query = select(*cols).where(finding.c.service_date.in_(dates))
+    if rule_ids is not None:
+        query = query.where(finding.c.rule_id.in_(rule_ids))
+    rows = conn.execute(query).all()
+    return pl.DataFrame(
+        rows,
+        schema={"finding_id": pl.String, "status": pl.String, "old_version": pl.String, "present": pl.Boolean},
+        orient="row",
+    )
+
+
+def _apply(
+    conn: Connection,
+    findings: pl.DataFrame,
+    dates: list[dt.date],
+    night_date: dt.date,
+    run_id: str,
+    interface: str,
+    actor: str,
+    cause: str,
+    rule_ids: list[str] | None,
+    at: dt.datetime,
+) -> LifecycleCounts:
+    counts = LifecycleCounts()
+    dates = sorted(set(dates))
+    if not dates:
+        return counts
+    produced = findings.select(KEY_COLUMNS).filter(pl.col("service_date").is_in(dates))
+    if rule_ids is not None:
+        produced = produced.filter(pl.col("rule_id").is_in(rule_ids))
+    produced = produced.unique("finding_id", keep="first").with_columns(pl.lit(True).alias("produced"))
+    existing = _existing(conn, dates, rule_ids).with_columns(pl.lit(True).alias("known"))
+    both = produced.join(existing, on="finding_id", how="full", coalesce=True).with_columns(
+        pl.col("produced").fill_null(False), pl.col("known").fill_null(False)
+    )
+    base = {"at": at, "actor": actor, "interface": interface}
+
+    inserts = both.filter(pl.col("produced") & ~pl.col("known"))
+    if inserts.height:
+        rows = inserts.select(KEY_COLUMNS).to_dicts()
+        conn.execute(
+            insert(finding),
+            [
+                {
+                    **r,
+                    "status": "new",
+                    "first_seen_night": night_date,
+                    "first_seen_run": run_id,
+                    "present": True,
+                    "revision": 1,
+                }
+                for r in rows
+            ],
+        )
+        conn.execute(
+            insert(audit),
+            [
+                {
+                    **base,
+                    "finding_id": r["finding_id"],
+                    "field": "status",
+                    "before": None,
+                    "after": "new",
+                    "cause": cause,
+                }
+                for r in rows
+            ],
+        )
+        counts.new = len(rows)
+
+    again = both.filter(pl.col("produced") & pl.col("known"))
+    version_changed = pl.col("rule_version") != pl.col("old_version")
+    reopen = again.filter(
+        (pl.col("status") == "resolved")
+        | ((pl.col("status") == "fixed") & ~pl.col("present"))
+        | ((pl.col("status") == "dismissed") & version_changed)
+    )
+    if reopen.height:
+        rows = reopen.select("finding_id", "status", "old_version", "rule_version").to_dicts()
+        conn.execute(
+            update(finding)
+            .where(finding.c.finding_id == bindparam("b_id"))
+            .values(
+                status="reopened",
+                present=True,
+                closed_on=None,
+                rule_version=bindparam("b_version"),
+                revision=finding.c.revision + 1,
+            ),
+            [{"b_id": r["finding_id"], "b_version": r["rule_version"]} for r in rows],
+        )
+        conn.execute(insert(audit), [_audit(base, r, "status", r["status"], "reopened", cause) for r in rows])
+        counts.reopened = len(rows)
+    reopened_ids = reopen["finding_id"].implode() if reopen.height else pl.Series([], dtype=pl.String).implode()
+    rest = again.filter(~pl.col("finding_id").is_in(reopened_ids))
+    newer = rest.filter(version_changed)
+    if newer.height:
+        rows = newer.select("finding_id", "old_version", "rule_version").to_dicts()
+        conn.execute(
+            update(finding)
+            .where(finding.c.finding_id == bindparam("b_id"))
+            .values(rule_version=bindparam("b_version"), present=True, revision=finding.c.revision + 1),
+            [{"b_id": r["finding_id"], "b_version": r["rule_version"]} for r in rows],
+        )
+        conn.execute(
+            insert(audit),
+            [
+                {
+                    **base,
+                    "finding_id": r["finding_id"],
+                    "field": "rule_version",
+                    "before": r["old_version"],
+                    "after": r["rule_version"],
+                    "cause": cause,
+                }
+                for r in rows
+            ],
+        )
+        counts.rule_version_changed = len(rows)
+    back = rest.filter(~version_changed & ~pl.col("present"))
+    if back.height:
+        _set_present(conn, back["finding_id"].to_list(), True)
+
+    gone = both.filter(~pl.col("produced") & pl.col("known"))
+    resolve = gone.filter(pl.col("status").is_in(OPEN_STATUSES))
+    if resolve.height:
+        rows = resolve.select("finding_id", "status").to_dicts()
+        conn.execute(
+            update(finding)
+            .where(finding.c.finding_id == bindparam("b_id"))
+            .values(status="resolved", present=False, closed_on=night_date, revision=finding.c.revision + 1),
+            [{"b_id": r["finding_id"]} for r in rows],
+        )
+        conn.execute(insert(audit), [_audit(base, r, "status", r["status"], "resolved", cause) for r in rows])
+        counts.resolved = len(rows)
+    vanished = gone.filter(~pl.col("status").is_in(OPEN_STATUSES) & pl.col("present"))
+    if vanished.height:
+        _set_present(conn, vanished["finding_id"].to_list(), False)
+    return counts
+
+
+def _set_present(conn: Connection, ids: list[str], present: bool) -> None:
+    """Presence is a fact of the data, not a decision: it is not audited and keeps the revision."""
+    conn.execute(
+        update(finding).where(finding.c.finding_id == bindparam("b_id")).values(present=present),
+        [{"b_id": i} for i in ids],
+    )
+
+
+def _audit(base: dict, row: dict, field: str, before, after, cause: str) -> dict:
+    return {**base, "finding_id": row["finding_id"], "field": field, "before": before, "after": after, "cause": cause}

@@ -1,0 +1,113 @@
+"""What a person sees: progress lines on stderr, and output that fits an 80-column terminal.
+
+The night runs through the real CLI in a child process (stderr is a pipe, as under a scheduler)
+against the session's Prefect API, so it also exercises `run` with PREFECT_API_URL set.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from b12pipeline import progress
+from b12pipeline.cli.feedback import feedback
+
+FIXTURES = Path(__file__).resolve().parent.parent / "data" / "fixtures"
+CLI = str(Path(sys.executable).parent / "b12pipeline")
+STEP = re.compile(r"^\[\s*\d+\.\d+s\] night 2024-03-02: (?P<text>.+)$")
+
+
+def cli(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.fixture(scope="module")
+def night(prefect_harness, tmp_path_factory):
+    from prefect.settings import PREFECT_API_URL
+
+    root = tmp_path_factory.mktemp("feel")
+    landing, out = root / "landing", root / "out"
+    landing.mkdir()
+    for p in FIXTURES.iterdir():
+        if p.suffix in (".csv", ".parquet"):
+            shutil.copy2(p, landing / p.name)
+    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value(), COLUMNS="80", TERM="xterm-256color")
+    proc = cli(["nightly", "--landing", str(landing), "--out", str(out), "--night", "2024-03-02"], env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, out, env
+
+
+@pytest.mark.slow
+def test_progress_lines_on_stderr_when_not_a_terminal(night):
+    proc, _, _ = night
+    steps = [m["text"] for line in proc.stderr.splitlines() if (m := STEP.match(line))]
+    assert "\x1b[" not in proc.stderr  # plain lines, no terminal control codes in a log
+    assert steps[0] == "starting Prefect for 3 file(s)"
+    assert "read emar_2024-03-01.csv: 16 rows, 12 B12" in steps
+    assert "validated emar_2024-03-01.csv: 10 valid, 2 quarantined" in steps
+    valid = sum(int(m[1]) for s in steps if (m := re.fullmatch(r"validated \S+: (\d+) valid, \d+ quarantined", s)))
+    assert any(s.startswith(f"history: {valid} rows merged") for s in steps), steps
+    assert any(re.fullmatch(r"evaluated \d+ date\(s\): \d+ findings", s) for s in steps), steps
+    assert steps[-1] == "done"
+    assert "Night 2024-03-02" not in proc.stderr  # results go to stdout
+
+
+@pytest.mark.slow
+def test_summary_fits_80_columns_without_cutting_words(night):
+    proc, _, _ = night
+    assert "…" not in proc.stdout
+    assert max(len(line) for line in proc.stdout.splitlines()) <= 80
+    for name in ("emar_2024-03-01.csv", "emar_2024-03-02.parquet", "emar_all_rules.csv", "quarantined"):
+        assert name in proc.stdout
+
+
+@pytest.mark.slow
+def test_queue_show_at_80_columns_contains_every_finding_in_full(night):
+    from b12pipeline.export import select_findings
+
+    _, out, env = night
+    for queue in ("coding", "documentation", "medical_necessity"):
+        found = select_findings(out / "queues", queue)
+        assert found.height > 0
+        shown = cli(["queue", "show", queue, "--out", str(out), "--limit", "0"], env)
+        assert shown.returncode == 0, shown.stderr
+        assert "…" not in shown.stdout
+        assert max(len(line) for line in shown.stdout.splitlines()) <= 80
+        text = one_line(shown.stdout)
+        for r in found.iter_rows(named=True):
+            for key in ("message", "expected", "actual", "admin_id"):
+                assert one_line(r[key] or "") in text, (queue, key, r[key])
+
+
+@pytest.mark.slow
+def test_queue_list_at_80_columns_shows_whole_rule_ids(night):
+    from b12pipeline.export import select_findings
+
+    _, out, env = night
+    listed = cli(["queue", "list", "--out", str(out)], env)
+    assert listed.returncode == 0, listed.stderr
+    assert "…" not in listed.stdout
+    assert max(len(line) for line in listed.stdout.splitlines()) <= 80
+    for rule_id in set(select_findings(out / "queues")["rule_id"].to_list()):
+        assert re.search(rf"\b{re.escape(rule_id)} x\d+", listed.stdout), rule_id
+
+
+def test_quiet_prints_no_progress(capsys):
+    with feedback("night 2024-03-02", quiet=True):
+        progress.step("read x.csv: 3 rows")
+    with feedback("night 2024-03-02"):
+        progress.step("read y.csv: 4 rows")
+    progress.step("after the block: nobody listens")
+    err = capsys.readouterr().err
+    assert "x.csv" not in err and "after the block" not in err
+    assert re.search(r"^\[\s*\d+\.\ds\] night 2024-03-02: read y.csv: 4 rows$", err, re.M)

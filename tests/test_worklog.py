@@ -1,0 +1,213 @@
+"""The worklog store: lifecycle across nights, person actions, the audit trail, the schema.
+
+Run on the embedded SQLite and on a real PostgreSQL server the tests start (see conftest.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import stat
+
+import polars as pl
+import pytest
+from sqlalchemy import inspect, text
+
+from b12pipeline.worklog import Edit, apply_edits, apply_evaluation, history, read_states, set_findings, update_night
+
+REASONS = ("false positive", "payer exception", "documented elsewhere")
+N1, N2, N3, N4 = (dt.date(2024, 3, d) for d in (1, 2, 3, 4))
+DOS = dt.date(2024, 2, 28)
+
+
+def findings(*ids: str, version: str = "1", day: dt.date = DOS, rule: str = "UNITS-001") -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "finding_id": list(ids),
+            "queue": ["coding"] * len(ids),
+            "rule_id": [rule] * len(ids),
+            "rule_version": [version] * len(ids),
+            "severity": ["error"] * len(ids),
+            "service_date": [day] * len(ids),
+        },
+        schema={
+            "finding_id": pl.String,
+            "queue": pl.String,
+            "rule_id": pl.String,
+            "rule_version": pl.String,
+            "severity": pl.String,
+            "service_date": pl.Date,
+        },
+    )
+
+
+def statuses(engine) -> dict[str, str]:
+    return dict(read_states(engine).select("finding_id", "status").iter_rows())
+
+
+def night(engine, frame: pl.DataFrame, day: dt.date, run: str | None = None, dates=(DOS,)):
+    return update_night(engine, frame, list(dates), night=day, run_id=run or f"night-{day}")
+
+
+def test_lifecycle_new_open_resolved_reopened(worklog_engine):
+    counts = night(worklog_engine, findings("a", "b", "c"), N1)
+    assert (counts.new, counts.resolved) == (3, 0)
+    assert statuses(worklog_engine) == {"a": "new", "b": "new", "c": "new"}
+    counts = night(worklog_engine, findings("a", "b", "c"), N2)
+    assert (counts.new, counts.aged) == (0, 3)
+    assert statuses(worklog_engine) == {"a": "open", "b": "open", "c": "open"}
+    again = night(worklog_engine, findings("a", "b", "c"), N2)  # the same night re-run: nothing moves
+    assert again.to_dict() == {k: 0 for k in again.to_dict()}
+    counts = night(worklog_engine, findings("a", "b"), N3)
+    assert counts.resolved == 1 and statuses(worklog_engine)["c"] == "resolved"
+    counts = night(worklog_engine, findings("a", "b", "c"), N4)
+    assert counts.reopened == 1 and statuses(worklog_engine)["c"] == "reopened"
+    state = read_states(worklog_engine, ["c"]).row(0, named=True)
+    assert state["first_seen_night"] == N1 and state["first_seen_run"] == f"night-{N1}"
+    assert [(h["field"], h["before"], h["after"], h["interface"]) for h in history(worklog_engine, "c")] == [
+        ("status", None, "new", "night"),
+        ("status", "new", "open", "night"),
+        ("status", "open", "resolved", "night"),
+        ("status", "resolved", "reopened", "night"),
+    ]
+
+
+def test_dates_not_evaluated_are_left_alone(worklog_engine):
+    night(worklog_engine, findings("a"), N1)
+    night(worklog_engine, findings("z", day=DOS + dt.timedelta(days=1)), N2, dates=[DOS + dt.timedelta(days=1)])
+    assert statuses(worklog_engine) == {"a": "open", "z": "new"}
+
+
+def test_person_decisions_hold_and_rule_version_reopens_a_dismissal(worklog_engine):
+    night(worklog_engine, findings("a", "b", "c"), N1)
+    out = set_findings(
+        worklog_engine,
+        ["a"],
+        actor="ana",
+        interface="cli",
+        reasons=REASONS,
+        status="dismissed",
+        reason="false positive",
+    )
+    assert out.changed == ["a"]
+    set_findings(worklog_engine, ["b"], actor="ben", interface="excel", reasons=REASONS, status="fixed")
+    night(worklog_engine, findings("a", "b", "c"), N2)
+    assert statuses(worklog_engine) == {"a": "dismissed", "b": "fixed", "c": "open"}
+    # a fix the data confirms (gone), then undone in the data (back): reopened
+    night(worklog_engine, findings("a", "c"), N3)
+    assert statuses(worklog_engine)["b"] == "fixed"
+    night(worklog_engine, findings("a", "b", "c", version="2"), N4)
+    assert statuses(worklog_engine) == {"a": "reopened", "b": "reopened", "c": "open"}
+    assert read_states(worklog_engine, ["c"])["rule_version"].to_list() == ["2"]
+
+
+def test_deferred_returns_to_open_when_due_by_the_night_date(worklog_engine):
+    night(worklog_engine, findings("a"), N1)
+    set_findings(
+        worklog_engine, ["a"], actor="ana", interface="cli", reasons=REASONS, status="deferred", deferred_until=N3
+    )
+    night(worklog_engine, findings("a"), N2)
+    assert statuses(worklog_engine)["a"] == "deferred"
+    counts = night(worklog_engine, findings("a"), N3)
+    assert counts.returned == 1 and statuses(worklog_engine)["a"] == "open"
+
+
+def test_refusals_name_why_and_change_nothing(worklog_engine):
+    night(worklog_engine, findings("a", "b"), N1)
+    cases = {
+        "status": {"status": "done"},
+        "reason": {"status": "dismissed"},
+        "until": {"status": "deferred"},
+        "bad reason": {"status": "dismissed", "reason": "bored"},
+        "until without deferred": {"deferred_until": N3},
+    }
+    for label, changes in cases.items():
+        out = apply_edits(
+            worklog_engine, [Edit("a", changes, label=label)], actor="x", interface="cli", reasons=REASONS
+        )
+        assert [name for name, _ in out.refused] == [label] and not out.changed
+    out = set_findings(worklog_engine, ["nope"], actor="x", interface="cli", reasons=REASONS, status="fixed")
+    assert out.refused == [("nope", "unknown finding id")]
+    assert statuses(worklog_engine) == {"a": "new", "b": "new"}
+    assert len(history(worklog_engine, "a")) == 1
+
+
+def test_expected_revision_refuses_a_stale_edit_and_names_who_changed_it(worklog_engine):
+    night(worklog_engine, findings("a", "b"), N1)
+    revs = dict(read_states(worklog_engine).select("finding_id", "revision").iter_rows())
+    set_findings(worklog_engine, ["a"], actor="ana", interface="web", reasons=REASONS, owner="ana")
+    out = apply_edits(
+        worklog_engine,
+        [Edit("a", {"status": "fixed"}, revs["a"], "row 2"), Edit("b", {"status": "fixed"}, revs["b"], "row 3")],
+        actor="ben",
+        interface="excel",
+        reasons=REASONS,
+    )
+    assert out.changed == ["b"]
+    assert out.refused[0][0] == "row 2" and "ana via web" in out.refused[0][1]
+    assert statuses(worklog_engine) == {"a": "new", "b": "fixed"}
+
+
+def test_history_records_who_when_and_every_field(worklog_engine):
+    night(worklog_engine, findings("a"), N1)
+    at = dt.datetime(2024, 3, 1, 15, 30, tzinfo=dt.timezone.utc)
+    set_findings(
+        worklog_engine,
+        ["a"],
+        actor="ana",
+        interface="cli",
+        reasons=REASONS,
+        at=at,
+        status="in_progress",
+        owner="ana",
+        comment="called the unit",
+    )
+    steps = history(worklog_engine, "a")
+    assert [(s["field"], s["after"]) for s in steps[1:]] == [
+        ("status", "in_progress"),
+        ("owner", "ana"),
+        ("comment", "called the unit"),
+    ]
+    assert {(s["actor"], s["interface"], s["at"]) for s in steps[1:]} == {("ana", "cli", at)}
+
+
+def test_apply_evaluation_records_its_cause_and_keeps_other_rules(worklog_engine):
+    night(worklog_engine, pl.concat([findings("a", "b"), findings("r", rule="DX-003")]), N1)
+    counts = apply_evaluation(
+        worklog_engine, findings("a"), [DOS], night=N2, cause="deployment UNITS-001 v2", rule_ids=["UNITS-001"]
+    )
+    assert counts.resolved == 1
+    assert statuses(worklog_engine) == {"a": "new", "b": "resolved", "r": "new"}
+    last = history(worklog_engine, "b")[-1]
+    assert (last["interface"], last["cause"], last["after"]) == ("deploy", "deployment UNITS-001 v2", "resolved")
+
+
+def test_schema_is_the_migrations_head_and_matches_the_models(worklog_engine):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from b12pipeline.worklog.models import metadata
+
+    with worklog_engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+    assert {"worklog_finding", "worklog_audit", "worklog_night"} <= set(inspect(worklog_engine).get_table_names())
+
+
+def test_embedded_worklog_is_owner_only_and_in_wal_mode(tmp_path, monkeypatch):
+    from b12pipeline.worklog import open_worklog
+
+    monkeypatch.delenv("B12_WORKLOG_URL", raising=False)
+    engine = open_worklog(tmp_path)
+    night(engine, findings("a"), N1)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    files = list(tmp_path.glob("worklog.sqlite*"))
+    assert len(files) >= 2  # the database and its -wal
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
+    engine.dispose()
+
+
+@pytest.mark.parametrize("interface", ["email"])
+def test_unknown_interface_is_a_programming_error(worklog_engine, interface):
+    with pytest.raises(ValueError):
+        apply_edits(worklog_engine, [], actor="x", interface=interface, reasons=REASONS)

@@ -1,0 +1,42 @@
+"""Nights for the worklog tests: the night's library calls in the flow's order, without Prefect
+(the flow itself is covered by test_nightly_flow.py), so each test runs on SQLite and PostgreSQL fast."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+from b12pipeline.pipeline import Rules, apply_staged, make_run_id, sha256_file, stage_file
+from b12pipeline.worklog import update_night_from_queues
+
+PROJECT = Path(__file__).resolve().parent.parent
+NIGHT1_CSV = PROJECT / "data" / "fixtures" / "emar_2024-03-01.csv"
+
+
+def evaluate_night(out: Path, extract: Path, night: dt.date) -> tuple[str, list[str]]:
+    """stage -> apply (queues written); returns the run id and the dates it re-evaluated."""
+    rules = Rules.load()
+    run_id = make_run_id(night, [sha256_file(extract)], rules.ruleset.version)
+    staged = stage_file(extract, out, run_id, night, rules)
+    applied = apply_staged([staged.staged] if staged.staged else [], out, rules, run_id)
+    return run_id, applied["dates"]
+
+
+def run_night(out: Path, extract: Path, night: dt.date) -> dict:
+    """A whole night as flows/nightly.py runs it; returns the worklog counts."""
+    run_id, dates = evaluate_night(out, extract, night)
+    return update_night_from_queues(out, night, run_id, dates)
+
+
+class NightTemplate:
+    """A night evaluated once per session; `replay(out)` copies its output root (without any worklog)
+    and applies the night's lifecycle update to the worklog the test is using."""
+
+    def __init__(self, root: Path, extract: Path, night: dt.date):
+        self.root, self.night = root, night
+        self.run_id, self.dates = evaluate_night(root, extract, night)
+
+    def replay(self, out: Path) -> dict:
+        shutil.copytree(self.root, out, ignore=shutil.ignore_patterns("worklog.sqlite*", ".lock"))
+        return update_night_from_queues(out, self.night, self.run_id, self.dates)
