@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 import shutil
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -92,6 +93,12 @@ class StageResult:
         return asdict(self)
 
 
+def file_key(path: Path, sha256: str) -> str:
+    """`<stem>-<sha[:12]>` for the files a night writes per input (staging, quarantine, validation
+    results). Only [A-Za-z0-9._-] are kept: readers take `[`, `*` and `?` in a path as a pattern."""
+    return f"{re.sub(r'[^A-Za-z0-9._-]', '_', path.stem)}-{sha256[:12]}"
+
+
 def rejected_name(path: Path, sha256: str) -> str:
     """`<stem>-<sha[:12]><suffix>`: a later file of the same name never overwrites an earlier one."""
     return f"{path.stem}-{sha256[:12]}{path.suffix}" if sha256 else path.name
@@ -162,7 +169,7 @@ def stage_file(
         )
         result.unexpected_counts = outcome.unexpected_counts
         if outcome.gx_result is not None:  # for the run's Data Docs (counts only, see validate.py)
-            write_json(validation_result_path(layout, run_id, f"{path.stem}-{result.sha256[:12]}"), outcome.gx_result)
+            write_json(validation_result_path(layout, run_id, file_key(path, result.sha256)), outcome.gx_result)
         share = outcome.quarantine.height / outcome.rows if outcome.rows else 0.0
         if share > rules.config.max_quarantine_share:
             raise FileRejected(
@@ -178,7 +185,7 @@ def stage_file(
         result.rows_read = result.in_scope = result.out_of_scope = result.quarantined = 0
         progress.step(f"rejected {path.name}")
         return result
-    key = f"{Path(result.file).stem}-{result.sha256[:12]}"
+    key = file_key(path, result.sha256)
     result.quarantined = write_quarantine(outcome.quarantine, layout.quarantine, key, night, run_id)
     result.in_scope = outcome.valid.height
     if outcome.valid.height:

@@ -92,16 +92,38 @@ def test_a_symlink_in_landing_is_never_followed_moved_or_chmodded(tmp_path, fixt
     assert not any(os.path.lexists(landing / n) for n in ("passwd.csv", "linked.csv"))  # the links, not targets
 
 
-def test_a_reason_with_rich_markup_is_printed_as_text(tmp_path, fixtures_dir):
+def test_a_file_name_with_rich_markup_is_read_and_printed_as_text(tmp_path, fixtures_dir):
     landing, out = tmp_path / "landing", tmp_path / "out"
     landing.mkdir()
-    lines = (fixtures_dir / NIGHT_CSV).read_text().splitlines()
-    lines = [lines[0] + ",[/],[/]"] + [line + ",," for line in lines[1:]]  # a repeated column named [/]
-    (landing / "[bold]odd.csv").write_text("\n".join(lines) + "\n")
+    shutil.copy(fixtures_dir / NIGHT_CSV, landing / "[bold]night.csv")  # also a glob pattern to Polars
+    (landing / "[red]bad.csv").write_text("not,an,extract\n")
     result = nightly(landing, out)
     assert result.exit_code == 1, result.output
-    assert "duplicate column name(s) in the header: [/]" in result.output
-    assert "[bold]odd.csv" in result.output
+    assert {i["file"]: i["status"] for i in manifest_of(out)["inputs"]} == {
+        "[bold]night.csv": "processed",
+        "[red]bad.csv": "rejected",
+    }
+    assert "[red]bad.csv" in result.output
+
+
+def test_the_summary_prints_reasons_with_markup_as_text(capsys):
+    """A reason can carry text from a header or a file name (`[/]` closes nothing: Rich raised)."""
+    from b12pipeline.cli.run import print_summary
+
+    row = {"rows_read": 0, "in_scope": 0, "out_of_scope": 0, "quarantined": 0}
+    manifest = {
+        "night": "2024-03-02",
+        "run_id": "night-x",
+        "totals": {**row, "files": 1, "files_rejected": 1},
+        "inputs": [{"file": "a[/].csv", "status": "rejected", "error": "a[/].csv: column [/b] odd", **row}],
+        "ignored": [{"file": "[/].part", "reason": "still being written (*.part)"}],
+        "findings": {"per_queue": {"coding": 0}},
+        "run_report": "runs/night-x/report.html",
+    }
+    print_summary(manifest, Path("out[/]"))
+    printed = capsys.readouterr()
+    assert "a[/].csv: column [/b] odd" in printed.err
+    assert "[/].part" in printed.out
 
 
 def test_a_file_rejected_for_its_quarantine_share_counts_no_rows(tmp_path, fixtures_dir):
