@@ -8,8 +8,10 @@ evaluate_dates re-evaluates given dates from history (shared by nights and histo
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import json
+import os
 import re
 import shutil
 import uuid
@@ -151,6 +153,8 @@ def stage_file(
     """`sha256`: the file's checksum when the caller already has it (the flow hashes every input
     once for the run id; hashing a large extract again costs a full read)."""
     path, layout = Path(path), OutputLayout(Path(out))
+    if not path.exists() and not path.is_symlink():  # the machine's problem, not the file's (exit 4)
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
     result = StageResult(file=path.name, sha256=sha256 if sha256 is not None else extract_checksum(path))
     try:
         # Only B12 rows are read in (CSV/Parquet stream past the rest): scope is decided on raw

@@ -19,6 +19,75 @@ EXIT_ENVIRONMENT = 4  # the machine failed the run: --out not writable, disk ful
 EXIT_SOURCE = 5  # a pull source could not be reached (after its retries)
 
 
+def environment_problem(exc: BaseException) -> str | None:
+    """One line for a failure of the machine rather than of the data (None if it is not one):
+    an OSError (read-only or full disk, a file-size limit, a landing file that vanished), or a
+    Polars error wrapping one ("... (os error 28)"). Names the path and the system's reason only."""
+    import errno
+    import os
+    import re
+
+    if isinstance(exc, OSError) and exc.errno:
+        where = f"{exc.filename}: " if exc.filename else ""
+        what = os.strerror(exc.errno).lower()
+        if exc.errno == errno.ENOENT:
+            what = "no longer there (another run sharing the landing folder, or a file moved away during the run)"
+        return f"{where}{what}"
+    code = re.search(r"\(os error (\d+)\)", str(exc)) if type(exc).__module__.startswith("polars") else None
+    if code:
+        return f"writing the output failed: {os.strerror(int(code.group(1))).lower()}"
+    return None
+
+
+@contextmanager
+def environment_failures():
+    """An environment failure is one line and EXIT_ENVIRONMENT, not a traceback with exit 1
+    (which means a file was rejected). Anything else propagates unchanged."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        line = environment_problem(exc)
+        if line is None:
+            raise
+        err_console.print(f"[bold red]environment:[/] {escape(line)}", soft_wrap=True)
+        raise typer.Exit(EXIT_ENVIRONMENT) from None
+
+
+class _NoTraceback:
+    """A logging filter: the record's line without its traceback (the exception is named in it)."""
+
+    def filter(self, record) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+@contextmanager
+def no_console_tracebacks():
+    """Prefect logs a failed task's traceback on the console before the CLI can say what failed in
+    one line; on the console the lines are kept and the tracebacks dropped."""
+    import logging
+
+    loggers = [logging.getLogger()] + [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    handlers = {
+        h
+        for lg in loggers
+        for h in lg.handlers
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+    }
+    quiet = _NoTraceback()
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
+
+
 def usage_error(message: str) -> typer.Exit:
     err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)  # one line, however narrow
     return typer.Exit(EXIT_USAGE)

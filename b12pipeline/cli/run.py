@@ -15,7 +15,9 @@ from b12pipeline.cli.common import (
     EXIT_REJECTED,
     check_rules,
     console,
+    environment_failures,
     err_console,
+    no_console_tracebacks,
     output_guard,
     parse_date,
     today,
@@ -48,7 +50,7 @@ def run_night(
     ignored: list[dict] | None = None,
 ) -> int:
     """`night`, `rules` and `engine` have passed preflight()."""
-    with output_guard(out, wait):
+    with environment_failures(), output_guard(out, wait):
         return _run_night(extracts, out, night, rules, source, move_rejected, engine, quiet, ignored or [])
 
 
@@ -70,16 +72,17 @@ def _run_night(
         from flows.nightly import nightly_flow
 
         try:
-            manifest = nightly_flow(
-                extracts=[str(p) for p in extracts],
-                out=str(out),
-                night=night,
-                rules_dir=str(rules) if rules else None,
-                source=source,
-                move_rejected=move_rejected,
-                engine=engine,
-                ignored=ignored,
-            )
+            with no_console_tracebacks():
+                manifest = nightly_flow(
+                    extracts=[str(p) for p in extracts],
+                    out=str(out),
+                    night=night,
+                    rules_dir=str(rules) if rules else None,
+                    source=source,
+                    move_rejected=move_rejected,
+                    engine=engine,
+                    ignored=ignored,
+                )
         except RuleFileError as exc:
             raise usage_error(str(exc)) from None
         shown.step("done")
@@ -195,7 +198,7 @@ def register(app: typer.Typer) -> None:
         if not landing.is_dir():
             raise usage_error(f"--landing {landing} is not a folder")
         day = preflight(night, rules, engine)
-        with output_guard(out, wait):  # held from the archive lookup to the end of the night
+        with environment_failures(), output_guard(out, wait):  # held from the archive lookup to the end
             _nightly(landing, out, day, rules, source, engine, quiet)
 
     def _nightly(
