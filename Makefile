@@ -17,7 +17,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,dask,durable]'
+	$(PY) -m pip install --quiet -e '.[test,dask,durable,postgres,sftp]'
 	touch $(STAMP)
 
 # The demo starts from an empty ./var each time so it always shows a full night.
@@ -30,10 +30,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# ruff (lint and format check); the test extra brings ruff.
+# ruff (lint and format check) and mypy (types, configured in pyproject.toml); the test extra brings both.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(PY) bench/run_bench.py

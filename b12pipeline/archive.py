@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from b12pipeline.pipeline import sha256_file
+from b12pipeline.files import copy_no_follow, sha256_file
 
 INDEX = "index.jsonl"
 _LOCK = threading.Lock()  # nightly stages extracts in a thread pool: one archiver at a time
@@ -105,7 +105,7 @@ def copy_into_archive(path: Path, sha256: str, archive_root: Path) -> Path:
             if path.is_dir() and not path.is_symlink():  # a FHIR Bulk Data export folder
                 shutil.copytree(path, tmp, symlinks=True)
             else:
-                _copy_no_follow(path, tmp)
+                copy_no_follow(path, tmp)
             actual = sha256_file(tmp)
             if actual != sha256:
                 raise ArchiveError(
@@ -119,13 +119,6 @@ def copy_into_archive(path: Path, sha256: str, archive_root: Path) -> Path:
             tmp.unlink(missing_ok=True)
         (folder / f"{path.name}.sha256").write_text(f"{sha256}  {path.name}\n")
         return target
-
-
-def _copy_no_follow(source: Path, target: Path) -> None:
-    """Copy a regular file's bytes; a symbolic link is refused rather than followed (O_NOFOLLOW)."""
-    fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as src, open(target, "wb") as dst:
-        shutil.copyfileobj(src, dst, 1 << 20)
 
 
 def _entry(sha256: str, target: Path, archive_root: Path, night: str, **extra) -> dict:

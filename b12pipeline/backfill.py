@@ -4,6 +4,7 @@ plan_backfill     the dates, their chunks and the deterministic run id
 backfill_chunk    one chunk of dates: previous findings, new findings, replace the partitions,
                   and the per-finding diff of the chunk (a Parquet file; the path is returned)
 summarise_diff    joins the chunks' diffs into diff.parquet (per rule) + diff_findings.parquet
+record_backfill   the run record (manifest.json) of a finished backfill
 
 Backfill re-evaluates <out>/history (canonical rows, already superseded by admin_id exactly as the
 nights left them); it does not re-ingest the archive (docs/history.md says why). Chunks write
@@ -20,13 +21,15 @@ import polars as pl
 
 from b12pipeline.engine.evaluate import FINDING_COLUMNS
 from b12pipeline.engine.rulefile import QUEUES
+from b12pipeline.files import sha256_file, write_json
 from b12pipeline.history import history_paths
 from b12pipeline.paths import OutputLayout
-from b12pipeline.pipeline import Rules, findings_for_dates, lookback_days, make_run_id, sha256_file
+from b12pipeline.pipeline import Rules, findings_for_dates, lookback_days, make_run_id
 from b12pipeline.queues import PART_NAME, atomic_write_parquet, partition_dir, write_queue_partitions
+from b12pipeline.report import build_manifest
 
 CHANGES = ("new", "resolved", "unchanged")
-DETAIL_COLUMNS = {
+DETAIL_COLUMNS: dict[str, pl.DataType | type[pl.DataType]] = {
     "finding_id": pl.String,
     "rule_id": pl.String,
     "queue": pl.String,
@@ -38,7 +41,7 @@ DETAIL_COLUMNS = {
     "source_file": pl.String,
     "source_row": pl.Int64,
 }
-SUMMARY_COLUMNS = {
+SUMMARY_COLUMNS: dict[str, pl.DataType | type[pl.DataType]] = {
     "rule_id": pl.String,
     "queue": pl.String,
     "new": pl.Int64,
@@ -185,6 +188,44 @@ def summarise_diff(out: Path | str, run_id: str, chunk_paths: list[str], ruleset
         "previous_ruleset_versions": sorted(set(detail["previous_ruleset_version"].drop_nulls().to_list())),
         "ruleset_version": ruleset_version,
     }
+
+
+def record_backfill(
+    out: Path | str,
+    plan: BackfillPlan,
+    chunk_paths: list[str],
+    started_at: str,
+    ended_at: str,
+    rules_dir: str | None,
+    task_runner: str,
+) -> dict:
+    """Summarise the chunks' diffs and write runs/<run_id>/manifest.json; returns the manifest."""
+    diff = summarise_diff(out, plan.run_id, chunk_paths, plan.ruleset_version)
+    manifest = build_manifest(
+        run_id=plan.run_id,
+        kind="backfill",
+        night=plan.end.isoformat(),
+        started_at=started_at,
+        ended_at=ended_at,
+        inputs=[],
+        applied={"dates": [d.isoformat() for d in plan.dates]},
+        out=Path(out),
+        ruleset_version=plan.ruleset_version,
+        rules_dir=rules_dir or "",
+    )
+    manifest.update(
+        {
+            "from": plan.start.isoformat(),
+            "to": plan.end.isoformat(),
+            "chunks": len(plan.chunks),
+            "task_runner": task_runner,
+            "diff": diff,
+            "diff_report": f"runs/{plan.run_id}/diff.parquet",
+            "diff_findings": f"runs/{plan.run_id}/diff_findings.parquet",
+        }
+    )
+    write_json(OutputLayout(Path(out)).run_dir(plan.run_id) / "manifest.json", manifest)
+    return manifest
 
 
 def diff_markdown(manifest: dict) -> str:

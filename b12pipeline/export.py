@@ -15,14 +15,44 @@ import polars as pl
 from b12pipeline.engine.rulefile import SEVERITIES
 from b12pipeline.queues import read_queue
 
-# Column order and headings of a coder's export: what to fix first, then who, then lineage.
+# The worklog's columns come first with fixed headings: a coder edits Status, Owner, Reason, Comment
+# and Deferred until, and `queue import` reads them back by these names (b12pipeline/worklog/excel.py).
+WORKLOG_HEADINGS: dict[str, str] = {
+    "finding_id": "Finding ID",
+    "status": "Status",
+    "owner": "Owner",
+    "reason": "Reason",
+    "comment": "Comment",
+    "deferred_until": "Deferred until",
+    "first_seen_night": "First seen",
+    "days_open": "Days open",
+}
+# Then what to fix first, what the claim says, who, and lineage.
+# The hidden sheet `queue import` reads back (b12pipeline/worklog/excel.py): finding id, revision and
+# the editable values as exported, so an edit can be told from a change made in the worklog since.
+REVISION_SHEET = "worklog"
+EDITABLE = {
+    "status": "Status",
+    "owner": "Owner",
+    "reason": "Reason",
+    "comment": "Comment",
+    "deferred_until": "Deferred until",
+}
+REVISION_HEADINGS = ["Finding ID", "Revision", *EDITABLE.values()]
 CODER_COLUMNS: dict[str, str] = {
+    **WORKLOG_HEADINGS,
     "service_date": "Date of service",
     "severity": "Severity",
     "rule_id": "Rule",
+    "rule_title": "Rule title",
     "message": "Problem",
     "expected": "Expected",
     "actual": "Actual",
+    "payer_type": "Payer",
+    "charge_hcpcs": "Billed HCPCS",
+    "charge_units": "Billed units",
+    "charge_modifiers": "Modifiers",
+    "diagnosis_codes": "Diagnoses",
     "patient_id": "Patient ID",
     "encounter_id": "Encounter ID",
     "admin_id": "Administration ID",
@@ -32,9 +62,9 @@ CODER_COLUMNS: dict[str, str] = {
     "dose_mcg": "Dose (mcg)",
     "route": "Route",
     "queue": "Queue",
+    "rule_citation": "Citation",
     "source_file": "Source file",
     "source_row": "Source row",
-    "finding_id": "Finding ID",
     "rule_version": "Rule version",
     "ruleset_version": "Ruleset version",
     "run_id": "Run ID",
@@ -112,7 +142,11 @@ def export_csv(findings: pl.DataFrame, target: Path) -> int:
 
 
 def export_xlsx(findings: pl.DataFrame, target: Path, sheet: str = "findings") -> int:
-    """An Excel workbook a coder can sort and filter: bold frozen header, autofilter, sized columns."""
+    """An Excel workbook a coder can sort and filter: bold frozen header, autofilter, sized columns.
+
+    `findings` is a worklog view (b12pipeline/worklog/view.py); a hidden sheet keeps each finding's
+    worklog revision and exported values, so `queue import` can tell an edit from a change made by
+    someone else since the export."""
     from openpyxl import Workbook
     from openpyxl.styles import Alignment, Font
     from openpyxl.utils import get_column_letter
@@ -123,10 +157,7 @@ def export_xlsx(findings: pl.DataFrame, target: Path, sheet: str = "findings") -
     ws.title = sheet[:31]
     ws.append(view.columns)
     for row in view.iter_rows():
-        ws.append(list(row))
-        for cell in ws[ws.max_row]:
-            if cell.data_type == "f":  # openpyxl stores any text starting with "=" as a formula
-                cell.data_type = "s"
+        append_as_text(ws, row)
     for cell in ws[1]:
         cell.font = Font(bold=True)
         cell.alignment = Alignment(vertical="top", wrap_text=True)
@@ -146,6 +177,7 @@ def export_xlsx(findings: pl.DataFrame, target: Path, sheet: str = "findings") -
                     cell.number_format = fmt
                 if wrap:
                     cell.alignment = Alignment(wrap_text=True, vertical="top")
+    add_revision_sheet(wb, findings)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.unlink(missing_ok=True)
@@ -155,12 +187,30 @@ def export_xlsx(findings: pl.DataFrame, target: Path, sheet: str = "findings") -
     return view.height
 
 
+def add_revision_sheet(workbook, view: pl.DataFrame) -> None:
+    """The hidden sheet `queue import` checks edits against (finding id, revision, exported values)."""
+    ws = workbook.create_sheet(REVISION_SHEET)
+    ws.append(REVISION_HEADINGS)
+    cols = ["finding_id", "revision", *EDITABLE]
+    for row in view.select(cols).iter_rows():
+        append_as_text(ws, row)
+    ws.sheet_state = "hidden"
+
+
+def append_as_text(ws, row) -> None:
+    """Append a row of values; text is stored as text, never as a formula (openpyxl makes any text
+    starting with "=" a formula; values come from extracts and coders)."""
+    ws.append(list(row))
+    for cell in ws[ws.max_row]:
+        if cell.data_type == "f":
+            cell.data_type = "s"
+
+
 def _column_widths(view: pl.DataFrame) -> dict[str, float]:
     """Width per column from its heading and longest value (dates are 10/16 characters wide)."""
+    longest: tuple | list = [0] * len(view.columns)
     if view.height:
         longest = view.select([pl.col(c).cast(pl.String).str.len_chars().max().alias(c) for c in view.columns]).row(0)
-    else:
-        longest = [0] * len(view.columns)
     fixed = {pl.Date: 10, pl.Datetime: 16}
     return {
         name: float(min(MAX_WIDTH, max(len(name), fixed.get(dtype.base_type(), n or 0)) + 2))

@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import polars as pl
 
-from b12pipeline.writers import _number, fhir_administration, fhir_context, medication_code, split_codes
+from b12pipeline.fhir_writer import _number, fhir_administration, fhir_context, medication_code, split_codes
 
 NO_R4_ELEMENT = ("container_type", "waste_mcg")
 UCUM_SYSTEM = "http://unitsofmeasure.org"
@@ -27,7 +27,8 @@ class _Ids:
     """Stable ids for resources shared by several rows (one Medication per product, ...)."""
 
     def __init__(self, prefix: str):
-        self.prefix, self.ids = prefix, {}
+        self.prefix = prefix
+        self.ids: dict = {}
 
     def get(self, key) -> tuple[str, bool]:
         """(id, new)."""
@@ -99,7 +100,7 @@ def write_fhir_bulk(frame: pl.DataFrame, folder: Path, standard_only: bool = Fal
             for code in split_codes(r["diagnosis_codes"] or ""):
                 cond, new = ids["cond"].get((r["patient_id"], code))
                 if new:
-                    condition = {"resourceType": "Condition", "id": cond}
+                    condition: dict = {"resourceType": "Condition", "id": cond}
                     condition["code"] = {"coding": [{"system": ctx["icd"], "code": code}]}
                     emit("Condition", {**condition, **({"subject": patient} if patient else {})})
                 reasons.append({"reference": f"Condition/{cond}"})
@@ -173,7 +174,7 @@ def _coverage(r: dict, ids: _Ids, systems: dict, payer_code: dict, patient, emit
     if new:
         code = payer_code.get(payer)
         kind = {"coding": [{"system": systems["sopt"], "code": code}]} if code else {"text": payer}
-        resource = {"resourceType": "Coverage", "id": cov, "status": "active", "type": kind}
+        resource: dict = {"resourceType": "Coverage", "id": cov, "status": "active", "type": kind}
         resource["payor"] = [{"display": "payer of record"}]
         emit("Coverage", {**resource, **({"beneficiary": patient} if patient else {})})
     return cov

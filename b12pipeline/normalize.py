@@ -9,7 +9,7 @@ so a test can pin it; docs/columns.md lists them.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from typing import Any
 
 import polars as pl
 
@@ -192,7 +192,7 @@ def name_ingredient() -> pl.Expr:
 
 def route_class() -> pl.Expr:
     route = enum_text("route")
-    expr = pl.when(False).then(None)
+    expr: Any = pl.when(False).then(None)  # a chain of when/then, closed by otherwise
     for klass, spellings in ROUTE_CLASSES.items():
         expr = expr.when(route.is_in(spellings)).then(pl.lit(klass))
     return expr.otherwise(pl.lit("unknown"))
@@ -214,15 +214,11 @@ def icd10_dotted(col: str = "diagnosis_codes") -> pl.Expr:
     )
 
 
-@lru_cache(maxsize=200_000)
 def icd10_billable(code: str) -> bool:
-    """A valid ICD-10-CM code that is billable (a leaf), per simple-icd-10-cm."""
-    import simple_icd_10_cm as cm
+    """A valid ICD-10-CM code that is billable (a leaf), per simple-icd-10-cm (b12pipeline/icd10.py)."""
+    from b12pipeline.icd10 import is_billable
 
-    try:
-        return bool(cm.is_valid_item(code) and cm.is_leaf(code))
-    except ValueError:
-        return False
+    return is_billable(code)
 
 
 def npi_valid(col: str = "ordering_provider_npi") -> pl.Expr:

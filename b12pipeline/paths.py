@@ -1,7 +1,8 @@
 """Where the project's data folders live, and the layout of an output root.
 
-rules/ and schemas/ sit beside the package (the layout of the design card); an installation may
-point elsewhere with B12_RULES_DIR / B12_SCHEMAS_DIR or the CLI's --rules option.
+rules/ and schemas/ are top-level folders of the repository, beside the package. A non-editable
+install carries copies of them inside the package (b12pipeline/_bundled/, see setup.py), used when
+present. An installation may point elsewhere with B12_RULES_DIR / B12_SCHEMAS_DIR or --rules.
 """
 
 from __future__ import annotations
@@ -11,14 +12,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED = Path(__file__).resolve().parent / "_bundled"
+
+
+def _data_dir(name: str) -> Path:
+    bundled = BUNDLED / name
+    return bundled if bundled.is_dir() else PROJECT_ROOT / name
 
 
 def rules_dir() -> Path:
-    return Path(os.environ.get("B12_RULES_DIR", PROJECT_ROOT / "rules"))
+    return Path(os.environ.get("B12_RULES_DIR") or _data_dir("rules"))
 
 
 def schemas_dir() -> Path:
-    return Path(os.environ.get("B12_SCHEMAS_DIR", PROJECT_ROOT / "schemas"))
+    return Path(os.environ.get("B12_SCHEMAS_DIR") or _data_dir("schemas"))
+
+
+def cache_dir() -> Path:
+    """Derived public data (never patient data) kept between runs: B12_CACHE_DIR, else the user cache."""
+    if os.environ.get("B12_CACHE_DIR"):
+        return Path(os.environ["B12_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "b12pipeline"
 
 
 @dataclass(frozen=True)

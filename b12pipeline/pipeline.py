@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -24,35 +23,18 @@ from b12pipeline import normalize, progress
 from b12pipeline.config import SiteConfig, load_site_config
 from b12pipeline.crossrow import add_cross_row_facts
 from b12pipeline.datadocs import validation_result_path
-from b12pipeline.engine import load_ruleset
-from b12pipeline.engine.evaluate import empty_findings, evaluator
+from b12pipeline.engine.engines import evaluator
+from b12pipeline.engine.evaluate import empty_findings
 from b12pipeline.engine.rulefile import Ruleset
+from b12pipeline.files import copy_no_follow, extract_checksum, write_json
 from b12pipeline.history import history_paths, merge_into_history, read_history
-from b12pipeline.ingest import FileRejected, read_extract
+from b12pipeline.ingest import FileRejected
+from b12pipeline.ingest.read import read_extract
 from b12pipeline.paths import OutputLayout
 from b12pipeline.queues import atomic_write_parquet, write_quarantine, write_queue_partitions
 from b12pipeline.reference import Reference, load_reference
+from b12pipeline.rulesets import load_ruleset
 from b12pipeline.validate import validate
-
-
-def extract_checksum(path: Path) -> str:
-    """The extract's SHA-256, or "" for a symbolic link or a missing path (never read through a link)."""
-    return sha256_file(path) if path.exists() and not path.is_symlink() else ""
-
-
-def sha256_file(path: Path) -> str:
-    """The checksum of an extract: a file's bytes, or for a folder (a FHIR Bulk Data export) the
-    names and bytes of its files in name order, so the same export arriving twice is recognised."""
-    digest = hashlib.sha256()
-    path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with open(file, "rb") as fh:
-            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -112,8 +94,6 @@ def reject_file(path: Path, layout: OutputLayout, reason: str, sha256: str) -> s
     Always a copy: `nightly` removes the landing file only once the night is recorded
     (flows/nightly.py), so a run killed in between rejects it again. A symbolic link is never
     followed: only the error file is written (the link's target is not ours to copy or change)."""
-    from b12pipeline.archive import _copy_no_follow
-
     layout.rejected.mkdir(parents=True, exist_ok=True)
     name = rejected_name(path, sha256)
     target = layout.rejected / name
@@ -123,7 +103,7 @@ def reject_file(path: Path, layout: OutputLayout, reason: str, sha256: str) -> s
             if path.is_dir():  # a Bulk Data export is a folder; links inside it are copied as links
                 shutil.copytree(path, tmp, symlinks=True, copy_function=shutil.copyfile)
             else:
-                _copy_no_follow(path, tmp)
+                copy_no_follow(path, tmp)
             if target.is_dir():
                 shutil.rmtree(target)
             tmp.replace(target)  # created under the run's umask: owner-only, whatever the source's mode
@@ -283,10 +263,3 @@ def make_run_id(night: dt.date, checksums: list[str], ruleset_version: str, kind
     """Deterministic: the same inputs and rules give the same run id, so re-runs are byte-identical."""
     digest = hashlib.sha256("\n".join(sorted(checksums) + [ruleset_version, kind]).encode()).hexdigest()[:10]
     return f"{kind}-{night.isoformat()}-{digest}"
-
-
-def write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)

@@ -9,8 +9,8 @@ import polars as pl
 
 from b12pipeline import __version__
 from b12pipeline.engine.rulefile import QUEUES
+from b12pipeline.files import write_json
 from b12pipeline.paths import OutputLayout
-from b12pipeline.pipeline import write_json
 from b12pipeline.queues import read_queue
 
 

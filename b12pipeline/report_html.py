@@ -79,7 +79,7 @@ def findings_by_origin(layout: OutputLayout, dates: list[dt.date]) -> dict[str, 
     The findings carry no department column: the administration's place_of_service and
     ordering_provider_npi come from history, joined on admin_id here and aggregated away at once.
     """
-    empty = {"place_of_service": [], "ordering_provider_npi": []}
+    empty: dict[str, list[tuple[str, int]]] = {"place_of_service": [], "ordering_provider_npi": []}
     if not dates:
         return empty
     parts = [p for q in QUEUES for d in dates if (p := partition_dir(layout.queues, q, d) / PART_NAME).exists()]
@@ -123,7 +123,7 @@ def render_report(manifest: dict, trend: list[dict], origin: dict[str, list[tupl
     ]
     pos = [(f"{code} {PLACE_OF_SERVICE.get(code, '')}".strip(), n) for code, n in origin["place_of_service"]]
     links = [
-        ("Validation report (Great Expectations Data Docs)", "validation/index.html"),
+        ("Validation results per file (Great Expectations)", "validation/index.html"),
         ("Validation counts (JSON)", "validation.json"),
         ("Run manifest (JSON)", "manifest.json"),
     ]
@@ -138,6 +138,7 @@ def render_report(manifest: dict, trend: list[dict], origin: dict[str, list[tupl
         )
         + "</div>",
         "<nav>" + " &middot; ".join(f"<a href='{e(href)}'>{e(text)}</a>" for text, href in links) + "</nav>",
+        *backlog_section(manifest.get("worklog", {}).get("snapshot") or {}, manifest.get("worklog", {})),
         "<h2>Findings on the dates this run evaluated</h2>",
         f"<p>Dates of service evaluated: {e(', '.join(manifest.get('dates_evaluated', [])) or 'none')}.</p>",
         "<div class='grid'>",
@@ -163,6 +164,102 @@ def render_report(manifest: dict, trend: list[dict], origin: dict[str, list[tupl
     return PAGE.format(
         title=e(f"b12pipeline {manifest['kind']} {manifest['night']}"), css=CSS, body="\n".join(sections)
     )
+
+
+def backlog_section(snapshot: dict, changes: dict) -> list[str]:
+    """The coders' open backlog per queue and its age, new tonight, closed since the previous night,
+    and each rule's effectiveness: counts from the worklog's nightly snapshot (never a comment or id)."""
+    if not snapshot:
+        return []
+    e = html.escape
+    backlog, closed = snapshot["backlog"], snapshot["closed_since_previous_night"]
+    cards = [
+        ("open work", sum(q["open"] for q in backlog.values())),
+        ("new tonight", sum(q["new"] for q in backlog.values())),
+        ("reopened tonight", changes.get("reopened", 0)),
+        ("closed since the previous night", sum(closed.values())),
+        ("resolved by tonight's data", changes.get("resolved", 0)),
+    ]
+    buckets = list(next(iter(backlog.values()))["age_days"]) if backlog else []
+    ages = [(b, sum(q["age_days"][b] for q in backlog.values())) for b in buckets]
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in (
+            "queue",
+            "open",
+            "new",
+            "reopened",
+            "in progress",
+            "deferred",
+            *[f"{b} days" for b in buckets],
+            "oldest (days)",
+        )
+    )
+    deferred = snapshot.get("deferred_not_due", {})
+    rows = "".join(
+        f"<tr><td>{e(name)}</td>"
+        + "".join(f"<td class='num'>{q[k]:,}</td>" for k in ("open", "new", "reopened", "in_progress"))
+        + f"<td class='num'>{deferred.get(name, 0):,}</td>"
+        + "".join(f"<td class='num'>{q['age_days'][b]:,}</td>" for b in buckets)
+        + f"<td class='num'>{q['oldest_days']:,}</td></tr>"
+        for name, q in backlog.items()
+    )
+    return [
+        "<section id='backlog'>",
+        f"<h2>Coders' backlog as of {e(snapshot['as_of'])}</h2>",
+        "<div class='cards'>"
+        + "".join(
+            f"<div class='card'><div class='n'>{n:,}</div><div class='l'>{e(label)}</div></div>" for label, n in cards
+        )
+        + "</div>",
+        "<p class='note'>Open work: new, open, reopened, in progress, and deferred findings whose date has come "
+        "(closed since the previous night: "
+        + ", ".join(f"{k} {closed.get(k, 0):,}" for k in ("fixed", "dismissed", "resolved"))
+        + ").</p>",
+        f"<table class='backlog'><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>",
+        "<div class='grid'>",
+        bar_chart("backlog-queue", "Open work by queue", [(q, v["open"]) for q, v in backlog.items()], QUEUE_COLOURS),
+        bar_chart("backlog-age", "Open work by age (days since first seen)", ages),
+        "</div>",
+        "<h2>Rule effectiveness</h2>",
+        rule_effectiveness_table(snapshot.get("rules", [])),
+        "</section>",
+    ]
+
+
+def rule_effectiveness_table(rules: list[dict]) -> str:
+    e = html.escape
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in (
+            "rule",
+            "raised",
+            "open",
+            "fixed",
+            "dismissed",
+            "dismissed by reason",
+            "auto-resolved",
+            "median days to close",
+            "precision",
+        )
+    )
+    rows = "".join(
+        f"<tr><td>{e(r['rule_id'])}</td>"
+        + "".join(f"<td class='num'>{r[k]:,}</td>" for k in ("raised", "open", "fixed", "dismissed"))
+        + f"<td>{e(r['dismissed_by_reason'])}</td><td class='num'>{r['auto_resolved']:,}</td>"
+        + f"<td class='num'>{_maybe(r['median_days_to_close'], '{:g}')}</td>"
+        + f"<td class='num'>{_maybe(r['precision'], '{:.0%}')}</td></tr>"
+        for r in rules
+    )
+    note = (
+        "<p class='note'>Precision = fixed / (fixed + dismissed as false positive): how often a coder agreed the "
+        "rule found a real problem; blank until a coder decided one.</p>"
+    )
+    return f"{note}<table class='rules'><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def _maybe(value, fmt: str) -> str:
+    return "" if value is None else fmt.format(value)
 
 
 def files_table(inputs: list[dict]) -> str:

@@ -214,7 +214,7 @@ def _b12_rows(
         pl.Series("_conc", np.where(hydroxo, 1000.0, products["conc"].to_numpy()[prod])),
         pl.Series("medication_name", np.where(hydroxo, HYDROXO_NAME, products["name"].to_numpy()[prod]).astype(str)),
         _text("rxnorm_code", np.where(hydroxo, "317106", products["rxnorm"].to_numpy()[prod])),
-        _text("container_type", np.where(hydroxo, None, products["stated_container"].to_numpy()[prod])),
+        _text("container_type", np.where(hydroxo, np.array(None), products["stated_container"].to_numpy()[prod])),
         _text("route", route),
         pl.Series("_unit_style", rng.choice(3, size=n, p=[0.8, 0.15, 0.05])),
         _text("diagnosis_codes", _pick(rng, COVERED_DX, n)),

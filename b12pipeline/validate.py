@@ -110,7 +110,7 @@ class SuiteRunner:
         suite = gx.ExpectationSuite(**self.spec)
         # GX logs and drops an expectation it cannot build (a misspelled type) instead of raising.
         if len(suite.expectations) != len(self.spec["expectations"]):
-            kept = {e.expectation_type if hasattr(e, "expectation_type") else e.type for e in suite.expectations}
+            kept = {e.expectation_type for e in suite.expectations}
             dropped = [e["type"] for e in self.spec["expectations"] if e["type"] not in kept]
             raise SuiteError(
                 f"{suite_path}: GX loaded {len(suite.expectations)} of "
@@ -151,6 +151,8 @@ class SuiteRunner:
         counts = {}
         for r in result.results:
             cfg = r.expectation_config
+            if cfg is None:  # GX returns each result with its expectation; without it nothing names the count
+                raise SuiteError(f"{self.path}: GX returned a validation result without its expectation")
             name = f"{cfg.type}({cfg.kwargs.get('column', '')})"
             if r.exception_info and r.exception_info.get("raised_exception"):
                 raise SuiteError(f"{self.path}: {name} raised in GX: {r.exception_info.get('exception_message')}")

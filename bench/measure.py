@@ -4,6 +4,7 @@
     measure.py floor   --extract X.csv --out X.parquet          --json R.json
     measure.py profile --extract X.csv --work DIR --facts F.parquet --json R.json
     measure.py rules   --facts F.parquet --engine polars|durable [--limit N] --json R.json
+    measure.py ingest  --extract X.parquet|EXPORT_DIR                         --json R.json
 
 Each command writes its timings (seconds, perf_counter around the work only) to --json; the driver
 adds wall time, CPU time and peak RSS of the whole process. Counts only: no row values.
@@ -72,7 +73,7 @@ def profile(args: argparse.Namespace) -> dict:
     from b12pipeline.crossrow import add_cross_row_facts
     from b12pipeline.engine.evaluate import evaluate
     from b12pipeline.history import merge_into_history, read_history
-    from b12pipeline.ingest import read_extract
+    from b12pipeline.ingest.read import read_extract
     from b12pipeline.pipeline import Rules
     from b12pipeline.queues import write_queue_partitions
     from b12pipeline.validate import validate
@@ -120,7 +121,8 @@ def rules_stage(args: argparse.Namespace) -> dict:
     rulesets), as a night's single call does; the second shows the steady state."""
     import polars as pl
 
-    from b12pipeline.engine.evaluate import evaluate, evaluator
+    from b12pipeline.engine.engines import evaluator
+    from b12pipeline.engine.evaluate import evaluate
     from b12pipeline.pipeline import Rules
 
     rules = Rules.load()
@@ -150,6 +152,31 @@ def rules_stage(args: argparse.Namespace) -> dict:
     return result
 
 
+def ingest(args: argparse.Namespace) -> dict:
+    """Ingest alone, as stage_file calls it (B12 scope applied by the reader): the read of one
+    extract, whatever its format, into the canonical frame."""
+    import resource
+
+    from b12pipeline import normalize
+    from b12pipeline.ingest.read import read_extract
+    from b12pipeline.paths import rules_dir
+    from b12pipeline.reference import load_reference
+
+    scope = normalize.b12_scope(load_reference(rules_dir() / "reference"))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t = time.perf_counter()
+    extract = read_extract(Path(args.extract), None, keep=scope)
+    work = time.perf_counter() - t
+    return {
+        "format": extract.source_format,
+        "rows_read": extract.rows,
+        "b12_rows": extract.frame.height,
+        "quarantined": extract.quarantined_rows,
+        "work_s": work,
+        "peak_rss_before_read_mb": before,
+    }
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -165,12 +192,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--engine", default="polars")
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--repeat", type=int, default=2)
+    p = sub.add_parser("ingest")
+    p.add_argument("--extract", required=True)
     for p in sub.choices.values():
         p.add_argument("--json", required=True)
     args = parser.parse_args(argv)
     if args.command == "profile" and args.work is None:
         args.work = tempfile.mkdtemp(prefix="b12bench-")
-    result = {"floor": floor, "profile": profile, "rules": rules_stage}[args.command](args)
+    result = {"floor": floor, "profile": profile, "rules": rules_stage, "ingest": ingest}[args.command](args)
     result["process_s"] = time.perf_counter() - T_START
     _write(args.json, result)
     return 0

@@ -9,6 +9,7 @@ Measurements (each in its own subprocess; wall time, CPU time and peak RSS from 
   profile   the same night's library steps in-process, timed one by one (where the time goes)
   rules     the rule stage alone on the facts frame: Polars engine vs durable-rules (subset)
   backfill  one night of a year's rows through `run`, then `b12pipeline backfill` over that year
+  bulk      ingest of a FHIR Bulk Data export folder vs the same administrations as canonical Parquet
 --quick (or BENCH_QUICK=1) uses small sizes so the harness itself can be tested; its numbers mean
 nothing. This script is the boundary that may read the clock: the date in RESULTS.md is --date or
 today, and the date of the night processed is fixed.
@@ -74,6 +75,7 @@ class Plan:
     durable_rows: int  # durable-rules subset of the largest facts frame
     prefect_startup: bool  # a tiny run to show the fixed cost
     backfill_chunks: tuple = (None,)  # backfill --chunk-days variants (None = the CLI default)
+    bulk: Dataset | None = None  # the same administrations as a FHIR Bulk Data export and as Parquet
 
 
 FULL = Plan(
@@ -89,6 +91,7 @@ FULL = Plan(
     durable_rows=20_000,
     prefect_startup=True,
     backfill_chunks=(None, 7),  # the default (the look-back, 365 days), and 7-day chunks
+    bulk=Dataset("bulk_1m", 1_000_000, 1.0, 120, label="1M B12 administrations"),
 )
 # One small all-medication extract over a few nights plays every part (run, all-medication,
 # backfill), so the harness test starts Prefect only twice (run + backfill).
@@ -96,7 +99,13 @@ _QUICK_DS = Dataset(
     "quick", 8_000, 0.25, 10, start=BACKFILL_START.isoformat(), label="8k-row extract, 25% B12, 10 nights (quick)"
 )
 QUICK = Plan(
-    mode="quick", runs=(_QUICK_DS,), allmed=_QUICK_DS, backfill=_QUICK_DS, durable_rows=300, prefect_startup=False
+    mode="quick",
+    runs=(_QUICK_DS,),
+    allmed=_QUICK_DS,
+    backfill=_QUICK_DS,
+    durable_rows=300,
+    prefect_startup=False,
+    bulk=_QUICK_DS,
 )
 
 TARGETS = {
@@ -213,6 +222,7 @@ class Bench:
             "profile": {},
             "rules": {},
             "backfill": {},
+            "bulk": {},
             "synth": {},
             "prefect_startup": None,
         }
@@ -232,11 +242,11 @@ class Bench:
             )
         return m
 
-    def synth(self, ds: Dataset) -> Path:
-        path = self.data / f"{ds.name}.csv"
+    def synth(self, ds: Dataset, fmt: str = "csv") -> Path:
+        path = self.data / (f"{ds.name}.{fmt}" if fmt != "fhir-bulk" else f"{ds.name}-export")
         if not path.exists():
             m = self._run(
-                f"synth-{ds.name}",
+                f"synth-{ds.name}-{fmt}",
                 [
                     self.cli,
                     "synth",
@@ -245,7 +255,7 @@ class Bench:
                     "--seed",
                     "7",
                     "--format",
-                    "csv",
+                    fmt,
                     "--out",
                     str(path),
                     "--b12-share",
@@ -256,7 +266,8 @@ class Bench:
                     ds.start,
                 ],
             )
-            self.results["synth"][ds.name] = {"rows": ds.rows, "wall_s": m.wall_s}
+            key = ds.name if fmt == "csv" else f"{ds.name} ({fmt})"
+            self.results["synth"][key] = {"rows": ds.rows, "wall_s": m.wall_s}
         return path
 
     def floor(self, ds: Dataset, extract: Path) -> None:
@@ -373,6 +384,32 @@ class Bench:
             )
             self.results["backfill"][key] = row
 
+    def bulk(self, ds: Dataset) -> None:
+        """Ingest (read_extract with the B12 scope, as a night calls it) of the same administrations
+        written by `synth` (same seed) as canonical Parquet and as a FHIR Bulk Data export folder."""
+        rows = {}
+        for fmt in ("parquet", "fhir-bulk"):
+            extract = self.synth(ds, fmt)
+            out = self.work / f"ingest-{ds.name}-{fmt}.json"
+            m = self._run(
+                f"ingest-{ds.name}-{fmt}",
+                [sys.executable, str(MEASURE), "ingest", "--extract", str(extract), "--json", str(out)],
+                out,
+            )
+            rows[fmt] = _row(ds, m)
+        bulk, parquet = rows["fhir-bulk"], rows["parquet"]
+        self.results["bulk"][ds.name] = {
+            "label": ds.label,
+            "rows": ds.rows,
+            "parquet": parquet,
+            "bulk": bulk,
+            "export_mb": sum(p.stat().st_size for p in self.synth(ds, "fhir-bulk").iterdir()) / 2**20,
+            "ratio_wall": bulk["wall_s"] / parquet["wall_s"],
+            "ratio_work": bulk["detail"]["work_s"] / parquet["detail"]["work_s"],
+            "same_rows": bulk["detail"]["b12_rows"] == parquet["detail"]["b12_rows"]
+            and bulk["detail"]["rows_read"] == parquet["detail"]["rows_read"],
+        }
+
     def prefect_startup(self) -> None:
         ds = Dataset("tiny_50", 50, 1.0, 5, label="50 B12 rows: fixed cost (Prefect, imports, GX, ICD table)")
         row = self.run(ds, self.synth(ds))
@@ -405,6 +442,9 @@ class Bench:
         extract = self.synth(p.backfill)
         self.floor(p.backfill, extract)
         self.backfill(p.backfill, extract, p.backfill_chunks)
+        if p.bulk is not None:
+            self.echo(f"{p.bulk.label}: FHIR Bulk Data export vs canonical Parquet (ingest)")
+            self.bulk(p.bulk)
         return self.results
 
 
@@ -783,6 +823,46 @@ def render(plan: Plan, facts: dict, r: dict, targets: dict, elapsed: float) -> s
             for v in r["backfill"].values()
         ],
     )
+    if r.get("bulk"):
+        L += [
+            "",
+            "## (d) Ingest of a FHIR Bulk Data export vs the same administrations as canonical Parquet",
+            "",
+            "`read_extract` with the B12 scope, as a night calls it, in its own process; the export is",
+            "`synth --format fhir-bulk` (standard resources, references across files, Claim lines) and the",
+            "Parquet is `synth --format parquet` with the same seed. Read s = the read alone; peak RSS = the",
+            "whole process (Python, Polars, the reader's indexes and the frame).",
+            "",
+        ]
+        L += _table(
+            [
+                "administrations",
+                "export MB",
+                "Parquet read s",
+                "export read s",
+                "ratio (read)",
+                "ratio (process wall)",
+                "Parquet peak RSS MB",
+                "export peak RSS MB",
+                "same rows",
+                "load",
+            ],
+            [
+                [
+                    v["label"],
+                    v["export_mb"],
+                    v["parquet"]["detail"]["work_s"],
+                    v["bulk"]["detail"]["work_s"],
+                    v["ratio_work"],
+                    v["ratio_wall"],
+                    v["parquet"]["peak_rss_mb"],
+                    v["bulk"]["peak_rss_mb"],
+                    v["same_rows"],
+                    v["bulk"]["load_before"],
+                ]
+                for v in r["bulk"].values()
+            ],
+        )
     if r["synth"]:
         L += ["", "## Data generation (`b12pipeline synth`, not part of any measurement)", ""]
         L += _table(

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
 
 import b12pipeline  # noqa: F401  (telemetry defaults before prefect is imported)
-from b12pipeline import backfill, pipeline, report
+from b12pipeline import backfill, pipeline
 
 
 @task(name="backfill-chunk", retries=2, retry_delay_seconds=[2, 10])
@@ -35,34 +34,8 @@ def backfill_record(
     rules_dir: str | None,
     task_runner: str,
 ) -> dict:
-    diff = backfill.summarise_diff(out, plan.run_id, chunk_paths, plan.ruleset_version)
     ended_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    dates = [d.isoformat() for d in plan.dates]
-    manifest = report.build_manifest(
-        run_id=plan.run_id,
-        kind="backfill",
-        night=plan.end.isoformat(),
-        started_at=started_at,
-        ended_at=ended_at,
-        inputs=[],
-        applied={"dates": dates},
-        out=Path(out),
-        ruleset_version=plan.ruleset_version,
-        rules_dir=rules_dir or "",
-    )
-    manifest.update(
-        {
-            "from": plan.start.isoformat(),
-            "to": plan.end.isoformat(),
-            "chunks": len(plan.chunks),
-            "task_runner": task_runner,
-            "diff": diff,
-            "diff_report": f"runs/{plan.run_id}/diff.parquet",
-            "diff_findings": f"runs/{plan.run_id}/diff_findings.parquet",
-        }
-    )
-    pipeline.write_json(Path(out) / "runs" / plan.run_id / "manifest.json", manifest)
-    return manifest
+    return backfill.record_backfill(out, plan, chunk_paths, started_at, ended_at, rules_dir, task_runner)
 
 
 @flow(name="b12-backfill", log_prints=False)
@@ -86,7 +59,8 @@ def backfill_flow(
         backfill_chunk.submit(out, [d.isoformat() for d in chunk], rules_dir, plan.run_id) for chunk in plan.chunks
     ]
     chunk_paths = [f.result() for f in futures]
-    runner = type(FlowRunContext.get().task_runner).__name__
+    context = FlowRunContext.get()
+    runner = type(context.task_runner).__name__ if context else "none"
     manifest = backfill_record(out, plan, chunk_paths, started_at, rules_dir, runner)
     create_markdown_artifact(
         key="b12-backfill-diff",
@@ -120,7 +94,7 @@ def task_runner(dask_address: str | None = None, workers: int | None = None):
         return DaskTaskRunner(address=dask_address)
     return DaskTaskRunner(
         cluster_kwargs={
-            "n_workers": int(workers),
+            "n_workers": workers,
             "threads_per_worker": 1,
             "processes": True,
             "dashboard_address": None,
@@ -143,7 +117,6 @@ def run_backfill(
 
     if chunk_days is None and (dask_address or workers):
         chunk_days = DASK_CHUNK_DAYS
-    runner = task_runner(dask_address, workers)
-    target = backfill_flow if runner is None else backfill_flow.with_options(task_runner=runner)
+    target = backfill_flow.with_options(task_runner=task_runner(dask_address, workers))
     with guard_output(out):  # one run per output root, owner-only files (b12pipeline/runguard.py)
         return target(start=start, end=end, out=out, rules_dir=rules_dir, chunk_days=chunk_days)

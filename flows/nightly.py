@@ -14,6 +14,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 import b12pipeline  # noqa: F401  (telemetry defaults before prefect is imported)
 from b12pipeline import pipeline, progress, report
 from b12pipeline.archive import commit_night
+from b12pipeline.files import extract_checksum
 from b12pipeline.paths import OutputLayout
 from b12pipeline.runguard import guard_output, note_run
 
@@ -148,7 +149,7 @@ def _nightly(
     logger = get_run_logger()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     rules = pipeline.Rules.load(rules_dir)
-    checksums = [pipeline.extract_checksum(Path(p)) for p in extracts]
+    checksums = [extract_checksum(Path(p)) for p in extracts]
     run_id = pipeline.make_run_id(night, checksums, rules.ruleset.version)
     note_run(out, run_id)
     logger.info("run %s: %d extract(s), ruleset %s", run_id, len(extracts), rules.ruleset.version)
@@ -204,7 +205,8 @@ def landing_flow(
     source: str | None = None,
     engine: str = "polars",
 ) -> dict:
-    """What the schedule runs: every new file in `landing` (by checksum) as one night.
+    """What the schedule (and `b12pipeline nightly`) runs: every new file in `landing` (by checksum)
+    as one night; rejected files are moved out of the landing folder.
 
     `night` defaults to the date of this run's *scheduled* start in `tz` (see b12pipeline.schedule),
     so a late or re-run schedule slot still processes its own night.
@@ -218,15 +220,18 @@ def landing_flow(
     night = night or night_of(flow_run.scheduled_start_time, tz)
     with guard_output(out):  # held from the archive lookup to the end of the night
         scan = scan_landing(Path(landing), OutputLayout(Path(out)).archive)
+        already = len(scan.processed)
+        progress.step(f"{len(scan.new)} new file(s) in the landing folder, {already} already processed")
         for entry in scan.ignored:
             logger.info("ignored %s: %s", entry["file"], entry["reason"])
         if not scan.new:
-            logger.info("night %s: nothing new in landing (%d file(s) already processed)", night, len(scan.processed))
+            logger.info("night %s: nothing new in landing (%d file(s) already processed)", night, already)
             return {
                 "night": night.isoformat(),
                 "run_id": None,
                 "status": "nothing new",
                 "files": 0,
+                "already_processed": already,
                 "ignored": scan.ignored,
             }
         manifest = nightly_flow(
@@ -245,6 +250,8 @@ def landing_flow(
         "status": "processed",
         "files": manifest["totals"]["files"],
         "files_rejected": manifest["totals"]["files_rejected"],
+        "already_processed": already,
+        "manifest": manifest,  # counts and file names only, as the run record itself
     }
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from b12pipeline.engine import load_ruleset
 from b12pipeline.paths import OutputLayout
 from b12pipeline.pipeline import Rules, apply_staged, stage_file
 from b12pipeline.queues import read_queue
+from b12pipeline.rulesets import load_ruleset
 
 FIXTURES = Path(__file__).resolve().parent.parent / "data" / "fixtures"
 EXTRACT = FIXTURES / "emar_all_rules.csv"

@@ -26,7 +26,8 @@ from b12pipeline import normalize
 from b12pipeline.contract import load_contract
 from b12pipeline.crossrow import add_cross_row_facts
 from b12pipeline.engine.evaluate import evaluate
-from b12pipeline.ingest import FileRejected, read_extract
+from b12pipeline.ingest import FileRejected
+from b12pipeline.ingest.read import read_extract
 from b12pipeline.pipeline import Rules, stage_file
 from b12pipeline.validate import validate
 

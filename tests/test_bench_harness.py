@@ -51,6 +51,7 @@ def test_results_markdown_has_machine_facts_targets_and_a_table_per_measurement(
         "### Where the time goes",
         "## (c) Rule stage alone",
         "## Backfill",
+        "## (d) Ingest of a FHIR Bulk Data export",
     ):
         assert heading in text, heading
     for fact in ("| date | 2024-03-02 |", "| CPU |", "| cores |", "| RAM |", "| Python |", "polars ", "prefect "):
@@ -91,3 +92,9 @@ def test_results_json_has_every_measurement_with_time_rate_and_peak_rss(quick):
     assert durable["detail"]["rows"] == 300 and durable["detail"]["agrees_with_polars"] is True
     backfill = r["backfill"]["quick"]
     assert backfill["nights"] == 10 and backfill["ratio"] == pytest.approx(backfill["wall_s"] / run["wall_s"])
+    # the same administrations read from a Bulk Data export folder and from Parquet, side by side
+    bulk = r["bulk"]["quick"]
+    assert bulk["same_rows"] is True and bulk["bulk"]["detail"]["format"] == "fhir-bulk"
+    assert bulk["bulk"]["detail"]["rows_read"] == 8_000 and bulk["parquet"]["detail"]["format"] == "parquet"
+    assert bulk["ratio_work"] == pytest.approx(bulk["bulk"]["detail"]["work_s"] / bulk["parquet"]["detail"]["work_s"])
+    assert bulk["bulk"]["peak_rss_mb"] > 10

@@ -52,7 +52,7 @@ def test_progress_lines_on_stderr_when_not_a_terminal(night):
     proc, _, _ = night
     steps = [m["text"] for line in proc.stderr.splitlines() if (m := STEP.match(line))]
     assert "\x1b[" not in proc.stderr  # plain lines, no terminal control codes in a log
-    assert steps[0] == "starting Prefect for 3 file(s)"
+    assert steps[:2] == ["starting Prefect", "3 new file(s) in the landing folder, 0 already processed"]
     assert "read emar_2024-03-01.csv: 16 rows, 12 B12" in steps
     assert "validated emar_2024-03-01.csv: 10 valid, 2 quarantined" in steps
     valid = sum(int(m[1]) for s in steps if (m := re.fullmatch(r"validated \S+: (\d+) valid, \d+ quarantined", s)))

@@ -25,9 +25,10 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from b12pipeline.files import sha256_file
 from b12pipeline.history import read_history
 from b12pipeline.paths import OutputLayout
-from b12pipeline.pipeline import Rules, apply_staged, make_run_id, sha256_file, stage_file
+from b12pipeline.pipeline import Rules, apply_staged, make_run_id, stage_file
 from b12pipeline.queues import read_queue
 
 pytestmark = pytest.mark.slow

@@ -20,11 +20,11 @@ from hypothesis import strategies as st
 from b12pipeline import normalize
 from b12pipeline.crossrow import add_cross_row_facts
 from b12pipeline.engine import durable
-from b12pipeline.engine.cases import case_defaults, case_facts
 from b12pipeline.engine.evaluate import evaluate
-from b12pipeline.ingest import read_extract
+from b12pipeline.ingest.read import read_extract
 from b12pipeline.pipeline import Rules, apply_staged, stage_file
 from b12pipeline.queues import read_queue
+from b12pipeline.rulecases import case_defaults, case_facts
 from b12pipeline.validate import validate
 
 pytest.importorskip("durable.engine", reason="durable-rules not installed (pip install '.[durable]')")
@@ -57,7 +57,7 @@ def case_rows(loaded: Rules) -> dict[str, pl.DataFrame]:
     for rule in loaded.ruleset.rules:
         for kind in ("fires", "passes"):
             for case in rule.cases.get(kind) or []:
-                facts, _ = case_facts(case, defaults, loaded)
+                facts, _ = case_facts(case, defaults, loaded.reference, loaded.config)
                 out.setdefault(rule.id, []).append(facts)
     return {rid: pl.concat(f, how="vertical_relaxed") for rid, f in out.items()}
 
@@ -105,7 +105,7 @@ def test_pipeline_engine_parameter_gives_same_queues(tmp_path, loaded):
 
 
 def test_unknown_engine_is_refused():
-    from b12pipeline.engine.evaluate import evaluator
+    from b12pipeline.engine.engines import evaluator
 
     with pytest.raises(ValueError, match="unknown engine 'drools'"):
         evaluator("drools")

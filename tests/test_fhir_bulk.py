@@ -16,7 +16,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from b12pipeline.ingest import FileRejected, read_extract
+from b12pipeline.ingest import FileRejected
+from b12pipeline.ingest.read import read_extract
 from b12pipeline.pipeline import Rules, apply_staged, stage_file
 from b12pipeline.queues import read_queue
 
@@ -408,9 +409,17 @@ def test_non_b12_administrations_are_out_of_scope_and_never_fail_the_file(tmp_pa
         *other,
         administration("ma-1", "Medication/med-b12", "Encounter/enc-1", t.format(9)),
     ]
+    # another drug's charge line that no administration takes: reported, and out of B12 scope
+    dexamethasone = {
+        "sequence": 1,
+        "productOrService": {"coding": [{"system": HCPCS, "code": "J1100", "display": "Injection, dexamethasone"}]},
+        "servicedDate": "2024-03-01",
+        "encounter": [ref("Encounter/enc-2")],
+    }
+    export["Claim"] = [claim("clm-2", [dexamethasone])]
     result = stage_file(write_export(tmp_path / "e", export), tmp_path / "out", "run-test", dt.date(2024, 3, 1), rules)
     assert result.status == "processed", result.error
-    assert (result.rows_read, result.in_scope, result.out_of_scope, result.quarantined) == (13, 1, 12, 0)
+    assert (result.rows_read, result.in_scope, result.out_of_scope, result.quarantined) == (14, 1, 13, 0)
 
 
 def test_export_without_administrations_is_rejected(tmp_path):
@@ -447,3 +456,63 @@ def test_run_reads_an_export_folder_and_archives_it_with_the_findings_of_the_csv
     assert (copy / "MedicationAdministration.ndjson").read_bytes() == (
         folder / "MedicationAdministration.ndjson"
     ).read_bytes()
+
+
+# --- standard resources only: the same findings as the canonical CSV -----------------------------
+
+
+def test_an_export_of_standard_resources_only_gives_the_findings_of_the_canonical_csv(tmp_path, rules):
+    from b12pipeline import synth
+    from b12pipeline.fhirbulk_writer import NO_R4_ELEMENT, write_fhir_bulk
+    from b12pipeline.writers import write_extract
+
+    night = synth.generate(2000, seed=5, defect_rate=0.3, b12_share=0.5, days=90)
+    # the two columns R4 has no element for are left out of both files
+    frame = night.frame.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in NO_R4_ELEMENT)
+    csv = write_extract(frame, "csv", tmp_path / "night.csv")
+    folder = write_fhir_bulk(frame, tmp_path / "export", standard_only=True)
+    text = "".join(p.read_text() for p in folder.glob("*.ndjson"))
+    assert '"extension"' not in text and "b12pipeline" not in text and '"contained"' not in text
+    assert '"reference":"Medication/' in text
+    found = {}
+    for name, path in (("csv", csv), ("bulk", folder)):
+        result = stage_file(path, tmp_path / name, "run-test", dt.date(2024, 5, 1), rules)
+        assert result.status == "processed", result.error
+        apply_staged([result.staged], tmp_path / name, rules, "run-test")
+        counts = (result.rows_read, result.in_scope, result.out_of_scope, result.quarantined)
+        found[name] = (counts, read_queue(tmp_path / name / "queues").drop("source_file", "run_id"))
+    assert found["bulk"][1].height > 100
+    assert found["bulk"][0] == found["csv"][0]
+    assert found["bulk"][1].equals(found["csv"][1])
+
+
+def test_synth_writes_a_bulk_data_folder_and_its_labels(tmp_path):
+    from typer.testing import CliRunner
+
+    from b12pipeline.cli import app
+
+    out = tmp_path / "export"
+    args = ["synth", "--rows", "500", "--seed", "3", "--format", "fhir-bulk", "--out", str(out), "--defect-rate", "0.2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    kinds = {o["type"]: o["count"] for o in manifest["output"]}
+    assert kinds["MedicationAdministration"] == 500 and {"Medication", "MedicationRequest", "Claim"} <= set(kinds)
+    assert pl.read_parquet(tmp_path / "export.labels.parquet").height > 0
+    ex = read_extract(out / "manifest.json")
+    assert ex.rows == 500 and ex.source_format == "fhir-bulk"
+
+
+def test_each_file_of_the_export_is_held_to_the_input_limits(tmp_path, monkeypatch):
+    export = base_export()
+    export["MedicationAdministration"] = [
+        administration("ma-1", "Medication/med-b12", "Encounter/enc-1", "2024-03-01T09:00:00-05:00")
+    ]
+    folder = write_export(tmp_path / "e", export)
+    monkeypatch.setenv("B12_MAX_FILE_BYTES", "900")
+    with pytest.raises(FileRejected, match=r": Medication.ndjson: the file is 929 bytes, over the limit of 900 bytes"):
+        read_extract(folder)
+    monkeypatch.delenv("B12_MAX_FILE_BYTES")
+    (folder / "Medication.ndjson").write_bytes(b"\x1f\x8b\x08" + b"\0" * 20)
+    with pytest.raises(FileRejected, match="Medication.ndjson: the file is gzip-compressed"):
+        read_extract(folder)

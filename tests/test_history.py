@@ -26,8 +26,9 @@ from b12pipeline import pipeline
 from b12pipeline.archive import ArchiveError, archive_file, archive_index, archived_checksums
 from b12pipeline.config import SiteConfig
 from b12pipeline.crossrow import add_cross_row_facts
-from b12pipeline.engine.cases import case_frame, run_rule_cases
+from b12pipeline.files import sha256_file
 from b12pipeline.history import history_paths, merge_into_history, read_history
+from b12pipeline.rulecases import case_frame, run_rule_cases
 
 # ---------------------------------------------------------------- history store (supersession)
 
@@ -89,7 +90,7 @@ def test_merging_the_same_rows_again_is_byte_identical(tmp_path):
 def test_archive_keeps_exact_bytes_once_per_checksum(tmp_path):
     src = night_file(NIGHTS[1])
     root = tmp_path / "archive"
-    sha = pipeline.sha256_file(src)
+    sha = sha256_file(src)
     first = archive_file(src, sha, root, "2024-03-05")
     assert first.read_bytes() == src.read_bytes()
     assert (first.parent / f"{src.name}.sha256").read_text() == f"{sha}  {src.name}\n"
@@ -104,7 +105,7 @@ def test_archive_keeps_exact_bytes_once_per_checksum(tmp_path):
 def test_archive_refuses_bytes_other_than_those_processed(tmp_path):
     src = tmp_path / "growing.csv"
     src.write_text("admin_id\nA1\n")
-    sha = pipeline.sha256_file(src)
+    sha = sha256_file(src)
     src.write_text("admin_id\nA1\nA2\n")  # still being written when archived
     with pytest.raises(ArchiveError, match="changed after it was read"):
         archive_file(src, sha, tmp_path / "archive", "2024-03-05")

@@ -7,7 +7,8 @@ import json
 import polars as pl
 import pytest
 
-from b12pipeline.ingest import FileRejected, read_extract
+from b12pipeline.ingest import FileRejected
+from b12pipeline.ingest.read import read_extract
 from b12pipeline.pipeline import stage_file
 from b12pipeline.validate import SuiteError, SuiteRunner, validate
 

@@ -19,9 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from b12pipeline.engine.rulefile import RuleFileError, load_ruleset
-from b12pipeline.ingest import FileRejected, read_extract
+from b12pipeline.engine.rulefile import RuleFileError
+from b12pipeline.ingest import FileRejected
+from b12pipeline.ingest.read import read_extract
 from b12pipeline.limits import current_limits, parse_size
+from b12pipeline.rulesets import load_ruleset
 
 PROJECT = Path(__file__).resolve().parent.parent
 FIXTURE_CSV = PROJECT / "data" / "fixtures" / "emar_2024-03-01.csv"
@@ -144,7 +146,8 @@ def test_limits_come_from_the_environment(monkeypatch, tmp_path):
 BOMB = """
 import json, resource, sys
 import pyarrow as pa, pyarrow.parquet as pq
-from b12pipeline.ingest import FileRejected, read_extract
+from b12pipeline.ingest import FileRejected
+from b12pipeline.ingest.read import read_extract
 kind, path = sys.argv[1], sys.argv[2]
 header = open(sys.argv[3]).read().splitlines()[0].split(",")
 if kind == "parquet-dictionary":

@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 
 from b12pipeline import normalize
-from b12pipeline.engine.cases import case_defaults, case_frame
 from b12pipeline.pipeline import Rules
+from b12pipeline.rulecases import case_defaults, case_frame
 
 
 @pytest.fixture(scope="module")

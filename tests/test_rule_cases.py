@@ -10,10 +10,10 @@ import polars as pl
 import pytest
 
 from b12pipeline.crossrow import add_cross_row_facts
-from b12pipeline.engine import load_ruleset
-from b12pipeline.engine.cases import case_defaults, case_frame, run_rule_cases
 from b12pipeline.engine.evaluate import evaluate
 from b12pipeline.pipeline import Rules
+from b12pipeline.rulecases import case_defaults, case_frame, run_rule_cases
+from b12pipeline.rulesets import load_ruleset
 
 RULESET = load_ruleset()
 RULE_IDS = sorted({r.id for r in RULESET.active})

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import polars as pl
 
+from b12pipeline.files import sha256_file
 from b12pipeline.paths import rules_dir
-from b12pipeline.pipeline import Rules, apply_staged, make_run_id, sha256_file, stage_file
+from b12pipeline.pipeline import Rules, apply_staged, make_run_id, stage_file
 from b12pipeline.queues import read_queue
 
 FIXTURES = Path(__file__).resolve().parent.parent / "data" / "fixtures"

@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from b12pipeline.cli import app
-from b12pipeline.engine.lint import lint_rules
-from b12pipeline.engine.rulefile import load_ruleset
 from b12pipeline.paths import PROJECT_ROOT, rules_dir
+from b12pipeline.rulelint import lint_rules
+from b12pipeline.rulesets import load_ruleset
 
 runner = CliRunner()
 DOC001 = (rules_dir() / "documentation" / "DOC-001.yaml").read_text()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from b12pipeline.engine.ruledocs import condition_lines, render_rules_markdown
-from b12pipeline.engine.rulefile import load_ruleset
 from b12pipeline.paths import PROJECT_ROOT
+from b12pipeline.rulesets import load_ruleset
 
 DOCS = PROJECT_ROOT / "docs" / "rules.md"
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from b12pipeline.engine.lint import lint_rules
-from b12pipeline.engine.rulefile import load_rule_file, rule_files
 from b12pipeline.paths import rules_dir
+from b12pipeline.rulelint import lint_rules
+from b12pipeline.rulesets import load_rule_file, rule_files
 
 RULES = rules_dir()
 FILES = rule_files(RULES)

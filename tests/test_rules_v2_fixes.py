@@ -14,9 +14,9 @@ import pytest
 
 from b12pipeline import normalize
 from b12pipeline.crossrow import add_cross_row_facts
-from b12pipeline.engine.cases import case_defaults, case_frame
 from b12pipeline.engine.evaluate import evaluate
 from b12pipeline.pipeline import Rules
+from b12pipeline.rulecases import case_defaults, case_frame
 from b12pipeline.validate import validate
 
 CYANOKIT = {

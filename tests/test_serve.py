@@ -59,5 +59,12 @@ def test_landing_flow_with_nothing_new_does_not_start_a_night(prefect_harness, l
     first = landing_flow(str(landing), str(out), night=dt.date(2024, 3, 2))
     again = landing_flow(str(landing), str(out), night=dt.date(2024, 3, 3))
     assert first["status"] == "processed" and first["files"] == len(list(landing.iterdir()))
-    assert again == {"night": "2024-03-03", "run_id": None, "status": "nothing new", "files": 0, "ignored": []}
+    assert again == {
+        "night": "2024-03-03",
+        "run_id": None,
+        "status": "nothing new",
+        "files": 0,
+        "already_processed": first["files"],
+        "ignored": [],
+    }
     assert len(list((out / "runs").glob("*/manifest.json"))) == 1

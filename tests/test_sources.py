@@ -11,8 +11,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from b12pipeline.ingest import FileRejected, read_extract
+from b12pipeline.ingest import FileRejected
 from b12pipeline.ingest.mapping import MappingError, parse_mapping
+from b12pipeline.ingest.read import read_extract
 from b12pipeline.pipeline import apply_staged, stage_file
 from b12pipeline.queues import read_queue
 from b12pipeline.writers import write_extract

@@ -7,7 +7,8 @@ import datetime as dt
 import shutil
 from pathlib import Path
 
-from b12pipeline.pipeline import Rules, apply_staged, make_run_id, sha256_file, stage_file
+from b12pipeline.files import sha256_file
+from b12pipeline.pipeline import Rules, apply_staged, make_run_id, stage_file
 from b12pipeline.worklog import update_night_from_queues
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -40,3 +41,24 @@ class NightTemplate:
     def replay(self, out: Path) -> dict:
         shutil.copytree(self.root, out, ignore=shutil.ignore_patterns("worklog.sqlite*", ".lock"))
         return update_night_from_queues(out, self.night, self.run_id, self.dates)
+
+
+class NightSeries:
+    """Several nights evaluated once per session on one output root, a snapshot kept after each;
+    `replay(out, k)` puts night k's queues and history in `out` and applies its lifecycle update."""
+
+    def __init__(self, root: Path, nights: list[tuple[Path, dt.date]]):
+        self.nights = []
+        work = root / "work"
+        for k, (extract, night) in enumerate(nights):
+            run_id, dates = evaluate_night(work, extract, night)
+            snapshot = root / f"after-{k}"
+            shutil.copytree(work, snapshot, ignore=shutil.ignore_patterns("worklog.sqlite*", ".lock"))
+            self.nights.append((snapshot, night, run_id, dates))
+
+    def replay(self, out: Path, k: int) -> dict:
+        snapshot, night, run_id, dates = self.nights[k]
+        for part in ("queues", "history"):
+            shutil.rmtree(out / part, ignore_errors=True)
+            shutil.copytree(snapshot / part, out / part)
+        return update_night_from_queues(out, night, run_id, dates)

@@ -22,6 +22,7 @@ app = typer.Typer(
 
 from b12pipeline.cli import backfill as _backfill  # noqa: E402
 from b12pipeline.cli import queue as _queue  # noqa: E402
+from b12pipeline.cli import review as _review  # noqa: E402
 from b12pipeline.cli import rules as _rules  # noqa: E402
 from b12pipeline.cli import run as _run  # noqa: E402
 from b12pipeline.cli import serve as _serve  # noqa: E402
@@ -31,10 +32,13 @@ _backfill.register(app)
 _rules.register(app)
 _queue.register(app)
 _serve.register(app)
+_review.register(app)
 
+from b12pipeline.cli import pull as _pull  # noqa: E402
 from b12pipeline.cli import synth as _synth  # noqa: E402
 
 _synth.register(app)
+_pull.register(app)
 
 
 def main() -> None:

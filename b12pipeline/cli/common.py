@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from contextlib import contextmanager
 from pathlib import Path
+from typing import overload
 
 import typer
 from rich.console import Console
@@ -93,6 +94,10 @@ def usage_error(message: str) -> typer.Exit:
     return typer.Exit(EXIT_USAGE)
 
 
+@overload
+def parse_date(value: str, name: str) -> dt.date: ...
+@overload
+def parse_date(value: str | None, name: str) -> dt.date | None: ...
 def parse_date(value: str | None, name: str) -> dt.date | None:
     if value is None:
         return None
@@ -108,7 +113,8 @@ def check_rules(rules: Path | None) -> None:
     from rich.markup import escape
 
     from b12pipeline.config import ConfigError, load_site_config
-    from b12pipeline.engine.rulefile import RuleFileError, load_ruleset
+    from b12pipeline.engine.rulefile import RuleFileError
+    from b12pipeline.rulesets import load_ruleset
 
     if rules is not None and not rules.is_dir():
         raise usage_error(escape(f"--rules {rules} is not a folder"))

@@ -8,7 +8,7 @@ goes to the worklog (b12pipeline/worklog), recorded with who (the OS user, or --
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich import box
@@ -255,7 +255,7 @@ def register(app: typer.Typer) -> None:
         from b12pipeline.worklog.actions import check_changes
         from b12pipeline.worklog.view import FilterError, parse_where
 
-        changes = {
+        changes: dict[str, Any] = {
             k: v
             for k, v in (("status", status), ("reason", reason), ("owner", owner), ("comment", comment))
             if v is not None
@@ -318,17 +318,60 @@ def register(app: typer.Typer) -> None:
         out: Path = out_option,
         date: Optional[str] = typer.Option(None, "--date", "-d", help="Only this date of service (YYYY-MM-DD)."),
         rule: Optional[str] = typer.Option(None, "--rule", "-r", help="Only this rule, e.g. UNITS-001."),
+        status: Optional[str] = typer.Option(
+            None, "--status", "-s", help="As `queue show`: open-work (default), all, or statuses joined with |."
+        ),
+        owner: Optional[str] = typer.Option(None, "--owner", help="Only findings owned by NAME."),
+        severity: Optional[str] = typer.Option(None, "--severity", help="error, warning or info."),
+        payer: Optional[str] = typer.Option(None, "--payer", help="Only this payer type, e.g. medicare."),
+        new: bool = typer.Option(False, "--new", help="Only findings new tonight."),
     ) -> None:
-        """Write one queue to CSV or Excel with readable column names (contains patient identifiers)."""
-        from b12pipeline.export import export_csv, export_xlsx, select_findings
+        """Write one queue to CSV or Excel with its worklog columns (contains patient identifiers).
+
+        Edit Status, Owner, Reason, Comment and Deferred until in the xlsx, then `queue import` it."""
+        from b12pipeline.export import export_csv, export_xlsx
 
         kind = (fmt or to.suffix.lstrip(".")).lower()
         if kind not in ("csv", "xlsx"):
             raise usage_error(f"--format must be csv or xlsx (got {kind or 'nothing'})")
-        found = select_findings(_queues_root(out), _queue_name(queue), parse_date(date, "--date"), rule)
+        filters = _filters(
+            date=parse_date(date, "--date"),
+            rule=rule,
+            status=status,
+            owner=owner,
+            severity=severity,
+            payer=payer,
+            new=new,
+        )
+        found = _work(out, _queue_name(queue), filters, today())
         rows = (export_xlsx if kind == "xlsx" else export_csv)(found, to)
         console.print(f"wrote {rows:,} finding(s) of queue {queue} to {to}")
         console.print("[yellow]this file contains patient identifiers: keep it where PHI is allowed[/]")
+
+    @queue_app.command("import")
+    def import_edits(
+        workbook: Path = typer.Argument(..., help="An xlsx written by `queue export`, edited."),
+        out: Path = out_option,
+        as_: Optional[str] = typer.Option(None, "--as", help="Act as NAME (default: the OS user)."),
+    ) -> None:
+        """Apply the Status / Owner / Reason / Comment / Deferred until edits of an export, in one transaction."""
+        from b12pipeline.worklog import dismiss_reasons
+        from b12pipeline.worklog.excel import ImportRefused, import_workbook
+
+        if not workbook.is_file():
+            raise usage_error(f"{workbook}: no such file")
+        try:
+            summary = import_workbook(_worklog(out), workbook, actor=_actor(as_), reasons=dismiss_reasons())
+        except ImportRefused as exc:
+            err_console.print(f"[bold red]refused:[/] {exc}")
+            raise typer.Exit(EXIT_REJECTED) from None
+        console.print(
+            f"{workbook.name}: {summary.rows:,} row(s): changed {summary.changed:,}, "
+            f"unchanged {summary.unchanged:,}, refused {len(summary.refused):,}"
+        )
+        for name, why in summary.refused:
+            err_console.print(f"refused {name}: {why}")
+        raise typer.Exit(EXIT_REJECTED if summary.refused else EXIT_OK)
 
 
 def _describe(values: dict) -> str:

@@ -75,7 +75,7 @@ def test_rules(
     rule_id: Optional[str] = typer.Option(None, "--id", help="Only this rule id."),
 ) -> None:
     """Run every rule's own cases (fires / passes); exit 1 if any case fails."""
-    from b12pipeline.engine.cases import run_rule_cases
+    from b12pipeline.rulecases import run_rule_cases
 
     loaded = _load(rules)
     selected = [r for r in loaded.ruleset.rules if rule_id is None or r.id == rule_id]
@@ -97,7 +97,7 @@ def test_rules(
 @rules_app.command("lint")
 def lint(rules: Optional[Path] = typer.Option(None, "--rules", help=RULES_HELP)) -> None:
     """Check every rule file (fields, citations, cases, windows, columns, settings, names); exit 1 on problems."""
-    from b12pipeline.engine.lint import lint_rules
+    from b12pipeline.rulelint import lint_rules
 
     folder = _folder(rules)
     problems = lint_rules(folder)
@@ -132,6 +132,46 @@ def docs(
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(out)
     console.print(f"wrote {out}")
+
+
+@rules_app.command("stats")
+def stats(
+    out: Path = typer.Option(Path("var"), "--out", "-o", help="Output root whose worklog to read."),
+) -> None:
+    """How good each rule is, from what coders decided: raised, fixed, dismissed (by reason),
+    auto-resolved, median days to close, precision = fixed / (fixed + dismissed as false positive)."""
+    from b12pipeline.cli.queue import _worklog
+    from b12pipeline.worklog.queries import rule_stats
+
+    if not out.is_dir():
+        raise usage_error(escape(f"--out {out} is not a folder"))
+    frame = rule_stats(_worklog(out))
+    if frame.height == 0:
+        console.print(f"no findings in the worklog of {out} yet")
+        return
+    table = Table(
+        title=f"Rule effectiveness in {out}",
+        caption="resolved: by a re-evaluation; days: median days to close; "
+        "precision: fixed / (fixed + dismissed as false positive), blank until a coder decided one",
+    )
+    table.add_column("rule", no_wrap=True)
+    for col in ("raised", "open", "fixed", "dismissed", "resolved", "days", "precision"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for r in frame.iter_rows(named=True):
+        median = r["median_days_to_close"]
+        table.add_row(
+            r["rule_id"],
+            f"{r['raised']:,}",
+            f"{r['open']:,}",
+            f"{r['fixed']:,}",
+            f"{r['dismissed']:,}",
+            f"{r['auto_resolved']:,}",
+            "" if median is None else f"{median:g}",
+            "" if r["precision"] is None else f"{r['precision']:.0%}",
+        )
+    console.print(table)
+    for r in frame.filter(frame["dismissed"] > 0).iter_rows(named=True):
+        console.print(f"{r['rule_id']} dismissed: {escape(r['dismissed_by_reason'])}")
 
 
 def register(app: typer.Typer) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import typer
 from rich import box
@@ -47,47 +48,85 @@ def run_night(
     engine: str = "polars",
     wait: bool = False,
     quiet: bool = False,
-    ignored: list[dict] | None = None,
 ) -> int:
     """`night`, `rules` and `engine` have passed preflight()."""
     with environment_failures(), output_guard(out, wait):
-        return _run_night(extracts, out, night, rules, source, move_rejected, engine, quiet, ignored or [])
+        return _run_night(extracts, out, night, rules, source, move_rejected, engine, quiet)
 
 
 def _run_night(
     extracts: list[Path],
     out: Path,
-    night,
+    night: dt.date,
     rules: Optional[Path],
     source: Optional[str],
     move_rejected: bool,
     engine: str,
     quiet: bool = False,
-    ignored: list[dict] | None = None,
 ) -> int:
+    def run() -> dict:
+        from flows.nightly import nightly_flow
+
+        return nightly_flow(
+            extracts=[str(p) for p in extracts],
+            out=str(out),
+            night=night,
+            rules_dir=str(rules) if rules else None,
+            source=source,
+            move_rejected=move_rejected,
+            engine=engine,
+        )
+
+    manifest = _with_feedback(night, f"starting Prefect for {len(extracts)} file(s)", quiet, run)
+    print_summary(manifest, out)
+    return EXIT_REJECTED if manifest["totals"]["files_rejected"] else EXIT_OK
+
+
+def _with_feedback(night: dt.date, first_step: str, quiet: bool, run: Callable[[], dict]) -> dict:
+    """Run a night's flow showing its progress steps on stderr (file names and counts only)."""
     from b12pipeline.engine.rulefile import RuleFileError
 
     with feedback(f"night {night}", quiet) as shown:
-        shown.step(f"starting Prefect for {len(extracts)} file(s)")
-        from flows.nightly import nightly_flow
-
+        shown.step(first_step)
         try:
             with no_console_tracebacks():
-                manifest = nightly_flow(
-                    extracts=[str(p) for p in extracts],
-                    out=str(out),
-                    night=night,
-                    rules_dir=str(rules) if rules else None,
-                    source=source,
-                    move_rejected=move_rejected,
-                    engine=engine,
-                    ignored=ignored,
-                )
+                result = run()
         except RuleFileError as exc:
             raise usage_error(str(exc)) from None
         shown.step("done")
-    print_summary(manifest, out)
-    return EXIT_REJECTED if manifest["totals"]["files_rejected"] else EXIT_OK
+    return result
+
+
+def run_landing(
+    landing: Path, out: Path, night: dt.date, rules: Optional[Path], source: Optional[str], engine: str, quiet: bool
+) -> int:
+    """The scheduled night's flow (landing_flow) run now: the same landing lookup, archive and moves.
+    `night`, `rules` and `engine` have passed preflight()."""
+
+    def run() -> dict:
+        from flows.nightly import landing_flow
+
+        return landing_flow(
+            landing=str(landing),
+            out=str(out),
+            night=night,
+            rules_dir=str(rules) if rules else None,
+            source=source,
+            engine=engine,
+        )
+
+    result = _with_feedback(night, "starting Prefect", quiet, run)
+    if result["run_id"] is None:
+        for entry in result.get("ignored", []):  # names from the landing folder: text, never markup
+            console.print(f"ignored {escape(entry['file'])}: {escape(entry['reason'])}")
+        console.print(
+            f"nothing new in {escape(str(landing))} ({result['already_processed']} file(s) already processed)"
+        )
+        return EXIT_OK
+    if result["already_processed"]:
+        console.print(f"skipped {result['already_processed']} file(s) already processed (same checksum)")
+    print_summary(result["manifest"], out)
+    return EXIT_REJECTED if result["files_rejected"] else EXIT_OK
 
 
 def check_engine(engine: str) -> None:
@@ -95,7 +134,7 @@ def check_engine(engine: str) -> None:
     if engine == "polars":  # the default: nothing to check, and no reason to import the engine yet
         return
     from b12pipeline.engine.durable import DurableUnavailable
-    from b12pipeline.engine.evaluate import evaluator
+    from b12pipeline.engine.engines import evaluator
 
     try:
         evaluator(engine)
@@ -199,20 +238,4 @@ def register(app: typer.Typer) -> None:
             raise usage_error(f"--landing {landing} is not a folder")
         day = preflight(night, rules, engine)
         with environment_failures(), output_guard(out, wait):  # held from the archive lookup to the end
-            _nightly(landing, out, day, rules, source, engine, quiet)
-
-    def _nightly(
-        landing: Path, out: Path, night, rules: Optional[Path], source: Optional[str], engine: str, quiet: bool
-    ) -> None:
-        from b12pipeline.archive import scan_landing
-        from b12pipeline.paths import OutputLayout
-
-        scan = scan_landing(landing, OutputLayout(out).archive)
-        if not scan.new:
-            for entry in scan.ignored:
-                console.print(f"ignored {escape(entry['file'])}: {escape(entry['reason'])}")
-            console.print(f"nothing new in {escape(str(landing))} ({len(scan.processed)} file(s) already processed)")
-            raise typer.Exit(EXIT_OK)
-        if scan.processed:
-            console.print(f"skipping {len(scan.processed)} file(s) already processed (same checksum)")
-        raise typer.Exit(_run_night(scan.new, out, night, rules, source, True, engine, quiet, scan.ignored))
+            raise typer.Exit(run_landing(landing, out, day, rules, source, engine, quiet))

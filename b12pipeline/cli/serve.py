@@ -13,7 +13,9 @@ from b12pipeline.cli.common import console, usage_error
 def register(app: typer.Typer) -> None:
     @app.command()
     def serve(
-        landing: Path = typer.Option(..., help="Landing folder the nightly extracts arrive in."),
+        landing: Optional[Path] = typer.Option(None, help="Landing folder the nightly extracts arrive in."),
+        source: Optional[str] = typer.Option(None, "--source", help="Pull this source instead (see `pull`)."),
+        sources: Optional[Path] = typer.Option(None, "--sources", help="Sources file for --source."),
         out: Path = typer.Option(Path("var"), "--out", "-o", help="Output root."),
         cron: str = typer.Option("30 2 * * *", help="When to run, as a cron expression in --tz."),
         tz: str = typer.Option("UTC", help="IANA time zone of --cron and of the night's date."),
@@ -23,25 +25,53 @@ def register(app: typer.Typer) -> None:
         """Serve the nightly run on a schedule (needs a Prefect server: PREFECT_API_URL).
 
         Each scheduled run processes the files in LANDING not processed before, as the night of its
-        scheduled start date in --tz (a late or re-run slot still processes its own night).
+        scheduled start date in --tz (a late or re-run slot still processes its own night). With
+        --source, each run first pulls the night from that source (SQL or SFTP) instead.
         """
-        if not landing.is_dir():
+        if (landing is None) == (source is None):
+            raise usage_error("give one of --landing FOLDER or --source NAME")
+        if landing is not None and not landing.is_dir():
             raise usage_error(f"--landing {landing} is not a folder")
         if rules is not None and not rules.is_dir():
             raise usage_error(f"--rules {rules} is not a folder")
+        rules_dir = str(rules.resolve()) if rules else None
+        if source is not None:
+            sources_file = _checked_sources(source, sources)
         from prefect import serve as prefect_serve
 
         from flows.nightly import landing_deployment
+        from flows.pull import pull_deployment
 
         try:
-            deployment = landing_deployment(
-                str(landing.resolve()), str(out.resolve()), cron, tz, name, str(rules.resolve()) if rules else None
-            )
+            if source is not None:
+                deployment = pull_deployment(
+                    source, str(out.resolve()), str(sources_file.resolve()), cron, tz, name, rules_dir
+                )
+            else:
+                assert landing is not None
+                deployment = landing_deployment(str(landing.resolve()), str(out.resolve()), cron, tz, name, rules_dir)
         except ValueError as exc:  # an unknown time zone, or Prefect's check of the cron expression
             raise usage_error(
                 f"--cron {cron!r} / --tz {tz!r}: {str(exc).splitlines()[-1] if str(exc) else exc}"
             ) from None
-        console.print(
-            f"serving b12-nightly-landing/{name}: '{cron}' {tz}, landing {landing}, out {out} (Ctrl-C to stop)"
-        )
+        what = f"b12-pull/{name}: source {source}" if source else f"b12-nightly-landing/{name}: landing {landing}"
+        console.print(f"serving {what}, '{cron}' {tz}, out {out} (Ctrl-C to stop)")
         prefect_serve(deployment)
+
+
+def _checked_sources(source: str, sources: Optional[Path]) -> Path:
+    """The sources file naming `source`, checked now rather than at the first scheduled run."""
+    from rich.markup import escape
+
+    from b12pipeline import pull
+
+    sources_file = sources or pull.default_sources_file()
+    if sources_file is None:
+        raise usage_error("--source needs a sources file: pass --sources FILE or set B12_SOURCES_FILE")
+    try:
+        configured = pull.load_sources(sources_file)
+    except pull.SourceConfigError as exc:
+        raise usage_error(escape(str(exc))) from None
+    if source not in configured:
+        raise usage_error(escape(f"--source {source}: not in {sources_file}"))
+    return Path(sources_file)

@@ -17,9 +17,15 @@ def register(app: typer.Typer) -> None:
         rows: int = typer.Option(..., "--rows", "-n", help="Rows in the extract (B12 and other medications)."),
         seed: int = typer.Option(0, "--seed", "-s", help="Random seed: the same seed gives the same file."),
         fmt: str = typer.Option(
-            "csv", "--format", "-f", help="csv, parquet, clarity (Clarity-style CSV) or fhir (NDJSON)."
+            "csv",
+            "--format",
+            "-f",
+            help="csv, parquet, clarity (Clarity-style CSV), fhir (NDJSON) or fhir-bulk "
+            "(a FHIR Bulk Data export folder of standard resources).",
         ),
-        out: Path = typer.Option(..., "--out", "-o", help="File to write; labels go to <OUT>.labels.parquet."),
+        out: Path = typer.Option(
+            ..., "--out", "-o", help="File (folder for fhir-bulk) to write; labels go to <OUT>.labels.parquet."
+        ),
         defect_rate: float = typer.Option(0.05, "--defect-rate", help="Share of B12 rows carrying one seeded defect."),
         b12_share: float = typer.Option(0.25, "--b12-share", help="Share of rows that are B12 administrations."),
         start: Optional[str] = typer.Option(

@@ -1,3 +1,5 @@
-"""The rule engine: rule files (rulefile), the condition language (conditions), evaluation (evaluate)."""
+"""The rule engine, no I/O: rule data (rulefile), the condition language (conditions), evaluation
+(evaluate; durable, the optional second engine; engines chooses one) and the rule catalog (ruledocs).
 
-from b12pipeline.engine.rulefile import Rule, RuleFileError, Ruleset, load_ruleset  # noqa: F401
+Reading rule files from disk is b12pipeline/rulesets.py; running a rule's cases is b12pipeline/rulecases.py.
+"""

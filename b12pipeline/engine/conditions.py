@@ -16,7 +16,7 @@ test emptiness explicitly with is_null. Columns are those of the facts frame (do
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 if TYPE_CHECKING:  # checking a rule file needs no Polars: the CLI checks rules before importing it
     import polars as pl
@@ -26,6 +26,12 @@ SET_OPS = ("in", "not_in", "contains_any")
 OTHER_OPS = ("is_null", "contains", "matches")
 OPERATORS = tuple(COMPARISONS) + SET_OPS + OTHER_OPS
 COMBINATORS = ("all", "any", "not")
+
+
+class Settings(Protocol):
+    """What the engine needs of the site configuration: a setting by name ({config: key})."""
+
+    def get(self, name: str) -> Any: ...
 
 
 def _is_ref(value: Any, kind: str) -> bool:
@@ -73,7 +79,7 @@ def check_condition(cond: Any, where: str = "") -> None:
 def fields_used(cond: dict) -> set[str]:
     """Every column a condition reads (for lint and for documentation)."""
     if "all" in cond or "any" in cond:
-        return set().union(*(fields_used(c) for c in cond.get("all", cond.get("any"))))
+        return set().union(*(fields_used(c) for c in cond.get("all") or cond["any"]))
     if "not" in cond:
         return fields_used(cond["not"])
     used = {cond["field"]}
@@ -85,7 +91,7 @@ def fields_used(cond: dict) -> set[str]:
 
 def config_used(cond: dict) -> set[str]:
     if "all" in cond or "any" in cond:
-        return set().union(*(config_used(c) for c in cond.get("all", cond.get("any"))))
+        return set().union(*(config_used(c) for c in cond.get("all") or cond["any"]))
     if "not" in cond:
         return config_used(cond["not"])
     return {v["config"] for k, v in cond.items() if k != "field" and _is_ref(v, "config")}

@@ -42,8 +42,7 @@ from typing import Any, Callable
 
 import polars as pl
 
-from b12pipeline.config import SiteConfig
-from b12pipeline.engine.conditions import COMPARISONS, _is_ref
+from b12pipeline.engine.conditions import COMPARISONS, Settings, _is_ref
 from b12pipeline.engine.evaluate import empty_findings, findings_from_hits
 from b12pipeline.engine.rulefile import Rule, Ruleset
 
@@ -74,7 +73,7 @@ class DurableUnavailable(RuntimeError):
     """durable-rules is not installed (it is an optional extra)."""
 
 
-def durable_engine():
+def durable_engine() -> Any:
     """The durable engine module, imported only when asked for."""
     try:
         from durable import engine
@@ -286,7 +285,7 @@ def _facts_rows(facts: pl.DataFrame, compiled: Compiled, config: Callable[[str],
     return rows
 
 
-def rule_hits(facts: pl.DataFrame, rules: list[Rule], cfg: SiteConfig) -> list[set[int]]:
+def rule_hits(facts: pl.DataFrame, rules: list[Rule], cfg: Settings) -> list[set[int]]:
     """For each rule, the row indexes of `facts` on which durable_rules fires it."""
     engine = durable_engine()
     compiled = compile_rules(rules, facts.schema, cfg.get)
@@ -297,8 +296,9 @@ def rule_hits(facts: pl.DataFrame, rules: list[Rule], cfg: SiteConfig) -> list[s
         return lambda c: hits[i].add(c.m[ROW])
 
     with _lock:  # durable_rules has no locking of its own: one thread at a time
+        host_class: Any = engine.Host
 
-        class QuietHost(engine.Host):
+        class QuietHost(host_class):
             def _run(self) -> None:  # no background dispatch threads (they race with the caller)
                 pass
 
@@ -328,7 +328,7 @@ def _release(host: Any, name: str) -> None:
 
 
 def evaluate(
-    facts: pl.DataFrame, ruleset: Ruleset, cfg: SiteConfig, run_id: str, rules: list[Rule] | None = None
+    facts: pl.DataFrame, ruleset: Ruleset, cfg: Settings, run_id: str, rules: list[Rule] | None = None
 ) -> pl.DataFrame:
     """Same contract as engine.evaluate.evaluate, with the hits decided by durable_rules."""
     rules = list(rules if rules is not None else ruleset.active)

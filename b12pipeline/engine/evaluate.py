@@ -12,11 +12,10 @@ import re
 
 import polars as pl
 
-from b12pipeline.config import SiteConfig
-from b12pipeline.engine.conditions import compile_condition
+from b12pipeline.engine.conditions import Settings, compile_condition
 from b12pipeline.engine.rulefile import Rule, Ruleset
 
-FINDING_COLUMNS = {
+FINDING_COLUMNS: dict[str, pl.DataType | type[pl.DataType]] = {
     "finding_id": pl.String,
     "queue": pl.String,
     "rule_id": pl.String,
@@ -92,25 +91,10 @@ def finding_ids(admin_ids: pl.Series, rule_ids: pl.Series) -> pl.Series:
     )
 
 
-def rule_mask(rule: Rule, cfg: SiteConfig, columns: set[str]) -> pl.Expr:
+def rule_mask(rule: Rule, cfg: Settings, columns: set[str]) -> pl.Expr:
     lo, hi = rule.window
     in_window = (pl.col("service_date") >= pl.lit(lo)) & (pl.col("service_date") < pl.lit(hi))
     return in_window & compile_condition(rule.when, cfg.get, columns)
-
-
-ENGINES = ("polars", "durable")
-
-
-def evaluator(engine: str = "polars"):
-    """The evaluate function of an engine: polars (default) or durable (optional, differential checks)."""
-    if engine == "polars":
-        return evaluate
-    if engine == "durable":
-        from b12pipeline.engine import durable
-
-        durable.durable_engine()  # fail now, with the install hint, not mid-run
-        return durable.evaluate
-    raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
 
 
 def empty_findings() -> pl.DataFrame:
@@ -118,7 +102,7 @@ def empty_findings() -> pl.DataFrame:
 
 
 def evaluate(
-    facts: pl.DataFrame, ruleset: Ruleset, cfg: SiteConfig, run_id: str, rules: list[Rule] | None = None
+    facts: pl.DataFrame, ruleset: Ruleset, cfg: Settings, run_id: str, rules: list[Rule] | None = None
 ) -> pl.DataFrame:
     """Findings of every active rule (or the given rules) on every row of `facts`."""
     rules = list(rules if rules is not None else ruleset.active)

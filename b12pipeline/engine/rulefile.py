@@ -1,20 +1,18 @@
-"""Rule files: one YAML file per rule version, loaded safely and strictly.
+"""Rule files: one YAML file per rule version, as data checked strictly.
 
-A rule file is data, not code: yaml.safe_load (no tags), a closed set of fields, and a condition
-checked against the condition language before anything runs. Errors name the file and the field.
+A rule file is data, not code: a closed set of fields, and a condition checked against the
+condition language before anything runs. Errors name the file and the field. Reading the files
+from disk is b12pipeline/rulesets.py's job: the engine is handed their data.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from b12pipeline.paths import rules_dir
+from b12pipeline.engine.conditions import check_condition
 
 QUEUES = ("coding", "medical_necessity", "documentation")
 SEVERITIES = ("error", "warning", "info")
@@ -24,11 +22,6 @@ OPTIONAL_FIELDS = ("effective_from", "effective_to", "expected", "actual", "desc
 CASE_KINDS = ("fires", "passes")
 FAR_FUTURE = dt.date(9999, 12, 31)
 FAR_PAST = dt.date(1900, 1, 1)
-
-
-# libyaml's safe loader: the same safe constructors, about 10x faster than the pure-Python parser
-# (35 rule files with their cases took 0.5 s, paid by every run before anything else).
-SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class RuleFileError(ValueError):
@@ -92,8 +85,6 @@ def _date(value: Any, path: Path, key: str) -> dt.date | None:
 
 
 def parse_rule(raw: Any, path: Path) -> Rule:
-    from b12pipeline.engine.conditions import check_condition
-
     if not isinstance(raw, dict):
         raise RuleFileError(f"{path}: a rule file must be a mapping of fields")
     unknown = sorted(set(raw) - set(REQUIRED_FIELDS) - set(OPTIONAL_FIELDS))
@@ -149,73 +140,3 @@ def parse_rule(raw: Any, path: Path) -> Rule:
     if lo >= hi:
         raise RuleFileError(f"{path}: effective_from {lo} is not before effective_to {hi}", field="effective_from")
     return rule
-
-
-def load_rule_file(path: Path) -> Rule:
-    try:
-        text = path.read_text(encoding="utf-8")
-        raw = yaml.load(text, Loader=SAFE_LOADER)  # noqa: S506 - a safe loader
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise RuleFileError(f"{_at(path, mark)}: not valid (safe) YAML: {problem}") from None
-    except ValueError as exc:  # not UTF-8, or an impossible date like 2024-13-45
-        raise RuleFileError(f"{path}: not valid (safe) YAML: {str(exc).splitlines()[0]}") from None
-    try:
-        return parse_rule(raw, path)
-    except RuleFileError as exc:
-        mark = _key_mark(text, exc.field) if exc.field else None
-        if mark is None:
-            raise
-        raise RuleFileError(str(exc).replace(f"{path}: ", f"{_at(path, mark)}: ", 1), field=exc.field) from None
-
-
-def _at(path: Path, mark) -> str:
-    """`path:line:column` (1-based, as editors and compilers count) or just the path."""
-    return f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-
-
-def _key_mark(text: str, key: str):
-    """Where a top-level key's value starts in the file (only on the error path: composing costs a parse)."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return None
-    if not isinstance(node, yaml.MappingNode):
-        return None
-    for key_node, value_node in node.value:
-        if getattr(key_node, "value", None) == key:
-            return value_node.start_mark
-    return None
-
-
-def rule_files(directory: Path) -> list[Path]:
-    """Rule files: every *.yaml under rules/ except the site configuration and reference tables."""
-    return sorted(
-        p
-        for p in directory.rglob("*.yaml")
-        if p.name != "site.yaml" and not p.name.startswith("_") and "reference" not in p.relative_to(directory).parts
-    )
-
-
-def ruleset_version(directory: Path) -> str:
-    """Content hash of everything that decides a finding: rule files, reference tables, site config."""
-    digest = hashlib.sha256()
-    files = sorted(
-        p for p in directory.rglob("*") if p.is_file() and p.suffix in (".yaml", ".csv") and "sources" not in p.parts
-    )
-    for p in files:
-        digest.update(p.relative_to(directory).as_posix().encode() + b"\0")
-        digest.update(p.read_bytes() + b"\0")
-    return digest.hexdigest()[:12]
-
-
-def load_ruleset(directory: Path | None = None) -> Ruleset:
-    directory = Path(directory) if directory else rules_dir()
-    if not directory.is_dir():
-        raise RuleFileError(f"{directory}: rules folder not found")
-    files = rule_files(directory)
-    rules = tuple(load_rule_file(p) for p in files)
-    if not rules:
-        raise RuleFileError(f"{directory}: no rule files found")
-    return Ruleset(rules=rules, version=ruleset_version(directory), directory=directory, files=tuple(files))

@@ -1,4 +1,4 @@
-"""Ingest: one reader per source format, each returning the canonical frame.
+"""Ingest: one reader per source format, each returning the canonical frame (read.py picks the reader).
 
 The canonical frame has every contract column as text (stripped; empty -> null), plus
 `source_file`, `source_row` (1-based data row, header not counted) and one `has_<column>` flag per
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import overload
 
 import polars as pl
 
 from b12pipeline.contract import Contract, load_contract
-from b12pipeline.limits import LONG_VALUE_CHECK, current_limits, file_problem, frame_problem, long_values
 
 
 class FileRejected(Exception):
@@ -52,7 +52,7 @@ class Extract:
     def quarantine_in_scope(self, scope: pl.Expr) -> pl.DataFrame | None:
         """Reader-quarantined rows that are B12 rows, or whose medication could not be read at all
         (an unparseable line might be a B12 dose: it is kept rather than counted out of scope)."""
-        if not self.quarantined_rows:
+        if self.quarantine is None or not self.quarantine.height:
             return None
         unreadable = pl.all_horizontal(pl.col(c).is_null() for c in ("medication_name", "ndc", "rxnorm_code"))
         return self.quarantine.filter(scope | unreadable)
@@ -70,6 +70,10 @@ def split_quarantine(frame: pl.DataFrame, reasons: pl.Series, check: str) -> tup
     return frame.filter(~bad), held
 
 
+@overload
+def canonicalise(raw: pl.DataFrame, path: Path, contract: Contract | None = None) -> tuple[pl.DataFrame, list[str]]: ...
+@overload
+def canonicalise(raw: pl.LazyFrame, path: Path, contract: Contract | None = None) -> tuple[pl.LazyFrame, list[str]]: ...
 def canonicalise(
     raw: pl.DataFrame | pl.LazyFrame,
     path: Path,
@@ -87,8 +91,8 @@ def canonicalise(
     missing = [c for c in contract.required_in_file if c not in present]
     if missing:
         hint = ""
-        if len(rename) == 1:  # never quoted: in a file without a header, the "header" is patient data
-            hint = " (the header was read as one column: is the delimiter ','?)"
+        if len(rename) == 1:
+            hint = f" (the header was read as one column {next(iter(rename.values()))[:60]!r}: is the delimiter ','?)"
         raise FileRejected(path, f"missing required column(s) {', '.join(missing)}{hint}")
     ignored = [c for c in rename.values() if c not in contract.columns]
     exprs = []
@@ -117,71 +121,3 @@ def collect_kept(frame: pl.LazyFrame, keep: pl.Expr | None) -> tuple[pl.DataFram
         return frame.collect(), 0
     kept, total = pl.collect_all([frame.filter(keep), frame.select(pl.len())], engine="streaming")
     return kept, int(total.item()) - kept.height
-
-
-def read_extract(path: Path | str, source: str | None = None, keep: pl.Expr | None = None) -> Extract:
-    """Read one extract file in the format named by `source`, else by its extension.
-
-    `keep` (an expression over canonical columns): only the rows that satisfy it are returned; the
-    rest are counted in `rows_skipped`. The CSV and Parquet readers apply it while streaming, so the
-    other rows are never materialised; for the other readers it is applied here."""
-    from b12pipeline.ingest import canonical, fhir, fhirbulk, sourcemapped
-
-    path = Path(path)
-    if path.is_symlink():  # never followed: its target may be anywhere (docs/decisions.md)
-        raise FileRejected(path, "a symbolic link; extracts are read only from regular files (not followed)")
-    if source is None and fhirbulk.recognise(path):  # a Bulk Data folder or its manifest
-        source = fhirbulk.FORMAT
-    if source and source.lower() == fhirbulk.FORMAT:
-        if not path.exists():
-            raise FileRejected(path, "no such folder or manifest")
-        extract = fhirbulk.read_fhir_bulk(path, keep)
-        problem = frame_problem(extract.frame, load_contract().names, current_limits())
-        if problem:
-            raise FileRejected(path, problem)
-        return extract
-    if not path.is_file():
-        raise FileRejected(path, "no such file")
-    fmt = (source or canonical.format_from_suffix(path)).lower()
-
-    if source is None and fmt == "csv":
-        fmt = sourcemapped.recognise(path) or fmt  # a Clarity-style header is read as clarity
-    readers = {"csv": canonical.read_csv, "parquet": canonical.read_parquet}
-    limits = current_limits()
-    problem = file_problem(path, fmt, limits)
-    if problem:
-        raise FileRejected(path, problem)
-    if fmt in readers:
-        frame, ignored, skipped = readers[fmt](path, keep)
-        extract = Extract(path=path, source_format=fmt, frame=frame, ignored_columns=ignored, rows_skipped=skipped)
-    else:
-        if fmt == "fhir":
-            extract = fhir.read_fhir(path)
-        elif fmt in sourcemapped.delimited_names():
-            extract = sourcemapped.read_mapped(path, fmt)
-        else:
-            known = sorted(set(readers) | {"fhir", fhirbulk.FORMAT} | set(sourcemapped.delimited_names()))
-            raise FileRejected(path, f"unknown source format {fmt!r}; expected one of {', '.join(known)}")
-        extract.frame, extract.rows_skipped = collect_kept(extract.frame.lazy(), keep)
-    problem = frame_problem(extract.frame, load_contract().names, limits)
-    if problem:
-        raise FileRejected(path, problem)
-    delimiter = {"csv": ","}.get(fmt) or (
-        sourcemapped.load_mapping(fmt).delimiter if fmt in sourcemapped.delimited_names() else None
-    )
-    reasons, problem = long_values(extract.frame, load_contract().names, limits, delimiter)
-    if problem:
-        raise FileRejected(path, problem)
-    if reasons is not None:
-        extract.frame, held = split_quarantine(extract.frame, reasons, LONG_VALUE_CHECK)
-        # The over-long values are not copied into quarantine (one can be hundreds of MB): the
-        # archived file keeps them; the reason names the column.
-        held = held.with_columns(
-            pl.when(pl.col(c).str.len_bytes() > limits.max_field_bytes).then(None).otherwise(pl.col(c)).alias(c)
-            for c in load_contract().names
-            if held.schema.get(c) == pl.String
-        )
-        extract.quarantine = (
-            held if extract.quarantine is None else pl.concat([extract.quarantine, held], how="diagonal_relaxed")
-        )
-    return extract

@@ -117,7 +117,7 @@ def scrub(exc: Exception) -> str:
     return first.split(":", 1)[0][:120] or type(exc).__name__
 
 
-def _as_text(frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFrame:
+def _as_text(frame: pl.LazyFrame) -> pl.LazyFrame:
     """Typed Parquet columns -> the same text a CSV would carry (ISO dates and times)."""
     exprs = []
     for name, dtype in frame.collect_schema().items():

@@ -23,12 +23,15 @@ import re
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from b12pipeline.ingest import Extract, FileRejected, canonicalise, split_quarantine
 from b12pipeline.ingest.mapping import SourceMapping, load_mapping
 
+_JSONError: type[ValueError]
+_loads: Callable[[bytes | str], Any]
 try:  # orjson is a Prefect dependency; fall back to the standard library
     from orjson import JSONDecodeError as _JSONError
     from orjson import loads as _loads
@@ -101,9 +104,9 @@ def _get(obj: dict, key: str, kind: type | tuple, path: str, required: bool = Fa
             raise Invalid(f"{path}{key} must be a number, got {type(value).__name__}")
         return value
     if not isinstance(value, kind):
-        want = {dict: "an object", list: "an array", str: "a string"}.get(kind, str(kind))
-        raise Invalid(f"{path}{key} must be {want}, got {type(value).__name__}")
-    if kind is str and not value.strip():
+        wants: dict[type | tuple, str] = {dict: "an object", list: "an array", str: "a string"}
+        raise Invalid(f"{path}{key} must be {wants.get(kind, str(kind))}, got {type(value).__name__}")
+    if kind is str and isinstance(value, str) and not value.strip():
         raise Invalid(f"{path}{key} is an empty string")
     return value
 

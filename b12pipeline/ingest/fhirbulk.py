@@ -28,6 +28,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -37,6 +38,7 @@ from b12pipeline.ingest.fhir import (
     CHECK,
     Invalid,
     _codings,
+    _concept_text,
     _config,
     _get,
     _JSONError,
@@ -137,23 +139,35 @@ def export_files(path: Path) -> dict[str, list[Path]]:
     return dict(files)
 
 
-def _lines(path: Path):
-    """(line number, parsed JSON or None, problem or None) for each line, reading one line at a time."""
+def _lines(path: Path, offsets: bool = False):
+    """(line number, parsed JSON or None, problem or None[, byte offset]) for each line, one line at a time."""
     with open(path, "rb") as fh:
-        for number, line in enumerate(fh, start=1):
+        number, offset = 0, 0
+        for line in iter(fh.readline, b""):
+            number += 1
+            start, offset = offset, offset + len(line)
+            item: tuple[int, Any, str | None]
             if not line.strip():
-                yield number, None, "empty line (NDJSON has one resource per line)"
-                continue
-            try:
-                yield number, _loads(line), None
-            except _JSONError:
-                yield number, None, "not valid JSON"
+                item = (number, None, "empty line (NDJSON has one resource per line)")
+            else:
+                try:
+                    item = (number, _loads(line), None)
+                except _JSONError:
+                    item = (number, None, "not valid JSON")
+            yield (*item, start) if offsets else item
+
+
+def _read_at(handles: dict, path: Path, offset: int) -> dict:
+    """The resource on the line starting at `offset` (handles: path -> open file, kept for the read)."""
+    fh = handles.get(path) or handles.setdefault(path, open(path, "rb"))  # noqa: SIM115 (closed by the reader)
+    fh.seek(offset)
+    return _loads(fh.readline())
 
 
 # --- the index of supporting resources --------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class ChargeLine:
     """One Claim/ExplanationOfBenefit item or ChargeItem: the fields the contract takes from it."""
 
@@ -172,6 +186,7 @@ class ChargeLine:
     dos: str | None
     patient: str | None
     claim_key: str = ""  # lines of one claim share it
+    description: str | None = None  # the line's text or display ("Injection, cyanocobalamin, ...")
 
 
 @dataclass
@@ -180,7 +195,7 @@ class Index:
     medications: dict[str, tuple] = field(default_factory=dict)  # id -> (resource, path)
     requests: dict[str, tuple] = field(default_factory=dict)  # id -> (requester ref, coverage ref)
     practitioners: dict[str, str | None] = field(default_factory=dict)  # id -> NPI
-    roles: dict[str, str | None] = field(default_factory=dict)  # PractitionerRole id -> practitioner ref
+    roles: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # role id -> practitioner ref
     encounters: dict[str, tuple] = field(default_factory=dict)  # id -> Condition refs of diagnosis
     conditions: dict[str, tuple] = field(default_factory=dict)  # id -> ICD-10-CM codes
     coverages: dict[str, str | None] = field(default_factory=dict)  # id -> payer_type
@@ -188,6 +203,8 @@ class Index:
     by_day: dict[tuple, list[ChargeLine]] = field(default_factory=lambda: defaultdict(list))  # (enc, dos) -> lines
     problems: dict[tuple, str] = field(default_factory=dict)  # (type, id) -> why the resource is unusable
     charge_problems: dict[str, str] = field(default_factory=dict)  # admin id -> why its charge line is unusable
+    deferred: dict[str, tuple] = field(default_factory=dict)  # admin id -> ((file, offset, where), ...)
+    handles: dict = field(default_factory=dict)  # open claim files while administrations are read
 
 
 def _split_ref(ref: object, element: str) -> tuple[str | None, str | None]:
@@ -277,14 +294,15 @@ def _claim_lines(res: dict, where: str, cfg: dict) -> tuple[list[ChargeLine], di
         if not isinstance(sup, dict):
             raise Invalid(f"supportingInfo[{i}] must be an object")
         t, ident = _split_ref(sup.get("valueReference"), f"supportingInfo[{i}].valueReference")
-        if t == ADMINISTRATION:
+        if t == ADMINISTRATION and ident is not None:
             info[_get(sup, "sequence", int, f"supportingInfo[{i}].", required=True)] = ident
     lines, links = [], {}
     for i, item in enumerate(_get(res, "item", list, "") or []):
         p = f"item[{i}]."
         if not isinstance(item, dict):
             raise Invalid(f"item[{i}] must be an object")
-        system, code = _first_code(_get(item, "productOrService", dict, p, required=True), p + "productOrService.")
+        product = _get(item, "productOrService", dict, p, required=True)
+        system, code = _first_code(product, p + "productOrService.")
         units, _ = _quantity_text(_get(item, "quantity", dict, p), p + "quantity.")
         encounters = _get(item, "encounter", list, p) or []
         encounter = None
@@ -326,6 +344,7 @@ def _claim_lines(res: dict, where: str, cfg: dict) -> tuple[list[ChargeLine], di
             dos=when[:10] if when else None,
             patient=patient,
             claim_key=where,
+            description=_concept_text(product, p + "productOrService."),
         )
         lines.append(line)
         named = [info[s] for s in _get(item, "informationSequence", list, p) or [] if s in info]
@@ -335,7 +354,8 @@ def _claim_lines(res: dict, where: str, cfg: dict) -> tuple[list[ChargeLine], di
 
 
 def _charge_item(res: dict, where: str, cfg: dict) -> tuple[ChargeLine, list[str]]:
-    system, code = _first_code(_get(res, "code", dict, "", required=True), "code.")
+    concept = _get(res, "code", dict, "", required=True)
+    system, code = _first_code(concept, "code.")
     units, _ = _quantity_text(_get(res, "quantity", dict, ""), "quantity.")
     t, encounter = _split_ref(res.get("context"), "context")
     _expect(t, ("Encounter", "EpisodeOfCare"), "context")
@@ -348,7 +368,7 @@ def _charge_item(res: dict, where: str, cfg: dict) -> tuple[ChargeLine, list[str
     services = []
     for i, ref in enumerate(_get(res, "service", list, "") or []):
         t, ident = _split_ref(ref, f"service[{i}]")
-        if t == ADMINISTRATION:
+        if t == ADMINISTRATION and ident is not None:
             services.append(ident)
     line = ChargeLine(
         where=where,
@@ -366,6 +386,7 @@ def _charge_item(res: dict, where: str, cfg: dict) -> tuple[ChargeLine, list[str
         dos=when[:10] if when else None,
         patient=patient,
         claim_key=where,
+        description=_concept_text(concept, "code."),
     )
     return line, services
 
@@ -374,12 +395,17 @@ def build_index(files: dict[str, list[Path]], cfg: dict) -> Index:
     index = Index(types={t for t in files if t in SUPPORTING or t == ADMINISTRATION})
     for kind in SUPPORTING:
         for path in files.get(kind, []):
-            for number, res, problem in _lines(path):
+            for number, res, problem, offset in _lines(path, offsets=True):
                 where = f"{path.name} line {number}"
                 if problem or not isinstance(res, dict) or res.get("resourceType") != kind:
                     continue  # unusable: a reference to it reads as missing from the export
                 ident = res.get("id")
                 if not isinstance(ident, str):
+                    continue
+                named = _linked_claim(res) if kind in ("Claim", "ExplanationOfBenefit") else ()
+                for admin in named:  # read when (and only if) that administration is: most are other drugs
+                    index.deferred[admin] = (*index.deferred.get(admin, ()), (path, offset, where))
+                if named:
                     continue
                 try:
                     _index_resource(index, kind, ident, res, where, cfg)
@@ -388,6 +414,37 @@ def build_index(files: dict[str, list[Path]], cfg: dict) -> Index:
                     for admin in _administrations_named(res) if kind in CHARGE_TYPES else ():
                         index.charge_problems[admin] = f"{where}: {exc}"
     return index
+
+
+def _linked_claim(res: dict) -> list[str]:
+    """The administrations a claim names, when every one of its items names one of them through
+    informationSequence (such a claim is parsed only when its administration is read); else []."""
+    named = {}
+    for sup in res.get("supportingInfo") or []:
+        value = sup.get("valueReference") if isinstance(sup, dict) else None
+        target = value.get("reference") if isinstance(value, dict) else None
+        if isinstance(target, str) and target.startswith(ADMINISTRATION + "/"):
+            named[sup.get("sequence")] = target[len(ADMINISTRATION) + 1 :]
+    items = res.get("item") if isinstance(res.get("item"), list) else None
+    if not named or not items:
+        return []
+    for item in items:
+        sequences = item.get("informationSequence") if isinstance(item, dict) else None
+        if not isinstance(sequences, list) or not any(isinstance(q, int) and q in named for q in sequences):
+            return []
+    return list(dict.fromkeys(named.values()))
+
+
+def _deferred_lines(index: Index, admin: str, cfg: dict) -> list[ChargeLine]:
+    """The lines of the claims deferred for `admin` that name it."""
+    lines = []
+    for path, offset, where in index.deferred.pop(admin, ()):
+        try:
+            found, links = _claim_lines(_read_at(index.handles, path, offset), where, cfg)
+        except Invalid as exc:
+            raise Invalid(f"its charge line: {where}: {exc}") from None
+        lines += [line for i, line in enumerate(found) if admin in links.get(i, ())]
+    return lines
 
 
 def _administrations_named(res: dict) -> list[str]:
@@ -460,9 +517,10 @@ class _Resolver:
     def medication(self, target: str) -> tuple[dict, str]:
         kind, ident = _split_ref({"reference": target}, "medicationReference")
         _expect(kind, ("Medication",), "medicationReference")
-        return self._get("Medication", ident, "medicationReference", self.index.medications)
+        return self.lookup("Medication", ident, "medicationReference", self.index.medications)
 
-    def _get(self, kind: str, ident: str | None, element: str, table: dict):
+    def lookup(self, kind: str, ident: str | None, element: str, table: dict):
+        """The indexed entry `element` names; Invalid when the export lacks it or could not read it."""
         problem = self.index.problems.get((kind, ident))
         if problem:
             raise Invalid(f"{element} -> {problem}")
@@ -481,28 +539,28 @@ def _resolve(res: dict, row: dict, index: Index, resolver: _Resolver, cfg: dict)
     _expect(kind, ("MedicationRequest",), "request")
     coverage = None
     if ident is not None:
-        request = resolver._get("MedicationRequest", ident, "request", index.requests)
+        request = resolver.lookup("MedicationRequest", ident, "request", index.requests)
         if request is not None:
             (rkind, rid), (ckind, cid) = request
             element = "request -> MedicationRequest.requester"
             if rkind == "PractitionerRole":
-                role = resolver._get("PractitionerRole", rid, element, index.roles)
+                role = resolver.lookup("PractitionerRole", rid, element, index.roles)
                 element += " -> PractitionerRole.practitioner"
                 rkind, rid = role if role is not None else (None, None)
                 _expect(rkind, ("Practitioner",), element)
             if rkind == "Practitioner":
-                row["ordering_provider_npi"] = resolver._get("Practitioner", rid, element, index.practitioners)
+                row["ordering_provider_npi"] = resolver.lookup("Practitioner", rid, element, index.practitioners)
             if ckind == "Coverage":
                 coverage = (cid, "request -> MedicationRequest.insurance[0]")
     kind, ident = _split_ref(res.get("context"), "context")
     _expect(kind, ("Encounter",), "context")
-    encounter = resolver._get("Encounter", ident, "context", index.encounters) if ident else None
+    encounter = resolver.lookup("Encounter", ident, "context", index.encounters) if ident else None
     if row.get("diagnosis_codes") is None:
         row["diagnosis_codes"] = _diagnoses(res, encounter, index, resolver)
     problem = index.charge_problems.get(row["admin_id"])
     if problem:
         raise Invalid(f"its charge line: {problem}")
-    lines = index.linked.pop(row["admin_id"], [])
+    lines = index.linked.pop(row["admin_id"], []) + _deferred_lines(index, row["admin_id"], cfg)
     if lines:
         drugs = [line for line in lines if line.kind == "drug"]
         if len(drugs) > 1:
@@ -513,7 +571,7 @@ def _resolve(res: dict, row: dict, index: Index, resolver: _Resolver, cfg: dict)
         if claim is not None:
             coverage = (claim.coverage, f"{claim.where.split(' item')[0]}: insurance.coverage")
     if coverage is not None and row.get("payer_type") is None:
-        row["payer_type"] = resolver._get("Coverage", coverage[0], coverage[1], index.coverages)
+        row["payer_type"] = resolver.lookup("Coverage", coverage[0], coverage[1], index.coverages)
     return lines
 
 
@@ -523,12 +581,12 @@ def _diagnoses(res: dict, encounter: tuple | None, index: Index, resolver: _Reso
     for i, ref in enumerate(_get(res, "reasonReference", list, "") or []):
         kind, ident = _split_ref(ref, f"reasonReference[{i}]")
         if kind == "Condition":
-            codes += resolver._get("Condition", ident, f"reasonReference[{i}]", index.conditions) or ()
+            codes += resolver.lookup("Condition", ident, f"reasonReference[{i}]", index.conditions) or ()
     if not codes and encounter:
         for i, (kind, ident) in enumerate(encounter):
             if kind == "Condition":
                 element = f"context -> Encounter.diagnosis[{i}].condition"
-                codes += resolver._get("Condition", ident, element, index.conditions) or ()
+                codes += resolver.lookup("Condition", ident, element, index.conditions) or ()
     return ";".join(codes) if codes else None
 
 
@@ -566,11 +624,20 @@ def read_fhir_bulk(path: Path, keep: pl.Expr | None = None, mapping: str = "fhir
     cfg = _bulk_config(mapping)
     files = export_files(path)
     index = build_index(files, cfg)
+    try:
+        return _read(path, files, index, cfg, keep)
+    finally:
+        for fh in index.handles.values():
+            fh.close()
+
+
+def _read(path: Path, files: dict, index: Index, cfg: dict, keep: pl.Expr | None) -> Extract:
     resolver = _Resolver(index)
     contract = load_contract()
     columns = [c for c in contract.names]
     has_charges = any(files.get(t) for t in CHARGE_TYPES)
     on_days: list[dict] = []  # administrations on an encounter-day that has lines no reference links
+    outside = _medications_outside(index, cfg, keep, resolver)
     kept: list[pl.DataFrame] = []
     held: list[pl.DataFrame] = []
     skipped = 0
@@ -583,6 +650,14 @@ def read_fhir_bulk(path: Path, keep: pl.Expr | None = None, mapping: str = "fhir
             reason = problem
             if res is not None:
                 json_lines += 1
+                if outside and _outside(res, outside):  # another medication: counted, never materialised
+                    skipped += 1
+                    index.linked.pop(res.get("id"), None)
+                    index.deferred.pop(res.get("id"), None)
+                    day = _day_of(res)
+                    if day in index.by_day:  # still a candidate for its encounter-day's lines
+                        on_days.append({"source_file": "", "source_row": 0, "ndc": None, "day": day, "linked": True})
+                    continue
                 try:
                     parse_resource(res, cfg, seen, row, resolver.medication)
                     lines = _resolve(res, row, index, resolver, cfg)
@@ -609,15 +684,67 @@ def read_fhir_bulk(path: Path, keep: pl.Expr | None = None, mapping: str = "fhir
         skipped += _flush(buffer, mpath, keep, kept, held)
     if json_lines == 0:
         raise FileRejected(path, "not a Bulk Data export: no MedicationAdministration line is JSON")
-    frame = pl.concat(kept, how="vertical") if kept else None
+    frame = pl.concat(kept, how="vertical")  # a JSON line was read, so a chunk was flushed
     frame = _link_by_day(frame, on_days, index)
     present = {"charge_hcpcs": has_charges or "charge_hcpcs" in seen, "admin_cpt": has_charges or "admin_cpt" in seen}
     frame = frame.with_columns(pl.lit(v).alias(f"has_{c}") for c, v in present.items() if f"has_{c}" in frame.columns)
+    for admin in list(index.deferred):  # claims naming an administration the export does not hold
+        try:
+            index.linked[admin] += _deferred_lines(index, admin, cfg)
+        except Invalid:
+            pass  # unreadable and about no administration in the export: nothing to report it on
     unlinked = _unlinked_lines(index, frame.columns, present)
     quarantine = pl.concat([*held, *unlinked], how="vertical") if held or unlinked else None
     if quarantine is not None:
         quarantine = quarantine.with_columns(pl.lit(v).alias(f"has_{c}") for c, v in present.items())
     return Extract(path=path, source_format=FORMAT, frame=frame, quarantine=quarantine, rows_skipped=skipped)
+
+
+def _medications_outside(index: Index, cfg: dict, keep: pl.Expr | None, resolver: _Resolver) -> set[str]:
+    """Ids of the readable Medications that `keep` (B12 scope) excludes. Scope is decided by the
+    medication's name, NDC and RxNorm code alone, so an administration of one of them is skipped
+    before its references are resolved: in an all-medication export that is most of the work."""
+    from b12pipeline.ingest.fhir import _medication
+
+    if keep is None or not index.medications:
+        return set()
+    ids, rows = [], []
+    for ident in index.medications:
+        row: dict = {}
+        try:
+            _medication({"medicationReference": {"reference": f"Medication/{ident}"}}, row, cfg, resolver.medication)
+        except Invalid:
+            continue  # its administrations take the full path and are quarantined with the reason
+        ids.append(ident)
+        rows.append(row)
+    names = load_contract().names
+    raw = pl.DataFrame({c: [r.get(c) for r in rows] for c in names}, schema=dict.fromkeys(names, pl.String))
+    frame, _ = canonicalise(raw, Path("Medication.ndjson"))
+    inside = frame.select(keep.alias("keep")).to_series().to_list()
+    return {ident for ident, k in zip(ids, inside, strict=True) if not k}
+
+
+def _outside(res: dict, outside: set[str]) -> bool:
+    med = res.get("medicationReference")
+    target = med.get("reference") if isinstance(med, dict) else None
+    return (
+        res.get("resourceType") == ADMINISTRATION
+        and isinstance(target, str)
+        and target.startswith("Medication/")
+        and target[11:] in outside
+    )
+
+
+def _day_of(res: dict) -> tuple[str, str] | None:
+    """(encounter id, date of service) of an administration, read leniently."""
+    ctx = res.get("context")
+    ref_text = ctx.get("reference") if isinstance(ctx, dict) else None
+    when = res.get("effectiveDateTime")
+    if when is None and isinstance(res.get("effectivePeriod"), dict):
+        when = res["effectivePeriod"].get("start")
+    if not isinstance(ref_text, str) or not isinstance(when, str):
+        return None
+    return ref_text.rsplit("/", 1)[-1], when[:10]
 
 
 def _bulk_config(mapping: str) -> dict:
@@ -738,6 +865,7 @@ def _unlinked_lines(index: Index, columns: list[str], present: dict) -> list[pl.
                 "encounter_id": ln.encounter,
                 "admin_time": ln.dos,
                 "ndc": ln.ndc,
+                "medication_name": ln.description,  # decides, with the NDC, whether it is a B12 line
                 "place_of_service": ln.pos,
                 "claim_type": ln.claim_type,
                 "charge_hcpcs": ln.code,

@@ -54,6 +54,8 @@ def read_mapped(path: Path, name: str) -> Extract:
 
 
 def _read_text(path: Path, mapping: SourceMapping) -> pl.DataFrame:
+    if path.suffix.lower() in (".parquet", ".pq"):
+        return _read_parquet_as_text(path, mapping)
     try:
         return pl.read_csv(
             path,
@@ -71,3 +73,17 @@ def _read_text(path: Path, mapping: SourceMapping) -> pl.DataFrame:
 
         why = csv_problem(path, mapping.delimiter) or scrub(exc)
         raise FileRejected(path, f"not a readable {mapping.name} extract: {why}") from None
+
+
+def _read_parquet_as_text(path: Path, mapping: SourceMapping) -> pl.DataFrame:
+    """The same source columns as Parquet (what a SQL pull writes): every column read as text."""
+    try:
+        raw = pl.read_parquet(path, glob=False)
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise FileRejected(path, f"not a readable {mapping.name} Parquet file ({type(exc).__name__})") from None
+    nested = [c for c, t in raw.schema.items() if t.is_nested()]
+    if nested:
+        raise FileRejected(path, f"column(s) {', '.join(nested)} are nested (struct or list), not text")
+    if raw.height == 0 and raw.width == 0:
+        raise FileRejected(path, "the file is empty (no columns)")
+    return raw.select(pl.col(c).cast(pl.String) for c in raw.columns)

@@ -24,6 +24,7 @@ Statuses, interfaces and the tables are in `models`. Comments may hold PHI: neve
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from pathlib import Path
 
 from b12pipeline.worklog.actions import Edit, EditOutcome, apply_edits, history, set_findings
@@ -61,7 +62,7 @@ __all__ = [
 ]
 
 
-def update_night_from_queues(out: Path | str, night: dt.date, run_id: str, dates: list[str | dt.date]) -> dict:
+def update_night_from_queues(out: Path | str, night: dt.date, run_id: str, dates: Sequence[str | dt.date]) -> dict:
     """The nightly flow's one call: the findings of the re-evaluated dates, as written to the queues."""
     from b12pipeline.paths import OutputLayout
     from b12pipeline.queues import read_queue

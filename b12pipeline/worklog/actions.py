@@ -65,7 +65,8 @@ class _RolledBack(Exception):
 def _apply_edits(engine, edits, actor, interface, reasons, at, all_or_nothing, outcome: EditOutcome) -> None:
     with write_transaction(engine) as conn:
         current = _current(conn, [e.finding_id for e in edits])
-        updates, audits = [], []
+        updates: list[dict] = []
+        audits: list[dict] = []
         for edit in edits:
             name = edit.label or edit.finding_id
             row = current.get(edit.finding_id)

@@ -18,13 +18,14 @@ with 100k open findings adds little to its run time (bench/run_bench.py measures
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import polars as pl
-from sqlalchemy import Connection, Engine, and_, bindparam, insert, literal, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, literal, select, update
 
 from b12pipeline.worklog.models import OPEN_STATUSES, audit, finding
 from b12pipeline.worklog.models import night as nights
+from b12pipeline.worklog.queries import backlog_snapshot
 from b12pipeline.worklog.store import write_transaction
 
 NIGHT_ACTOR = "b12pipeline"
@@ -41,8 +42,11 @@ class LifecycleCounts:
     returned: int = 0  # deferred findings due again
     aged: int = 0  # new -> open
     rule_version_changed: int = 0
+    # After a night: the backlog per queue, what closed since the previous night, rule effectiveness
+    # (counts only: queries.backlog_snapshot). Empty for other re-evaluations.
+    snapshot: dict = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict:
         return asdict(self)
 
 
@@ -79,6 +83,10 @@ def update_night(
         evaluated = _apply(conn, findings, dates, night, run_id, "night", NIGHT_ACTOR, run_id, None, at)
         for key in ("new", "reopened", "resolved", "rule_version_changed"):
             setattr(counts, key, getattr(evaluated, key))
+        previous = conn.execute(
+            select(func.max(nights.c.at)).where(nights.c.night < night, nights.c.run_id != run_id)
+        ).scalar()
+        counts.snapshot = backlog_snapshot(conn, night, previous)
         if conn.execute(select(nights.c.run_id).where(nights.c.run_id == run_id)).first() is None:
             conn.execute(
                 insert(nights).values(

@@ -28,6 +28,7 @@ PERSON_STATUSES = ("open", "in_progress", "fixed", "dismissed", "deferred")
 STATUSES = ("new", "open", "reopened", "in_progress", "deferred", "fixed", "dismissed", "resolved")
 OPEN_STATUSES = ("new", "open", "reopened", "in_progress", "deferred")
 CLOSED_STATUSES = ("fixed", "dismissed", "resolved")
+OPEN_WORK = ("new", "open", "reopened", "in_progress")  # plus deferred whose date has come
 INTERFACES = ("cli", "excel", "web", "night", "deploy")
 # Fields a person edits; each change is one audit row.
 EDITABLE_FIELDS = ("status", "owner", "reason", "comment", "deferred_until")

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import polars as pl
 
-from b12pipeline.worklog.models import STATUSES
+from b12pipeline.worklog.models import OPEN_WORK, STATUSES
 from b12pipeline.worklog.queries import read_states
 
-OPEN_WORK = ("new", "open", "reopened", "in_progress")  # plus deferred whose date has come
 UNTRACKED = "untracked"  # in a queue, not in the worklog (written before it existed, or by a backfill)
 CONTEXT_COLUMNS = ("payer_type", "charge_hcpcs", "charge_units", "charge_modifiers", "diagnosis_codes")
 KEYS = ("queue", "rule_id", "rule_version", "severity", "service_date")
@@ -53,7 +52,7 @@ def _with_context(view: pl.DataFrame, history_root: Path) -> pl.DataFrame:
     dated = view["service_date"].drop_nulls()
     if dated.is_empty():
         return empty
-    rows = read_history(history_root, dated.min(), dated.max())
+    rows = read_history(history_root, min(dated), max(dated))
     if rows is None:
         return empty
     have = [c for c in CONTEXT_COLUMNS if c in rows.columns]
@@ -63,7 +62,7 @@ def _with_context(view: pl.DataFrame, history_root: Path) -> pl.DataFrame:
 
 
 def _with_rule_text(view: pl.DataFrame, rules_dir) -> pl.DataFrame:
-    from b12pipeline.engine import load_ruleset
+    from b12pipeline.rulesets import load_ruleset
 
     rules = load_ruleset(Path(rules_dir) if rules_dir else None).rules
     titles = {r.id: r.title for r in rules}

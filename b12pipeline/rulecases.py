@@ -17,10 +17,12 @@ import polars as pl
 import yaml
 
 from b12pipeline import normalize
+from b12pipeline.config import SiteConfig
 from b12pipeline.contract import load_contract
 from b12pipeline.crossrow import add_cross_row_facts
 from b12pipeline.engine.evaluate import evaluate
 from b12pipeline.engine.rulefile import Rule
+from b12pipeline.reference import Reference
 
 CASE_KEYS = ("_note", "_history", "_absent_columns")
 
@@ -55,7 +57,7 @@ def case_frame(records: list[dict], absent: list[str] | None = None) -> pl.DataF
     return frame
 
 
-def case_facts(case: dict, defaults: dict, rules) -> tuple[pl.DataFrame, str]:
+def case_facts(case: dict, defaults: dict, reference: Reference, config: SiteConfig) -> tuple[pl.DataFrame, str]:
     """The facts frame of a case (its history rows first) and the admin_id of the case's own record."""
     bad = [k for k in case if k.startswith("_") and k not in CASE_KEYS]
     if bad:
@@ -63,13 +65,13 @@ def case_facts(case: dict, defaults: dict, rules) -> tuple[pl.DataFrame, str]:
     record = {**defaults, **{k: v for k, v in case.items() if not k.startswith("_")}}
     history = [{**defaults, "admin_id": f"HIST-{i}", **h} for i, h in enumerate(case.get("_history", []), start=1)]
     frame = case_frame(history + [record], case.get("_absent_columns"))
-    facts = add_cross_row_facts(normalize.facts(frame, rules.reference, rules.config), rules.config)
+    facts = add_cross_row_facts(normalize.facts(frame, reference, config), config)
     return facts, record["admin_id"]
 
 
 def run_case(rule: Rule, case: dict, defaults: dict, rules) -> tuple[bool, str]:
     """Does `rule` fire on the case's own record? Returns (fired, reason-if-error)."""
-    facts, admin_id = case_facts(case, defaults, rules)
+    facts, admin_id = case_facts(case, defaults, rules.reference, rules.config)
     found = evaluate(facts, rules.ruleset, rules.config, run_id="rule-case", rules=[rule])
     return bool(found.filter(pl.col("admin_id") == admin_id).height), ""
 

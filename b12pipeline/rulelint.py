@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import yaml
 
 from b12pipeline.config import ConfigError, SiteConfig, load_site_config
 from b12pipeline.contract import load_contract
@@ -33,8 +32,10 @@ from b12pipeline.engine.rulefile import (
     Rule,
     RuleFileError,
     parse_rule,
-    rule_files,
 )
+from b12pipeline.reference import load_reference
+from b12pipeline.rulecases import CASE_KEYS, case_defaults, case_facts
+from b12pipeline.rulesets import read_yaml, rule_files
 
 FILE_NAME = re.compile(r"^(?P<id>.+?)(?:\.v(?P<n>\d+))?\.yaml$")
 
@@ -49,50 +50,9 @@ class Problem:
         return f"{self.file}: {self.field}: {self.message}"
 
 
-class _StrictSafeLoader(yaml.SafeLoader):
-    """safe_load that also refuses a key given twice (safe_load silently keeps the last one)."""
-
-
-def _mapping_no_duplicates(loader: _StrictSafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice", key_node.start_mark)
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_StrictSafeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_no_duplicates)
-
-
-def read_yaml(path: Path) -> Any:
-    """The file's data, or RuleFileError with a message a rule author can act on."""
-    text = path.read_text(encoding="utf-8")
-    try:
-        return yaml.load(text, Loader=_StrictSafeLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.constructor.ConstructorError as exc:
-        tag = re.search(r"tag '([^']+)'", str(exc))
-        where = f" (line {exc.problem_mark.line + 1})" if exc.problem_mark else ""
-        if tag:
-            shown = tag.group(1).replace("tag:yaml.org,2002:", "!!")
-            raise RuleFileError(
-                f"YAML tag {shown} is not allowed{where}: rule files are plain data "
-                "(safe YAML: no python/object tags, nothing that runs code)"
-            ) from None
-        raise RuleFileError(f"{exc.problem}{where}") from None
-    except yaml.YAMLError as exc:
-        raise RuleFileError(f"not valid YAML: {' '.join(str(exc).split())}") from None
-
-
 def facts_schema(directory: Path, config: SiteConfig) -> pl.DataFrame:
     """The facts frame of the clean case-defaults record: its schema is the set of usable columns."""
-    from b12pipeline.engine.cases import case_defaults, case_facts
-    from b12pipeline.pipeline import Rules
-    from b12pipeline.reference import load_reference
-
-    rules = Rules(ruleset=None, config=config, reference=load_reference(directory / "reference"))
-    facts, _ = case_facts({}, case_defaults(directory), rules)
+    facts, _ = case_facts({}, case_defaults(directory), load_reference(directory / "reference"), config)
     return facts
 
 
@@ -224,8 +184,6 @@ def _window(rule: Rule) -> str:
 
 def lint_rules(directory: Path) -> list[Problem]:
     """Every problem in the rules folder, sorted by file; [] when clean."""
-    from b12pipeline.engine.cases import CASE_KEYS
-
     directory = Path(directory)
     if not directory.is_dir():
         return [Problem(str(directory), "folder", "rules folder not found")]

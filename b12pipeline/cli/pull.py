@@ -1,0 +1,116 @@
+"""`b12pipeline pull`: fetch the night from a configured source (SQL, SFTP, folder) and process it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+
+from b12pipeline.cli.common import (
+    EXIT_OK,
+    EXIT_REJECTED,
+    EXIT_SOURCE,
+    console,
+    err_console,
+    output_guard,
+    parse_date,
+    today,
+    usage_error,
+)
+
+SOURCES_HELP = "Sources file (default: the file B12_SOURCES_FILE names); see docs/operations.md."
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def pull(
+        source: str = typer.Option(..., "--source", "-s", help="Name of the source in the sources file."),
+        out: Path = typer.Option(Path("var"), "--out", "-o", help="Output root."),
+        night: Optional[str] = typer.Option(None, help="Date of the night (YYYY-MM-DD); default today."),
+        sources: Optional[Path] = typer.Option(None, "--sources", help=SOURCES_HELP),
+        rules: Optional[Path] = typer.Option(None, help="Rules folder (default: the project's rules/)."),
+        wait: bool = typer.Option(False, "--wait", help="If another run holds --out, wait for it."),
+    ) -> None:
+        """Fetch the night's extract from SOURCE (kept byte for byte in the archive) and process it.
+
+        Exit codes: 0 processed or nothing new, 1 a fetched file was rejected, 2 usage or configuration
+        error, 3 another run holds --out, 5 the source could not be reached (after its retries).
+        """
+        from b12pipeline import pull as pulling
+
+        night_date = parse_date(night, "--night") or today()
+        if rules is not None and not rules.is_dir():
+            raise usage_error(f"--rules {rules} is not a folder")
+        sources_file = sources or pulling.default_sources_file()
+        if sources_file is None:
+            raise usage_error("no sources file: pass --sources FILE or set B12_SOURCES_FILE")
+        try:
+            configured = pulling.load_sources(sources_file)
+        except pulling.SourceConfigError as exc:
+            raise usage_error(escape(str(exc))) from None
+        if source not in configured:
+            raise usage_error(
+                escape(f"--source {source}: not in {sources_file}; known: {', '.join(sorted(configured)) or 'none'}")
+            )
+        with output_guard(out, wait):
+            raise typer.Exit(_pull(source, out, night_date, Path(sources_file), rules))
+
+    def _pull(source: str, out: Path, night, sources_file: Path, rules: Optional[Path]) -> int:
+        from b12pipeline import pull as pulling
+        from b12pipeline.cli.run import print_summary
+        from flows.pull import pull_flow
+
+        try:
+            with _console_quiet_about(pulling.SourceUnreachable, pulling.SourceConfigError):
+                result = pull_flow(
+                    source=source,
+                    out=str(out),
+                    sources_file=str(sources_file.resolve()),
+                    night=night,
+                    rules_dir=str(rules.resolve()) if rules else None,
+                )
+        except pulling.SourceUnreachable as exc:
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
+            return EXIT_SOURCE
+        except pulling.SourceConfigError as exc:
+            raise usage_error(escape(str(exc))) from None
+        if not result.get("run_id"):
+            console.print(f"source {source}, night {night}: nothing new ({result.get('fetched', 0)} file(s) fetched)")
+            return EXIT_OK
+        manifest = json.loads((out / "runs" / result["run_id"] / "manifest.json").read_text())
+        print_summary(manifest, out)
+        return EXIT_REJECTED if result.get("files_rejected") else EXIT_OK
+
+
+@contextmanager
+def _console_quiet_about(*expected: type[BaseException]):
+    """Keep Prefect's console handlers from printing the traceback of a failure this command reports
+    itself, as one line (the records still reach Prefect's API log, which holds no credential)."""
+    names = {t.__name__ for t in expected}
+
+    class DropExpected(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            exc = record.exc_info[1] if record.exc_info else None
+            if exc is not None and isinstance(exc, expected):
+                return False
+            return not any(name in record.getMessage() for name in names)
+
+    drop = DropExpected()
+    handlers = [
+        h
+        for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", "")
+        for h in logging.getLogger(name).handlers
+        if isinstance(h, logging.StreamHandler)
+    ]
+    for h in handlers:
+        h.addFilter(drop)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(drop)

@@ -1,0 +1,46 @@
+"""Small file operations shared by the night, the archive, reports and history re-runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from functools import partial
+from pathlib import Path
+
+
+def sha256_file(path: Path) -> str:
+    """The checksum of an extract: a file's bytes, or for a folder (a FHIR Bulk Data export) the
+    names and bytes of its files in name order, so the same export arriving twice is recognised.
+    Read in 1 MiB pieces: extracts can be gigabytes."""
+    digest = hashlib.sha256()
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as fh:
+            for chunk in iter(partial(fh.read, 1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def extract_checksum(path: Path) -> str:
+    """The extract's SHA-256, or "" for a symbolic link or a missing path (never read through a link)."""
+    return sha256_file(path) if path.exists() and not path.is_symlink() else ""
+
+
+def copy_no_follow(source: Path, target: Path) -> None:
+    """Copy a regular file's bytes; a symbolic link is refused rather than followed (O_NOFOLLOW)."""
+    fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as src, open(target, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Write JSON through a temporary file and a rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)
