@@ -114,9 +114,12 @@ def test_exports_never_carry_a_live_formula_and_are_owner_only(two_nights, tmp_p
     import stat
 
     from b12pipeline.export import export_csv, export_xlsx
+    from b12pipeline.worklog import open_worklog
+    from b12pipeline.worklog.view import work_view
 
     out, _ = two_nights
-    found = read_queue(out / "queues", "coding").head(len(HOSTILE_CELLS))
+    view = work_view(out, open_worklog(out), "coding", as_of=dt.date(2024, 3, 2))
+    found = view.head(len(HOSTILE_CELLS))
     assert found.height == len(HOSTILE_CELLS)
     text_columns = [c for c in CODER_COLUMNS if found.schema[c] == pl.String]
     hostile = found.with_columns(pl.Series(c, HOSTILE_CELLS) for c in text_columns)

@@ -9,7 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from b12pipeline.ingest import FileRejected, read_extract
+from b12pipeline.ingest import FileRejected
+from b12pipeline.ingest.read import read_extract
 
 PROJECT = Path(__file__).resolve().parent.parent
 FHIR = PROJECT / "data" / "fixtures" / "sources" / "emar_2024-03-01.fhir.ndjson"

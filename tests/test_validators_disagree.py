@@ -50,7 +50,7 @@ def test_when_the_validators_disagree_the_row_is_held_with_both_verdicts(fixture
             exp["kwargs"]["regex"] = r"^\d+(?:\.\d+)?$"
     suite = tmp_path / "suite.json"
     suite.write_text(json.dumps(spec))
-    from b12pipeline.ingest import read_extract
+    from b12pipeline.ingest.read import read_extract
 
     frame = read_extract(_night_file(fixtures_dir, tmp_path, "f.csv", dose=ODD_DIGIT)).frame
     outcome = validate(frame, suite)
