@@ -33,7 +33,7 @@ from b12pipeline.ingest.read import read_extract
 from b12pipeline.paths import OutputLayout
 from b12pipeline.queues import atomic_write_parquet, write_quarantine, write_queue_partitions
 from b12pipeline.reference import Reference, load_reference
-from b12pipeline.rulesets import load_ruleset
+from b12pipeline.rulesets import check_conditions_compile, load_ruleset
 from b12pipeline.validate import validate
 
 
@@ -49,11 +49,9 @@ class Rules:
     def load(cls, rules_dir: Path | str | None = None) -> "Rules":
         directory = Path(rules_dir) if rules_dir else None
         ruleset = load_ruleset(directory)
-        return cls(
-            ruleset=ruleset,
-            config=load_site_config(ruleset.directory / "site.yaml"),
-            reference=load_reference(ruleset.directory / "reference"),
-        )
+        config = load_site_config(ruleset.directory / "site.yaml")
+        check_conditions_compile(ruleset, config)  # before any file is read or history changed
+        return cls(ruleset=ruleset, config=config, reference=load_reference(ruleset.directory / "reference"))
 
 
 @dataclass

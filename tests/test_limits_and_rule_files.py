@@ -227,7 +227,7 @@ HOSTILE_RULES = [
         "billion laughs",
         "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
         "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n",
-        "unknown field(s) a, b, c, d",
+        "YAML aliases (*a) are not accepted",
     ),
     (
         "impossible date",
@@ -241,6 +241,64 @@ HOSTILE_RULES = [
     ),
     ("not UTF-8", None, "not valid (safe) YAML"),
 ]
+
+
+def _alias_bomb(depth: int) -> str:
+    """A 2 KB rule whose `when:` doubles at every level through anchors (2**depth leaves)."""
+    levels = ["x0: &a0 {field: charge_units, is_null: false}"]
+    levels += [f"x{i}: &a{i} {{all: [*a{i - 1}, *a{i - 1}]}}" for i in range(1, depth + 1)]
+    body = RULE.split("when:")[0] + "anchors:\n" + "".join(f"  {line}\n" for line in levels)
+    return body + f"when: *a{depth}\n" + "cases:" + RULE.split("cases:", 1)[1]
+
+
+def _with_when(condition: str) -> str:
+    return RULE.split("when:")[0] + f"when: {condition}\n" + "cases:" + RULE.split("cases:", 1)[1]
+
+
+BOMB_RULES = [
+    ("aliases nested in when (2**12 leaves)", _alias_bomb(12), "YAML aliases (*a"),
+    ("3000 nested not", _with_when("{not: " * 3000 + "{field: x, is_null: true}" + "}" * 3000), "nest"),
+    ("40 nested not", _with_when("{not: " * 40 + "{field: x, is_null: true}" + "}" * 40), "nested deeper than 32"),
+    (
+        "invalid regex in matches",
+        RULE.replace("{field: charge_units, is_null: false}", "{field: charge_hcpcs, matches: 'J34(20'}", 1),
+        "matches is not a valid regular expression",
+    ),
+]
+
+
+@pytest.mark.parametrize("case,text,expected", BOMB_RULES, ids=[c[0] for c in BOMB_RULES])
+def test_rule_file_bombs_are_refused_at_load_quickly(tmp_path, case, text, expected):
+    import time
+
+    rules = _rules_copy(tmp_path)
+    target = rules / "coding" / "UNITS-001.yaml"
+    target.write_text(text)
+    started = time.perf_counter()
+    with pytest.raises(RuleFileError) as caught:
+        load_ruleset(rules)
+    assert time.perf_counter() - started < 5
+    assert str(target) in str(caught.value) and expected in str(caught.value), str(caught.value)
+
+
+def test_a_rule_that_fails_stops_the_run_before_history_changes(tmp_path, fixtures_dir):
+    """An invalid pattern: refused at the CLI's preflight (exit 2) and by the flow's own load,
+    before any file is read; nothing is written under --out."""
+    from typer.testing import CliRunner
+
+    from b12pipeline.cli import app
+    from b12pipeline.pipeline import Rules
+
+    rules = _rules_copy(tmp_path)
+    target = rules / "coding" / "UNITS-001.yaml"
+    target.write_text(BOMB_RULES[-1][1])
+    out = tmp_path / "out"
+    extract = str(fixtures_dir / "emar_2024-03-01.csv")
+    done = CliRunner().invoke(app, ["run", "--extract", extract, "--out", str(out), "--rules", str(rules)])
+    assert done.exit_code == 2 and "UNITS-001.yaml" in done.output, done.output
+    assert not (out / "history").exists()
+    with pytest.raises(RuleFileError, match="UNITS-001.yaml"):
+        Rules.load(rules)
 
 
 @pytest.mark.parametrize("case,text,expected", HOSTILE_RULES, ids=[c[0] for c in HOSTILE_RULES])

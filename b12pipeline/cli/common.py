@@ -114,13 +114,13 @@ def check_rules(rules: Path | None) -> None:
 
     from b12pipeline.config import ConfigError, load_site_config
     from b12pipeline.engine.rulefile import RuleFileError
-    from b12pipeline.rulesets import load_ruleset
+    from b12pipeline.rulesets import check_conditions_compile, load_ruleset
 
     if rules is not None and not rules.is_dir():
         raise usage_error(escape(f"--rules {rules} is not a folder"))
     try:
         ruleset = load_ruleset(rules)
-        load_site_config(ruleset.directory / "site.yaml")
+        check_conditions_compile(ruleset, load_site_config(ruleset.directory / "site.yaml"))
     except (RuleFileError, ConfigError) as exc:
         raise usage_error(escape(f"{exc} (`b12pipeline rules lint` lists every problem)")) from None
 
