@@ -31,6 +31,13 @@ def extract_checksum(path: Path) -> str:
     return sha256_file(path) if path.exists() and not path.is_symlink() else ""
 
 
+def file_state(path: Path) -> list[int]:
+    """(size, modification time in ns) of a path, not following a link: equal before and after a
+    read means the bytes read are the bytes listed (docs/decisions.md, "When is a landing file complete")."""
+    info = os.lstat(path)
+    return [info.st_size, info.st_mtime_ns]
+
+
 def copy_no_follow(source: Path, target: Path) -> None:
     """Copy a regular file's bytes; a symbolic link is refused rather than followed (O_NOFOLLOW)."""
     fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)

@@ -26,7 +26,7 @@ from b12pipeline.datadocs import validation_result_path
 from b12pipeline.engine.engines import evaluator
 from b12pipeline.engine.evaluate import empty_findings
 from b12pipeline.engine.rulefile import Ruleset
-from b12pipeline.files import copy_no_follow, extract_checksum, write_json
+from b12pipeline.files import copy_no_follow, extract_checksum, file_state, write_json
 from b12pipeline.history import history_paths, merge_into_history, read_history
 from b12pipeline.ingest import FileRejected
 from b12pipeline.ingest.read import read_extract
@@ -60,7 +60,7 @@ class StageResult:
 
     file: str
     sha256: str
-    status: str = "processed"  # processed | rejected
+    status: str = "processed"  # processed | rejected | deferred (changed while read: next night)
     error: str = ""
     source_format: str = ""
     rows_read: int = 0
@@ -127,9 +127,12 @@ def stage_file(
     rules: Rules,
     source: str | None = None,
     sha256: str | None = None,
+    listed: list[int] | None = None,
 ) -> StageResult:
     """`sha256`: the file's checksum when the caller already has it (the flow hashes every input
-    once for the run id; hashing a large extract again costs a full read)."""
+    once for the run id; hashing a large extract again costs a full read). `listed`: its
+    `file_state` when it was hashed; a file that has changed since is not staged (still being
+    written: its last row may be torn) and is read again next night."""
     path, layout = Path(path), OutputLayout(Path(out))
     if not path.exists() and not path.is_symlink():  # the machine's problem, not the file's (exit 4)
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
@@ -166,6 +169,14 @@ def stage_file(
         # A rejected file counts no rows (docs/reliability.md): it is kept whole in rejected/.
         result.rows_read = result.in_scope = result.out_of_scope = result.quarantined = 0
         progress.step(f"rejected {path.name}")
+        return result
+    if listed is not None and path.exists() and not path.is_dir() and file_state(path) != list(listed):
+        result.status = "deferred"
+        result.error = (
+            f"{path}: changed while it was being read (still being written?); not staged, read again next night"
+        )
+        result.rows_read = result.in_scope = result.out_of_scope = result.quarantined = 0
+        progress.step(f"deferred {path.name}: still changing")
         return result
     key = file_key(path, result.sha256)
     result.quarantined = write_quarantine(outcome.quarantine, layout.quarantine, key, night, run_id)

@@ -42,10 +42,11 @@ def build_manifest(
 ) -> dict:
     layout = OutputLayout(out)
     # A rejected file counts no rows (it is kept whole in rejected/), whatever its record says.
-    counted = [i for i in inputs if i["status"] != "rejected"]
+    counted = [i for i in inputs if i["status"] == "processed"]
     totals = {k: sum(i.get(k, 0) for i in counted) for k in ("rows_read", "in_scope", "out_of_scope", "quarantined")}
     totals["files"] = len(inputs)
     totals["files_rejected"] = sum(1 for i in inputs if i["status"] == "rejected")
+    totals["files_deferred"] = sum(1 for i in inputs if i["status"] == "deferred")
     safe_inputs = [{k: v for k, v in i.items() if k not in ("staged",)} for i in inputs]
     manifest = {
         "run_id": run_id,

@@ -6,6 +6,7 @@ Thin by design: tasks pass file paths and counts, never frames; all logic is in 
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -14,7 +15,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 import b12pipeline  # noqa: F401  (telemetry defaults before prefect is imported)
 from b12pipeline import pipeline, progress, report
 from b12pipeline.archive import commit_night
-from b12pipeline.files import extract_checksum
+from b12pipeline.files import extract_checksum, file_state
 from b12pipeline.paths import OutputLayout
 from b12pipeline.runguard import guard_output, note_run
 
@@ -39,9 +40,10 @@ def stage_extract(
     rules_dir: str | None,
     source: str | None,
     sha256: str | None = None,
+    listed: list[int] | None = None,
 ) -> dict:
     rules = pipeline.Rules.load(rules_dir)
-    result = pipeline.stage_file(path, out, run_id, night, rules, source=source, sha256=sha256)
+    result = pipeline.stage_file(path, out, run_id, night, rules, source=source, sha256=sha256, listed=listed)
     return result.to_dict()
 
 
@@ -149,19 +151,21 @@ def _nightly(
     logger = get_run_logger()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     rules = pipeline.Rules.load(rules_dir)
+    # Listed before hashing: a file that changes after this is not staged (still being written).
+    listed = [file_state(Path(p)) if os.path.lexists(p) and not Path(p).is_dir() else None for p in extracts]
     checksums = [extract_checksum(Path(p)) for p in extracts]
     run_id = pipeline.make_run_id(night, checksums, rules.ruleset.version)
     note_run(out, run_id)
     logger.info("run %s: %d extract(s), ruleset %s", run_id, len(extracts), rules.ruleset.version)
     progress.step(f"run {run_id}: {len(extracts)} extract(s)")
     futures = [
-        stage_extract.submit(p, out, run_id, night, rules_dir, source, sha)
-        for p, sha in zip(extracts, checksums, strict=True)
+        stage_extract.submit(p, out, run_id, night, rules_dir, source, sha, state)
+        for p, sha, state in zip(extracts, checksums, listed, strict=True)
     ]
     inputs = [f.result() for f in futures]
     for i in inputs:
-        if i["status"] == "rejected":
-            logger.warning("rejected %s", i["error"])
+        if i["status"] in ("rejected", "deferred"):
+            logger.warning("%s %s", i["status"], i["error"])
         else:
             logger.info(
                 "%s: %d rows read, %d in scope, %d quarantined",

@@ -138,3 +138,24 @@ def test_a_file_rejected_for_its_quarantine_share_counts_no_rows(tmp_path, fixtu
     assert "max_quarantine_share" in rejected["error"]
     t = manifest["totals"]
     assert t["rows_read"] == t["in_scope"] + t["out_of_scope"] + t["quarantined"] == 16
+
+
+def test_a_file_still_being_written_is_not_staged_and_waits_for_the_next_night(tmp_path, fixtures_dir, rules):
+    """Listed (and hashed) while the writer was mid-row: the torn row is never staged; the file is
+    deferred, not rejected, and not recorded, so the next night reads it whole."""
+    import datetime as dt
+
+    from b12pipeline.files import file_state, sha256_file
+    from b12pipeline.pipeline import stage_file
+
+    path = tmp_path / "landing.csv"
+    shutil.copy(fixtures_dir / NIGHT_CSV, path)
+    listed, sha = file_state(path), sha256_file(path)
+    with open(path, "a") as fh:  # the writer goes on: half of a row
+        fh.write("MAR-2001-1,ORD-2001,MRN99,CSN99,2024-03-01T09:00:00,Given,cyanocobalamin 1000 mcg/mL,3")
+    result = stage_file(path, tmp_path / "out", "night-t", dt.date(2024, 3, 1), rules, sha256=sha, listed=listed)
+    assert result.status == "deferred" and "still being written" in result.error
+    assert result.staged == "" and result.rows_read == 0
+    assert not (tmp_path / "out" / "quarantine").exists() and not (tmp_path / "out" / "staging").exists()
+    again = stage_file(path, tmp_path / "out", "night-t2", dt.date(2024, 3, 2), rules, listed=file_state(path))
+    assert again.status == "processed" and again.rows_read == 17

@@ -159,7 +159,7 @@ def print_summary(manifest: dict, out: Path) -> None:
     for col in ("status", "read", "in scope", "out of scope", "quarantined"):
         files.add_column(col, justify="left" if col == "status" else "right", no_wrap=True)
     for i in manifest["inputs"]:
-        status = "[green]processed" if i["status"] == "processed" else "[red]rejected"
+        status = {"processed": "[green]processed", "deferred": "[yellow]deferred"}.get(i["status"], "[red]rejected")
         files.add_row(
             escape(i["file"]),
             status,
@@ -185,6 +185,8 @@ def print_summary(manifest: dict, out: Path) -> None:
         queues.add_row(q, f"{n:,}")
     console.print(queues)
     for i in manifest["inputs"]:
+        if i["status"] == "deferred":
+            err_console.print(f"[yellow]deferred[/] {escape(i['error'])}")
         if i["status"] == "rejected":
             kept = out / "rejected" / i.get("rejected_as", "")
             err_console.print(f"[red]rejected[/] {escape(i['error'])}  -> {escape(str(kept))}")
