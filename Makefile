@@ -10,7 +10,8 @@ export DO_NOT_TRACK ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export GX_ANALYTICS_ENABLED ?= False
 
-.PHONY: demo test bench bench-quick venv clean docs lint lint-rules
+
+.PHONY: demo test test-fast bench bench-quick venv clean docs lint lint-rules
 
 venv: $(STAMP)
 
@@ -29,6 +30,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The inner loop: the whole suite but the tests marked slow (Prefect flows, subprocesses, servers,
+# over ~5 s each) or browser. `make test` (CI) still runs everything.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not browser"
 
 # ruff (lint and format check) and mypy (types, configured in pyproject.toml); the test extra brings both.
 lint: $(STAMP)

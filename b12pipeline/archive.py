@@ -186,6 +186,7 @@ class LandingScan:
     new: list[Path] = field(default_factory=list)  # to process tonight (symlinks too: they are rejected)
     processed: list[Path] = field(default_factory=list)  # same checksum already processed
     ignored: list[dict] = field(default_factory=list)  # {file, reason}: not read, by a stated rule
+    rejected_before: list[Path] = field(default_factory=list)  # recorded as rejected; bytes in rejected/
 
     @property
     def seen(self) -> int:
@@ -211,6 +212,7 @@ def scan_landing(landing: Path, archive_root: Path) -> LandingScan:
             scan.processed.append(p)
         elif sha in refused:
             scan.ignored.append({"file": p.name, "reason": "rejected on an earlier night (kept in rejected/)"})
+            scan.rejected_before.append(p)
         else:
             scan.new.append(p)
     return scan

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from b12pipeline.config import SiteConfig
+from b12pipeline.engine.settings import SiteConfig
 
 CROSS_ROW_COLUMNS = ("prior_injection_within_window", "days_since_first_injection", "duplicate_of_prior")
 INJECTION_ROUTES = ("injectable", "intravenous")

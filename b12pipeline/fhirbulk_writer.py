@@ -42,7 +42,49 @@ def _ucum(value, code: str) -> dict:
     return {"value": _number(value), "unit": code, "system": UCUM_SYSTEM, "code": code}
 
 
-def write_fhir_bulk(frame: pl.DataFrame, folder: Path, standard_only: bool = False, mapping_name: str = "fhir") -> Path:
+class _Output:
+    """One resource type's NDJSON files: `<Type>.ndjson`, or `<Type>.001.ndjson`, `<Type>.002.ndjson`
+    ... once it passes `per_file` resources (Bulk Data servers split large outputs; each file then
+    stays under the input limit on file size)."""
+
+    def __init__(self, folder: Path, kind: str, per_file: int):
+        self.folder, self.kind, self.per_file = folder, kind, per_file
+        self.files: list[tuple[Path, int]] = []  # (path, resources) of the closed files
+        self.count = 0
+        self.path = folder / f"{kind}.ndjson"
+        self.fh = open(self.path, "wb")  # noqa: SIM115 (closed by close())
+
+    def write(self, res: dict) -> None:
+        if self.count and self.count % self.per_file == 0:
+            self.fh.close()
+            if not self.files:  # the first file gets its number too
+                numbered = self.folder / f"{self.kind}.001.ndjson"
+                self.path.rename(numbered)
+                self.path = numbered
+            self.files.append((self.path, self.per_file))
+            self.path = self.folder / f"{self.kind}.{len(self.files) + 1:03d}.ndjson"
+            self.fh = open(self.path, "wb")  # noqa: SIM115
+        self.fh.write(orjson.dumps(res) + b"\n")
+        self.count += 1
+
+    def close(self) -> list[tuple[Path, int]]:
+        """The files written, with their resource counts (an empty type writes none)."""
+        self.fh.close()
+        rest = self.count - sum(n for _, n in self.files)
+        if rest:
+            self.files.append((self.path, rest))
+        else:
+            self.path.unlink()
+        return self.files
+
+
+def write_fhir_bulk(
+    frame: pl.DataFrame,
+    folder: Path,
+    standard_only: bool = False,
+    mapping_name: str = "fhir",
+    per_file: int = 250_000,
+) -> Path:
     ctx = fhir_context(mapping_name)
     systems = ctx["systems"]
     payer_code: dict[str, str] = {}
@@ -61,16 +103,14 @@ def write_fhir_bulk(frame: pl.DataFrame, folder: Path, standard_only: bool = Fal
         "Coverage",
         "Claim",
     )
-    out = {k: open(folder / f"{k}.ndjson", "wb") for k in kinds}
-    counts = dict.fromkeys(kinds, 0)
+    out = {k: _Output(folder, k, per_file) for k in kinds}
     ids = {k: _Ids(p) for k, p in (("med", "med"), ("mr", "mr"), ("pr", "pr"), ("cov", "cov"), ("cond", "cond"))}
     seen_patients: set[str] = set()
     seen_encounters: set[str] = set()
     orders: dict[str, tuple] = {}
 
     def emit(kind: str, res: dict) -> None:
-        out[kind].write(orjson.dumps(res) + b"\n")
-        counts[kind] += 1
+        out[kind].write(res)
 
     try:
         for n, r in enumerate(frame.iter_rows(named=True), start=1):
@@ -111,17 +151,13 @@ def write_fhir_bulk(frame: pl.DataFrame, folder: Path, standard_only: bool = Fal
             if claim:
                 emit("Claim", claim)
     finally:
-        for fh in out.values():
-            fh.close()
-    for kind in kinds:
-        if not counts[kind]:
-            (folder / f"{kind}.ndjson").unlink()
+        written = {k: o.close() for k, o in out.items()}
     last = frame["admin_time"].drop_nulls().max() if frame.height else None
     manifest = {
         "transactionTime": f"{str(last)[:10] if last else '1970-01-01'}T23:59:59Z",
         "request": "https://ehr.example.org/fhir/Group/b12-cohort/$export",
         "requiresAccessToken": True,
-        "output": [{"type": k, "url": f"{k}.ndjson", "count": counts[k]} for k in kinds if counts[k]],
+        "output": [{"type": k, "url": path.name, "count": n} for k in kinds for path, n in written[k]],
         "error": [],
     }
     (folder / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
@@ -168,14 +204,19 @@ def _medication(r: dict, ids: _Ids, systems: dict, emit) -> str:
 
 def _coverage(r: dict, ids: _Ids, systems: dict, payer_code: dict, patient, emit) -> str | None:
     payer = r["payer_type"]
-    if payer is None:
+    if payer is None and r.get("payer_id") is None:
         return None
-    cov, new = ids.get((r["patient_id"], payer))
+    payer_id = r.get("payer_id")
+    cov, new = ids.get((r["patient_id"], payer, payer_id))
     if new:
         code = payer_code.get(payer)
-        kind = {"coding": [{"system": systems["sopt"], "code": code}]} if code else {"text": payer}
-        resource: dict = {"resourceType": "Coverage", "id": cov, "status": "active", "type": kind}
-        resource["payor"] = [{"display": "payer of record"}]
+        resource: dict = {"resourceType": "Coverage", "id": cov, "status": "active"}
+        if payer is not None:
+            resource["type"] = {"coding": [{"system": systems["sopt"], "code": code}]} if code else {"text": payer}
+        payor: dict = {"display": "payer of record"}
+        if payer_id:
+            payor["identifier"] = {"value": payer_id}  # the site's code for the payer (plan)
+        resource["payor"] = [payor]
         emit("Coverage", {**resource, **({"beneficiary": patient} if patient else {})})
     return cov
 

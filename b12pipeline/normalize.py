@@ -13,7 +13,7 @@ from typing import Any
 
 import polars as pl
 
-from b12pipeline.config import SiteConfig
+from b12pipeline.engine.settings import SiteConfig
 from b12pipeline.reference import Reference
 
 B12_NAME_PATTERN = r"(?i)cyanocobalamin|hydroxocobalamin|methylcobalamin|vitamin\s*b\s*-?\s*12\b"
@@ -50,7 +50,7 @@ def _blank_to_null(expr: pl.Expr) -> pl.Expr:
     return pl.when(expr == "").then(None).otherwise(expr)
 
 
-# --- parsing helpers shared with validate -------------------------------------------------------
+# --- parsing shared with validate --------------------------------------------------------------
 
 
 def local_timestamp(col: str = "admin_time") -> pl.Expr:
@@ -398,7 +398,106 @@ def facts(valid: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame:
         ndc_qty_diff_ml().alias("ndc_qty_diff_ml"),
         claim_needs_jwjz(cfg.mod002_institutional).alias("claim_needs_jwjz"),
     )
+    df = cms_facts(df, ref, cfg)
     return df.drop("rx_ingredient", "_unit", "_expiry")
+
+
+# --- CMS quarterly tables (cms.py): crosswalk and MUE facts; null where a table is not imported ----
+
+NOC = "NOC"  # marks an NDC listed in the NOC crosswalk (billed under an unclassified code)
+
+
+def cms_facts(df: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame:
+    """xwalk_listed / xwalk_hcpcs_ok / xwalk_codes (NDC-006), ndc_expected_units (UNITS-004),
+    mue_value / mue_mai / mue_units / mue_check (MUE-001)."""
+    asp, noc = ref.cms.get("asp_crosswalk"), ref.cms.get("noc_crosswalk")
+    listed = []
+    if asp is not None:
+        listed.append(asp.frame.select("ndc11", "hcpcs"))
+    if noc is not None:
+        listed.append(noc.frame.select("ndc11", pl.lit(NOC).alias("hcpcs")))
+    if listed:
+        codes = pl.concat(listed).unique().group_by("ndc11").agg(pl.col("hcpcs").sort().alias("_codes"))
+        df = df.join(codes, on="ndc11", how="left", maintain_order="left")
+        ok = pl.col("_codes").list.contains(pl.col("charge_hcpcs")) | (
+            pl.col("_codes").list.contains(NOC) & pl.col("charge_hcpcs").is_in(list(cfg.unclassified_codes))
+        )
+        shown = pl.col("_codes").list.eval(
+            pl.when(pl.element() == NOC).then(pl.lit("an unclassified code (NOC crosswalk)")).otherwise(pl.element())
+        )
+        df = df.with_columns(
+            pl.col("_codes").is_not_null().alias("xwalk_listed"),
+            pl.when(pl.col("_codes").is_not_null()).then(ok.fill_null(False)).otherwise(None).alias("xwalk_hcpcs_ok"),
+            shown.list.join(" or ").alias("xwalk_codes"),
+        ).drop("_codes")
+    else:
+        df = df.with_columns(
+            pl.lit(None, dtype=pl.Boolean).alias("xwalk_listed"),
+            pl.lit(None, dtype=pl.Boolean).alias("xwalk_hcpcs_ok"),
+            pl.lit(None, dtype=pl.String).alias("xwalk_codes"),
+        )
+    if asp is not None:
+        units = asp.frame.select(
+            "ndc11",
+            pl.col("hcpcs").alias("charge_hcpcs"),
+            pl.col("pkg_size").cast(pl.Float64, strict=False).alias("_pkg_size"),
+            pl.col("bill_units").cast(pl.Float64, strict=False).alias("_bill_units"),
+            pl.col("bill_units_pkg").cast(pl.Float64, strict=False).alias("_bill_units_pkg"),
+        ).unique(["ndc11", "charge_hcpcs"], keep="first")
+        df = df.join(units, on=["ndc11", "charge_hcpcs"], how="left", maintain_order="left")
+        # ML: mL given x billing units per mL of the item (BILLUNITS / PKG SIZE); UN: packages x BILLUNITSPKG.
+        raw = (
+            pl.when(pl.col("charge_ndc_unit") == "ML")
+            .then(pl.col("charge_ndc_qty") * pl.col("_bill_units") / positive(pl.col("_pkg_size")))
+            .when(pl.col("charge_ndc_unit") == "UN")
+            .then(pl.col("charge_ndc_qty") * pl.col("_bill_units_pkg"))
+            .otherwise(None)
+        )
+        expected = pl.when(raw > 0).then(raw.round(4).ceil()).otherwise(None).cast(pl.Int64, strict=False)
+        df = df.with_columns(expected.alias("ndc_expected_units")).drop("_pkg_size", "_bill_units", "_bill_units_pkg")
+    else:
+        df = df.with_columns(pl.lit(None, dtype=pl.Int64).alias("ndc_expected_units"))
+    mue_tables = [
+        t.frame.select(
+            pl.col("hcpcs").alias("charge_hcpcs"),
+            pl.lit(claim).alias("claim_type"),
+            pl.col("mue").cast(pl.Int64, strict=False).alias("mue_value"),
+            pl.col("mai").alias("mue_mai"),
+        )
+        for name, claim in (("mue_practitioner", "professional"), ("mue_facility", "institutional"))
+        if (t := ref.cms.get(name)) is not None
+    ]
+    if mue_tables:
+        mue = pl.concat(mue_tables).unique(["charge_hcpcs", "claim_type"], keep="first")
+        df = df.join(mue, on=["charge_hcpcs", "claim_type"], how="left", maintain_order="left")
+    else:
+        df = df.with_columns(
+            pl.lit(None, dtype=pl.Int64).alias("mue_value"), pl.lit(None, dtype=pl.String).alias("mue_mai")
+        )
+    # MAI 1: units on the line; MAI 2 and 3: units on the date of service (the patient's lines of that
+    # code that day), checked once, on the day's last line.
+    dos = ["patient_id", "service_date", "charge_hcpcs"]
+    day_units = pl.col("charge_units").sum().over(dos)
+    last_line = pl.col("admin_id") == pl.col("admin_id").sort_by(["admin_time", "admin_id"]).last().over(dos)
+    per_line = pl.col("mue_mai") == "1"
+    return df.with_columns(
+        pl.when(pl.col("mue_value").is_null())
+        .then(None)
+        .when(per_line)
+        .then(pl.col("charge_units"))
+        .otherwise(day_units)
+        .cast(pl.Int64)
+        .alias("mue_units"),
+        (pl.col("mue_value").is_not_null() & pl.col("charge_units").is_not_null() & (per_line | last_line))
+        .fill_null(False)
+        .alias("mue_check"),
+        pl.when(pl.col("mue_value").is_null())
+        .then(None)
+        .when(per_line)
+        .then(pl.lit("on this line"))
+        .otherwise(pl.lit("on this date of service"))
+        .alias("mue_scope"),
+    )
 
 
 # --- derivations for the catalog rules (read dose_mcg, dose_ml, expected_units: run after them) --

@@ -7,6 +7,7 @@ evaluate_dates re-evaluates given dates from history (shared by nights and histo
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import errno
 import hashlib
@@ -20,14 +21,15 @@ from pathlib import Path
 import polars as pl
 
 from b12pipeline import normalize, progress
-from b12pipeline.config import SiteConfig, load_site_config
-from b12pipeline.crossrow import add_cross_row_facts
+from b12pipeline.config import load_site_config
 from b12pipeline.datadocs import validation_result_path
 from b12pipeline.engine.engines import evaluator
 from b12pipeline.engine.evaluate import empty_findings
 from b12pipeline.engine.rulefile import Ruleset
+from b12pipeline.engine.settings import SiteConfig
+from b12pipeline.facts import evaluation_facts
 from b12pipeline.files import copy_no_follow, extract_checksum, file_state, write_json
-from b12pipeline.history import history_paths, merge_into_history, read_history
+from b12pipeline.history import history_paths, merge_into_history, patients_of, read_for_dates
 from b12pipeline.ingest import FileRejected
 from b12pipeline.ingest.read import read_extract
 from b12pipeline.paths import OutputLayout
@@ -49,9 +51,15 @@ class Rules:
     def load(cls, rules_dir: Path | str | None = None) -> "Rules":
         directory = Path(rules_dir) if rules_dir else None
         ruleset = load_ruleset(directory)
+        reference = load_reference(ruleset.directory / "reference")
         config = load_site_config(ruleset.directory / "site.yaml")
         check_conditions_compile(ruleset, config)  # before any file is read or history changed
-        return cls(ruleset=ruleset, config=config, reference=load_reference(ruleset.directory / "reference"))
+        return cls(
+            # Findings carry the versions of the reference tables their rule used.
+            ruleset=dataclasses.replace(ruleset, reference_versions=reference.versions),
+            config=config,
+            reference=reference,
+        )
 
 
 @dataclass
@@ -199,31 +207,47 @@ def lookback_days(cfg: SiteConfig) -> int:
 
 
 def evaluate_dates(
-    out: Path | str, dates: list[dt.date], rules: Rules, run_id: str, engine: str = "polars"
+    out: Path | str,
+    dates: list[dt.date],
+    rules: Rules,
+    run_id: str,
+    engine: str = "polars",
+    patients: pl.Series | None = None,
 ) -> dict[str, int]:
-    """Re-evaluate every history row of `dates` and replace those dates' queue partitions.
+    """Re-evaluate the history rows of `dates` and replace those dates' queue partitions (only
+    `patients`' findings in them when given; the other patients' findings stay as they are).
 
     `engine` is "polars" (default) or "durable" (the optional second engine, same findings)."""
     dates = sorted(set(dates))
     if not dates:
         return {}
-    findings = findings_for_dates(out, dates, rules, run_id, engine)
-    return write_queue_partitions(findings, OutputLayout(Path(out)).queues, dates)
+    findings = findings_for_dates(out, dates, rules, run_id, engine, patients)
+    return write_queue_partitions(findings, OutputLayout(Path(out)).queues, dates, patients)
 
 
 def findings_for_dates(
-    out: Path | str, dates: list[dt.date], rules: Rules, run_id: str, engine: str = "polars"
+    out: Path | str,
+    dates: list[dt.date],
+    rules: Rules,
+    run_id: str,
+    engine: str = "polars",
+    patients: pl.Series | None = None,
 ) -> pl.DataFrame:
-    """Findings of every history row of `dates`, each as of its own DOS.
+    """Findings of the history rows of `dates` (of `patients` only, when given), each as of its own DOS.
 
-    History is read from the earliest date's look-back to the last date; rows dated after a target
-    date are in the frame but cannot change its facts (crossrow only looks backwards)."""
+    Only those rows and their patients' earlier rows within the look-back are read (history.py
+    read_for_dates): cross-row facts are per patient and only look backwards."""
     dates = sorted(set(dates))
     if not dates:
         return empty_findings()
-    start = dates[0] - dt.timedelta(days=lookback_days(rules.config))
-    canonical = read_history(OutputLayout(Path(out)).history, start, dates[-1])
-    return empty_findings() if canonical is None else _findings(canonical, dates, rules, run_id, engine)
+    history = OutputLayout(Path(out)).history
+    canonical = read_for_dates(history, dates, lookback_days(rules.config), patients)
+    if canonical is None:
+        return empty_findings()
+    findings = _findings(canonical, dates, rules, run_id, engine)
+    if patients is not None:
+        findings = findings.filter(pl.col("patient_id").is_in(patients.unique().implode()))
+    return findings
 
 
 def dependent_dates(history_root: Path, changed: list[dt.date], cfg: SiteConfig) -> list[dt.date]:
@@ -241,8 +265,7 @@ def dependent_dates(history_root: Path, changed: list[dt.date], cfg: SiteConfig)
 def _findings(
     canonical: pl.DataFrame, dates: list[dt.date], rules: Rules, run_id: str, engine: str = "polars"
 ) -> pl.DataFrame:
-    facts = normalize.facts(canonical, rules.reference, rules.config)
-    facts = add_cross_row_facts(facts, rules.config)
+    facts = evaluation_facts(canonical, rules.reference, rules.config, rules.ruleset.payers)
     targets = facts.filter(pl.col("service_date").is_in(dates))
     return evaluator(engine)(targets, rules.ruleset, rules.config, run_id)
 
@@ -252,14 +275,21 @@ def apply_staged(staged: list[str], out: Path | str, rules: Rules, run_id: str, 
     layout = OutputLayout(Path(out))
     frames = [pl.read_parquet(p) for p in staged if p]
     rows = pl.concat(frames, how="diagonal_relaxed") if frames else None
+    # Patients whose rows change tonight: the night's, and those of rows a correction supersedes.
+    changed = patients_of(layout.history, rows) if rows is not None else None
     touched = merge_into_history(layout.history, rows) if rows is not None else []
     # A late row or a correction on an earlier date changes what later dates see as their history:
-    # re-evaluate those too, so nights and a history re-run agree (docs/history.md).
-    touched = sorted(set(touched) | set(dependent_dates(layout.history, touched, rules.config)))
+    # re-evaluate those too, so nights and a history re-run agree (docs/history.md). On those later
+    # dates only the changed patients' findings can differ (cross-row facts are per patient).
+    later = dependent_dates(layout.history, touched, rules.config)
     progress.step(
-        f"history: {rows.height if rows is not None else 0:,} rows merged, {len(touched):,} date(s) to evaluate"
+        f"history: {rows.height if rows is not None else 0:,} rows merged, {len(touched):,} date(s) to "
+        f"evaluate, {len(later):,} later date(s) for their patients"
     )
     per_queue = evaluate_dates(out, touched, rules, run_id, engine)
+    for queue, n in evaluate_dates(out, later, rules, run_id, engine, changed).items():
+        per_queue[queue] = per_queue.get(queue, 0) + n
+    touched = sorted(set(touched) | set(later))
     progress.step(f"evaluated {len(touched):,} date(s): {sum(per_queue.values()):,} findings")
     return {"dates": [d.isoformat() for d in touched], "findings_per_queue": per_queue}
 

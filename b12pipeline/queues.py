@@ -48,8 +48,13 @@ def partition_dir(root: Path, queue: str, service_date: dt.date) -> Path:
     return root / queue / f"service_date={service_date.isoformat()}"
 
 
-def write_queue_partitions(findings: pl.DataFrame, queues_root: Path, dates: list[dt.date]) -> dict[str, int]:
-    """Replace the partitions of `dates` in every queue with `findings`; returns rows per queue."""
+def write_queue_partitions(
+    findings: pl.DataFrame, queues_root: Path, dates: list[dt.date], patients: pl.Series | None = None
+) -> dict[str, int]:
+    """Replace the partitions of `dates` in every queue with `findings`; returns rows per queue.
+
+    With `patients`, only those patients' findings in each partition are replaced (`findings` holds
+    theirs); the other patients' findings are kept as they are."""
     written = {q: 0 for q in QUEUES}
     findings = findings.select(list(FINDING_COLUMNS))
     by_key = {(k[0], k[1]): g for k, g in findings.group_by(["queue", "service_date"])} if findings.height else {}
@@ -57,6 +62,12 @@ def write_queue_partitions(findings: pl.DataFrame, queues_root: Path, dates: lis
         for day in sorted(set(dates)):
             part = partition_dir(queues_root, queue, day)
             rows = by_key.get((queue, day))
+            if patients is not None and (part / PART_NAME).exists():
+                kept = pl.read_parquet(part / PART_NAME).filter(
+                    ~pl.col("patient_id").is_in(patients.unique().implode()).fill_null(False)
+                )
+                kept = kept.with_columns(pl.lit(day).alias("service_date")).select(list(FINDING_COLUMNS))
+                rows = kept if rows is None else pl.concat([kept, rows], how="vertical_relaxed")
             if rows is None or rows.height == 0:
                 if part.exists():
                     shutil.rmtree(part)
@@ -83,7 +94,12 @@ def read_queue(queues_root: Path, queue: str | None = None, dates: list[dt.date]
     for p in paths:
         day = dt.date.fromisoformat(p.parent.name.split("=", 1)[1])
         frames.append(pl.read_parquet(p).with_columns(pl.lit(day).alias("service_date")))
-    return pl.concat(frames).select(list(FINDING_COLUMNS)).sort("service_date", "queue", "rule_id", "admin_id")
+    # Partitions written before a column was added lack it: it reads as empty, not as an error.
+    found = pl.concat(frames, how="diagonal_relaxed")
+    found = found.with_columns(
+        [pl.lit(None, dtype=t).alias(c) for c, t in FINDING_COLUMNS.items() if c not in found.columns]
+    )
+    return found.select(list(FINDING_COLUMNS)).sort("service_date", "queue", "rule_id", "admin_id")
 
 
 def write_quarantine(rows: pl.DataFrame, quarantine_root: Path, file_key: str, night: dt.date, run_id: str) -> int:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
+from b12pipeline.cms import CmsTable, load_cms_tables
 from b12pipeline.paths import rules_dir
 
 PRODUCT_COLUMNS = [
@@ -51,6 +53,13 @@ def _read_products(path: Path) -> pl.DataFrame:
 class Reference:
     products: pl.DataFrame  # one row per ndc11; overlay rows replace FDA rows
     rxnorm: pl.DataFrame  # rxnorm_code -> ingredient
+    cms: dict[str, CmsTable] = field(default_factory=dict)  # imported CMS quarterly tables (cms.py)
+    products_version: str = ""  # checksum prefix of the product tables
+
+    @property
+    def versions(self) -> dict[str, str]:
+        """Table -> version, for the findings that used them."""
+        return {"products": self.products_version, **{name: t.version for name, t in self.cms.items()}}
 
     @property
     def ndcs(self) -> pl.Series:
@@ -70,4 +79,13 @@ def load_reference(directory: Path | None = None) -> Reference:
         dupes = products.filter(pl.col("ndc11").is_duplicated())["ndc11"].unique().to_list()
         raise ReferenceError(f"{directory}: NDC(s) listed twice in one table: {', '.join(sorted(dupes))}")
     rxnorm = pl.read_csv(directory / "b12_rxnorm.csv", infer_schema=False).select("rxnorm_code", "ingredient")
-    return Reference(products=products.sort("ndc11"), rxnorm=rxnorm)
+    digest = hashlib.sha256()
+    for name in ("products.csv", "formulary_overlay.csv", "b12_rxnorm.csv"):
+        if (directory / name).is_file():
+            digest.update((directory / name).read_bytes())
+    return Reference(
+        products=products.sort("ndc11"),
+        rxnorm=rxnorm,
+        cms=load_cms_tables(directory),
+        products_version=digest.hexdigest()[:8],
+    )

@@ -8,6 +8,7 @@ from pathlib import Path
 import polars as pl
 
 from b12pipeline import __version__
+from b12pipeline.cms import reference_warnings
 from b12pipeline.engine.rulefile import QUEUES
 from b12pipeline.files import write_json
 from b12pipeline.paths import OutputLayout
@@ -61,6 +62,8 @@ def build_manifest(
         "ignored": ignored or [],  # landing entries not read, each with the rule that skipped it
         "totals": totals,
         "dates_evaluated": applied.get("dates", []),
+        # CMS tables older than the site allows (reference_max_age_quarters): import the new quarter.
+        "warnings": reference_warnings(rules_dir or None, dt.date.fromisoformat(night)),
         "findings": findings_counts(layout.queues, applied.get("dates", [])),
         # The worklog's lifecycle update of this run (counts; empty for runs that do not update it).
         "worklog": applied.get("worklog", {}),

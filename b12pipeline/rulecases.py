@@ -6,6 +6,9 @@ starting with "_" are not columns:
   _history          earlier administrations of the same patient (lists of field changes), for
                     cross-row rules; they get admin_ids HIST-1, HIST-2, ...
   _absent_columns   columns the extract does not carry at all (CHG-002, ADMIN-001)
+  _reference        CMS table rows the case assumes ({asp_crosswalk: [rows], mue_practitioner: [rows]}):
+                    they replace that table for the case (the shipped tables hold no crosswalk or
+                    MUE rows, see rules/reference/cms/)
 """
 
 from __future__ import annotations
@@ -16,15 +19,12 @@ from pathlib import Path
 import polars as pl
 import yaml
 
-from b12pipeline import normalize
-from b12pipeline.config import SiteConfig
 from b12pipeline.contract import load_contract
-from b12pipeline.crossrow import add_cross_row_facts
 from b12pipeline.engine.evaluate import evaluate
-from b12pipeline.engine.rulefile import Rule
+from b12pipeline.engine.rulefile import CASE_KEYS, Rule
+from b12pipeline.engine.settings import SiteConfig
+from b12pipeline.facts import evaluation_facts
 from b12pipeline.reference import Reference
-
-CASE_KEYS = ("_note", "_history", "_absent_columns")
 
 
 @dataclass
@@ -57,21 +57,26 @@ def case_frame(records: list[dict], absent: list[str] | None = None) -> pl.DataF
     return frame
 
 
-def case_facts(case: dict, defaults: dict, reference: Reference, config: SiteConfig) -> tuple[pl.DataFrame, str]:
-    """The facts frame of a case (its history rows first) and the admin_id of the case's own record."""
+def case_facts(
+    case: dict, defaults: dict, reference: Reference, config: SiteConfig, payers: tuple = ()
+) -> tuple[pl.DataFrame, str]:
+    """The facts frame of a case (its history rows first) and the admin_id of the case's own record,
+    with the payer files (rules/payers/) applied, so a case can name a payer."""
     bad = [k for k in case if k.startswith("_") and k not in CASE_KEYS]
     if bad:
         raise ValueError(f"unknown case key(s) {', '.join(bad)}")
     record = {**defaults, **{k: v for k, v in case.items() if not k.startswith("_")}}
     history = [{**defaults, "admin_id": f"HIST-{i}", **h} for i, h in enumerate(case.get("_history", []), start=1)]
     frame = case_frame(history + [record], case.get("_absent_columns"))
-    facts = add_cross_row_facts(normalize.facts(frame, reference, config), config)
+    if case.get("_reference"):
+        reference = with_case_tables(reference, case["_reference"])
+    facts = evaluation_facts(frame, reference, config, payers)
     return facts, record["admin_id"]
 
 
 def run_case(rule: Rule, case: dict, defaults: dict, rules) -> tuple[bool, str]:
     """Does `rule` fire on the case's own record? Returns (fired, reason-if-error)."""
-    facts, admin_id = case_facts(case, defaults, rules.reference, rules.config)
+    facts, admin_id = case_facts(case, defaults, rules.reference, rules.config, rules.ruleset.payers)
     found = evaluate(facts, rules.ruleset, rules.config, run_id="rule-case", rules=[rule])
     return bool(found.filter(pl.col("admin_id") == admin_id).height), ""
 
@@ -91,3 +96,61 @@ def run_rule_cases(rule: Rule, rules) -> list[CaseResult]:
             detail = "" if ok else ("did not fire" if kind == "fires" else "fired")
             results.append(CaseResult(rule.id, kind, i, note, ok, detail))
     return results
+
+
+def run_payer_cases(payer, rules) -> list[CaseResult]:
+    """A payer file's own cases. Each names the rule it checks (`_rule`) and a payer the file
+    matches; `fires` cases must fire that rule (with `_severity`, at that severity, and recording
+    the file on the finding), `passes` cases must not fire it."""
+    defaults = case_defaults(rules.ruleset.directory)
+    results = []
+    for kind in ("fires", "passes"):
+        for i, case in enumerate(payer.cases.get(kind, []) or [], start=1):
+            note = str(case.get("_note", ""))
+            rule_id = str(case["_rule"])
+            label = f"payers/{payer.path.name}: {rule_id}"
+            try:
+                ok, detail = _payer_case(payer, rule_id, kind, case, defaults, rules)
+            except Exception as exc:  # a broken case is a failed case, with the reason
+                ok, detail = False, f"{type(exc).__name__}: {exc}"
+            results.append(CaseResult(label, kind, i, note, ok, detail))
+    return results
+
+
+def _payer_case(payer, rule_id: str, kind: str, case: dict, defaults: dict, rules) -> tuple[bool, str]:
+    selected = [r for r in rules.ruleset.active if r.id == rule_id]
+    if not selected:
+        return False, f"no active rule {rule_id}"
+    record = {k: v for k, v in case.items() if k not in ("_rule", "_severity")}
+    facts, admin_id = case_facts(record, defaults, rules.reference, rules.config, rules.ruleset.payers)
+    applied = facts.filter(pl.col("admin_id") == admin_id)["payer_override"].to_list()
+    if kind == "fires" and applied != [payer.id]:  # a passes case may be a payer or date the file skips
+        return False, f"the record falls under {applied[0] or 'no payer file'}, not {payer.id}: name the payer"
+    found = evaluate(facts, rules.ruleset, rules.config, run_id="payer-case", rules=selected)
+    own = found.filter(pl.col("admin_id") == admin_id)
+    if kind == "passes":
+        return (own.height == 0, "" if own.height == 0 else "fired")
+    if own.height == 0:
+        return False, "did not fire"
+    wanted = case.get("_severity")
+    if wanted and own["severity"].to_list() != [wanted]:
+        return False, f"severity {own['severity'].to_list()} instead of {wanted}"
+    if wanted and own["payer_override"].to_list() != [payer.id]:
+        return False, f"the finding records payer_override {own['payer_override'].to_list()}, not {payer.id}"
+    return True, ""
+
+
+def with_case_tables(reference: Reference, tables: dict) -> Reference:
+    """`reference` with the CMS tables a case states (rows as text, version "case")."""
+    import dataclasses
+
+    from b12pipeline.cms import TABLES, CmsTable
+
+    unknown = sorted(set(tables) - set(TABLES))
+    if unknown:
+        raise ValueError(f"_reference: unknown table(s) {', '.join(unknown)}; known: {', '.join(TABLES)}")
+    cms = dict(reference.cms)
+    for name, rows in tables.items():
+        frame = pl.DataFrame([{k: None if v is None else str(v) for k, v in r.items()} for r in rows])
+        cms[name] = CmsTable(name, frame, "case", "case")
+    return dataclasses.replace(reference, cms=cms)

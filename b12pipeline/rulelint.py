@@ -18,11 +18,12 @@ from typing import Any
 
 import polars as pl
 
-from b12pipeline.config import ConfigError, SiteConfig, load_site_config
+from b12pipeline.config import load_site_config
 from b12pipeline.contract import load_contract
 from b12pipeline.engine.conditions import check_condition, compile_condition, config_used, fields_used
 from b12pipeline.engine.evaluate import template_fields
 from b12pipeline.engine.rulefile import (
+    CASE_KEYS,
     CASE_KINDS,
     OPTIONAL_FIELDS,
     QUEUES,
@@ -33,8 +34,9 @@ from b12pipeline.engine.rulefile import (
     RuleFileError,
     parse_rule,
 )
+from b12pipeline.engine.settings import ConfigError, SiteConfig
 from b12pipeline.reference import load_reference
-from b12pipeline.rulecases import CASE_KEYS, case_defaults, case_facts
+from b12pipeline.rulecases import case_defaults, case_facts
 from b12pipeline.rulesets import read_yaml, rule_files
 
 FILE_NAME = re.compile(r"^(?P<id>.+?)(?:\.v(?P<n>\d+))?\.yaml$")
@@ -238,4 +240,57 @@ def lint_rules(directory: Path) -> list[Problem]:
             )
         seen.setdefault(key, rel[rule.path])
     problems.extend(_overlaps(rules, rel))
+    problems.extend(lint_payers(directory, {r.id for r in rules}, contract_columns))
     return sorted(problems)
+
+
+def lint_payers(directory: Path, rule_ids: set[str], contract_columns: set[str]) -> list[Problem]:
+    """Every problem in rules/payers/: the file itself, unknown rule ids, case keys, at least one
+    fires and one passes case, every overridden rule and setting exercised by a case, and no two
+    files that could both be a row's most specific match on one date."""
+    from b12pipeline.engine.payers import CASE_KEYS as PAYER_CASE_KEYS
+    from b12pipeline.engine.payers import PayerFileError, overlap_problems, parse_payer
+    from b12pipeline.rulesets import payer_files
+
+    problems: list[Problem] = []
+    parsed = []
+    for path in payer_files(directory):
+        name = path.relative_to(directory).as_posix()
+        try:
+            payer = parse_payer(read_yaml(path), path)
+        except (RuleFileError, PayerFileError) as exc:
+            problems.append(Problem(name, "file", str(exc).removeprefix(f"{path}: ")))
+            continue
+        parsed.append(payer)
+        for rule_id in sorted(set(payer.rules) - rule_ids):
+            problems.append(Problem(name, f"rules.{rule_id}", "no rule file has this id"))
+        checked: set[str] = set()
+        for kind in ("fires", "passes"):
+            cases = payer.cases.get(kind) or []
+            if not cases:
+                problems.append(Problem(name, f"cases.{kind}", f"needs at least one {kind} case naming a payer"))
+            for i, case in enumerate(cases, start=1):
+                checked.add(str(case.get("_rule")))
+                if str(case.get("_rule")) not in rule_ids:
+                    problems.append(
+                        Problem(name, f"cases.{kind}[{i}]", f"_rule {case.get('_rule')!r} is not a rule id")
+                    )
+                unknown = sorted(
+                    k
+                    for k in map(str, case)
+                    if (k.startswith("_") and k not in PAYER_CASE_KEYS)
+                    or (not k.startswith("_") and k not in contract_columns)
+                )
+                if unknown:
+                    problems.append(Problem(name, f"cases.{kind}[{i}]", f"unknown key(s) {', '.join(unknown)}"))
+                if not ({"payer_id", "payer_type"} & set(case)):
+                    problems.append(
+                        Problem(name, f"cases.{kind}[{i}]", "a payer case names its payer (payer_id or payer_type)")
+                    )
+        for rule_id in sorted(set(payer.rules) - checked):
+            problems.append(Problem(name, f"rules.{rule_id}", "no case checks this override (add a case with _rule)"))
+        if payer.settings and not checked:
+            problems.append(Problem(name, "settings", "no case checks these settings (add a case with _rule)"))
+    for payer, message in overlap_problems(parsed):
+        problems.append(Problem(payer.path.relative_to(directory).as_posix(), "match", message))
+    return problems

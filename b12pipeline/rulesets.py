@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from b12pipeline.engine.payers import PAYER_FOLDER, PayerFileError, PayerOverride, overlap_problems, parse_payer
 from b12pipeline.engine.rulefile import Rule, RuleFileError, Ruleset, parse_rule
 from b12pipeline.paths import rules_dir
 
@@ -112,16 +113,44 @@ def _key_mark(text: str, key: str):
 
 
 def rule_files(directory: Path) -> list[Path]:
-    """Rule files: every *.yaml under rules/ except the site configuration and reference tables."""
+    """Rule files: every *.yaml under rules/ except the site configuration, reference tables and
+    payer files (rules/payers/, engine/payers.py)."""
     return sorted(
         p
         for p in directory.rglob("*.yaml")
-        if p.name != "site.yaml" and not p.name.startswith("_") and "reference" not in p.relative_to(directory).parts
+        if p.name != "site.yaml"
+        and not p.name.startswith("_")
+        and not {"reference", PAYER_FOLDER} & set(p.relative_to(directory).parts)
     )
 
 
+def payer_files(directory: Path) -> list[Path]:
+    folder = Path(directory) / PAYER_FOLDER
+    return sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def load_payers(directory: Path, rule_ids: set[str]) -> tuple[PayerOverride, ...]:
+    """Every payer file, checked; the first problem raises PayerFileError (lint lists them all)."""
+    payers = []
+    for path in payer_files(directory):
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, ValueError) as exc:
+            raise PayerFileError(f"{path}: not valid (safe) YAML: {str(exc).splitlines()[0]}") from None
+        payer = parse_payer(raw, path)
+        unknown = sorted(set(payer.rules) - rule_ids)
+        if unknown:
+            raise PayerFileError(f"{path}: rules: unknown rule id(s) {', '.join(unknown)}")
+        payers.append(payer)
+    for payer, problem in overlap_problems(payers):
+        raise PayerFileError(f"{payer.path}: match: {problem}")
+    return tuple(payers)
+
+
 def ruleset_version(directory: Path) -> str:
-    """Content hash of everything that decides a finding: rule files, reference tables, site config."""
+    """Content hash of everything that decides a finding: rule files, payer files (rules/payers/),
+    reference tables (rules/reference/, the CMS tables in rules/reference/cms/ included) and site
+    config. Only the raw downloads under sources/ are left out: the tables built from them count."""
     digest = hashlib.sha256()
     files = sorted(
         p for p in directory.rglob("*") if p.is_file() and p.suffix in (".yaml", ".csv") and "sources" not in p.parts
@@ -140,7 +169,10 @@ def load_ruleset(directory: Path | None = None) -> Ruleset:
     rules = tuple(load_rule_file(p) for p in files)
     if not rules:
         raise RuleFileError(f"{directory}: no rule files found")
-    return Ruleset(rules=rules, version=ruleset_version(directory), directory=directory, files=tuple(files))
+    payers = load_payers(directory, {r.id for r in rules})
+    return Ruleset(
+        rules=rules, version=ruleset_version(directory), directory=directory, files=tuple(files), payers=payers
+    )
 
 
 def check_conditions_compile(ruleset: Ruleset, config) -> None:

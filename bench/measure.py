@@ -5,6 +5,7 @@
     measure.py profile --extract X.csv --work DIR --facts F.parquet --json R.json
     measure.py rules   --facts F.parquet --engine polars|durable [--limit N] --json R.json
     measure.py ingest  --extract X.parquet|EXPORT_DIR                         --json R.json
+    measure.py worklog --out RUN_OUT --open N [--work DIR]                    --json R.json
 
 Each command writes its timings (seconds, perf_counter around the work only) to --json; the driver
 adds wall time, CPU time and peak RSS of the whole process. Counts only: no row values.
@@ -72,6 +73,7 @@ def profile(args: argparse.Namespace) -> dict:
     from b12pipeline import normalize
     from b12pipeline.crossrow import add_cross_row_facts
     from b12pipeline.engine.evaluate import evaluate
+    from b12pipeline.facts import payer_facts
     from b12pipeline.history import merge_into_history, read_history
     from b12pipeline.ingest.read import read_extract
     from b12pipeline.pipeline import Rules
@@ -79,7 +81,7 @@ def profile(args: argparse.Namespace) -> dict:
     from b12pipeline.validate import validate
 
     t = step("import", t)
-    rules = Rules.load()
+    rules = Rules.load(args.rules)
     t = step("load rules", t)
     # As stage_file does: the reader returns only B12-scope rows (the scope filter is part of ingest).
     extract = read_extract(Path(args.extract), None, keep=normalize.b12_scope(rules.reference))
@@ -96,6 +98,8 @@ def profile(args: argparse.Namespace) -> dict:
     t = step("normalize.facts", t)
     facts = add_cross_row_facts(facts, rules.config)
     t = step("cross-row facts", t)
+    facts = payer_facts(facts, rules.config, rules.ruleset.payers)
+    t = step("payer overrides", t)
     findings = evaluate(facts, rules.ruleset, rules.config, "bench")
     t = step("evaluate (polars rules)", t)
     write_queue_partitions(findings, work / "queues", touched)
@@ -125,7 +129,7 @@ def rules_stage(args: argparse.Namespace) -> dict:
     from b12pipeline.engine.evaluate import evaluate
     from b12pipeline.pipeline import Rules
 
-    rules = Rules.load()
+    rules = Rules.load(args.rules)
     facts = pl.read_parquet(args.facts)
     if args.limit:
         facts = facts.head(args.limit)
@@ -177,6 +181,64 @@ def ingest(args: argparse.Namespace) -> dict:
     }
 
 
+def worklog(args: argparse.Namespace) -> dict:
+    """The worklog's lifecycle update on nights with `--open` open findings (embedded SQLite).
+
+    The findings are the run's own (RUN_OUT's queues), topped up to N with copies under other ids on
+    the same dates (a backlog built over earlier nights). Timed, each its own night's update_night:
+      first    N findings never seen: every one inserted as new
+      aging    the same N again the next night: N new -> open (each audited)
+      steady   the next night, 1% of them corrected (resolved) and 1% new: the typical night
+      same     the same night re-run: nothing changes
+    """
+    import polars as pl
+
+    from b12pipeline.paths import OutputLayout
+    from b12pipeline.queues import read_queue
+    from b12pipeline.worklog import open_worklog, update_night
+    from b12pipeline.worklog.lifecycle import KEY_COLUMNS
+
+    real = read_queue(OutputLayout(Path(args.out)).queues).select(KEY_COLUMNS)
+    copies = []
+    k = 0
+    while real.height * (k + 1) < args.open:
+        k += 1
+        copies.append(real.with_columns((pl.col("finding_id") + f"-{k}").alias("finding_id")))
+    backlog = pl.concat([real, *copies]).head(args.open)
+    dates = sorted(backlog["service_date"].unique().to_list())
+    one_pct = max(1, backlog.height // 100)
+    steady = pl.concat(
+        [
+            backlog.slice(one_pct),
+            backlog.head(one_pct).with_columns((pl.col("finding_id") + "-new").alias("finding_id")),
+        ]
+    )
+    work = Path(args.work or tempfile.mkdtemp(prefix="b12bench-worklog-"))
+    engine = open_worklog(url=f"sqlite:///{work / 'worklog.sqlite'}")
+    night = dt.date(2025, 1, 15)
+    times, counts = {}, {}
+    for name, frame, day in (
+        ("first", backlog, night),
+        ("aging", backlog, night + dt.timedelta(days=1)),
+        ("steady", steady, night + dt.timedelta(days=2)),
+        ("same", steady, night + dt.timedelta(days=2)),
+    ):
+        t = time.perf_counter()
+        done = update_night(engine, frame, dates, night=day, run_id=f"bench-{day}")
+        times[name] = time.perf_counter() - t
+        counts[name] = {k: v for k, v in done.to_dict().items() if k != "snapshot"}
+    engine.dispose()
+    return {
+        "open": backlog.height,
+        "run_findings": real.height,
+        "dates": len(dates),
+        "times_s": times,
+        "counts": counts,
+        "work_s": sum(times.values()),
+        "db_mb": sum(f.stat().st_size for f in work.glob("worklog.sqlite*")) / 1e6,
+    }
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -194,12 +256,18 @@ def main(argv: list[str]) -> int:
     p.add_argument("--repeat", type=int, default=2)
     p = sub.add_parser("ingest")
     p.add_argument("--extract", required=True)
+    p = sub.add_parser("worklog")
+    p.add_argument("--out", required=True)
+    p.add_argument("--open", type=int, default=100_000)
+    p.add_argument("--work", default=None)
     for p in sub.choices.values():
         p.add_argument("--json", required=True)
+        p.add_argument("--rules", default=None, help="rules folder (bench/bench_rules.py builds one)")
     args = parser.parse_args(argv)
     if args.command == "profile" and args.work is None:
         args.work = tempfile.mkdtemp(prefix="b12bench-")
-    result = {"floor": floor, "profile": profile, "rules": rules_stage, "ingest": ingest}[args.command](args)
+    commands = {"floor": floor, "profile": profile, "rules": rules_stage, "ingest": ingest, "worklog": worklog}
+    result = commands[args.command](args)
     result["process_s"] = time.perf_counter() - T_START
     _write(args.json, result)
     return 0

@@ -25,6 +25,15 @@ def backfill_chunk(out: str, dates: list[str], rules_dir: str | None, run_id: st
     )
 
 
+@task(name="backfill-worklog", retries=2, retry_delay_seconds=[2, 10])
+def backfill_worklog(out: str, plan: backfill.BackfillPlan) -> dict:
+    """The re-evaluated dates applied to the coders' worklog (resolved / new / reopened), with the
+    backfill as the cause of each change: counts only."""
+    from b12pipeline.worklog import apply_evaluation_from_queues
+
+    return apply_evaluation_from_queues(out, plan.dates, night=plan.end, cause=f"backfill {plan.run_id}")
+
+
 @task(name="backfill-record")
 def backfill_record(
     out: str,
@@ -33,6 +42,7 @@ def backfill_record(
     started_at: str,
     rules_dir: str | None,
     task_runner: str,
+    worklog: dict | None = None,
 ) -> dict:
     ended_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     return backfill.record_backfill(out, plan, chunk_paths, started_at, ended_at, rules_dir, task_runner)
@@ -61,7 +71,8 @@ def backfill_flow(
     chunk_paths = [f.result() for f in futures]
     context = FlowRunContext.get()
     runner = type(context.task_runner).__name__ if context else "none"
-    manifest = backfill_record(out, plan, chunk_paths, started_at, rules_dir, runner)
+    worklog = backfill_worklog(out, plan)
+    manifest = backfill_record(out, plan, chunk_paths, started_at, rules_dir, runner, worklog)
     create_markdown_artifact(
         key="b12-backfill-diff",
         markdown=backfill.diff_markdown(manifest),

@@ -228,6 +228,8 @@ def landing_flow(
         progress.step(f"{len(scan.new)} new file(s) in the landing folder, {already} already processed")
         for entry in scan.ignored:
             logger.info("ignored %s: %s", entry["file"], entry["reason"])
+        for path in scan.rejected_before:  # a run killed after recording the night, before this step
+            path.unlink(missing_ok=True)
         if not scan.new:
             logger.info("night %s: nothing new in landing (%d file(s) already processed)", night, already)
             return {

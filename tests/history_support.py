@@ -1,8 +1,9 @@
-"""Helpers shared by test_history.py and test_backfill.py: run the multi-night fixture."""
+"""Shared by test_history.py and test_backfill.py: run the multi-night fixture."""
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 import shutil
 from pathlib import Path
 
@@ -55,8 +56,11 @@ def changed_rules(tmp: Path) -> Path:
     shutil.copytree(PROJECT / "rules", rules)
     path = rules / "medical_necessity" / "FREQ-001.yaml"
     text = path.read_text()
+    version = re.search(r'^version: "(\d+)"$', text, re.MULTILINE)
+    assert version, "FREQ-001 has a numeric version"
+    bumped = f'version: "{int(version[1]) + 1}"'
     for old, new in (
-        ('version: "1"', 'version: "2"'),
+        (version[0], bumped),
         ("{field: payer_type, in: {config: frequency_payers}}", "{field: payer_type, in: [medicare, commercial]}"),
         (
             "{field: days_since_first_injection, gt: {config: loading_phase_days}}",

@@ -13,6 +13,7 @@ import dataclasses
 import datetime as dt
 import io
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
@@ -200,12 +201,16 @@ def _assert_accounted(result, path: Path, out: Path, expected_rows: int | None) 
     assert quarantined == result.quarantined
 
 
+@contextmanager
 def _stage(data: bytes, name: str, rules: Rules, source: str | None = None):
-    tmp = Path(tempfile.mkdtemp(prefix="b12-badinput-"))
-    path = tmp / name
-    path.write_bytes(data)
-    out = tmp / "out"
-    return stage_file(path, out, "night-test", NIGHT, rules, source=source), path, out
+    """Stage `data` as a file in a temporary folder, removed after the example (Hypothesis runs
+    hundreds of examples per test: one folder each would fill /tmp)."""
+    with tempfile.TemporaryDirectory(prefix="b12-badinput-") as name_of_tmp:
+        tmp = Path(name_of_tmp)
+        path = tmp / name
+        path.write_bytes(data)
+        out = tmp / "out"
+        yield stage_file(path, out, "night-test", NIGHT, rules, source=source), path, out
 
 
 # --- CSV -----------------------------------------------------------------------------------------
@@ -215,8 +220,8 @@ def _stage(data: bytes, name: str, rules: Rules, source: str | None = None):
 @given(csv_files())
 def test_generated_csv_rows_are_all_accounted_for(rules_lenient, generated):
     data, n_rows = generated
-    result, path, out = _stage(data, "gen.csv", rules_lenient)
-    _assert_accounted(result, path, out, n_rows)
+    with _stage(data, "gen.csv", rules_lenient) as (result, path, out):
+        _assert_accounted(result, path, out, n_rows)
 
 
 @FAST
@@ -234,7 +239,11 @@ def test_any_bytes_are_read_or_rejected_naming_the_file(data):
             event(f"rejected: {exc.reason[:40]}")
             assert str(exc).startswith(str(path)) and exc.reason
         else:
-            assert extract.frame.height >= 0 and set(COLUMNS) <= set(extract.frame.columns)
+            # read: the canonical frame, every contract column as text, each row numbered once
+            frame = extract.frame
+            assert set(COLUMNS) <= set(frame.columns)
+            assert all(frame.schema[c] == pl.String for c in COLUMNS)
+            assert frame["source_row"].is_unique().all() and set(frame["source_file"]) <= {"junk.csv"}
 
 
 HEADER = ",".join(COLUMNS).encode()
@@ -246,8 +255,8 @@ HEADER = ",".join(COLUMNS).encode()
 @example(b'"unclosed,' + b"x," * 40 + b"\n")
 @example(b"a," * 40 + b"\n")  # more fields than the header
 def test_any_bytes_after_a_valid_header_are_accounted_for(rules_lenient, body):
-    result, path, out = _stage(HEADER + b"\n" + body, "body.csv", rules_lenient)
-    _assert_accounted(result, path, out, None)
+    with _stage(HEADER + b"\n" + body, "body.csv", rules_lenient) as (result, path, out):
+        _assert_accounted(result, path, out, None)
 
 
 # --- Parquet -------------------------------------------------------------------------------------
@@ -288,8 +297,8 @@ def test_generated_parquet_rows_are_all_accounted_for(rules_lenient, generated):
     table, n_rows = generated
     sink = io.BytesIO()
     pq.write_table(table, sink)
-    result, path, out = _stage(sink.getvalue(), "gen.parquet", rules_lenient)
-    _assert_accounted(result, path, out, n_rows)
+    with _stage(sink.getvalue(), "gen.parquet", rules_lenient) as (result, path, out):
+        _assert_accounted(result, path, out, n_rows)
 
 
 @FAST
@@ -384,9 +393,9 @@ def clarity_files(draw) -> tuple[bytes, int]:
 @given(clarity_files())
 def test_generated_clarity_rows_are_all_accounted_for(rules_lenient, generated):
     data, n_rows = generated
-    result, path, out = _stage(data, "gen.clarity.csv", rules_lenient)
-    assert result.status == "rejected" or result.source_format == "clarity"
-    _assert_accounted(result, path, out, n_rows)
+    with _stage(data, "gen.clarity.csv", rules_lenient) as (result, path, out):
+        assert result.status == "rejected" or result.source_format == "clarity"
+        _assert_accounted(result, path, out, n_rows)
 
 
 def _json_mutation(line: str) -> st.SearchStrategy[str]:
@@ -420,5 +429,5 @@ def fhir_files(draw) -> tuple[bytes, int]:
 @given(fhir_files())
 def test_generated_fhir_resources_are_all_accounted_for(rules_lenient, generated):
     data, n_lines = generated
-    result, path, out = _stage(data, "gen.ndjson", rules_lenient)
-    _assert_accounted(result, path, out, n_lines)
+    with _stage(data, "gen.ndjson", rules_lenient) as (result, path, out):
+        _assert_accounted(result, path, out, n_lines)

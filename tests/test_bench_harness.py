@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 PROJECT = Path(__file__).resolve().parent.parent
-TARGET_KEYS = {"run_vs_floor", "run_wall", "rules_rate", "rules_vs_durable", "allmed_rss", "backfill_ratio"}
+TARGET_KEYS = {
+    "run_vs_floor",
+    "run_wall",
+    "rules_rate",
+    "rules_vs_durable",
+    "allmed_rss",
+    "backfill_ratio",
+    "worklog_ratio",
+}
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +60,8 @@ def test_results_markdown_has_machine_facts_targets_and_a_table_per_measurement(
         "## (c) Rule stage alone",
         "## Backfill",
         "## (d) Ingest of a FHIR Bulk Data export",
+        "## (e) Coders' worklog",
+        "## Pulling a night from PostgreSQL",
     ):
         assert heading in text, heading
     for fact in ("| date | 2024-03-02 |", "| CPU |", "| cores |", "| RAM |", "| Python |", "polars ", "prefect "):
@@ -64,8 +74,9 @@ def test_results_markdown_has_machine_facts_targets_and_a_table_per_measurement(
         or line.startswith("| rule")
         or line.startswith("| 5M")
         or line.startswith("| 365")
+        or line.startswith("| worklog")
     ]
-    assert len(rows) == 6
+    assert len(rows) == 7
     assert all(("| met |" in r) or ("**not met**" in r) for r in rows), rows
 
 
@@ -98,3 +109,9 @@ def test_results_json_has_every_measurement_with_time_rate_and_peak_rss(quick):
     assert bulk["bulk"]["detail"]["rows_read"] == 8_000 and bulk["parquet"]["detail"]["format"] == "parquet"
     assert bulk["ratio_work"] == pytest.approx(bulk["bulk"]["detail"]["work_s"] / bulk["parquet"]["detail"]["work_s"])
     assert bulk["bulk"]["peak_rss_mb"] > 10
+    # the worklog's nights: the run's findings topped up to the open count, each night's update timed
+    wl = r["worklog"]["quick"]
+    assert wl["detail"]["open"] == 2_000 and wl["detail"]["run_findings"] == run["findings"]
+    assert wl["detail"]["counts"]["first"]["new"] == 2_000 and wl["detail"]["counts"]["aging"]["aged"] == 2_000
+    assert wl["detail"]["counts"]["steady"]["resolved"] == 20 and wl["detail"]["counts"]["same"]["new"] == 0
+    assert wl["ratios"]["steady"] == pytest.approx(wl["detail"]["times_s"]["steady"] / run["wall_s"])

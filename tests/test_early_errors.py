@@ -96,3 +96,26 @@ def test_data_free_usage_errors_come_before_the_flow(tmp_path, args, says):
     out = tmp_path / "out"
     line = assert_reported_before_the_flow(cli([*args, "--out", str(out)], tmp_path), tmp_path, out)
     assert says in line
+
+
+@pytest.mark.slow
+def test_temporary_server_that_cannot_start_is_one_line_exit_4(tmp_path):
+    """Prefect's own failure is a RuntimeError traceback after 20 s; the CLI tries twice, then says what to do."""
+    env = dict(
+        os.environ, PREFECT_HOME=str(tmp_path / "prefect_home"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="0"
+    )
+    env.pop("PREFECT_API_URL", None)
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "b12pipeline"), "run", "-e", str(EXTRACT), "--out", str(out), "--quiet"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, lines
+    assert "Prefect's temporary server did not start" in lines[0] and "tried twice" in lines[0]
+    assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in lines[0] and "PREFECT_API_URL" in lines[0]
+    assert not (out / "queues").exists()

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from b12pipeline import normalize
-from b12pipeline.crossrow import add_cross_row_facts
 from b12pipeline.engine import durable
 from b12pipeline.engine.evaluate import evaluate
+from b12pipeline.facts import evaluation_facts
 from b12pipeline.ingest.read import read_extract
 from b12pipeline.pipeline import Rules, apply_staged, stage_file
 from b12pipeline.queues import read_queue
@@ -46,7 +46,7 @@ def fixture_facts(loaded: Rules) -> pl.DataFrame:
         b12 = frame.filter(frame.select(normalize.b12_scope(loaded.reference).alias("s"))["s"])
         frames.append(validate(b12).valid)
     canonical = pl.concat(frames, how="diagonal_relaxed")
-    return add_cross_row_facts(normalize.facts(canonical, loaded.reference, loaded.config), loaded.config)
+    return evaluation_facts(canonical, loaded.reference, loaded.config, loaded.ruleset.payers)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def case_rows(loaded: Rules) -> dict[str, pl.DataFrame]:
     for rule in loaded.ruleset.rules:
         for kind in ("fires", "passes"):
             for case in rule.cases.get(kind) or []:
-                facts, _ = case_facts(case, defaults, loaded.reference, loaded.config)
+                facts, _ = case_facts(case, defaults, loaded.reference, loaded.config, loaded.ruleset.payers)
                 out.setdefault(rule.id, []).append(facts)
     return {rid: pl.concat(f, how="vertical_relaxed") for rid, f in out.items()}
 

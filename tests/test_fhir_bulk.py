@@ -150,7 +150,7 @@ def base_export() -> dict[str, list[dict]]:
                 "status": "active",
                 "type": {"coding": [{"system": "https://nahdo.org/sopt", "code": "121", "display": "Medicare FFS"}]},
                 "beneficiary": ref("Patient/pat-1"),
-                "payor": [{"display": "Medicare"}],
+                "payor": [{"identifier": {"value": "MCR-B"}, "display": "Medicare"}],
             }
         ],
         "Encounter": [
@@ -226,7 +226,8 @@ def test_medication_reference_across_files_is_resolved_in_scope_and_evaluated(tm
         "nurse-7",
         "2024-03-01T09:00:00-05:00",
     )
-    assert (row["order_id"], row["ordering_provider_npi"], row["payer_type"]) == ("mr-1", "1234567893", "medicare")
+    assert (row["order_id"], row["ordering_provider_npi"]) == ("mr-1", "1234567893")
+    assert (row["payer_type"], row["payer_id"]) == ("medicare", "MCR-B")
     assert (row["encounter_id"], row["diagnosis_codes"]) == ("enc-1", "D51.0")
     # linked by encounter + date of service + NDC: the only administration with that NDC that day
     charge = (row["charge_hcpcs"], row["charge_units"], row["charge_ndc_qty"], row["charge_ndc_unit"], row["admin_cpt"])
@@ -469,6 +470,10 @@ def test_an_export_of_standard_resources_only_gives_the_findings_of_the_canonica
     night = synth.generate(2000, seed=5, defect_rate=0.3, b12_share=0.5, days=90)
     # the two columns R4 has no element for are left out of both files
     frame = night.frame.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in NO_R4_ELEMENT)
+    # a payer (plan) code on the commercial rows: it picks the rules/payers/ file
+    frame = frame.with_columns(
+        pl.when(pl.col("payer_type") == "commercial").then(pl.lit("60054")).otherwise(None).alias("payer_id")
+    )
     csv = write_extract(frame, "csv", tmp_path / "night.csv")
     folder = write_fhir_bulk(frame, tmp_path / "export", standard_only=True)
     text = "".join(p.read_text() for p in folder.glob("*.ndjson"))
@@ -516,3 +521,23 @@ def test_each_file_of_the_export_is_held_to_the_input_limits(tmp_path, monkeypat
     (folder / "Medication.ndjson").write_bytes(b"\x1f\x8b\x08" + b"\0" * 20)
     with pytest.raises(FileRejected, match="Medication.ndjson: the file is gzip-compressed"):
         read_extract(folder)
+
+
+def test_large_outputs_are_split_into_numbered_files_that_read_as_one_export(tmp_path):
+    from b12pipeline import synth
+    from b12pipeline.fhirbulk_writer import write_fhir_bulk
+
+    frame = synth.generate(100, seed=4, defect_rate=0.2, b12_share=0.5, days=30).frame
+    whole = read_extract(write_fhir_bulk(frame, tmp_path / "whole"))
+    folder = write_fhir_bulk(frame, tmp_path / "split", per_file=40)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    administrations = [o for o in manifest["output"] if o["type"] == "MedicationAdministration"]
+    assert [(o["url"], o["count"]) for o in administrations] == [
+        ("MedicationAdministration.001.ndjson", 40),
+        ("MedicationAdministration.002.ndjson", 40),
+        ("MedicationAdministration.003.ndjson", 20),
+    ]
+    split = read_extract(folder / "manifest.json")
+    assert split.frame.drop("source_file", "source_row").equals(whole.frame.drop("source_file", "source_row"))
+    last = split.frame.filter(pl.col("source_file") == "MedicationAdministration.003.ndjson")
+    assert last.height == whole.frame.filter(pl.col("source_row") > 80).height

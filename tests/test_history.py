@@ -24,8 +24,8 @@ from history_support import (
 
 from b12pipeline import pipeline
 from b12pipeline.archive import ArchiveError, archive_file, archive_index, archived_checksums
-from b12pipeline.config import SiteConfig
 from b12pipeline.crossrow import add_cross_row_facts
+from b12pipeline.engine.settings import SiteConfig
 from b12pipeline.files import sha256_file
 from b12pipeline.history import history_paths, merge_into_history, read_history
 from b12pipeline.rulecases import case_frame, run_rule_cases
@@ -289,3 +289,24 @@ def test_a_night_run_twice_is_byte_identical(prefect_harness, tmp_path):
     assert first["run_id"] == second["run_id"]
     # Re-running a night archives nothing twice.
     assert len(archive_index(out / "archive")) == 2
+
+
+def test_a_date_is_evaluated_from_its_patients_rows_only(nights_out, rules):
+    """The night reads the rows of its dates and those patients' look-back, not the whole history,
+    and finds exactly what evaluating the whole look-back window finds."""
+    from b12pipeline.history import read_for_dates
+
+    out, _, _ = nights_out
+    history = out / "history"
+    lookback = pipeline.lookback_days(rules.config)
+    for day in sorted(history_paths(history)):
+        window = read_history(history, day - dt.timedelta(days=lookback), day)
+        needed = read_for_dates(history, [day], lookback)
+        patients = set(window.filter(pl.col("admin_time").str.starts_with(day.isoformat()))["patient_id"])
+        assert set(needed["patient_id"]) == patients
+        assert needed.height == window.filter(pl.col("patient_id").is_in(list(patients))).height
+        whole = pipeline._findings(window, [day], rules, "r")
+        assert without_run_id(pipeline.findings_for_dates(out, [day], rules, "r")).equals(without_run_id(whole))
+    # With patients given, only their rows on the dates (and their look-back) are read.
+    one = read_for_dates(history, [dt.date(2024, 3, 6)], lookback, pl.Series(["MRN00520008"]))
+    assert set(one["patient_id"]) == {"MRN00520008"}

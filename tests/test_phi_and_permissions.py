@@ -195,7 +195,7 @@ def test_no_identifier_in_run_records_reports_or_any_file_outside_the_data_store
     out = canary_night["out"]
     written = _outside_data_stores(out)
     assert any(p.name == "manifest.json" for p in written) and any(p.name == "validation.json" for p in written)
-    # the HTML run report and the GX Data Docs site (merged from the ux branch) are among the files scanned
+    # the HTML run report and the GX Data Docs site are among the files scanned
     assert any(p.name == "report.html" for p in written)
     assert any("validation" in p.relative_to(out).parts[2:3] and p.suffix == ".html" for p in written)
     assert _scan(written) == []

@@ -336,3 +336,25 @@ def test_the_sql_server_and_postgresql_queries_select_the_same_columns():
 
     mssql, postgres = columns("clarity.sql"), columns("clarity.postgresql.sql")
     assert mssql == postgres and len(mssql) == 32 and mssql[:2] == ["ORDER_MED_ID", "LINE"]
+
+
+def test_a_batch_is_written_as_text_exactly_as_cell_by_cell():
+    import datetime as dt
+    import decimal
+
+    from b12pipeline.pull.sql import as_text, text_column
+
+    columns = [
+        [decimal.Decimal("1000.00"), decimal.Decimal("1.50"), decimal.Decimal("-0.00"), None, decimal.Decimal("10")],
+        [dt.datetime(2024, 3, 1, 8, 5, 7, 123), None],
+        [dt.date(2024, 3, 1), None],
+        [1, None, 3],
+        [1000.0, 1.5],
+        ["a", None, " b "],
+        [None, None],
+        [1, "mixed"],
+        [dt.datetime(2024, 3, 1, 8, 5, tzinfo=dt.timezone(dt.timedelta(hours=-5)))],
+    ]
+    for values in columns:
+        assert text_column(values).to_pylist() == [as_text(v) for v in values], values
+    assert [as_text(v) for v in columns[0]] == ["1000", "1.5", "0", None, "10"]

@@ -41,47 +41,6 @@ def test_clean_default_record_fires_no_rule(loaded: Rules) -> None:
     assert found.height == 0, f"clean record fired {found['rule_id'].to_list()}"
 
 
-def test_every_catalog_rule_has_a_file(loaded: Rules) -> None:
-    catalog = {
-        "CHG-001",
-        "CHG-002",
-        "CODE-001",
-        "CODE-002",
-        "CODE-003",
-        "UNITS-001",
-        "UNITS-002",
-        "UNITS-003",
-        "ADMIN-001",
-        "ADMIN-002",
-        "ADMIN-003",
-        "ADMIN-004",
-        "ADMIN-005",
-        "MOD-001",
-        "MOD-002",
-        "MOD-003",
-        "MOD-004",
-        "MOD-005",
-        "NDC-001",
-        "NDC-002",
-        "NDC-003",
-        "NDC-004",
-        "NDC-005",
-        "DX-001",
-        "DX-002",
-        "DX-003",
-        "DOC-001",
-        "DOC-002",
-        "DOC-003",
-        "DOC-004",
-        "DOC-005",
-        "DOC-006",
-        "DOC-007",
-    }
-    assert catalog <= {r.id for r in loaded.ruleset.rules}
-    for rule in loaded.ruleset.rules:
-        assert rule.path.stem == rule.id and rule.path.parent.name == rule.queue, rule.path
-
-
 def normalize_frame(frame: pl.DataFrame, loaded: Rules) -> pl.DataFrame:
     from b12pipeline import normalize
 

@@ -1,4 +1,4 @@
-"""Issue 3, must-show #2: rules are data. Editing one YAML file (no code) changes the findings
+"""Rules are data. Editing one YAML file (no code) changes the findings
 and the ruleset_version of a run, through the pipeline's own functions on the bundled fixtures."""
 
 from __future__ import annotations

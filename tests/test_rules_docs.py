@@ -1,12 +1,26 @@
-"""docs/rules.md is generated from the rule files; this fails while the committed copy is stale."""
+"""docs/rules.md (from the rule files) and docs/writing-rules.md (from the operator table and the
+rule-file schema) are generated; these fail while a committed copy is stale."""
 
 from __future__ import annotations
 
-from b12pipeline.engine.ruledocs import condition_lines, render_rules_markdown
-from b12pipeline.paths import PROJECT_ROOT
+import re
+import shutil
+from pathlib import Path
+
+import yaml
+
+from b12pipeline.config import load_site_config
+from b12pipeline.engine.conditions import OPERATOR_TABLE, check_condition
+from b12pipeline.engine.ruledocs import EXAMPLE_FENCE, condition_lines, render_language_markdown, render_rules_markdown
+from b12pipeline.engine.rulefile import CASE_KEY_DOCS, FIELD_DOCS, OPTIONAL_FIELDS, REQUIRED_FIELDS
+from b12pipeline.paths import PROJECT_ROOT, rules_dir
+from b12pipeline.pipeline import Rules
+from b12pipeline.rulecases import run_rule_cases
+from b12pipeline.rulelint import facts_schema, lint_rules
 from b12pipeline.rulesets import load_ruleset
 
 DOCS = PROJECT_ROOT / "docs" / "rules.md"
+LANGUAGE = PROJECT_ROOT / "docs" / "writing-rules.md"
 
 
 def test_committed_rules_md_is_current():
@@ -51,3 +65,40 @@ def test_condition_rendering_is_readable_and_honest_about_empty_values():
         "  - `charge_units` is not the value of `expected_units`",
         "  - `lot_number` is empty",
     ]
+
+
+def test_committed_writing_rules_md_is_current():
+    assert LANGUAGE.is_file(), "docs/writing-rules.md missing: run `make docs`"
+    assert LANGUAGE.read_text(encoding="utf-8") == render_language_markdown(), "stale: run `make docs` and commit it"
+
+
+def test_the_language_page_covers_every_operator_field_and_case_key():
+    page = render_language_markdown()
+    assert set(FIELD_DOCS) == set(REQUIRED_FIELDS + OPTIONAL_FIELDS)
+    for name in [*FIELD_DOCS, *CASE_KEY_DOCS, *(op.name for op in OPERATOR_TABLE)]:
+        assert f"| `{name}` |" in page, name
+    assert "| `{field: route, ne: IM}` | false | true | false |" in page  # ne is false on an empty value
+    assert "| `{not: {field: route, eq: IM}}` | false | true | true |" in page  # not: {eq} is true on it
+
+
+def test_operator_examples_are_valid_leaves_on_facts_columns():
+    columns = set(facts_schema(rules_dir(), load_site_config()).columns)
+    for op in OPERATOR_TABLE:
+        leaf = yaml.safe_load(op.example)
+        check_condition(leaf)
+        assert set(leaf) - {"field"} == {op.name} and leaf["field"] in columns, op.example
+
+
+def test_the_example_rule_loads_lints_and_passes_its_cases(tmp_path: Path):
+    page = render_language_markdown()
+    example = re.search(re.escape(EXAMPLE_FENCE) + r"\n(.*?)\n```", page, re.S)
+    assert example, "the page shows an example rule file"
+    rules = tmp_path / "rules"
+    shutil.copytree(rules_dir(), rules)
+    for existing in (rules / "documentation").glob("DOC-001*.yaml"):
+        existing.unlink()
+    (rules / "documentation" / "DOC-001.yaml").write_text(example[1] + "\n")
+    assert [str(p) for p in lint_rules(rules) if p.file.startswith("documentation/DOC-001")] == []
+    loaded = Rules.load(rules)
+    (rule,) = loaded.ruleset.by_id("DOC-001")
+    assert all(r.ok for r in run_rule_cases(rule, loaded)), run_rule_cases(rule, loaded)

@@ -20,6 +20,14 @@ from b12pipeline.rulesets import load_rule_file, rule_files
 RULES = rules_dir()
 FILES = rule_files(RULES)
 ID_SHAPE = re.compile(r"^[A-Z]+-\d{3}$")
+PROJECT = RULES.parent
+# A citation names a primary source (CMS, FDA and drug labels, HHS, a payer or MAC, the code sets, federal rules)
+# or a file in this repository; a file it names must exist here (never notes kept elsewhere).
+PRIMARY = re.compile(
+    r"\b(CMS|Medicare|FDA|HHS|HCPCS|CPT|NCCI|NUCC|LCDs?|ICD-10|CFR|FD&C|NDC|Noridian|Palmetto|CGS|WPS|"
+    r"Regence|MSHO|Highmark|Medicaid|MAC|label|prescribing information)\b"
+)
+NAMED_FILE = re.compile(r"[\w./-]+\.(?:md|csv|yaml|json|txt|sql|py)\b")
 
 
 def rel(path: Path) -> str:
@@ -47,6 +55,20 @@ def test_rule_file(path: Path, problems):
     assert rule.message.strip() and rule.title.strip()
     mine = [str(p) for p in problems if p.file == rel(path)]
     assert mine == [], "\n".join(mine)
+
+
+@pytest.mark.parametrize("path", FILES, ids=rel)
+def test_citations_name_primary_sources_or_files_here(path: Path):
+    for citation in load_rule_file(path).citations:
+        named = NAMED_FILE.findall(citation)
+        assert PRIMARY.search(citation) or named, f"{rel(path)}: {citation!r} names no primary source"
+        missing = [f for f in named if not (PROJECT / f).is_file()]
+        assert missing == [], f"{rel(path)}: {citation!r} names {missing}, not a file of this repository"
+
+
+def test_citation_check_refuses_a_notes_file_outside_the_repository():
+    outside = "research-notes.md section 8: lot number"
+    assert NAMED_FILE.findall(outside) == ["research-notes.md"] and not (PROJECT / "research-notes.md").exists()
 
 
 def test_id_version_pairs_are_unique():

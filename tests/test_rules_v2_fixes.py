@@ -183,7 +183,7 @@ def test_mod002_only_for_the_jwjz_payers(loaded):
         loaded,
         single,
         {**single, "payer_type": "commercial"},
-        {**single, "payer_type": "self-pay"},
+        {**single, "payer_type": "self_pay"},
         {**single, "payer_type": "medicaid"},
     )
     assert "MOD-002" in medicare

@@ -156,7 +156,7 @@ def test_a_file_that_is_not_ndjson_is_rejected_not_quarantined(tmp_path):
         read_extract(path)
 
 
-# --- must show 3: malformed FHIR and unknown MAR codes are quarantined with reasons --------------
+# --- malformed FHIR and unknown MAR codes are quarantined with reasons --------------
 
 
 def test_malformed_fhir_resources_are_quarantined_with_reasons_and_counted(tmp_path, rules):
@@ -187,7 +187,7 @@ def test_unknown_mar_action_code_is_quarantined_not_treated_as_not_given(tmp_pat
     assert result.rows_read == 16 and result.quarantined == 3
 
 
-# --- must show 1: the same administrations in every format give identical findings --------------
+# --- the same administrations in every format give identical findings --------------
 
 
 @pytest.fixture(scope="module")

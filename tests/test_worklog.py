@@ -189,7 +189,7 @@ def test_schema_is_the_migrations_head_and_matches_the_models(worklog_engine):
     from b12pipeline.worklog.models import metadata
 
     with worklog_engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
     assert {"worklog_finding", "worklog_audit", "worklog_night"} <= set(inspect(worklog_engine).get_table_names())
 
@@ -212,3 +212,70 @@ def test_embedded_worklog_is_owner_only_and_in_wal_mode(tmp_path, monkeypatch):
 def test_unknown_interface_is_a_programming_error(worklog_engine, interface):
     with pytest.raises(ValueError):
         apply_edits(worklog_engine, [], actor="x", interface=interface, reasons=REASONS)
+
+
+def test_a_worklog_at_the_first_migration_upgrades_and_keeps_its_rows(worklog_url):
+    """A site's database from an earlier version: opened by a newer one, it is migrated in place."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine
+
+    from b12pipeline.worklog.store import MIGRATIONS, dispose_all, open_worklog
+
+    old = create_engine(worklog_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with old.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+        conn.execute(
+            text(
+                "INSERT INTO worklog_finding (finding_id, queue, rule_id, rule_version, severity, service_date, "
+                "status, first_seen_night, first_seen_run, present, revision) VALUES "
+                "('a', 'coding', 'UNITS-001', '1', 'error', :d, 'open', :d, 'r', :t, 1)"
+            ),
+            {"d": DOS, "t": True},
+        )
+    old.dispose()
+    dispose_all()
+    engine = open_worklog(url=worklog_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+    assert statuses(engine) == {"a": "open"}
+    night(engine, findings("a"), N2)
+    assert statuses(engine) == {"a": "open"}
+
+
+def test_an_edit_during_a_night_waits_for_it_and_both_land_in_the_audit_log(worklog_engine):
+    """The night holds the write lock for its whole update; a coder's edit meanwhile waits (no
+    'database is locked' error, no lost update) and applies on top of what the night decided."""
+    import threading
+
+    from b12pipeline.worklog.lifecycle import _apply
+    from b12pipeline.worklog.store import write_transaction
+
+    night(worklog_engine, findings("a", "b"), N1)
+    done: list = []
+    with write_transaction(worklog_engine) as conn:
+        _apply(conn, findings("a"), [DOS], N2, "night-2", "night", "b12pipeline", "night-2", None, utc())
+        coder = threading.Thread(
+            target=lambda: done.append(
+                set_findings(worklog_engine, ["b"], actor="ana", interface="excel", reasons=REASONS, owner="ana")
+            )
+        )
+        coder.start()
+        coder.join(1.0)
+        assert coder.is_alive() and not done  # waiting for the night's transaction
+    coder.join(60)
+    assert done and done[0].changed == ["b"]
+    state = read_states(worklog_engine, ["b"]).row(0, named=True)
+    assert (state["status"], state["owner"]) == ("resolved", "ana")
+    assert [(h["interface"], h["field"], h["after"]) for h in history(worklog_engine, "b")] == [
+        ("night", "status", "new"),
+        ("night", "status", "resolved"),
+        ("excel", "owner", "ana"),
+    ]
+
+
+def utc() -> dt.datetime:
+    return dt.datetime(2024, 3, 2, 3, 0, tzinfo=dt.timezone.utc)

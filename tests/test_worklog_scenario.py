@@ -244,3 +244,19 @@ def test_csv_export_carries_the_same_columns_and_every_status(night1, tmp_path):
     assert list(rows[0].keys()) == xlsx_header
     assert sorted(r["Status"] for r in rows) == ["dismissed", "new", "new", "new"]
     assert {r["Payer"] for r in rows} == {"medicare"} and all(r["Rule title"] and r["Citation"] for r in rows)
+
+
+def test_a_re_evaluation_after_a_rules_change_resolves_with_its_cause(night1):
+    """What `backfill` (and a rule deployment) calls: the re-evaluated dates' queues as written, with a cause."""
+    from b12pipeline.queues import read_queue, write_queue_partitions
+    from b12pipeline.worklog import apply_evaluation_from_queues
+
+    out, ids = night1
+    found = read_queue(out / "queues")
+    kept = found.filter(pl.col("rule_id") != "DOC-001")  # the new rules no longer raise DOC-001
+    write_queue_partitions(kept, out / "queues", [N1])
+    counts = apply_evaluation_from_queues(out, [N1], night=N2, cause="backfill b-1")
+    assert (counts["resolved"], counts["new"]) == (1, 0)
+    assert statuses(out)["DOC-001"] == "resolved" and statuses(out)["UNITS-001"] == "new"
+    last = history(open_worklog(out), ids["DOC-001"])[-1]
+    assert (last["interface"], last["cause"], last["after"]) == ("deploy", "backfill b-1", "resolved")

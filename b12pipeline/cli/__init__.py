@@ -22,6 +22,7 @@ app = typer.Typer(
 
 from b12pipeline.cli import backfill as _backfill  # noqa: E402
 from b12pipeline.cli import queue as _queue  # noqa: E402
+from b12pipeline.cli import reference as _reference  # noqa: E402
 from b12pipeline.cli import review as _review  # noqa: E402
 from b12pipeline.cli import rules as _rules  # noqa: E402
 from b12pipeline.cli import run as _run  # noqa: E402
@@ -31,6 +32,7 @@ _run.register(app)
 _backfill.register(app)
 _rules.register(app)
 _queue.register(app)
+_reference.register(app)
 _serve.register(app)
 _review.register(app)
 
@@ -46,5 +48,32 @@ def main() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     try:
         app()
+        code = 0
     except KeyboardInterrupt:
-        sys.exit(130)
+        code = 130
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+    exit_now(code)
+
+
+def exit_now(code: int) -> None:
+    """Exit without tearing the interpreter down object by object.
+
+    After a night the process holds Prefect, GX and Polars object graphs; Python's own shutdown took
+    10-17 s of a 70-row night on a busy 2-core machine, after the summary was printed. The exit
+    handlers still run first (they stop Prefect's temporary server and flush its logs and events,
+    and close logging), then the streams are flushed and the process ends.
+    """
+    import atexit
+
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)

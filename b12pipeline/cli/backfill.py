@@ -52,8 +52,11 @@ def register(app: typer.Typer) -> None:
             raise usage_error(f"--dask-address {dask_address!r} is not a scheduler address like tcp://HOST:8786")
         if not (out / "history").is_dir():
             raise usage_error(f"{out / 'history'} does not exist: nothing has been processed into {out} yet")
+        from b12pipeline.cli.prefect_server import ServerStart
         from b12pipeline.engine.rulefile import RuleFileError
         from flows.backfill import run_backfill
+
+        ServerStart().wait()  # longer start-up timeout, one retry, one clear line if it cannot start
 
         try:
             with output_guard(out, wait=False):  # exit 3 if a night or another backfill holds --out

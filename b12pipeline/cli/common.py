@@ -1,4 +1,4 @@
-"""Shared CLI helpers: the console, usage errors, the night date."""
+"""What every CLI command shares: the console, usage errors, the night date."""
 
 from __future__ import annotations
 
@@ -112,8 +112,9 @@ def check_rules(rules: Path | None) -> None:
     rule file that does not load is a usage error, one line naming file, line and column."""
     from rich.markup import escape
 
-    from b12pipeline.config import ConfigError, load_site_config
+    from b12pipeline.config import load_site_config
     from b12pipeline.engine.rulefile import RuleFileError
+    from b12pipeline.engine.settings import ConfigError
     from b12pipeline.rulesets import check_conditions_compile, load_ruleset
 
     if rules is not None and not rules.is_dir():

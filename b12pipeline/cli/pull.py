@@ -26,6 +26,24 @@ from b12pipeline.cli.common import (
 SOURCES_HELP = "Sources file (default: the file B12_SOURCES_FILE names); see docs/operations.md."
 
 
+def checked_sources_file(source: str, sources: Optional[Path]) -> Path:
+    """The sources file that names `source` (--sources, else B12_SOURCES_FILE), or a usage error."""
+    from b12pipeline import pull as pulling
+
+    sources_file = sources or pulling.default_sources_file()
+    if sources_file is None:
+        raise usage_error("no sources file: pass --sources FILE or set B12_SOURCES_FILE")
+    try:
+        configured = pulling.load_sources(sources_file)
+    except pulling.SourceConfigError as exc:
+        raise usage_error(escape(str(exc))) from None
+    if source not in configured:
+        raise usage_error(
+            escape(f"--source {source}: not in {sources_file}; known: {', '.join(sorted(configured)) or 'none'}")
+        )
+    return Path(sources_file)
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def pull(
@@ -41,22 +59,11 @@ def register(app: typer.Typer) -> None:
         Exit codes: 0 processed or nothing new, 1 a fetched file was rejected, 2 usage or configuration
         error, 3 another run holds --out, 5 the source could not be reached (after its retries).
         """
-        from b12pipeline import pull as pulling
 
         night_date = parse_date(night, "--night") or today()
         if rules is not None and not rules.is_dir():
             raise usage_error(f"--rules {rules} is not a folder")
-        sources_file = sources or pulling.default_sources_file()
-        if sources_file is None:
-            raise usage_error("no sources file: pass --sources FILE or set B12_SOURCES_FILE")
-        try:
-            configured = pulling.load_sources(sources_file)
-        except pulling.SourceConfigError as exc:
-            raise usage_error(escape(str(exc))) from None
-        if source not in configured:
-            raise usage_error(
-                escape(f"--source {source}: not in {sources_file}; known: {', '.join(sorted(configured)) or 'none'}")
-            )
+        sources_file = checked_sources_file(source, sources)
         with output_guard(out, wait):
             raise typer.Exit(_pull(source, out, night_date, Path(sources_file), rules))
 

@@ -18,6 +18,7 @@ from b12pipeline.paths import PROJECT_ROOT
 
 EXIT_FAILED = 1
 DEFAULT_DOCS = PROJECT_ROOT / "docs" / "rules.md"
+LANGUAGE_DOCS = "writing-rules.md"  # written beside the catalog
 RULES_HELP = "Rules folder (default: the project's rules/)."
 
 rules_app = typer.Typer(
@@ -36,8 +37,8 @@ def _folder(rules: Optional[Path]) -> Path:
 
 def _load(rules: Optional[Path]):
     """Rules (ruleset, site config, reference) or a usage error naming the bad file."""
-    from b12pipeline.config import ConfigError
     from b12pipeline.engine.rulefile import RuleFileError
+    from b12pipeline.engine.settings import ConfigError
     from b12pipeline.pipeline import Rules
 
     folder = _folder(rules)
@@ -74,14 +75,21 @@ def test_rules(
     rules: Optional[Path] = typer.Option(None, "--rules", help=RULES_HELP),
     rule_id: Optional[str] = typer.Option(None, "--id", help="Only this rule id."),
 ) -> None:
-    """Run every rule's own cases (fires / passes); exit 1 if any case fails."""
-    from b12pipeline.rulecases import run_rule_cases
+    """Run every rule's own cases (fires / passes) and every payer file's; exit 1 if any case fails."""
+    from b12pipeline.rulecases import run_payer_cases, run_rule_cases
 
     loaded = _load(rules)
     selected = [r for r in loaded.ruleset.rules if rule_id is None or r.id == rule_id]
     if not selected:
         raise usage_error(f"no rule with id {rule_id!r}")
     results = [res for r in selected for res in run_rule_cases(r, loaded)]
+    # Payer files' cases (each names the rule it checks): all of them, or those of --id.
+    results += [
+        res
+        for p in loaded.ruleset.payers
+        for res in run_payer_cases(p, loaded)
+        if rule_id is None or res.rule_id.endswith(f": {rule_id}")
+    ]
     failed = [res for res in results if not res.ok]
     if failed:
         table = Table(title=f"{len(failed)} failing case(s)")
@@ -113,25 +121,28 @@ def lint(rules: Optional[Path] = typer.Option(None, "--rules", help=RULES_HELP))
 @rules_app.command("docs")
 def docs(
     rules: Optional[Path] = typer.Option(None, "--rules", help=RULES_HELP),
-    out: Path = typer.Option(DEFAULT_DOCS, "--out", help="Markdown file to write."),
-    check: bool = typer.Option(False, "--check", help="Write nothing; exit 1 if OUT is not up to date."),
+    out: Path = typer.Option(DEFAULT_DOCS, "--out", help="Markdown file of the rule catalog to write."),
+    check: bool = typer.Option(False, "--check", help="Write nothing; exit 1 if a page is not up to date."),
 ) -> None:
-    """Generate the rule catalog (docs/rules.md) from the rule files."""
-    from b12pipeline.engine.ruledocs import render_rules_markdown
+    """Generate the rule catalog (docs/rules.md) from the rule files, and the rule language
+    (writing-rules.md beside it) from the operator table and the rule-file schema."""
+    from b12pipeline.engine.ruledocs import render_language_markdown, render_rules_markdown
 
-    text = render_rules_markdown(_load(rules).ruleset)
+    pages = {out: render_rules_markdown(_load(rules).ruleset), out.with_name(LANGUAGE_DOCS): render_language_markdown()}
     if check:
-        current = out.read_text(encoding="utf-8") if out.is_file() else None
-        if current != text:
-            err_console.print(f"{out} is stale: run `b12pipeline rules docs` (or `make docs`) and commit it")
+        stale = [p for p, text in pages.items() if (p.read_text(encoding="utf-8") if p.is_file() else None) != text]
+        for page in stale:
+            err_console.print(f"{page} is stale: run `b12pipeline rules docs` (or `make docs`) and commit it")
+        if stale:
             raise typer.Exit(EXIT_FAILED)
-        console.print(f"{out} is up to date")
+        console.print(f"{', '.join(map(str, pages))} up to date")
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
-    console.print(f"wrote {out}")
+    for page, text in pages.items():
+        page.parent.mkdir(parents=True, exist_ok=True)
+        tmp = page.with_name(f".{page.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(page)
+        console.print(f"wrote {page}")
 
 
 @rules_app.command("stats")

@@ -88,6 +88,13 @@ def _with_feedback(night: dt.date, first_step: str, quiet: bool, run: Callable[[
 
     with feedback(f"night {night}", quiet) as shown:
         shown.step(first_step)
+        from b12pipeline.cli.prefect_server import ServerStart, warm_up
+
+        server = ServerStart()
+        warm_up()  # overlaps the temporary server's start-up
+        server.wait()
+        if server.temporary:
+            shown.step("Prefect's temporary server is up")
         try:
             with no_console_tracebacks():
                 result = run()

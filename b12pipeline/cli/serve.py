@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from b12pipeline.cli.common import console, usage_error
+from b12pipeline.cli.pull import checked_sources_file
 
 
 def register(app: typer.Typer) -> None:
@@ -36,7 +37,7 @@ def register(app: typer.Typer) -> None:
             raise usage_error(f"--rules {rules} is not a folder")
         rules_dir = str(rules.resolve()) if rules else None
         if source is not None:
-            sources_file = _checked_sources(source, sources)
+            sources_file = checked_sources_file(source, sources)
         from prefect import serve as prefect_serve
 
         from flows.nightly import landing_deployment
@@ -57,21 +58,3 @@ def register(app: typer.Typer) -> None:
         what = f"b12-pull/{name}: source {source}" if source else f"b12-nightly-landing/{name}: landing {landing}"
         console.print(f"serving {what}, '{cron}' {tz}, out {out} (Ctrl-C to stop)")
         prefect_serve(deployment)
-
-
-def _checked_sources(source: str, sources: Optional[Path]) -> Path:
-    """The sources file naming `source`, checked now rather than at the first scheduled run."""
-    from rich.markup import escape
-
-    from b12pipeline import pull
-
-    sources_file = sources or pull.default_sources_file()
-    if sources_file is None:
-        raise usage_error("--source needs a sources file: pass --sources FILE or set B12_SOURCES_FILE")
-    try:
-        configured = pull.load_sources(sources_file)
-    except pull.SourceConfigError as exc:
-        raise usage_error(escape(str(exc))) from None
-    if source not in configured:
-        raise usage_error(escape(f"--source {source}: not in {sources_file}"))
-    return Path(sources_file)

@@ -16,6 +16,7 @@ test emptiness explicitly with is_null. Columns are those of the facts frame (do
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 if TYPE_CHECKING:  # checking a rule file needs no Polars: the CLI checks rules before importing it
@@ -24,8 +25,69 @@ if TYPE_CHECKING:  # checking a rule file needs no Polars: the CLI checks rules 
 COMPARISONS = {"eq": "__eq__", "ne": "__ne__", "lt": "__lt__", "le": "__le__", "gt": "__gt__", "ge": "__ge__"}
 SET_OPS = ("in", "not_in", "contains_any")
 OTHER_OPS = ("is_null", "contains", "matches")
-OPERATORS = tuple(COMPARISONS) + SET_OPS + OTHER_OPS
 COMBINATORS = ("all", "any", "not")
+
+
+@dataclass(frozen=True)
+class Operator:
+    """One operator of the language, as docs/writing-rules.md describes it (generated from this table)."""
+
+    name: str
+    operand: str  # what may follow the operator
+    meaning: str
+    on_empty: str  # the result when the field (or a compared field) is empty
+    example: str  # a leaf in rule-file YAML
+
+
+_VALUE = "a value, `{field: col}` or `{config: key}`"
+_LIST = "a list of values or `{config: key}`"
+_EMPTY_FALSE = "false"
+OPERATOR_TABLE = (
+    Operator("eq", _VALUE, "equals", _EMPTY_FALSE, "{field: charge_hcpcs, eq: J3420}"),
+    Operator(
+        "ne",
+        _VALUE,
+        "differs from",
+        "false: an empty value is not 'different'; write `not: {field: f, eq: v}` to include empty values",
+        "{field: charge_units, ne: {field: expected_units}}",
+    ),
+    Operator("lt", _VALUE, "is less than", _EMPTY_FALSE, "{field: dose_mcg, lt: 100}"),
+    Operator("le", _VALUE, "is at most", _EMPTY_FALSE, "{field: days_since_first_injection, le: 56}"),
+    Operator("gt", _VALUE, "is greater than", _EMPTY_FALSE, "{field: dose_mcg, gt: 1000}"),
+    Operator("ge", _VALUE, "is at least", _EMPTY_FALSE, "{field: charge_units, ge: 2}"),
+    Operator("in", _LIST, "is one of", _EMPTY_FALSE, "{field: payer_type, in: {config: ndc_required_payers}}"),
+    Operator(
+        "not_in",
+        _LIST,
+        "is present and none of",
+        "false: write `not: {field: f, in: [...]}` to include empty values",
+        "{field: route_class, not_in: [injectable]}",
+    ),
+    Operator(
+        "contains_any",
+        _LIST,
+        "(a list column) holds any of",
+        _EMPTY_FALSE,
+        "{field: modifiers, contains_any: [JW, JZ]}",
+    ),
+    Operator(
+        "is_null",
+        "`true` or `false`",
+        "is empty (true) or present (false)",
+        "decides on emptiness itself",
+        "{field: lot_number, is_null: true}",
+    ),
+    Operator("contains", "a value", "(a list column) holds", _EMPTY_FALSE, "{field: modifiers, contains: JW}"),
+    Operator(
+        "matches",
+        "a regular expression (Rust regex syntax)",
+        "(text) matches the pattern anywhere",
+        _EMPTY_FALSE,
+        "{field: ndc, matches: '^[0-9]{11}$'}",
+    ),
+)
+OPERATORS = tuple(o.name for o in OPERATOR_TABLE)
+assert set(OPERATORS) == set(COMPARISONS) | set(SET_OPS) | set(OTHER_OPS), "the operator table is the language"
 
 
 class Settings(Protocol):

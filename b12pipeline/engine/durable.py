@@ -44,6 +44,7 @@ import polars as pl
 
 from b12pipeline.engine.conditions import COMPARISONS, Settings, _is_ref
 from b12pipeline.engine.evaluate import empty_findings, findings_from_hits
+from b12pipeline.engine.payers import PAYER_COLUMN, with_payer_override
 from b12pipeline.engine.rulefile import Rule, Ruleset
 
 INSTALL_HINT = "pip install '.[durable]'  (durable-rules 2.0.28 builds from source with gcc; Python 3.10-3.12)"
@@ -334,7 +335,19 @@ def evaluate(
     rules = list(rules if rules is not None else ruleset.active)
     if facts.height == 0 or not rules:
         return empty_findings()
-    hits = rule_hits(facts, rules, cfg)
+    # Payer files: each payer's rows are decided with that payer's settings, and a rule a payer
+    # file turns off has no hits on its rows (the same overrides engine/evaluate.py applies).
+    payers = {p.id: p for p in ruleset.payers}
+    facts = with_payer_override(facts, tuple(ruleset.payers))
+    profile = facts[PAYER_COLUMN].to_list()
+    hits: list[set[int]] = [set() for _ in rules]
+    for pid in sorted(set(profile), key=lambda v: (v is not None, v or "")):
+        rows = [i for i, v in enumerate(profile) if v == pid]
+        payer = payers.get(pid)
+        own = rule_hits(facts[rows], rules, payer.config(cfg) if payer else cfg)
+        for r, found in enumerate(own):
+            if payer is None or not payer.disables(rules[r].id):
+                hits[r] |= {rows[j] for j in found}
     index = pl.int_range(0, pl.len(), dtype=pl.Int64)
     flagged = facts.with_columns([index.is_in(sorted(h)).alias(f"__hit{i}") for i, h in enumerate(hits)])
     return findings_from_hits(flagged, ruleset, rules, run_id)

@@ -12,7 +12,8 @@ import re
 
 import polars as pl
 
-from b12pipeline.engine.conditions import Settings, compile_condition
+from b12pipeline.engine.conditions import Settings, compile_condition, config_used
+from b12pipeline.engine.payers import PAYER_COLUMN, PayerOverride, settings_read, with_payer_override
 from b12pipeline.engine.rulefile import Rule, Ruleset
 
 FINDING_COLUMNS: dict[str, pl.DataType | type[pl.DataType]] = {
@@ -34,6 +35,10 @@ FINDING_COLUMNS: dict[str, pl.DataType | type[pl.DataType]] = {
     "ndc11": pl.String,
     "dose_mcg": pl.Float64,
     "route": pl.String,
+    "payer_type": pl.String,
+    "payer_id": pl.String,
+    "payer_override": pl.String,  # the rules/payers/ file that changed this finding's rule, if any
+    "reference_versions": pl.String,  # "products <v>; asp_crosswalk <quarter-sha>": the tables it used
     "source_file": pl.String,
     "source_row": pl.Int64,
     "run_id": pl.String,
@@ -91,10 +96,59 @@ def finding_ids(admin_ids: pl.Series, rule_ids: pl.Series) -> pl.Series:
     )
 
 
-def rule_mask(rule: Rule, cfg: Settings, columns: set[str]) -> pl.Expr:
+def rule_mask(rule: Rule, cfg: Settings, columns: set[str], payers: tuple[PayerOverride, ...] = ()) -> pl.Expr:
+    """The rows a rule fires on. With payer files: rows of a file that overrides a setting the
+    condition names are judged with that file's settings; rows of a file that turns it off never fire."""
     lo, hi = rule.window
     in_window = (pl.col("service_date") >= pl.lit(lo)) & (pl.col("service_date") < pl.lit(hi))
-    return in_window & compile_condition(rule.when, cfg.get, columns)
+    cond = compile_condition(rule.when, cfg.get, columns)
+    named = config_used(rule.when)
+    for p in payers:
+        if set(p.settings) & named:
+            own = compile_condition(rule.when, p.config(cfg).get, columns)
+            cond = pl.when(pl.col(PAYER_COLUMN) == p.id).then(own).otherwise(cond)
+    off = [p.id for p in payers if p.disables(rule.id)]
+    if off:
+        cond = cond & ~pl.col(PAYER_COLUMN).is_in(off).fill_null(False)
+    return in_window & cond.fill_null(False)
+
+
+def _severity(rule: Rule, payers: tuple[PayerOverride, ...]) -> pl.Expr:
+    expr = pl.lit(rule.severity)
+    for p in payers:
+        if p.severity(rule.id):
+            expr = pl.when(pl.col(PAYER_COLUMN) == p.id).then(pl.lit(p.severity(rule.id))).otherwise(expr)
+    return expr
+
+
+# Facts columns derived from each CMS table (b12pipeline/normalize.cms_facts): a rule that reads one
+# used that table. Every finding used the product reference (scope, ingredient, strength).
+TABLE_COLUMNS = {
+    "asp_crosswalk": {"xwalk_listed", "xwalk_hcpcs_ok", "xwalk_codes", "ndc_expected_units"},
+    "noc_crosswalk": {"xwalk_listed", "xwalk_hcpcs_ok", "xwalk_codes"},
+    "mue_practitioner": {"mue_value", "mue_mai", "mue_units", "mue_check", "mue_scope"},
+    "mue_facility": {"mue_value", "mue_mai", "mue_units", "mue_check", "mue_scope"},
+}
+
+
+def reference_versions(rule: Rule, versions: dict[str, str]) -> str:
+    """The versions of the reference tables a rule's condition and messages read, as one text."""
+    from b12pipeline.engine.conditions import fields_used
+
+    read = fields_used(rule.when) | {
+        name for t in (rule.message, rule.expected, rule.actual) for name in template_fields(t)
+    }
+    used = [name for name in versions if name == "products" or TABLE_COLUMNS.get(name, set()) & read]
+    return "; ".join(f"{name} {versions[name]}" for name in sorted(used))
+
+
+def _override_applied(rule: Rule, payers: tuple[PayerOverride, ...]) -> pl.Expr:
+    """The payer file id on a finding when that file changed something this rule depends on."""
+    reads = settings_read(rule.when, config_used)
+    ids = [p.id for p in payers if p.affects(rule.id, reads)]
+    if not ids:
+        return pl.lit(None, dtype=pl.String)
+    return pl.when(pl.col(PAYER_COLUMN).is_in(ids)).then(pl.col(PAYER_COLUMN)).otherwise(None)
 
 
 def empty_findings() -> pl.DataFrame:
@@ -108,8 +162,10 @@ def evaluate(
     rules = list(rules if rules is not None else ruleset.active)
     if facts.height == 0 or not rules:
         return empty_findings()
+    payers = tuple(ruleset.payers)
+    facts = with_payer_override(facts, payers)
     columns = set(facts.columns)
-    flagged = facts.with_columns([rule_mask(r, cfg, columns).alias(f"__hit{i}") for i, r in enumerate(rules)])
+    flagged = facts.with_columns([rule_mask(r, cfg, columns, payers).alias(f"__hit{i}") for i, r in enumerate(rules)])
     return findings_from_hits(flagged, ruleset, rules, run_id)
 
 
@@ -123,8 +179,9 @@ def findings_from_hits(flagged: pl.DataFrame, ruleset: Ruleset, rules: list[Rule
         return empty_findings()
     # One chunk: polars 2.1 panics ("assertion failed: i < self.len()" in a string UDF) when the
     # filtered, formatted frame below is built from a multi-chunk frame with a materialised hit column.
-    flagged = flagged.rechunk()
+    flagged = with_payer_override(flagged, tuple(ruleset.payers)).rechunk()
     schema = flagged.schema
+    payers = tuple(ruleset.payers)
     parts = []
     for i, rule in enumerate(rules):
         parts.append(
@@ -135,7 +192,7 @@ def findings_from_hits(flagged: pl.DataFrame, ruleset: Ruleset, rules: list[Rule
                 pl.lit(rule.id).alias("rule_id"),
                 pl.lit(rule.version).alias("rule_version"),
                 pl.lit(ruleset.version).alias("ruleset_version"),
-                pl.lit(rule.severity).alias("severity"),
+                _severity(rule, payers).alias("severity"),
                 render(rule.message, schema).alias("message"),
                 render(rule.expected, schema).alias("expected"),
                 render(rule.actual, schema).alias("actual"),
@@ -148,6 +205,10 @@ def findings_from_hits(flagged: pl.DataFrame, ruleset: Ruleset, rules: list[Rule
                 "ndc11",
                 "dose_mcg",
                 "route",
+                "payer_type",
+                "payer_id",
+                _override_applied(rule, payers).alias("payer_override"),
+                pl.lit(reference_versions(rule, dict(ruleset.reference_versions))).alias("reference_versions"),
                 "source_file",
                 "source_row",
             )

@@ -20,6 +20,36 @@ STATUSES = ("active", "retired")
 REQUIRED_FIELDS = ("id", "title", "queue", "severity", "version", "status", "citations", "message", "when", "cases")
 OPTIONAL_FIELDS = ("effective_from", "effective_to", "expected", "actual", "description", "notes")
 CASE_KINDS = ("fires", "passes")
+# What each field of a rule file holds (docs/writing-rules.md is generated from this and the
+# operator table; a test keeps both in step with the checks).
+FIELD_DOCS = {
+    "id": "Rule id like `CODE-001`; the file is `<id>.yaml` or `<id>.v<N>.yaml`.",
+    "title": "One line a coder reads in the queue.",
+    "queue": f"The work queue its findings go to: {', '.join(QUEUES)}; the file sits in `rules/<queue>/`.",
+    "severity": f"One of {', '.join(SEVERITIES)}.",
+    "version": "Text; with the id, unique across the folder. A finding carries the version that raised it.",
+    "status": f"One of {', '.join(STATUSES)}; a retired file never runs and keeps its history readable.",
+    "citations": "List of sources: CMS, FDA, HHS, a payer or MAC policy, or a file in this repository.",
+    "message": "The finding's text; `{column}` shows a facts column's value for the row.",
+    "when": "The condition (see the operators below); the rule fires where it is true.",
+    "cases": "`fires:` records that must fire the rule and `passes:` near misses that must not.",
+    "effective_from": "First date of service it applies to (YYYY-MM-DD, inclusive); empty: always.",
+    "effective_to": "First date of service it no longer applies to (exclusive); empty: no end.",
+    "expected": "What the record should show (a template like `message`).",
+    "actual": "What it shows instead (a template like `message`).",
+    "description": "What the rule checks and why, in a few sentences (the rule catalog shows it).",
+    "notes": "Anything a reviewer of the rule should know (judgement calls, limits).",
+}
+# Keys of a case that are not extract columns.
+CASE_KEY_DOCS = {
+    "_note": "What the case shows (docs and failure messages).",
+    "_history": "Earlier administrations of the same patient, each a mapping of field changes, for "
+    "cross-row rules; they get admin_ids HIST-1, HIST-2, ...",
+    "_absent_columns": "Columns the extract does not carry at all (an optional column left out).",
+    "_reference": "CMS table rows the case assumes, by table (asp_crosswalk, noc_crosswalk, "
+    "mue_practitioner, mue_facility, hcpcs): they replace that table for the case.",
+}
+CASE_KEYS = tuple(CASE_KEY_DOCS)
 FAR_FUTURE = dt.date(9999, 12, 31)
 FAR_PAST = dt.date(1900, 1, 1)
 
@@ -64,6 +94,8 @@ class Ruleset:
     version: str  # content hash of the rule files, reference tables, site config
     directory: Path
     files: tuple[Path, ...] = field(default_factory=tuple)
+    payers: tuple = field(default_factory=tuple)  # PayerOverride files (engine/payers.py)
+    reference_versions: dict = field(default_factory=dict)  # table -> version (Reference.versions)
 
     @property
     def active(self) -> tuple[Rule, ...]:

@@ -269,7 +269,7 @@ def _not_done_reason(res: dict) -> str | None:
     """statusReason[0] text (else display) of a not-done resource. A reason that reads as an
     administration ("Given by Other", "Administered") contradicts not-done: the resource is refused
     rather than letting site configuration count it as given."""
-    from b12pipeline.config import SiteConfig
+    from b12pipeline.engine.settings import SiteConfig
 
     reasons = _get(res, "statusReason", list, "") or []
     if not reasons:

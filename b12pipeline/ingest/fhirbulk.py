@@ -198,12 +198,12 @@ class Index:
     roles: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # role id -> practitioner ref
     encounters: dict[str, tuple] = field(default_factory=dict)  # id -> Condition refs of diagnosis
     conditions: dict[str, tuple] = field(default_factory=dict)  # id -> ICD-10-CM codes
-    coverages: dict[str, str | None] = field(default_factory=dict)  # id -> payer_type
+    coverages: dict[str, tuple] = field(default_factory=dict)  # id -> (payer_type, payer_id)
     linked: dict[str, list[ChargeLine]] = field(default_factory=lambda: defaultdict(list))  # admin id -> lines
     by_day: dict[tuple, list[ChargeLine]] = field(default_factory=lambda: defaultdict(list))  # (enc, dos) -> lines
     problems: dict[tuple, str] = field(default_factory=dict)  # (type, id) -> why the resource is unusable
     charge_problems: dict[str, str] = field(default_factory=dict)  # admin id -> why its charge line is unusable
-    deferred: dict[str, tuple] = field(default_factory=dict)  # admin id -> ((file, offset, where), ...)
+    deferred: dict[str, tuple] = field(default_factory=dict)  # admin id -> ((file, offset, line), ...)
     handles: dict = field(default_factory=dict)  # open claim files while administrations are read
 
 
@@ -260,6 +260,24 @@ def _payer_type(coverage: dict, cfg: dict) -> str | None:
         if f"{system}|{code}" in payer:
             return payer[f"{system}|{code}"]
     return _get(concept, "text", str, "type.")
+
+
+def _payer_id(coverage: dict) -> str | None:
+    """The site's code for the payer (plan): the identifier on `Coverage.payor[0]`, else the value of
+    the `Coverage.class` whose type is `plan`."""
+    payors = _get(coverage, "payor", list, "") or []
+    if payors and isinstance(payors[0], dict):
+        ident = _get(payors[0], "identifier", dict, "payor[0].")
+        value = _get(ident, "value", str, "payor[0].identifier.") if ident else None
+        if value:
+            return value
+    for i, cls in enumerate(_get(coverage, "class", list, "") or []):
+        if (
+            isinstance(cls, dict)
+            and _first_code(_get(cls, "type", dict, f"class[{i}]."), f"class[{i}].type.")[1] == "plan"
+        ):
+            return _get(cls, "value", str, f"class[{i}].")
+    return None
 
 
 def _quantity_text(quantity: dict | None, path: str) -> tuple[str | None, str | None]:
@@ -404,7 +422,7 @@ def build_index(files: dict[str, list[Path]], cfg: dict) -> Index:
                     continue
                 named = _linked_claim(res) if kind in ("Claim", "ExplanationOfBenefit") else ()
                 for admin in named:  # read when (and only if) that administration is: most are other drugs
-                    index.deferred[admin] = (*index.deferred.get(admin, ()), (path, offset, where))
+                    index.deferred[admin] = (*index.deferred.get(admin, ()), (path, offset, number))
                 if named:
                     continue
                 try:
@@ -438,7 +456,8 @@ def _linked_claim(res: dict) -> list[str]:
 def _deferred_lines(index: Index, admin: str, cfg: dict) -> list[ChargeLine]:
     """The lines of the claims deferred for `admin` that name it."""
     lines = []
-    for path, offset, where in index.deferred.pop(admin, ()):
+    for path, offset, number in index.deferred.pop(admin, ()):
+        where = f"{path.name} line {number}"
         try:
             found, links = _claim_lines(_read_at(index.handles, path, offset), where, cfg)
         except Invalid as exc:
@@ -487,7 +506,7 @@ def _index_resource(index: Index, kind: str, ident: str, res: dict, where: str, 
         codes = [c for s, c, _ in _codings(_get(res, "code", dict, "") or {}, "code.") if s in cfg["icd10"] and c]
         index.conditions[ident] = tuple(codes)
     elif kind == "Coverage":
-        index.coverages[ident] = _payer_type(res, cfg)
+        index.coverages[ident] = (_payer_type(res, cfg), _payer_id(res))
     elif kind == "ChargeItem":
         line, services = _charge_item(res, where, cfg)
         _place(index, line, services)
@@ -570,8 +589,12 @@ def _resolve(res: dict, row: dict, index: Index, resolver: _Resolver, cfg: dict)
         claim = next((ln for ln in lines if ln.kind in ("drug", "admin") and ln.coverage), None)
         if claim is not None:
             coverage = (claim.coverage, f"{claim.where.split(' item')[0]}: insurance.coverage")
-    if coverage is not None and row.get("payer_type") is None:
-        row["payer_type"] = resolver.lookup("Coverage", coverage[0], coverage[1], index.coverages)
+    if coverage is not None:
+        payer_type, payer_id = resolver.lookup("Coverage", coverage[0], coverage[1], index.coverages) or (None, None)
+        if row.get("payer_type") is None:
+            row["payer_type"] = payer_type
+        if row.get("payer_id") is None:
+            row["payer_id"] = payer_id
     return lines
 
 

@@ -43,6 +43,31 @@ def as_text(value) -> str | None:
     return str(value)
 
 
+def text_column(values: tuple | list) -> pa.Array:
+    """One column of a batch as text, vectorised by type (as_text is the rule, cell by cell)."""
+    import pyarrow.compute as pc
+
+    try:
+        arr = pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types in one column: cell by cell
+        return pa.array([as_text(v) for v in values], pa.string())
+    kind = arr.type
+    if pa.types.is_null(kind):
+        return pa.nulls(len(arr), pa.string())
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return arr.cast(pa.string())
+    if pa.types.is_timestamp(kind) and kind.tz is None:
+        return pc.replace_substring_regex(arr.cast(pa.string()), pattern=r"\.\d+$", replacement="")
+    if pa.types.is_decimal(kind):
+        text = arr.cast(pa.string())
+        text = pc.replace_substring_regex(text, pattern=r"^(-?\d+)\.0*$", replacement=r"\1")
+        text = pc.replace_substring_regex(text, pattern=r"^(-?\d+\.\d*?)0+$", replacement=r"\1")
+        return pc.replace_substring_regex(text, pattern=r"^-0$", replacement="0")
+    if pa.types.is_date(kind) or pa.types.is_integer(kind):
+        return arr.cast(pa.string())
+    return pa.array([as_text(v) for v in values], pa.string())  # aware times, floats, bytes, booleans
+
+
 def _engine(source: PullSource):
     from sqlalchemy import create_engine
     from sqlalchemy.engine import make_url
@@ -83,9 +108,7 @@ def pull_sql(source: PullSource, night: dt.date, target: Path) -> int:
                 writer = pq.ParquetWriter(tmp, schema, compression="zstd")
                 for part in result.partitions(batch):
                     columns = list(zip(*part, strict=True)) if part else [() for _ in names]
-                    table = pa.table(
-                        [pa.array([as_text(v) for v in col], pa.string()) for col in columns], schema=schema
-                    )
+                    table = pa.table([text_column(col) for col in columns], schema=schema)
                     writer.write_table(table)
                     rows += table.num_rows
                 if rows == 0:

@@ -12,6 +12,9 @@ Public API (every interface uses these; nothing else touches the tables):
     update_night_from_queues(out, night, run_id, dates)      the same, reading the queues the night wrote
     apply_evaluation(engine, findings, dates, night=, cause=, interface="deploy", rule_ids=None)
                                                  a re-evaluation (e.g. a rule deployment) with its cause
+    apply_evaluation_from_queues(out, dates, night=, cause=, interface="deploy", rule_ids=None)
+                                                 the same, reading the queues the re-evaluation wrote
+                                                 (`backfill` calls it with cause "backfill <run id>")
     set_findings(engine, ids, actor=, interface=, reasons=, status=, owner=, reason=, comment=, deferred_until=)
     apply_edits(engine, [Edit(...)], actor=, interface=, reasons=)   per-finding edits, conflict-checked
     history(engine, finding_id) -> list[dict]    the audit trail, oldest first
@@ -51,6 +54,7 @@ __all__ = [
     "WorklogError",
     "apply_edits",
     "apply_evaluation",
+    "apply_evaluation_from_queues",
     "dismiss_reasons",
     "history",
     "open_worklog",
@@ -70,6 +74,27 @@ def update_night_from_queues(out: Path | str, night: dt.date, run_id: str, dates
     days = sorted({d if isinstance(d, dt.date) else dt.date.fromisoformat(d) for d in dates})
     findings = read_queue(OutputLayout(Path(out)).queues, dates=days)
     return update_night(open_worklog(out), findings, days, night=night, run_id=run_id).to_dict()
+
+
+def apply_evaluation_from_queues(
+    out: Path | str,
+    dates: Sequence[str | dt.date],
+    *,
+    night: dt.date,
+    cause: str,
+    interface: str = "deploy",
+    rule_ids: list[str] | None = None,
+) -> dict:
+    """A re-evaluation of `dates` (already written to the queues) applied to the worklog with `cause`."""
+    from b12pipeline.paths import OutputLayout
+    from b12pipeline.queues import read_queue
+
+    days = sorted({d if isinstance(d, dt.date) else dt.date.fromisoformat(d) for d in dates})
+    findings = read_queue(OutputLayout(Path(out)).queues, dates=days)
+    counts = apply_evaluation(
+        open_worklog(out), findings, days, night=night, cause=cause, interface=interface, rule_ids=rule_ids
+    )
+    return counts.to_dict()
 
 
 def dismiss_reasons(rules_dir: Path | str | None = None) -> tuple[str, ...]:

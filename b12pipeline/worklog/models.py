@@ -11,6 +11,7 @@ from sqlalchemy import (
     Column,
     Date,
     DateTime,
+    Index,
     Integer,
     MetaData,
     String,
@@ -42,7 +43,7 @@ finding = Table(
     Column("rule_id", String(32), nullable=False, index=True),
     Column("rule_version", String(32), nullable=False),
     Column("severity", String(16), nullable=False),
-    Column("service_date", Date, nullable=False, index=True),
+    Column("service_date", Date, nullable=False),
     # What people decide.
     Column("status", String(16), nullable=False, index=True),
     Column("owner", String(128)),
@@ -55,6 +56,15 @@ finding = Table(
     Column("present", Boolean, nullable=False),  # produced by the latest evaluation of its date
     Column("closed_on", Date),  # the day it reached fixed/dismissed/resolved (for days to close)
     Column("revision", Integer, nullable=False),  # +1 on every change: an export's conflict check
+)
+# What a night reads for every finding of its dates, served from the index alone (migration 0002).
+Index(
+    "ix_worklog_finding_date_state",
+    finding.c.service_date,
+    finding.c.finding_id,
+    finding.c.status,
+    finding.c.rule_version,
+    finding.c.present,
 )
 
 audit = Table(

@@ -67,10 +67,17 @@ def backlog_by_queue(engine: Engine, queue: str | None, *, as_of: dt.date) -> pl
     )
 
 
-def _lifecycle_frame(conn: Connection) -> pl.DataFrame:
-    cols = ("queue", "rule_id", "status", "reason", "first_seen_night", "closed_on", "deferred_until")
-    rows = conn.execute(select(*[finding.c[c] for c in cols])).all()
-    return pl.DataFrame(rows, schema={c: STATE_SCHEMA[c] for c in cols}, orient="row")
+def _lifecycle_frame(conn: Connection, as_of: dt.date | None = None) -> pl.DataFrame:
+    """Findings counted by queue, rule, status, reason, first seen, closed on and (given `as_of`)
+    whether a deferral is due: a GROUP BY, so a 100k-finding worklog comes back as a few hundred rows.
+    Column `n` is the count; the statistics below weight by it."""
+    keys = [finding.c[c] for c in ("queue", "rule_id", "status", "reason", "first_seen_night", "closed_on")]
+    due = (finding.c.deferred_until <= as_of) if as_of is not None else (finding.c.deferred_until.is_(None))
+    query = select(*keys, due.label("due"), func.count().label("n")).group_by(*keys, due)
+    rows = conn.execute(query).all()
+    schema = {c.name: STATE_SCHEMA[c.name] for c in keys} | {"due": pl.Boolean, "n": pl.Int64}
+    frame = pl.DataFrame(rows, schema=schema, orient="row")
+    return frame.with_columns(pl.col("due").fill_null(False))
 
 
 def rule_stats_frame(states: pl.DataFrame) -> pl.DataFrame:
@@ -78,22 +85,26 @@ def rule_stats_frame(states: pl.DataFrame) -> pl.DataFrame:
     precision = fixed / (fixed + dismissed as false positive), null until a coder decided one."""
     from b12pipeline.worklog.models import CLOSED_STATUSES
 
+    if "n" not in states.columns:
+        states = states.with_columns(pl.lit(1, pl.Int64).alias("n"))
     status = pl.col("status")
-    count = lambda cond: cond.sum().cast(pl.Int64)  # noqa: E731
-    closed_days = (pl.col("closed_on") - pl.col("first_seen_night")).dt.total_days()
+    count = lambda cond: pl.col("n").filter(cond).sum().cast(pl.Int64)  # noqa: E731
+    closed_days = (pl.col("closed_on") - pl.col("first_seen_night")).dt.total_days().repeat_by("n").explode()
     stats = states.group_by("rule_id").agg(
-        pl.len().cast(pl.Int64).alias("raised"),
+        pl.col("n").sum().cast(pl.Int64).alias("raised"),
         count(~status.is_in(CLOSED_STATUSES)).alias("open"),
         count(status == "fixed").alias("fixed"),
         count(status == "dismissed").alias("dismissed"),
         count((status == "dismissed") & (pl.col("reason") == FALSE_POSITIVE)).alias("false_positive"),
         count(status == "resolved").alias("auto_resolved"),
-        closed_days.filter(status.is_in(CLOSED_STATUSES)).median().alias("median_days_to_close"),
+        closed_days.filter(status.is_in(CLOSED_STATUSES).repeat_by("n").explode())
+        .median()
+        .alias("median_days_to_close"),
     )
     reasons = (
         states.filter(status == "dismissed")
         .group_by("rule_id", "reason")
-        .len()
+        .agg(pl.col("n").sum().alias("len"))
         .sort("reason")
         .group_by("rule_id", maintain_order=True)
         .agg(
@@ -121,23 +132,23 @@ def backlog_snapshot(conn: Connection, night_date: dt.date, since: dt.datetime |
     `since` (the previous night's update), and the rules' effectiveness: counts only, for the run report."""
     from b12pipeline.worklog.models import CLOSED_STATUSES, audit
 
-    states = _lifecycle_frame(conn)
-    due = (pl.col("status") == "deferred") & (pl.col("deferred_until") <= night_date)
+    states = _lifecycle_frame(conn, night_date)
+    due = (pl.col("status") == "deferred") & pl.col("due")
     open_work = states.filter(pl.col("status").is_in(OPEN_WORK) | due).with_columns(
         (pl.lit(night_date) - pl.col("first_seen_night")).dt.total_days().alias("age")
     )
     backlog = {}
     for (queue,), group in open_work.group_by(["queue"]):
-        ages = group["age"]
+        n, ages = group["n"], group["age"]
         backlog[queue] = {
-            "open": group.height,
-            "new": int((group["status"] == "new").sum()),
-            "reopened": int((group["status"] == "reopened").sum()),
-            "in_progress": int((group["status"] == "in_progress").sum()),
-            "age_days": {label: int(((ages >= lo) & (ages <= hi)).sum()) for label, lo, hi in AGE_BUCKETS},
+            "open": int(n.sum()),
+            "new": int(n.filter(group["status"] == "new").sum()),
+            "reopened": int(n.filter(group["status"] == "reopened").sum()),
+            "in_progress": int(n.filter(group["status"] == "in_progress").sum()),
+            "age_days": {label: int(n.filter((ages >= lo) & (ages <= hi)).sum()) for label, lo, hi in AGE_BUCKETS},
             "oldest_days": int(group.select(pl.col("age").max()).item()),
         }
-    deferred = states.filter((pl.col("status") == "deferred") & ~due).group_by("queue").len()
+    deferred = states.filter((pl.col("status") == "deferred") & ~due).group_by("queue").agg(pl.col("n").sum())
     closed_query = select(audit.c.after, func.count()).where(
         audit.c.field == "status", audit.c.after.in_(CLOSED_STATUSES)
     )

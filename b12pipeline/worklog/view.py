@@ -48,7 +48,8 @@ def work_view(out: Path | str, engine, queue: str | None, *, as_of: dt.date, rul
 def _with_context(view: pl.DataFrame, history_root: Path) -> pl.DataFrame:
     from b12pipeline.history import read_history
 
-    empty = view.with_columns([pl.lit(None, pl.String).alias(c) for c in CONTEXT_COLUMNS])
+    # Findings written since the queues carry payer_type keep their own; older ones take history's.
+    empty = view.with_columns([pl.lit(None, pl.String).alias(c) for c in CONTEXT_COLUMNS if c not in view.columns])
     dated = view["service_date"].drop_nulls()
     if dated.is_empty():
         return empty
@@ -58,7 +59,11 @@ def _with_context(view: pl.DataFrame, history_root: Path) -> pl.DataFrame:
     have = [c for c in CONTEXT_COLUMNS if c in rows.columns]
     context = rows.select("admin_id", *[pl.col(c).cast(pl.String) for c in have]).unique("admin_id", keep="last")
     context = context.with_columns([pl.lit(None, pl.String).alias(c) for c in CONTEXT_COLUMNS if c not in have])
-    return view.join(context, on="admin_id", how="left")
+    shared = [c for c in CONTEXT_COLUMNS if c in view.columns]
+    joined = view.join(context, on="admin_id", how="left", suffix="_history")
+    return joined.with_columns([pl.coalesce(c, f"{c}_history").alias(c) for c in shared]).drop(
+        [f"{c}_history" for c in shared]
+    )
 
 
 def _with_rule_text(view: pl.DataFrame, rules_dir) -> pl.DataFrame:

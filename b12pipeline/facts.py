@@ -1,0 +1,62 @@
+"""The facts frame a rule evaluation reads: normalised rows, cross-row facts, payer overrides.
+
+One function for every caller (a night, history re-runs, rule cases, lint, the benchmark), so a
+payer file that overrides a derived setting (covered diagnoses, windows, ...) changes those columns
+for its rows everywhere the same way.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from b12pipeline import normalize
+from b12pipeline.crossrow import CROSS_ROW_COLUMNS, add_cross_row_facts
+from b12pipeline.engine.payers import DERIVED_SETTINGS, PAYER_COLUMN, PayerOverride, payer_override_expr
+from b12pipeline.engine.settings import SiteConfig
+from b12pipeline.reference import Reference
+
+CROSS_ROW_SETTINGS = ("frequency_window_days", "frequency_lookback_days", "duplicate_window_minutes")
+
+
+def evaluation_facts(
+    canonical: pl.DataFrame, reference: Reference, cfg: SiteConfig, payers: tuple[PayerOverride, ...] = ()
+) -> pl.DataFrame:
+    facts = normalize.facts(canonical, reference, cfg)
+    facts = add_cross_row_facts(facts, cfg)
+    return payer_facts(facts, cfg, payers)
+
+
+def payer_facts(facts: pl.DataFrame, cfg: SiteConfig, payers: tuple[PayerOverride, ...]) -> pl.DataFrame:
+    """Adds payer_override (the payer file each row falls under) and recomputes, for the rows of a
+    file that overrides a derived setting, the columns that setting decides."""
+    facts = facts.with_columns(payer_override_expr(payers))
+    for p in payers:
+        derived = set(p.settings) & set(DERIVED_SETTINGS)
+        if not derived:
+            continue
+        own = p.config(cfg)
+        mine = pl.col(PAYER_COLUMN) == p.id
+        if "covered_dx_prefixes" in derived:
+            table = normalize.dx_facts(own, facts).select("diagnosis_codes", pl.col("dx_covered").alias("_own"))
+            facts = facts.join(table, on="diagnosis_codes", how="left", nulls_equal=True, maintain_order="left")
+            facts = facts.with_columns(
+                pl.when(mine).then(pl.col("_own")).otherwise(pl.col("dx_covered")).alias("dx_covered")
+            ).drop("_own")
+        if "mod002_institutional" in derived:
+            facts = facts.with_columns(
+                pl.when(mine)
+                .then(normalize.claim_needs_jwjz(own.mod002_institutional))
+                .otherwise(pl.col("claim_needs_jwjz"))
+                .alias("claim_needs_jwjz")
+            )
+        if "code_for_ingredient" in derived:
+            code = pl.col("ingredient").replace_strict(own.code_for_ingredient, default=None, return_dtype=pl.String)
+            facts = facts.with_columns(
+                pl.when(mine).then(code).otherwise(pl.col("expected_code")).alias("expected_code")
+            )
+        if derived & set(CROSS_ROW_SETTINGS):
+            again = add_cross_row_facts(facts.drop(*CROSS_ROW_COLUMNS), own).select(CROSS_ROW_COLUMNS)
+            facts = facts.with_columns(
+                [pl.when(mine).then(again[c]).otherwise(pl.col(c)).alias(c) for c in CROSS_ROW_COLUMNS]
+            )
+    return facts
