@@ -40,6 +40,8 @@ from b12pipeline.rulecases import case_defaults, case_facts
 from b12pipeline.rulesets import read_yaml, rule_files
 
 FILE_NAME = re.compile(r"^(?P<id>.+?)(?:\.v(?P<n>\d+))?\.yaml$")
+ID_SHAPE = re.compile(r"^[A-Z]+-\d{3}$")
+SHORTEST_CITATION = 10  # characters: a source, not a word
 
 
 @dataclass(frozen=True, order=True)
@@ -77,6 +79,8 @@ def _structure(raw: Any, rel: str) -> list[Problem]:
         items = [citations] if isinstance(citations, str) else citations
         if not isinstance(items, list) or not all(isinstance(c, str) and c.strip() for c in items):
             out.append(Problem(rel, "citations", "must be a list of non-empty strings"))
+        elif any(len(c.strip()) < SHORTEST_CITATION for c in items):
+            out.append(Problem(rel, "citations", "cite a source (what it is and where), not a word"))
     cases = raw.get("cases")
     if isinstance(cases, dict):
         for kind in sorted(set(cases) - set(CASE_KINDS), key=str):
@@ -104,6 +108,8 @@ def _structure(raw: Any, rel: str) -> list[Problem]:
 
 
 def _file_name(rule: Rule, rel: str) -> list[Problem]:
+    if not ID_SHAPE.match(rule.id):
+        return [Problem(rel, "id", f"{rule.id!r} is not an id like CODE-001 (capitals, a dash, three digits)")]
     m = FILE_NAME.match(rule.path.name)
     if not m or m.group("id") != rule.id:
         return [Problem(rel, "id", f"file name must be {rule.id}.yaml or {rule.id}.v<N>.yaml (found {rule.path.name})")]

@@ -79,6 +79,7 @@ class Plan:
     bulk: Dataset | None = None  # the same administrations as a FHIR Bulk Data export and as Parquet
     worklog_open: int = 100_000  # open findings in the worklog for the lifecycle measurement
     pull_rows: int = 0  # administrations pulled from PostgreSQL (bench/pull_bench.py), 0 = not measured
+    review_findings: int = 100_000  # open findings in the review web app's coding queue
 
 
 FULL = Plan(
@@ -112,6 +113,7 @@ QUICK = Plan(
     bulk=_QUICK_DS,
     worklog_open=2_000,
     pull_rows=3_000,
+    review_findings=2_000,
 )
 
 TARGETS = {
@@ -122,6 +124,7 @@ TARGETS = {
     "allmed_rss": "5M-row all-medication extract: peak RSS <= 4 GB",
     "backfill_ratio": "365-night backfill <= 2 x the one-night run over the same rows",
     "worklog_ratio": "worklog lifecycle update of a night with 100k open findings < 10% of that night's `run`",
+    "review_page": "review app: queue page and API list < 300 ms (median) with 100k open findings",
 }
 
 
@@ -501,6 +504,8 @@ class Bench:
         if p.pull_rows:
             self.echo(f"pull {p.pull_rows:,} administrations from PostgreSQL vs COPY TO on the same server")
             self.pull(p.pull_rows)
+        self.echo(f"review web app, {p.review_findings:,} open findings")
+        self.review(p.review_findings)
         return self.results
 
     def pull(self, rows: int) -> None:
@@ -515,6 +520,13 @@ class Bench:
         (self.logs / "pull.log").write_text(done.stdout + done.stderr)
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
         self.results["pull"] = json.loads(lines[-1]) if done.returncode == 0 and lines else {"failed": done.returncode}
+
+    def review(self, findings: int) -> None:
+        """The queue page and the API list over HTTP from the real server (bench/review_bench.py)."""
+        report = self.logs / "review.json"
+        cmd = [sys.executable, str(BENCH / "review_bench.py"), "--findings", str(findings)]
+        self._run("review", [*cmd, "--workdir", str(self.work / "review"), "--json", str(report)])
+        self.results["review"] = json.loads(report.read_text())
 
 
 def _row(ds: Dataset, m: Measured) -> dict:
@@ -601,6 +613,9 @@ def evaluate_targets(plan: Plan, r: dict) -> dict:
     add("allmed_rss", allmed["peak_rss_mb"] / 1024 if allmed else None, 4, "GB")
     bf = r["backfill"].get(plan.backfill.name)  # as the user runs it: default chunking
     add("backfill_ratio", bf["ratio"] if bf and bf.get("ok", True) else None, 2, "x one night")
+    review = r.get("review")
+    slowest = max(review["big"]["queue_page"]["median_ms"], review["big"]["api_list"]["median_ms"]) if review else None
+    add("review_page", slowest, 300, "ms")
     if bf and not bf.get("ok", True):
         targets["backfill_ratio"].update(
             measured=bf["ratio"],
@@ -993,6 +1008,10 @@ def render(plan: Plan, facts: dict, r: dict, targets: dict, elapsed: float) -> s
         L += _table(
             ["dataset", "rows", "wall s"], [[k, v["rows"], v["wall_s"]] for k, v in _by_size(r["synth"]).items()]
         )
+    if r.get("review"):
+        from review_bench import render as render_review
+
+        L += ["", "## Review web app", "", *render_review(r["review"]).splitlines()]
     return "\n".join(L) + "\n"
 
 

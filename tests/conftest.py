@@ -15,6 +15,17 @@ PROJECT = Path(__file__).resolve().parent.parent
 FIXTURES = PROJECT / "data" / "fixtures"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
+# Fixtures that start Prefect's server or run whole nights: every test using one (directly or
+# through another fixture) is slow, so `make test-fast` leaves it out without anyone remembering
+# to mark it. Tests slow for other reasons carry @pytest.mark.slow themselves.
+SLOW_FIXTURES = {"prefect_harness", "runs", "nights_out", "canary_night", "night_100k", "quick"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def prefect_harness():

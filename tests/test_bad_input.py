@@ -37,7 +37,13 @@ COLUMNS = CONTRACT.names
 REQUIRED = CONTRACT.required_in_file
 NIGHT = dt.date(2024, 3, 2)
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-STAGED = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_STAGED_SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def STAGED(test):  # named like the settings object beside it
+    """40 Hypothesis examples, each staged through GX validation: tens of seconds per test."""
+    return pytest.mark.slow(_STAGED_SETTINGS(test))
+
 
 # A realistic value per column (a clean B12 administration) that generated rows start from.
 CLEAN = {

@@ -88,6 +88,7 @@ def test_rule_cases_same_findings(rule_id, case_rows, loaded):
     assert rule_id in set(a["rule_id"]) or all(r.status != "active" for r in loaded.ruleset.by_id(rule_id))
 
 
+@pytest.mark.slow  # stages and applies the fixtures twice, once per engine
 def test_pipeline_engine_parameter_gives_same_queues(tmp_path, loaded):
     """The evaluate path of the pipeline (stage_file -> apply_staged) with engine=durable."""
     queues = {}
@@ -246,6 +247,7 @@ def template_rule(loaded):
     return loaded.ruleset.rules[0]
 
 
+@pytest.mark.slow  # 150 generated conditions, each through both engines
 def test_generated_conditions_same_findings(all_facts, loaded, template_rule):
     from b12pipeline.engine.conditions import check_condition
 

@@ -179,6 +179,7 @@ print(json.dumps({"outcome": outcome, "peak_mb": resource.getrusage(resource.RUS
         ("csv-field", "field.csv", "read", 3072),
     ],
 )
+@pytest.mark.slow  # writes and refuses a 256 MB field and a 50 GB-when-decoded Parquet in a child process
 def test_bombs_are_refused_within_bounded_memory(tmp_path, kind, name, expected, peak_mb):
     done = subprocess.run(
         [sys.executable, "-c", BOMB, kind, str(tmp_path / name), str(FIXTURE_CSV)],

@@ -281,6 +281,7 @@ def test_cli_output_has_no_identifier(canary_night, tmp_path):
     assert "night_c.csv" in done.stderr and CANARY not in done.stdout + done.stderr
 
 
+@pytest.mark.slow  # a child process that imports Prefect and builds a GX context
 def test_telemetry_is_off_as_prefect_and_gx_see_it(tmp_path):
     """In a clean environment (make exports these variables, so check without them)."""
     probe = """

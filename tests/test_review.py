@@ -278,3 +278,18 @@ def httpx_client(base: str):
     import httpx
 
     return httpx.Client(base_url=base, timeout=30, follow_redirects=True)
+
+
+def test_a_trusted_proxy_names_the_user_and_nobody_else_can(store):
+    add_user(store / "review" / "users.json", "sam", PASSWORD, "supervisor")
+    # TestClient's requests come from the address "testclient": trusted here, not by default.
+    behind = client(store, mode="proxy", proxy_header="X-Remote-User", trusted_proxies=frozenset({"testclient"}))
+    assert behind.get("/queues/coding").status_code == 401  # the proxy sent no user
+    page = behind.get("/queues/coding", headers={"X-Remote-User": "sam"})
+    assert page.status_code == 200 and "sam (supervisor)" in page.text
+    assert behind.get("/dashboard", headers={"X-Remote-User": "sam"}).status_code == 200
+    assert "kim (coder)" in behind.get("/queues/coding", headers={"X-Remote-User": "kim"}).text
+    assert behind.get("/dashboard", headers={"X-Remote-User": "kim"}).status_code == 403
+    # The same header from an address that is not the proxy is ignored.
+    direct = client(store, mode="proxy", proxy_header="X-Remote-User")
+    assert direct.get("/queues/coding", headers={"X-Remote-User": "sam"}).status_code == 401

@@ -117,6 +117,11 @@ def test_lint_reports_every_broken_file_by_name(rules_copy: Path, tmp_path: Path
         ),
         (lambda t: t.split("  passes:")[0], "cases.passes: needs at least one case"),
         (lambda t: t.replace("id: DOC-001", "id: DOC-009"), "id: file name must be DOC-009.yaml or DOC-009.v<N>.yaml"),
+        (lambda t: t.replace("id: DOC-001", "id: doc-1"), "id: 'doc-1' is not an id like CODE-001"),
+        (
+            lambda t: re.sub(r"citations:\n(  - .*\n)+", 'citations: ["CMS"]\n', t),
+            "citations: cite a source (what it is and where), not a word",
+        ),
         (
             lambda t: t.replace("queue: documentation", "queue: coding"),
             "queue: file is in documentation/ but its queue is coding",

@@ -19,7 +19,6 @@ from b12pipeline.rulesets import load_rule_file, rule_files
 
 RULES = rules_dir()
 FILES = rule_files(RULES)
-ID_SHAPE = re.compile(r"^[A-Z]+-\d{3}$")
 PROJECT = RULES.parent
 # A citation names a primary source (CMS, FDA and drug labels, HHS, a payer or MAC, the code sets, federal rules)
 # or a file in this repository; a file it names must exist here (never notes kept elsewhere).
@@ -45,14 +44,8 @@ def test_there_are_rule_files():
 
 @pytest.mark.parametrize("path", FILES, ids=rel)
 def test_rule_file(path: Path, problems):
-    rule = load_rule_file(path)
-    assert ID_SHAPE.match(rule.id), f"{rel(path)}: id {rule.id!r} is not like CODE-001"
-    assert path.name in (f"{rule.id}.yaml", f"{rule.id}.v{rule.version}.yaml")
-    assert path.parent.name == rule.queue
-    assert rule.citations and all(len(c.strip()) >= 10 for c in rule.citations), "cite a source, not a word"
-    assert rule.cases.get("fires"), f"{rel(path)}: no case that fires the rule"
-    assert rule.cases.get("passes"), f"{rel(path)}: no near-miss case that must not fire"
-    assert rule.message.strip() and rule.title.strip()
+    """The one validator (b12pipeline/rulelint.py: the loader's checks and the folder's) finds nothing."""
+    load_rule_file(path)
     mine = [str(p) for p in problems if p.file == rel(path)]
     assert mine == [], "\n".join(mine)
 
@@ -62,7 +55,10 @@ def test_citations_name_primary_sources_or_files_here(path: Path):
     for citation in load_rule_file(path).citations:
         named = NAMED_FILE.findall(citation)
         assert PRIMARY.search(citation) or named, f"{rel(path)}: {citation!r} names no primary source"
-        missing = [f for f in named if not (PROJECT / f).is_file()]
+        # A file here, or a table `b12pipeline reference import` writes into a folder here (CMS quarterly tables).
+        missing = [
+            f for f in named if not ((PROJECT / f).is_file() or (f.endswith(".csv") and (PROJECT / f).parent.is_dir()))
+        ]
         assert missing == [], f"{rel(path)}: {citation!r} names {missing}, not a file of this repository"
 
 

@@ -213,6 +213,7 @@ def synthetic_findings(tmp_path_factory):
     return night, found
 
 
+@pytest.mark.slow  # five nights of 3,000 rows, one per format
 @pytest.mark.parametrize("fmt", ["parquet", "clarity", "fhir", "fhir-bulk"])
 def test_same_administrations_in_every_format_give_identical_findings(synthetic_findings, fmt):
     night, found = synthetic_findings

@@ -260,3 +260,55 @@ def test_a_re_evaluation_after_a_rules_change_resolves_with_its_cause(night1):
     assert statuses(out)["DOC-001"] == "resolved" and statuses(out)["UNITS-001"] == "new"
     last = history(open_worklog(out), ids["DOC-001"])[-1]
     assert (last["interface"], last["cause"], last["after"]) == ("deploy", "backfill b-1", "resolved")
+
+
+def _fail_audit_inserts(engine, actor: str) -> None:
+    """A database-side fault: the audit insert of `actor`'s changes fails, after the findings were
+    updated in the same transaction (a crash between the two writes, as the database sees it)."""
+    from sqlalchemy import text as sql
+
+    with engine.begin() as conn:
+        if conn.dialect.name == "sqlite":
+            conn.execute(
+                sql(
+                    "CREATE TRIGGER fail_audit BEFORE INSERT ON worklog_audit "
+                    f"WHEN NEW.actor = '{actor}' BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
+                )
+            )
+        else:
+            conn.execute(
+                sql(
+                    "CREATE FUNCTION fail_audit() RETURNS trigger AS $$ BEGIN "
+                    f"IF NEW.actor = '{actor}' THEN RAISE EXCEPTION 'injected fault'; END IF; RETURN NEW; END $$ "
+                    "LANGUAGE plpgsql"
+                )
+            )
+            conn.execute(
+                sql(
+                    "CREATE TRIGGER fail_audit BEFORE INSERT ON worklog_audit "
+                    "FOR EACH ROW EXECUTE FUNCTION fail_audit()"
+                )
+            )
+
+
+def test_an_import_that_fails_midway_leaves_the_worklog_as_before(night1, tmp_path):
+    from sqlalchemy.exc import DBAPIError
+
+    from b12pipeline.worklog import dismiss_reasons
+    from b12pipeline.worklog.excel import import_workbook
+
+    out, ids = night1
+    sheet = tmp_path / "coding.xlsx"
+    export(out, sheet)
+    edit(sheet, {(ids["CODE-001"], "Status"): "fixed", (ids["UNITS-001"], "Owner"): "dana"})
+    engine = open_worklog(out)
+    before = (read_states(engine).sort("finding_id"), audit_rows(out))
+    _fail_audit_inserts(engine, "dana")
+    with pytest.raises(DBAPIError):
+        import_workbook(engine, sheet, actor="dana", reasons=dismiss_reasons())
+    assert read_states(engine).sort("finding_id").equals(before[0]) and audit_rows(out) == before[1]
+    failed = invoke("queue", "import", str(sheet), "--out", str(out), "--as", "dana")
+    assert failed.exit_code == 4 and "nothing changed" in failed.output and "Traceback" not in failed.output
+    assert read_states(engine).sort("finding_id").equals(before[0]) and audit_rows(out) == before[1]
+    result = import_workbook(engine, sheet, actor="erin", reasons=dismiss_reasons())  # the same file, later
+    assert result.changed == 2 and statuses(out)["CODE-001"] == "fixed"

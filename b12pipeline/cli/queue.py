@@ -360,11 +360,16 @@ def register(app: typer.Typer) -> None:
 
         if not workbook.is_file():
             raise usage_error(f"{workbook}: no such file")
+        from sqlalchemy.exc import SQLAlchemyError
+
         try:
             summary = import_workbook(_worklog(out), workbook, actor=_actor(as_), reasons=dismiss_reasons())
         except ImportRefused as exc:
             err_console.print(f"[bold red]refused:[/] {exc}")
             raise typer.Exit(EXIT_REJECTED) from None
+        except SQLAlchemyError as exc:  # the transaction rolled back: nothing of this file was applied
+            err_console.print(f"[bold red]error:[/] the worklog failed ({type(exc).__name__}); nothing changed")
+            raise typer.Exit(EXIT_ENVIRONMENT) from None
         console.print(
             f"{workbook.name}: {summary.rows:,} row(s): changed {summary.changed:,}, "
             f"unchanged {summary.unchanged:,}, refused {len(summary.refused):,}"

@@ -94,6 +94,7 @@ def serve(out, host, port, mode, users_file, proxy_header, trusted_proxies, rule
             rules_dir=rules,
         )
     )
+    app.app.state.review.findings()  # read the queues and the worklog now, not on the first click
     # Our access log names route templates only; uvicorn's would print every path and query string.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     login = {

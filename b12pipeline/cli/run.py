@@ -197,6 +197,8 @@ def print_summary(manifest: dict, out: Path) -> None:
         if i["status"] == "rejected":
             kept = out / "rejected" / i.get("rejected_as", "")
             err_console.print(f"[red]rejected[/] {escape(i['error'])}  -> {escape(str(kept))}")
+    for warning in manifest.get("warnings", []):  # stale CMS tables (reference_max_age_quarters)
+        err_console.print(f"[yellow]warning[/] {escape(warning)}", soft_wrap=True)
     for entry in manifest.get("ignored", []):
         console.print(f"ignored {escape(entry['file'])}: {escape(entry['reason'])}")
     console.print(f"queues:     {escape(str(out / 'queues'))}")

@@ -87,9 +87,15 @@ class Review:
         )
         self.templates.globals.update(queues=QUEUES, queue_titles=QUEUE_TITLES, urlencode=urlencode)
         self.login_failures: dict[str, list[float]] = {}
+        self._joined: tuple | None = None
 
     def findings(self) -> pl.DataFrame:
-        return with_work(self.snapshot.frame(), self.work.states())
+        """The queues joined with the worklog, joined again only when either changed."""
+        base, states = self.snapshot.frame(), self.work.states()
+        cached = self._joined
+        if cached is None or cached[0] is not base or cached[1] is not states:
+            cached = self._joined = (base, states, with_work(base, states))
+        return cached[2]
 
     def render(self, request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
         session = request.state.session

@@ -2,9 +2,8 @@
 
 Every page asks `QueueSnapshot.frame()`: the Parquet partitions are stat-ed on each call (cheap)
 and re-read only when one changed (a night ran), so filtering and paging 100k findings is an
-in-memory Polars query of a few milliseconds. The administration's payer is joined from history
-once per snapshot, for the payer filter. People's decisions (status, owner, ...) come from the
-worklog and are joined per request by the caller (`with_work`).
+in-memory Polars query of a few milliseconds. People's decisions (status, owner, ...) come from the
+worklog and are joined by the caller (`with_work`) when either side changed.
 """
 
 from __future__ import annotations
@@ -17,12 +16,14 @@ from pathlib import Path
 import polars as pl
 
 from b12pipeline.engine.rulefile import QUEUES, SEVERITIES, Rule, Ruleset
-from b12pipeline.history import history_paths, read_history
+from b12pipeline.history import read_history
 from b12pipeline.paths import OutputLayout
 from b12pipeline.queues import read_queue
 
 PAGE_SIZES = (25, 50, 100, 200, 500)
 DEFAULT_PAGE_SIZE = 50
+# The rows are kept in this order; another sort is one stable sort on its own key (ties keep this order).
+DEFAULT_ORDER = ("service_date", "severity_rank", "rule_id", "finding_id")
 SORTS = ("service_date", "severity", "rule_id", "status", "owner", "payer_type", "first_seen")
 # Columns of the administration a coder decides with, in the order the finding page shows them.
 ADMINISTRATION_FIELDS = (
@@ -182,7 +183,6 @@ class QueueSnapshot:
 
     def _signature(self) -> tuple:
         paths = sorted(self.layout.queues.glob("*/service_date=*/*.parquet"))
-        paths += sorted(history_paths(self.layout.history).values())
         stamp = []
         for p in paths:
             try:
@@ -200,27 +200,16 @@ class QueueSnapshot:
             return self._frame
 
     def _load(self) -> pl.DataFrame:
-        found = read_queue(self.layout.queues)
-        payers = _payers(self.layout.history, found)
-        return found.join(payers, on="admin_id", how="left").with_columns(
-            severity_rank=pl.col("severity").replace_strict(
-                {s: i for i, s in enumerate(SEVERITIES)}, default=len(SEVERITIES), return_dtype=pl.Int8
+        """The findings in the pages' default order, once: a request then only filters and slices."""
+        return (
+            read_queue(self.layout.queues)
+            .with_columns(
+                severity_rank=pl.col("severity").replace_strict(
+                    {s: i for i, s in enumerate(SEVERITIES)}, default=len(SEVERITIES), return_dtype=pl.Int8
+                )
             )
+            .sort(DEFAULT_ORDER)
         )
-
-
-def _payers(history_root: Path, found: pl.DataFrame) -> pl.DataFrame:
-    empty = pl.DataFrame(schema={"admin_id": pl.String, "payer_type": pl.String})
-    if found.height == 0:
-        return empty
-    dates = set(found["service_date"].unique().to_list())
-    paths = [p for d, p in history_paths(history_root).items() if d in dates]
-    if not paths:
-        return empty
-    lazy = pl.scan_parquet(paths)
-    if "payer_type" not in lazy.collect_schema():
-        return empty
-    return lazy.select("admin_id", "payer_type").unique("admin_id", keep="last").collect()
 
 
 def apply_filters(frame: pl.DataFrame, f: Filters, as_of: dt.date) -> pl.DataFrame:
@@ -249,13 +238,13 @@ def apply_filters(frame: pl.DataFrame, f: Filters, as_of: dt.date) -> pl.DataFra
 
 
 def sort_and_page(selected: pl.DataFrame, f: Filters) -> tuple[pl.DataFrame, int]:
-    """One page of `selected` in the requested order (ties broken stably) and the page actually shown."""
+    """One page of `selected` (in DEFAULT_ORDER) in the requested order, and the page actually shown."""
     pages = max((selected.height + f.size - 1) // f.size, 1)
     page = min(f.page, pages)
-    primary = "severity_rank" if f.sort == "severity" else f.sort
-    keys = [primary] + [k for k in ("service_date", "severity_rank", "rule_id", "finding_id") if k != primary]
-    ordered = selected.sort(keys, descending=[f.descending] + [False] * (len(keys) - 1), nulls_last=True)
-    return ordered.slice((page - 1) * f.size, f.size), page
+    if f.sort != "service_date" or f.descending:
+        key = "severity_rank" if f.sort == "severity" else f.sort
+        selected = selected.sort(key, descending=f.descending, nulls_last=True, maintain_order=True)
+    return selected.slice((page - 1) * f.size, f.size), page
 
 
 def rule_for(ruleset: Ruleset, rule_id: str, version: str) -> Rule | None:

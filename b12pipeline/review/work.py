@@ -101,7 +101,7 @@ def _decisions(states: pl.DataFrame) -> pl.DataFrame:
 def with_work(findings: pl.DataFrame, states: pl.DataFrame) -> pl.DataFrame:
     """Findings joined with their decisions; one the worklog does not track (written before it existed,
     or by a backfill) is `untracked`, as in `queue show`."""
-    joined = findings.join(states, on="finding_id", how="left")
+    joined = findings.join(states, on="finding_id", how="left", maintain_order="left")
     return joined.with_columns(pl.col("status").fill_null(UNTRACKED), pl.col("is_new").fill_null(False))
 
 
