@@ -27,6 +27,12 @@ demo: $(STAMP)
 	mkdir -p $(OUT)/landing
 	cp data/fixtures/*.csv data/fixtures/*.parquet $(OUT)/landing/
 	$(VENV)/bin/b12pipeline nightly --landing $(OUT)/landing --out $(OUT) --night 2024-03-02
+	@echo
+	@echo "Next:"
+	@echo "  coders:   $(VENV)/bin/b12pipeline queue show coding --out $(OUT)"
+	@echo "            $(VENV)/bin/b12pipeline queue export coding --out $(OUT) --to coding.xlsx   (Excel; holds PHI)"
+	@echo "  IT:       open $(OUT)/runs/*/report.html (the run report; validation pages linked from it)"
+	@echo "  rules:    $(VENV)/bin/b12pipeline rules list"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -171,11 +171,14 @@ def _append_lines(archive_root: Path, entries: list[dict]) -> None:
         os.fsync(fh.fileno())
 
 
+# `synth` writes its expected findings beside the extract as <extract>.labels.parquet: never an extract.
+LABELS_SUFFIX = ".labels.parquet"
 # Files in a landing folder that are not read, by a rule the summary and the manifest state.
 IGNORED = (
     (lambda p: p.name.startswith("."), "hidden (dot) file"),
     (lambda p: p.name.endswith(".part"), "still being written (*.part)"),
     (lambda p: p.is_dir() and not p.is_symlink(), "a folder"),
+    (lambda p: p.name.lower().endswith(LABELS_SUFFIX), "synthetic labels (*.labels.parquet)"),
 )
 
 

@@ -69,6 +69,21 @@ def date_range(start: dt.date, end: dt.date) -> list[dt.date]:
     return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
 
 
+def rerun_range(
+    out: Path | str, rules: Rules, start: dt.date | None, end: dt.date | None
+) -> tuple[dt.date, dt.date] | None:
+    """The dates a deployment or preview re-evaluates: --from/--to, by default the look-back window
+    ending at the latest date of service in history; None when there is no history and no range."""
+    dates = sorted(history_paths(OutputLayout(Path(out)).history))
+    last = end or (max(dates[-1], start) if dates and start else dates[-1] if dates else start)
+    if last is None:
+        return None
+    first = start or last - dt.timedelta(days=lookback_days(rules.config))
+    if last < first:
+        raise ValueError(f"--to {last} is before --from {first}")
+    return first, last
+
+
 def plan_backfill(
     out: Path | str, start: dt.date, end: dt.date, rules: Rules, chunk_days: int | None = None
 ) -> BackfillPlan:
@@ -163,6 +178,17 @@ def summarise_diff(out: Path | str, run_id: str, chunk_paths: list[str], ruleset
         "service_date", "rule_id", "finding_id"
     )
     atomic_write_parquet(detail, run_dir / "diff_findings.parquet")
+    summary, counts = summarise_detail(detail, ruleset_version)
+    atomic_write_parquet(summary, run_dir / "diff.parquet")
+    for p in chunk_paths:
+        Path(p).unlink(missing_ok=True)
+    if (run_dir / "chunks").is_dir() and not any((run_dir / "chunks").iterdir()):
+        (run_dir / "chunks").rmdir()
+    return counts
+
+
+def summarise_detail(detail: pl.DataFrame, ruleset_version: str) -> tuple[pl.DataFrame, dict]:
+    """Per-rule counts of a per-finding diff: the frame (diff.parquet) and the same as a dict."""
     counts = (
         detail.group_by("rule_id", "queue")
         .agg(
@@ -177,12 +203,7 @@ def summarise_diff(out: Path | str, run_id: str, chunk_paths: list[str], ruleset
         .with_columns(pl.lit(ruleset_version).alias("ruleset_version"))
     )
     summary = counts.select([pl.col(c).cast(t) for c, t in SUMMARY_COLUMNS.items()]).sort("queue", "rule_id")
-    atomic_write_parquet(summary, run_dir / "diff.parquet")
-    for p in chunk_paths:
-        Path(p).unlink(missing_ok=True)
-    if (run_dir / "chunks").is_dir() and not any((run_dir / "chunks").iterdir()):
-        (run_dir / "chunks").rmdir()
-    return {
+    return summary, {
         "per_rule": {r["rule_id"]: {c: r[c] for c in CHANGES} for r in summary.iter_rows(named=True)},
         "total": {c: int(summary[c].sum()) for c in CHANGES},
         "previous_ruleset_versions": sorted(set(detail["previous_ruleset_version"].drop_nulls().to_list())),

@@ -69,5 +69,13 @@ class OutputLayout:
     def staging(self) -> Path:
         return self.root / "staging"
 
+    @property
+    def rulesets(self) -> Path:
+        return self.root / "rulesets"
+
+    @property
+    def previews(self) -> Path:
+        return self.root / "previews"
+
     def run_dir(self, run_id: str) -> Path:
         return self.runs / run_id

@@ -147,15 +147,23 @@ def load_payers(directory: Path, rule_ids: set[str]) -> tuple[PayerOverride, ...
     return tuple(payers)
 
 
-def ruleset_version(directory: Path) -> str:
-    """Content hash of everything that decides a finding: rule files, payer files (rules/payers/),
-    reference tables (rules/reference/, the CMS tables in rules/reference/cms/ included) and site
-    config. Only the raw downloads under sources/ are left out: the tables built from them count."""
-    digest = hashlib.sha256()
-    files = sorted(
-        p for p in directory.rglob("*") if p.is_file() and p.suffix in (".yaml", ".csv") and "sources" not in p.parts
+def versioned_files(directory: Path) -> list[Path]:
+    """Everything that decides a finding: rule files, payer files (rules/payers/), reference tables
+    (rules/reference/, the CMS tables in rules/reference/cms/ included) and site config; only the raw
+    downloads under sources/ are left out (the tables built from them count). The ruleset version
+    hashes exactly these and a deployed snapshot (b12pipeline/deployments.py) copies exactly these,
+    so the two cannot drift apart."""
+    return sorted(
+        p
+        for p in directory.rglob("*")
+        if p.is_file() and p.suffix in (".yaml", ".csv") and "sources" not in p.relative_to(directory).parts
     )
-    for p in files:
+
+
+def ruleset_version(directory: Path) -> str:
+    """Content hash of versioned_files(directory): their paths and bytes."""
+    digest = hashlib.sha256()
+    for p in versioned_files(directory):
         digest.update(p.relative_to(directory).as_posix().encode() + b"\0")
         digest.update(p.read_bytes() + b"\0")
     return digest.hexdigest()[:12]

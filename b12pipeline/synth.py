@@ -565,6 +565,10 @@ def generate(
         if f.height
     ]
     frame = pl.concat(frames, rechunk=True)
+    # Administration ids carry the seed, so extracts of different seeds never share one (a shared id
+    # would silently supersede the other night's row when both are run into one --out).
+    seeded = pl.concat_str(pl.lit(f"S{seed}-"), pl.col("admin_id")).alias("admin_id")
+    frame, labels = frame.with_columns(seeded), labels.with_columns(seeded)
     # a nightly extract is not sorted by patient (sort by a random key: faster than a row gather)
     frame = frame.with_columns(pl.Series("_k", rng.permutation(frame.height))).sort("_k").drop("_k")
     labels = labels.sort("admin_id", "rule_id")

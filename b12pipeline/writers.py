@@ -12,6 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
+from b12pipeline.archive import LABELS_SUFFIX
 from b12pipeline.fhir_writer import write_fhir
 from b12pipeline.fhirbulk_writer import write_fhir_bulk
 from b12pipeline.ingest.mapping import load_mapping
@@ -112,4 +113,4 @@ def to_clarity(frame: pl.DataFrame, mapping_name: str = "clarity") -> pl.DataFra
 def labels_path(path: Path | str) -> Path:
     """Where synth writes the expected findings: <PATH>.labels.parquet."""
     path = Path(path)
-    return path.with_name(path.name + ".labels.parquet")
+    return path.with_name(path.name + LABELS_SUFFIX)

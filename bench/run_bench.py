@@ -9,6 +9,7 @@ Measurements (each in its own subprocess; wall time, CPU time and peak RSS from 
   profile   the same night's library steps in-process, timed one by one (where the time goes)
   rules     the rule stage alone on the facts frame: Polars engine vs durable-rules (subset)
   backfill  one night of a year's rows through `run`, then `b12pipeline backfill` over that year
+  preview   `b12pipeline rules preview` of a changed ruleset over that same year of history
   bulk      ingest of a FHIR Bulk Data export folder vs the same administrations as canonical Parquet
   worklog   the coders' worklog lifecycle update on nights with 100k open findings (the 1M run's own)
 --quick (or BENCH_QUICK=1) uses small sizes so the harness itself can be tested; its numbers mean
@@ -23,6 +24,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -76,6 +78,7 @@ class Plan:
     durable_rows: int  # durable-rules subset of the largest facts frame
     prefect_startup: bool  # a tiny run to show the fixed cost
     backfill_chunks: tuple = (None,)  # backfill --chunk-days variants (None = the CLI default)
+    small_night_rows: int = 2_000  # a night after the year of history (and the same night on an empty store)
     bulk: Dataset | None = None  # the same administrations as a FHIR Bulk Data export and as Parquet
     worklog_open: int = 100_000  # open findings in the worklog for the lifecycle measurement
     pull_rows: int = 0  # administrations pulled from PostgreSQL (bench/pull_bench.py), 0 = not measured
@@ -113,8 +116,11 @@ QUICK = Plan(
     bulk=_QUICK_DS,
     worklog_open=2_000,
     pull_rows=3_000,
+    small_night_rows=200,
     review_findings=2_000,
 )
+FIXTURES = PROJECT / "data" / "fixtures"
+SMALL_NIGHT = ("emar_2024-03-01.csv", "emar_2024-03-02.parquet", "emar_all_rules.csv")  # ~70 rows
 
 TARGETS = {
     "run_vs_floor": "`run` on 1M B12 administrations <= 8 x the floor",
@@ -123,6 +129,14 @@ TARGETS = {
     "rules_vs_durable": "rule stage >= 30 x the durable-rules engine on the same rules",
     "allmed_rss": "5M-row all-medication extract: peak RSS <= 4 GB",
     "backfill_ratio": "365-night backfill <= 2 x the one-night run over the same rows",
+    "preview_ratio": "`rules preview` of a 365-day history <= 2 x the one-night run over the same rows",
+    "fixed_temporary": "70-row night <= 2 x `import polars, prefect, great_expectations` (temporary server)",
+    "fixed_running": "70-row night <= 1.2 x that import (running server, PREFECT_API_URL)",
+    "early_error": "malformed rule file reported <= 1.5 x `b12pipeline --help`",
+    "run_vs_floor_running": "`run` on 1M B12 administrations <= 8 x the floor (running server)",
+    "night_after_year_time": "small night after a year of history <= 1.2 x the same night on an empty store (time)",
+    "night_after_year_rss": "small night after a year of history <= 1.2 x the same night on an empty store (peak RSS)",
+    "year_extract_rss": "a year of history loaded as one extract: peak RSS <= 2 GB",
     "worklog_ratio": "worklog lifecycle update of a night with 100k open findings < 10% of that night's `run`",
     "review_page": "review app: queue page and API list < 300 ms (median) with 100k open findings",
 }
@@ -233,17 +247,122 @@ class Bench:
             "profile": {},
             "rules": {},
             "backfill": {},
+            "preview": {},
             "bulk": {},
             "synth": {},
             "worklog": {},
             "pull": None,
             "prefect_startup": None,
+            "fixed": {},
+            "run_running": {},
+            "small_night": {},
         }
+        self.api_env: dict | None = None  # self.env plus PREFECT_API_URL of the running server
+
+    # --- a running Prefect server, for the PREFECT_API_URL measurements ---------------------------
+
+    def start_server(self) -> subprocess.Popen:
+        """Prefect's API server as a site runs it (UI off), its own database in the workdir."""
+        import importlib.util
+        import socket
+        import urllib.request
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        app_dir = Path(importlib.util.find_spec("prefect").origin).parent.parent
+        env = dict(self.env, PREFECT_UI_ENABLED="0", PREFECT_HOME=str(self.work / "prefect_server_home"))
+        log = open(self.logs / "prefect-server.log", "w")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory"]
+            + ["prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port)]
+            + ["--log-level", "error", "--lifespan", "on"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{port}/api"
+        self.echo("  starting a Prefect server for the PREFECT_API_URL measurements ...", end="", flush=True)
+        deadline = time.perf_counter() + 300
+        while time.perf_counter() < deadline:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        self.api_env = dict(self.env, PREFECT_API_URL=url)
+                        self.echo(" up")
+                        return proc
+            except OSError:
+                time.sleep(0.5)
+            if proc.poll() is not None:
+                break
+        os.killpg(proc.pid, signal.SIGTERM)
+        raise RuntimeError(f"the Prefect server did not start; log {self.logs / 'prefect-server.log'}")
+
+    def fixed_cost(self) -> None:
+        """Side by side: the import floor, a ~70-row night (temporary server, then a running one),
+        `--help`, and a malformed rule file (an error that needs no data)."""
+        extracts = [a for name in SMALL_NIGHT for a in ("--extract", str(FIXTURES / name))]
+        night = ["--night", "2024-03-02"]
+        f = self.results["fixed"]
+        f["import"] = _wall(
+            self._run("import-floor", [sys.executable, "-c", "import polars, prefect, great_expectations"])
+        )
+        for key, env in (("temporary_first", None), ("temporary", None), ("running", self.api_env)):
+            out = self.work / f"out-fixed-{key}"
+            shutil.rmtree(out, ignore_errors=True)
+            m = self._run(f"fixed-{key}", [self.cli, "run", *extracts, "--out", str(out), *night], env=env)
+            f[key] = _wall(m)
+        f["help"] = _wall(self._run("help", [self.cli, "--help"]))
+        broken = self.work / "rules-broken"
+        shutil.rmtree(broken, ignore_errors=True)
+        shutil.copytree(PROJECT / "rules", broken)
+        rule = sorted((broken / "coding").glob("*.yaml"))[0]
+        rule.write_text(re.sub(r"(?m)^severity: .*$", "severity: error: high", rule.read_text(), count=1))
+        err = self._run(
+            "early-error",
+            [self.cli, "run", *extracts, "--rules", str(broken), "--out", str(self.work / "out-err"), *night],
+            may_fail=True,
+        )
+        if err.returncode != 2:
+            raise RuntimeError(f"a malformed rule file should exit 2, got {err.returncode}:\n{err.log}")
+        f["early_error"] = _wall(err)
+
+    def run_running(self, ds: Dataset, extract: Path) -> None:
+        out = self.work / f"out-running-{ds.name}"
+        shutil.rmtree(out, ignore_errors=True)
+        cmd = [self.cli, "run", "--extract", str(extract), "--out", str(out), "--night", NIGHT]
+        m = self._run(f"run-running-{ds.name}", cmd, env=self.api_env)
+        shutil.rmtree(out, ignore_errors=True)
+        self.results["run_running"][ds.name] = _row(ds, m)
+
+    def small_night(self, year: Dataset) -> None:
+        """A small night dated the day after the year, on an empty store and on the year's store
+        (out-<year>, after its backfills). Its admin ids are made its own, so it adds rows to the
+        year (as a real night does) instead of superseding some; its patients are the year's."""
+        import polars as pl
+
+        first = dt.date.fromisoformat(year.start) + dt.timedelta(days=year.days)
+        ds = Dataset("small_night", self.plan.small_night_rows, 1.0, 1, start=first.isoformat(), label="")
+        raw = self.data / "small_night_raw.csv"
+        cmd = [self.cli, "synth", "--rows", str(ds.rows), "--seed", "11", "--format", "csv", "--out", str(raw)]
+        self._run("synth-small-night", cmd + ["--b12-share", "1", "--days", "1", "--start", ds.start])
+        extract = self.data / "small_night.csv"
+        frame = pl.read_csv(raw, infer_schema=False)
+        frame.with_columns(pl.concat_str(pl.lit("N"), pl.col("admin_id")).alias("admin_id")).write_csv(extract)
+        empty = self.work / "out-small-empty"
+        shutil.rmtree(empty, ignore_errors=True)
+        for key, out in (("empty", empty), ("year", self.work / f"out-{year.name}")):
+            cmd = [self.cli, "run", "--extract", str(extract), "--out", str(out), "--night", NIGHT]
+            m = self._run(f"small-night-{key}", cmd, env=self.api_env)
+            self.results["small_night"][key] = _row(ds, m) | {"label": f"{ds.rows:,}-row night, {key} store"}
 
     # Every step prints a line, so a long `make bench` shows where it is.
-    def _run(self, key: str, cmd: list[str], json_out: Path | None = None, may_fail: bool = False) -> Measured:
+    def _run(
+        self, key: str, cmd: list[str], json_out: Path | None = None, may_fail: bool = False, env: dict | None = None
+    ) -> Measured:
         self.echo(f"  {key} ...", end="", flush=True)
-        m = measure(cmd, self.env, self.logs / f"{key}.log", json_out)
+        m = measure(cmd, env or self.env, self.logs / f"{key}.log", json_out)
         self.echo(
             f" {m.wall_s:.1f} s, peak RSS {m.peak_rss_mb:,.0f} MB"
             + ("" if m.returncode == 0 else f"  (exit {m.returncode})")
@@ -410,6 +529,33 @@ class Bench:
             )
             self.results["backfill"][key] = row
 
+    def preview(self, ds: Dataset) -> None:
+        """`rules preview` of a changed ruleset (DOC-001 raised to an error, FREQ-001 extended to
+        commercial payers, both with new versions) over the year the backfill re-evaluated."""
+        out = self.work / f"out-{ds.name}"
+        candidate = self.work / "rules-candidate"
+        shutil.rmtree(candidate, ignore_errors=True)
+        shutil.copytree(PROJECT / "rules", candidate)
+        for rel, edits in (
+            ("documentation/DOC-001.yaml", [("severity: warning", "severity: error")]),
+            ("medical_necessity/FREQ-001.yaml", [("in: {config: frequency_payers}", "in: [medicare, commercial]")]),
+        ):
+            path = candidate / rel
+            text = path.read_text()
+            for old, new in edits:
+                text = text.replace(old, new, 1)
+            version = int(text.split('version: "', 1)[1].split('"', 1)[0])
+            path.write_text(text.replace(f'version: "{version}"', f'version: "{version + 1}"', 1))
+        first = dt.date.fromisoformat(ds.start)
+        last = first + dt.timedelta(days=ds.days - 1)
+        cmd = [self.cli, "rules", "preview", "--rules", str(candidate), "--out", str(out)]
+        cmd += ["--from", first.isoformat(), "--to", last.isoformat()]
+        m = self._run(f"preview-{ds.name}", cmd)
+        night = self.results["run"][ds.name]
+        row = _row(ds, m)
+        row.update({"nights": ds.days, "one_night_wall_s": night["wall_s"], "ratio": m.wall_s / night["wall_s"]})
+        self.results["preview"][ds.name] = row
+
     def bulk(self, ds: Dataset) -> None:
         """Ingest (read_extract with the B12 scope, as a night calls it) of the same administrations
         written by `synth` (same seed) as canonical Parquet and as a FHIR Bulk Data export folder."""
@@ -470,7 +616,17 @@ class Bench:
         self.results["prefect_startup"] = row
 
     def all(self) -> dict:
+        server = self.start_server()
+        try:
+            return self._all()
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait()
+
+    def _all(self) -> dict:
         p = self.plan
+        self.echo("fixed cost and data-free errors")
+        self.fixed_cost()
         if p.prefect_startup:
             self.echo("fixed cost")
             self.prefect_startup()
@@ -480,6 +636,8 @@ class Bench:
             extract = self.synth(ds)
             self.floor(ds, extract)
             self.run(ds, extract)
+            if ds == p.runs[-1]:
+                self.run_running(ds, extract)
             largest_facts, largest = self.profile(ds, extract), ds
             self.rules(ds, largest_facts, "polars")
         self.echo(f"worklog: nights with {p.worklog_open:,} open findings ({largest.label} run's findings)")
@@ -498,6 +656,9 @@ class Bench:
         extract = self.synth(p.backfill)
         self.floor(p.backfill, extract)
         self.backfill(p.backfill, extract, p.backfill_chunks)
+        self.preview(p.backfill)
+        self.echo("a small night after the year of history, and on an empty store")
+        self.small_night(p.backfill)
         if p.bulk is not None:
             self.echo(f"{p.bulk.label}: FHIR Bulk Data export vs canonical Parquet (ingest)")
             self.bulk(p.bulk)
@@ -529,7 +690,9 @@ class Bench:
         self.results["review"] = json.loads(report.read_text())
 
 
-def _row(ds: Dataset, m: Measured) -> dict:
+def _row(ds: Dataset, m: Measured | None) -> dict:
+    if m is None:
+        return {"dataset": ds.name, "label": ds.label, "rows": ds.rows}
     return {
         "dataset": ds.name,
         "label": ds.label,
@@ -541,6 +704,10 @@ def _row(ds: Dataset, m: Measured) -> dict:
         "load_before": m.load_before,
         "detail": m.detail,
     }
+
+
+def _wall(m: Measured) -> dict:
+    return {"wall_s": m.wall_s, "cpu_s": m.cpu_s, "peak_rss_mb": m.peak_rss_mb, "load_before": m.load_before}
 
 
 def _rate(rules_row: dict) -> float:
@@ -613,6 +780,20 @@ def evaluate_targets(plan: Plan, r: dict) -> dict:
     add("allmed_rss", allmed["peak_rss_mb"] / 1024 if allmed else None, 4, "GB")
     bf = r["backfill"].get(plan.backfill.name)  # as the user runs it: default chunking
     add("backfill_ratio", bf["ratio"] if bf and bf.get("ok", True) else None, 2, "x one night")
+    fx = r.get("fixed", {})
+
+    def ratio(a: dict | None, b: dict | None, key: str = "wall_s") -> float | None:
+        return a[key] / b[key] if a and b and b.get(key) else None
+
+    add("fixed_temporary", ratio(fx.get("temporary"), fx.get("import")), 2, "x import")
+    add("fixed_running", ratio(fx.get("running"), fx.get("import")), 1.2, "x import")
+    add("early_error", ratio(fx.get("early_error"), fx.get("help")), 1.5, "x --help")
+    add("run_vs_floor_running", ratio(r.get("run_running", {}).get(big), floor), 8, "x floor")
+    sn = r.get("small_night", {})
+    add("night_after_year_time", ratio(sn.get("year"), sn.get("empty")), 1.2, "x empty store")
+    add("night_after_year_rss", ratio(sn.get("year"), sn.get("empty"), "peak_rss_mb"), 1.2, "x empty store")
+    year = r["run"].get(plan.backfill.name)
+    add("year_extract_rss", year["peak_rss_mb"] / 1024 if year else None, 2, "GB")
     review = r.get("review")
     slowest = max(review["big"]["queue_page"]["median_ms"], review["big"]["api_list"]["median_ms"]) if review else None
     add("review_page", slowest, 300, "ms")
@@ -622,6 +803,8 @@ def evaluate_targets(plan: Plan, r: dict) -> dict:
             met=False,
             gap=f"did not finish: {bf['outcome']} after {bf['wall_s']:.0f} s (> {bf['ratio']:.1f}x the one-night run)",
         )
+    pv = r.get("preview", {}).get(plan.backfill.name)
+    add("preview_ratio", pv["ratio"] if pv else None, 2, "x one night")
     wl = r.get("worklog", {}).get(big)
     # The typical night (1% corrected, 1% new); the one-off nights are in the worklog table.
     add("worklog_ratio", wl["ratios"]["steady"] * 100 if wl else None, 10, "% of the run")
@@ -759,6 +942,68 @@ def render(plan: Plan, facts: dict, r: dict, targets: dict, elapsed: float) -> s
             f"{sub:.0f}x. The target row uses the Polars rate on the full {big.label} facts (on a "
             f"small subset Polars mostly measures its fixed per-call cost; durable's rate is flat).",
         ]
+
+    fx = r.get("fixed", {})
+    if fx:
+        L += [
+            "",
+            "## Fixed cost and data-free errors (side by side, one after the other)",
+            "",
+            'The import floor is `python -c "import polars, prefect, great_expectations"`; the night is the three',
+            "bundled fixtures (~70 rows). The temporary server's first run also creates its database.",
+            "",
+        ]
+        names = {
+            "import": "import polars, prefect, great_expectations",
+            "temporary_first": "70-row night, temporary server (first run: creates its database)",
+            "temporary": "70-row night, temporary server",
+            "running": "70-row night, running server (PREFECT_API_URL)",
+            "help": "`b12pipeline --help`",
+            "early_error": "malformed rule file (exit 2, before Prefect/GX)",
+        }
+        base = {k: fx["import"]["wall_s"] for k in ("temporary_first", "temporary", "running", "import")}
+        base |= {"help": fx.get("help", {}).get("wall_s"), "early_error": fx.get("help", {}).get("wall_s")}
+        L += _table(
+            ["measurement", "wall s", "ratio", "ratio to", "CPU s", "peak RSS MB", "load"],
+            [
+                [
+                    names[k],
+                    v["wall_s"],
+                    v["wall_s"] / base[k] if base.get(k) else None,
+                    "--help" if k in ("help", "early_error") else "import",
+                    v["cpu_s"],
+                    v["peak_rss_mb"],
+                    v["load_before"],
+                ]
+                for k, v in fx.items()
+            ],
+        )
+    sn = r.get("small_night", {})
+    if sn:
+        L += ["", "## A small night after a year of history vs the same night on an empty store", ""]
+        L += _table(
+            ["night", "wall s", "CPU s", "peak RSS MB", "tree RSS MB", "load"],
+            [
+                [v["label"], v["wall_s"], v["cpu_s"], v["peak_rss_mb"], v["tree_rss_mb"], v["load_before"]]
+                for v in sn.values()
+            ],
+        )
+    if r.get("run_running"):
+        L += ["", "## `run` with a running Prefect server (PREFECT_API_URL) vs the floor", ""]
+        L += _table(
+            ["extract", "wall s", "x floor", "CPU s", "peak RSS MB", "load"],
+            [
+                [
+                    v["label"],
+                    v["wall_s"],
+                    v["wall_s"] / r["floor"][k]["wall_s"] if k in r["floor"] else None,
+                    v["cpu_s"],
+                    v["peak_rss_mb"],
+                    v["load_before"],
+                ]
+                for k, v in r["run_running"].items()
+            ],
+        )
 
     L += ["", "## (a) Floor: Polars reads the extract CSV (all text) and writes Parquet", ""]
     L += _table(
@@ -910,6 +1155,24 @@ def render(plan: Plan, facts: dict, r: dict, targets: dict, elapsed: float) -> s
             for v in r["backfill"].values()
         ],
     )
+    if r.get("preview"):
+        L += ["", "## Rules preview: a changed ruleset over the same year of history (writes only previews/)", ""]
+        L += _table(
+            ["history", "rows", "one-night run s", "preview s", "ratio", "preview CPU s", "peak RSS MB", "load"],
+            [
+                [
+                    v["label"],
+                    v["rows"],
+                    v["one_night_wall_s"],
+                    v["wall_s"],
+                    v["ratio"],
+                    v["cpu_s"],
+                    v["peak_rss_mb"],
+                    v["load_before"],
+                ]
+                for v in r["preview"].values()
+            ],
+        )
     if r.get("bulk"):
         L += [
             "",

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
 
 import b12pipeline  # noqa: F401  (telemetry defaults before prefect is imported)
-from b12pipeline import backfill, pipeline
+from b12pipeline import backfill, deployments, pipeline
+from b12pipeline.change_report import write_change_report
+from b12pipeline.files import write_json
+from b12pipeline.paths import OutputLayout
+from b12pipeline.ruleset_changes import FolderChanges
 
 
 @task(name="backfill-chunk", retries=2, retry_delay_seconds=[2, 10])
@@ -26,12 +31,13 @@ def backfill_chunk(out: str, dates: list[str], rules_dir: str | None, run_id: st
 
 
 @task(name="backfill-worklog", retries=2, retry_delay_seconds=[2, 10])
-def backfill_worklog(out: str, plan: backfill.BackfillPlan) -> dict:
+def backfill_worklog(out: str, plan: backfill.BackfillPlan, cause: str | None = None, actor: str | None = None) -> dict:
     """The re-evaluated dates applied to the coders' worklog (resolved / new / reopened), with the
-    backfill as the cause of each change: counts only."""
+    backfill (or the deployment it carries out, `cause`) as the cause of each change: counts only."""
     from b12pipeline.worklog import apply_evaluation_from_queues
 
-    return apply_evaluation_from_queues(out, plan.dates, night=plan.end, cause=f"backfill {plan.run_id}")
+    why = f"{cause}, run {plan.run_id}" if cause else f"backfill {plan.run_id}"
+    return apply_evaluation_from_queues(out, plan.dates, night=plan.end, cause=why, actor=actor)
 
 
 @task(name="backfill-record")
@@ -45,14 +51,25 @@ def backfill_record(
     worklog: dict | None = None,
 ) -> dict:
     ended_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    return backfill.record_backfill(out, plan, chunk_paths, started_at, ended_at, rules_dir, task_runner)
+    manifest = backfill.record_backfill(out, plan, chunk_paths, started_at, ended_at, rules_dir, task_runner)
+    if worklog is not None:
+        manifest["worklog"] = worklog
+        write_json(OutputLayout(Path(out)).run_dir(plan.run_id) / "manifest.json", manifest)
+    return manifest
 
 
 @flow(name="b12-backfill", log_prints=False)
 def backfill_flow(
-    start: dt.date, end: dt.date, out: str, rules_dir: str | None = None, chunk_days: int | None = None
+    start: dt.date,
+    end: dt.date,
+    out: str,
+    rules_dir: str | None = None,
+    chunk_days: int | None = None,
+    worklog_cause: str | None = None,
+    worklog_actor: str | None = None,
 ) -> dict:
-    """Re-evaluate history rows with service_date in [start, end]; replace those dates' partitions."""
+    """Re-evaluate history rows with service_date in [start, end]; replace those dates' partitions.
+    `worklog_cause`/`worklog_actor`: what the worklog records as the cause (and who), for a deployment."""
     logger = get_run_logger()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     rules = pipeline.Rules.load(rules_dir)
@@ -71,7 +88,7 @@ def backfill_flow(
     chunk_paths = [f.result() for f in futures]
     context = FlowRunContext.get()
     runner = type(context.task_runner).__name__ if context else "none"
-    worklog = backfill_worklog(out, plan)
+    worklog = backfill_worklog(out, plan, worklog_cause, worklog_actor)
     manifest = backfill_record(out, plan, chunk_paths, started_at, rules_dir, runner, worklog)
     create_markdown_artifact(
         key="b12-backfill-diff",
@@ -122,12 +139,44 @@ def run_backfill(
     dask_address: str | None = None,
     workers: int | None = None,
 ) -> dict:
-    """Run the backfill flow on the chosen task runner. Default chunking: the look-back length on the
-    local thread pool (Polars already uses every core), 7 days on Dask (chunks are its parallelism)."""
+    """Re-evaluate [start, end] with the output root's active ruleset. A `rules_dir` other than the
+    deployed one is refused (RulesetMismatch): new rules come in through flows/deploy.py, gates first,
+    so a backfill never evaluates history with rules the next night would not use."""
     from b12pipeline.runguard import guard_output
 
+    with guard_output(out):  # one run per output root, owner-only files (b12pipeline/runguard.py)
+        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        folder = deployments.resolve_rules(out, rules_dir, now, deployments.operator_name())
+        manifest = reevaluate(start, end, out, str(folder), chunk_days, dask_address, workers)
+        manifest["change_report"] = f"runs/{manifest['run_id']}/changes.html"
+        write_json(Path(out) / "runs" / manifest["run_id"] / "manifest.json", manifest)
+        write_change_report(out, manifest, FolderChanges(rules=[], other_files={}))
+        return manifest
+
+
+def reevaluate(
+    start: dt.date,
+    end: dt.date,
+    out: str,
+    rules_dir: str,
+    chunk_days: int | None = None,
+    dask_address: str | None = None,
+    workers: int | None = None,
+    worklog_cause: str | None = None,
+    worklog_actor: str | None = None,
+) -> dict:
+    """Run the backfill flow on the chosen task runner (the caller holds the output lock). Default
+    chunking: the look-back length on the local thread pool (Polars already uses every core), 7 days
+    on Dask (chunks are its parallelism)."""
     if chunk_days is None and (dask_address or workers):
         chunk_days = DASK_CHUNK_DAYS
     target = backfill_flow.with_options(task_runner=task_runner(dask_address, workers))
-    with guard_output(out):  # one run per output root, owner-only files (b12pipeline/runguard.py)
-        return target(start=start, end=end, out=out, rules_dir=rules_dir, chunk_days=chunk_days)
+    return target(
+        start=start,
+        end=end,
+        out=out,
+        rules_dir=rules_dir,
+        chunk_days=chunk_days,
+        worklog_cause=worklog_cause,
+        worklog_actor=worklog_actor,
+    )

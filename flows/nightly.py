@@ -13,7 +13,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 import b12pipeline  # noqa: F401  (telemetry defaults before prefect is imported)
-from b12pipeline import pipeline, progress, report
+from b12pipeline import deployments, pipeline, progress, report
 from b12pipeline.archive import commit_night
 from b12pipeline.files import extract_checksum, file_state
 from b12pipeline.paths import OutputLayout
@@ -150,6 +150,8 @@ def _nightly(
 ) -> dict:
     logger = get_run_logger()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    # The output root's deployed ruleset, never a folder that differs from it (b12pipeline/deployments.py).
+    rules_dir = str(deployments.resolve_rules(out, rules_dir, started_at, deployments.operator_name()))
     rules = pipeline.Rules.load(rules_dir)
     # Listed before hashing: a file that changes after this is not staged (still being written).
     listed = [file_state(Path(p)) if os.path.lexists(p) and not Path(p).is_dir() else None for p in extracts]

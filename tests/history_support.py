@@ -60,14 +60,30 @@ def changed_rules(tmp: Path) -> Path:
     assert version, "FREQ-001 has a numeric version"
     bumped = f'version: "{int(version[1]) + 1}"'
     for old, new in (
-        (version[0], bumped),
+        (version[0], bumped),  # a changed rule carries a new version (the deploy gates refuse it otherwise)
         ("{field: payer_type, in: {config: frequency_payers}}", "{field: payer_type, in: [medicare, commercial]}"),
         (
             "{field: days_since_first_injection, gt: {config: loading_phase_days}}",
             "{field: days_since_first_injection, gt: 100}",
         ),
+        # Its own cases follow the change (a deploy refuses a ruleset whose cases fail).
+        (
+            '"first injection 57 days before: just past the loading phase"',
+            '"first injection 118 days before: past the 100-day loading phase"',
+        ),
+        ('{admin_time: "2024-01-04T10:00:00"}', '{admin_time: "2023-11-04T10:00:00"}'),
+        (
+            '{admin_time: "2023-12-01T10:00:00"}\n        - {admin_time: "2024-02-25T10:00:00", route: IV push}',
+            '{admin_time: "2023-11-01T10:00:00"}\n        - {admin_time: "2024-02-25T10:00:00", route: IV push}',
+        ),
+        (
+            '"payer not in frequency_payers"\n      payer_type: commercial',
+            '"medicaid is not checked"\n      payer_type: medicaid',
+        ),
+        ("payer_type: commercial}", "payer_type: medicaid}"),
     ):
         assert old in text, old
         text = text.replace(old, new)
+    assert "commercial" not in text.split("cases:")[1]
     path.write_text(text)
     return rules

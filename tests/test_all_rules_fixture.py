@@ -18,6 +18,8 @@ from b12pipeline.pipeline import Rules, apply_staged, stage_file
 from b12pipeline.queues import read_queue
 from b12pipeline.rulesets import load_ruleset
 
+# The module's fixture stages and evaluates the all-rules extract (GX, facts, every rule): slow.
+pytestmark = pytest.mark.slow
 FIXTURES = Path(__file__).resolve().parent.parent / "data" / "fixtures"
 EXTRACT = FIXTURES / "emar_all_rules.csv"
 CROSS_ROW = {"FREQ-001", "DUP-001"}  # not exercised by this fixture (one row per patient)

@@ -104,11 +104,11 @@ def test_diff_markdown_and_run_record_carry_counts_only(runs, backfilled):
 
 
 def test_backfill_replaces_exactly_the_dates_in_range(runs, tmp_path):
-    from flows.backfill import run_backfill
+    from flows.deploy import deploy_rules
 
     out = copy_out(runs["old"], tmp_path / "out")
     before = queue_files(out)
-    run_backfill(dt.date(2024, 3, 6), dt.date(2024, 3, 6), str(out), rules_dir=str(runs["rules_b"]))
+    deploy_rules(runs["rules_b"], str(out), dt.date(2024, 3, 6), dt.date(2024, 3, 6))
     after = queue_files(out)
     outside = {k for k in before if "service_date=2024-03-06" not in k}
     assert {k: after[k] for k in outside} == {k: before[k] for k in outside}
@@ -165,10 +165,10 @@ def test_backfill_usage_errors(tmp_path):
 
 @pytest.mark.slow
 def test_backfill_on_a_local_dask_cluster_equals_the_default_runner(runs, backfilled):
-    from flows.backfill import run_backfill
+    from flows.deploy import deploy_rules
 
     out = copy_out(runs["old"], runs["tmp"] / "dask")
-    manifest = run_backfill(FIRST_DOS, LAST_DOS, str(out), rules_dir=str(runs["rules_b"]), chunk_days=30, workers=2)
+    manifest = deploy_rules(runs["rules_b"], str(out), FIRST_DOS, LAST_DOS, chunk_days=30, workers=2)
     assert manifest["chunks"] == 5
     assert manifest["run_id"] == backfilled["run_dir"].name  # same history, same rules, same run
     assert queue_files(out) == queue_files(backfilled["out"])  # byte for byte, run_id included

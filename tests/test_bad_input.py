@@ -347,6 +347,7 @@ def _canonical(rows: list[dict]) -> pl.DataFrame:
     )
 
 
+@pytest.mark.slow  # 60 generated frames through every normaliser and the facts
 @FAST
 @given(records(n_max=15))
 @example([dict(CLEAN, dose_value="1e308", dose_unit="mg")])  # inf mcg: crashed the cast to units

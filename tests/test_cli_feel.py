@@ -111,3 +111,24 @@ def test_quiet_prints_no_progress(capsys):
     err = capsys.readouterr().err
     assert "x.csv" not in err and "after the block" not in err
     assert re.search(r"^\[\s*\d+\.\ds\] night 2024-03-02: read y.csv: 4 rows$", err, re.M)
+
+
+@pytest.mark.slow
+def test_an_unknown_rule_is_said_not_to_exist(night):
+    _, out, env = night
+    shown = cli(["queue", "show", "coding", "--out", str(out), "--rule", "UNITS-999"], env)
+    assert shown.returncode == 2 and "--rule UNITS-999: no such rule" in shown.stderr
+    assert "no findings" not in shown.stdout
+
+
+def test_serve_without_a_reachable_prefect_server_says_so_and_exits(tmp_path):
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect_home")
+    args = ["serve", "--landing", str(landing), "--out", str(tmp_path / "out")]
+    unset = cli(args, env)
+    assert unset.returncode == 4 and "serve needs a running Prefect server" in unset.stderr
+    unreachable = cli(args, dict(env, PREFECT_API_URL="http://127.0.0.1:9/api"))
+    assert unreachable.returncode == 4 and "http://127.0.0.1:9/api is not reachable" in unreachable.stderr
+    assert "Traceback" not in unset.stderr + unreachable.stderr

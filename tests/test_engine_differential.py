@@ -81,6 +81,7 @@ def test_fixture_rows_same_findings(fixture_facts, loaded):
     assert a.height > 0  # the fixtures do produce findings: the comparison is not of two empty frames
 
 
+@pytest.mark.slow  # every rule's cases through both engines (the module fixture builds them all)
 @pytest.mark.parametrize("rule_id", sorted({r.id for r in Rules.load().ruleset.rules}))
 def test_rule_cases_same_findings(rule_id, case_rows, loaded):
     rules = list(loaded.ruleset.rules)  # every rule file, retired ones too, on this rule's cases

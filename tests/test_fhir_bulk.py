@@ -462,6 +462,7 @@ def test_run_reads_an_export_folder_and_archives_it_with_the_findings_of_the_csv
 # --- standard resources only: the same findings as the canonical CSV -----------------------------
 
 
+@pytest.mark.slow  # stages and evaluates the export and the canonical CSV
 def test_an_export_of_standard_resources_only_gives_the_findings_of_the_canonical_csv(tmp_path, rules):
     from b12pipeline import synth
     from b12pipeline.fhirbulk_writer import NO_R4_ELEMENT, write_fhir_bulk

@@ -149,6 +149,7 @@ def test_payer_file_cases_run_and_can_fail(rules_copy):
     assert [r.detail for r in failed] == ["severity ['warning'] instead of error"]
 
 
+@pytest.mark.slow  # runs every rule's cases, lint and docs on a copy of the rules
 def test_rules_test_lint_and_docs_cover_payer_files(rules_copy, tmp_path):
     runner = CliRunner()
     tested = runner.invoke(app, ["rules", "test", "--rules", str(rules_copy)])

@@ -41,6 +41,7 @@ def test_list_shows_every_rule_file():
         assert heading in result.output
 
 
+@pytest.mark.slow  # every case of every rule
 def test_test_runs_every_case_and_passes():
     result = invoke("rules", "test")
     ruleset = load_ruleset()
@@ -50,6 +51,7 @@ def test_test_runs_every_case_and_passes():
     assert f"{total} of {total} case(s) passed" in result.output
 
 
+@pytest.mark.slow  # every case of every rule, on a copy
 def test_test_reports_a_failing_case_and_exits_1(rules_copy: Path):
     # a "passes" case that in fact fires: the lot is missing on a given IM injection
     broken = DOC001.replace('- {_note: "lot documented"}', '- {_note: "lot documented", lot_number: null}')

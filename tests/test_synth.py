@@ -172,3 +172,19 @@ def test_100k_night_cross_row_labels_match_the_cross_row_facts(night_100k):
     assert set(freq["admin_id"]) == set(labels.filter(pl.col("rule_id") == "FREQ-001")["admin_id"])
     assert set(dup["admin_id"]) == set(labels.filter(pl.col("rule_id") == "DUP-001")["admin_id"])
     assert freq.height >= 30 and dup.height >= 30
+
+
+def test_different_seeds_never_share_administration_ids_and_labels_are_not_extracts(tmp_path):
+    from b12pipeline.archive import landing_extracts
+    from b12pipeline.synth import generate
+    from b12pipeline.writers import labels_path, write_extract
+
+    three, eleven = generate(3_000, seed=3), generate(3_000, seed=11)
+    assert not set(three.frame["admin_id"]) & set(eleven.frame["admin_id"])
+    assert three.labels["admin_id"].is_in(three.frame["admin_id"].implode()).all()
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    write_extract(three.frame, "csv", landing / "night.csv")
+    three.labels.write_parquet(labels_path(landing / "night.csv"))
+    candidates, _ = landing_extracts(landing, tmp_path / "archive")
+    assert [p.name for p in candidates] == ["night.csv"]  # night.csv.labels.parquet is not read as an extract

@@ -15,6 +15,10 @@ from tests.worklog_support import NIGHT1_CSV, NightTemplate
 N1 = dt.date(2024, 3, 1)
 
 
+# Each module evaluates its nights once per session (~15 s) before its first test.
+pytestmark = pytest.mark.slow
+
+
 def invoke(*args: str, input: str | None = None):
     return CliRunner().invoke(app, list(args), input=input)
 

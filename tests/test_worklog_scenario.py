@@ -25,6 +25,10 @@ from tests.worklog_support import NIGHT1_CSV, NightSeries
 N1, N2, N3 = dt.date(2024, 3, 1), dt.date(2024, 3, 2), dt.date(2024, 3, 3)
 
 
+# Each module evaluates its nights once per session (~15 s) before its first test.
+pytestmark = pytest.mark.slow
+
+
 def invoke(*args: str, input: str | None = None):
     return CliRunner().invoke(app, list(args), input=input)
 

@@ -25,7 +25,11 @@ def register(app: typer.Typer) -> None:
         date_from: str = typer.Option(..., "--from", help="First date of service to re-evaluate (YYYY-MM-DD)."),
         date_to: str = typer.Option(..., "--to", help="Last date of service to re-evaluate (YYYY-MM-DD)."),
         out: Path = typer.Option(Path("var"), "--out", "-o", help="Output root holding history/ and queues/."),
-        rules: Optional[Path] = typer.Option(None, help="Rules folder (default: the project's rules/)."),
+        rules: Optional[Path] = typer.Option(
+            None,
+            help="Deploy this rules folder first (the `rules deploy` gates apply) and re-evaluate with it; "
+            "default: the ruleset deployed on --out.",
+        ),
         chunk_days: Optional[int] = typer.Option(
             None,
             "--chunk-days",
@@ -53,23 +57,25 @@ def register(app: typer.Typer) -> None:
         if not (out / "history").is_dir():
             raise usage_error(f"{out / 'history'} does not exist: nothing has been processed into {out} yet")
         from b12pipeline.cli.prefect_server import ServerStart
+        from b12pipeline.cli.rules import deploy_or_exit
+        from b12pipeline.deployments import RulesetError
         from b12pipeline.engine.rulefile import RuleFileError
         from flows.backfill import run_backfill
 
         ServerStart().wait()  # longer start-up timeout, one retry, one clear line if it cannot start
 
+        if rules is not None:  # a new rules folder is deployed, through the deploy gates
+            manifest = deploy_or_exit(
+                rules, out, start, end, chunk_days=chunk_days, dask_address=dask_address, workers=workers
+            )
+            print_diff(manifest, out)
+            raise typer.Exit(EXIT_OK)
         try:
             with output_guard(out, wait=False):  # exit 3 if a night or another backfill holds --out
                 manifest = run_backfill(
-                    start,
-                    end,
-                    str(out),
-                    rules_dir=str(rules) if rules else None,
-                    chunk_days=chunk_days,
-                    dask_address=dask_address,
-                    workers=workers,
+                    start, end, str(out), chunk_days=chunk_days, dask_address=dask_address, workers=workers
                 )
-        except RuleFileError as exc:
+        except (RuleFileError, RulesetError) as exc:
             raise usage_error(str(exc)) from None
         print_diff(manifest, out)
         raise typer.Exit(EXIT_OK)
@@ -90,3 +96,5 @@ def print_diff(manifest: dict, out: Path) -> None:
     console.print(f"diff:       {out / manifest['diff_report']}")
     console.print(f"findings:   {out / manifest['diff_findings']}")
     console.print(f"run record: {out / 'runs' / manifest['run_id'] / 'manifest.json'}")
+    if manifest.get("change_report"):
+        console.print(f"report:     {out / manifest['change_report']}")

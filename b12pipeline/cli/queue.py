@@ -94,6 +94,24 @@ def _queue_name(queue: str) -> str:
     return queue
 
 
+def _known_rule(rule: str | None, out: Path) -> str | None:
+    """--rule as given, or a usage error when no rule file and no finding has that id (a typo would
+    otherwise read as "no findings")."""
+    if rule is None:
+        return None
+    from b12pipeline.engine.rulefile import RuleFileError
+    from b12pipeline.queues import read_queue
+    from b12pipeline.rulesets import load_ruleset
+
+    try:
+        known = {r.id for r in load_ruleset().rules}
+    except RuleFileError:
+        known = set()
+    if rule.upper() in known or rule.upper() in set(read_queue(_queues_root(out))["rule_id"].to_list()):
+        return rule
+    raise usage_error(f"--rule {rule}: no such rule (`b12pipeline rules list` shows them)")
+
+
 def _actor(name: str | None) -> str:
     """Who acts: --as NAME, else the OS user (recorded on every change)."""
     import getpass
@@ -132,7 +150,12 @@ def _work(out: Path, queue: str | None, filters: dict, as_of):
 def register(app: typer.Typer) -> None:
     queue_app = typer.Typer(no_args_is_help=True, help="List, show and export the work queues.")
     app.add_typer(queue_app, name="queue")
-    out_option = typer.Option(Path("var"), "--out", "-o", help="Output root the nightly run writes to.")
+    out_option = typer.Option(
+        Path("var"),
+        "--out",
+        "-o",
+        help="Output root to read: the --out the nightly run writes to (its queues/ folder and worklog).",
+    )
 
     @queue_app.command("list")
     def list_queues(
@@ -203,7 +226,7 @@ def register(app: typer.Typer) -> None:
         """The findings of one queue with their status (patient identifiers included: a coder's view)."""
         filters = _filters(
             date=parse_date(date, "--date"),
-            rule=rule,
+            rule=_known_rule(rule, out),
             status=status,
             owner=owner,
             severity=severity,
@@ -336,7 +359,7 @@ def register(app: typer.Typer) -> None:
             raise usage_error(f"--format must be csv or xlsx (got {kind or 'nothing'})")
         filters = _filters(
             date=parse_date(date, "--date"),
-            rule=rule,
+            rule=_known_rule(rule, out),
             status=status,
             owner=owner,
             severity=severity,

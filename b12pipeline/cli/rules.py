@@ -1,7 +1,9 @@
-"""`b12pipeline rules list | test | lint | docs`: the tooling around rule files.
+"""`b12pipeline rules list | test | lint | docs | check | preview | deploy | active | rollback`.
 
-Exit codes: 0 ok; 1 a case failed, lint found problems, or docs are stale (--check); 2 usage error
-(for list/test/docs: a rule file the loader refuses; `lint` reports those as problems instead).
+Exit codes: 0 ok; 1 a case failed, lint found problems, docs are stale (--check), or `check` found
+a gate failure; 2 usage error (for list/test/docs: a rule file the loader refuses; `lint` reports
+those as problems instead; `deploy`/`rollback`: a gate failed or the folder does not load, nothing
+changed); 3 another run holds --out (`deploy`, `rollback`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ LANGUAGE_DOCS = "writing-rules.md"  # written beside the catalog
 RULES_HELP = "Rules folder (default: the project's rules/)."
 
 rules_app = typer.Typer(
-    no_args_is_help=True, add_completion=False, help="List, test, lint and document the rule files."
+    no_args_is_help=True,
+    add_completion=False,
+    help="List, test, lint and document the rule files; preview, deploy and roll back a ruleset.",
 )
 
 
@@ -187,3 +191,185 @@ def stats(
 
 def register(app: typer.Typer) -> None:
     app.add_typer(rules_app, name="rules")
+
+
+OUT_HELP = "Output root the nightly run writes to."
+
+
+def deploy_or_exit(folder: Path, out: Path, start=None, end=None, **options) -> dict:
+    """Deploy through the gates; every refusal is one line (plus the gate reasons) and its exit code."""
+    from flows.deploy import deploy_rules
+
+    return _deploying(deploy_rules, folder, out, start, end, **options)
+
+
+def _deploying(action, *args, **options) -> dict:
+    from b12pipeline.cli.common import EXIT_BUSY
+    from b12pipeline.deployments import RulesetError
+    from b12pipeline.runguard import OutputLocked
+    from flows.deploy import GatesFailed
+
+    try:
+        return action(*args, **options)
+    except GatesFailed as exc:
+        for reason in exc.reasons:
+            console.print(f"[red]refused[/] {escape(reason)}", soft_wrap=True)
+        raise usage_error(escape(str(exc))) from None
+    except OutputLocked as exc:
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(EXIT_BUSY) from None
+    except RulesetError as exc:
+        raise usage_error(escape(str(exc))) from None
+
+
+def print_deployment(manifest: dict, out: Path) -> None:
+    dep = manifest["deployment"]
+    console.print(
+        f"{dep['kind']}: ruleset {dep['from_version'] or '(none)'} -> {dep['to_version']} on {out} by {dep['by']}"
+    )
+    if manifest.get("diff"):
+        t = manifest["diff"]["total"]
+        console.print(
+            f"re-evaluated {manifest['from']}..{manifest['to']}: {t['new']:,} new, {t['resolved']:,} resolved, "
+            f"{t['unchanged']:,} unchanged finding(s)"
+        )
+        console.print(f"report:     {out / manifest['change_report']}")
+        console.print(f"run record: {out / 'runs' / manifest['run_id'] / 'manifest.json'}")
+    else:
+        console.print("no history under --out yet: nothing to re-evaluate")
+
+
+def _range(date_from: Optional[str], date_to: Optional[str]):
+    from b12pipeline.cli.common import parse_date
+
+    start, end = parse_date(date_from, "--from"), parse_date(date_to, "--to")
+    if start and end and end < start:
+        raise usage_error(f"--to {end} is before --from {start}")
+    return start, end
+
+
+@rules_app.command("deploy")
+def deploy(
+    rules: Path = typer.Option(..., "--rules", help="The rules folder to deploy."),
+    out: Path = typer.Option(Path("var"), "--out", "-o", help=OUT_HELP),
+    date_from: Optional[str] = typer.Option(
+        None, "--from", help="Re-evaluate from this date of service (default: the look-back window)."
+    ),
+) -> None:
+    """Deploy a rules folder on --out: gates (lint, cases, version bumps), snapshot, switch, re-evaluate.
+
+    Exit 2 with the reasons when a gate fails (nothing is changed), 3 when a run holds --out."""
+    start, _ = _range(date_from, None)
+    print_deployment(deploy_or_exit(rules, out, start), out)
+
+
+@rules_app.command("rollback")
+def rollback(
+    out: Path = typer.Option(Path("var"), "--out", "-o", help=OUT_HELP),
+    to: Optional[str] = typer.Option(None, "--to", help="Version to return to (default: the one before the active)."),
+    date_from: Optional[str] = typer.Option(
+        None, "--from", help="Re-evaluate from this date of service (default: the look-back window)."
+    ),
+) -> None:
+    """Redeploy an earlier ruleset of --out, through the same gates and re-evaluation as a deploy."""
+    from flows.deploy import rollback as rollback_to
+
+    start, _ = _range(date_from, None)
+    print_deployment(_deploying(rollback_to, out, to, start=start), out)
+
+
+@rules_app.command("active")
+def active(out: Path = typer.Option(Path("var"), "--out", "-o", help=OUT_HELP)) -> None:
+    """The ruleset deployed on --out: version, when, by whom, and what it replaced."""
+    from b12pipeline.deployments import RulesetError, read_active
+
+    try:
+        dep = read_active(out)
+    except RulesetError as exc:
+        raise usage_error(escape(str(exc))) from None
+    if dep is None:
+        raise usage_error(escape(f"{out}: no ruleset deployed yet (the first run deploys the shipped rules/)"))
+    console.print(f"active ruleset {dep.version} on {out}")
+    console.print(
+        f"{dep.kind} at {dep.deployed_at} by {dep.deployed_by}" + (f" (run {dep.run_id})" if dep.run_id else "")
+    )
+    if dep.previous_version:
+        console.print(f"replaced {dep.previous_version} (`b12pipeline rules rollback --out {out}` returns to it)")
+
+
+@rules_app.command("check")
+def check(
+    folder: Path = typer.Argument(..., help="The rules folder to check (e.g. a compliance repository checkout)."),
+    against: Optional[Path] = typer.Option(
+        None, "--against", help="An earlier rules folder to compare versions with (e.g. the main branch)."
+    ),
+    out: Optional[Path] = typer.Option(None, "--out", help="Or compare with the ruleset deployed on this output root."),
+) -> None:
+    """The deploy gates, for a CI job: lint, every case, and version bumps of changed rules.
+
+    Exit 0 when `rules deploy` would accept FOLDER, 1 when a gate fails (each reason printed),
+    2 when FOLDER (or --against) does not load or the options are wrong."""
+    from b12pipeline.deployments import RulesetError, read_active, snapshot_dir
+    from b12pipeline.ruleset_changes import gate_failures
+
+    if against is not None and out is not None:
+        raise usage_error("give --against or --out, not both")
+    try:
+        baseline = against
+        if out is not None:
+            dep = read_active(out)
+            baseline = snapshot_dir(out, dep.version) if dep else None
+        reasons = gate_failures(folder, baseline)
+    except RulesetError as exc:
+        raise usage_error(escape(str(exc))) from None
+    for reason in reasons:
+        console.print(f"[red]fail[/] {escape(reason)}", soft_wrap=True)
+    if reasons:
+        err_console.print(f"{len(reasons)} gate failure(s) in {folder}")
+        raise typer.Exit(EXIT_FAILED)
+    compared = f" (versions compared with {baseline})" if baseline else ""
+    console.print(f"rules check: {folder} passes lint, cases and version checks{compared}")
+
+
+@rules_app.command("preview")
+def preview(
+    rules: Path = typer.Option(..., "--rules", help="The candidate rules folder."),
+    out: Path = typer.Option(Path("var"), "--out", "-o", help=OUT_HELP),
+    date_from: Optional[str] = typer.Option(None, "--from", help="First date of service (default: the look-back)."),
+    date_to: Optional[str] = typer.Option(None, "--to", help="Last date of service (default: the latest in history)."),
+) -> None:
+    """What deploying --rules would change: findings new / resolved / unchanged per rule and queue.
+
+    Writes only <out>/previews/<id>/ (HTML and Parquet); the queues, history, worklog and the active
+    ruleset are left exactly as they are."""
+    from b12pipeline.deployments import RulesetError
+    from b12pipeline.preview import preview as run_preview
+
+    start, end = _range(date_from, date_to)
+    try:
+        result = run_preview(out, rules, start, end)
+    except RulesetError as exc:
+        raise usage_error(escape(str(exc))) from None
+    console.print(
+        f"preview of ruleset {result['candidate_version']} against {result['active_version'] or '(none deployed)'}"
+        + (f" on {result['from']}..{result['to']}" if result["from"] else " (no history yet)")
+    )
+    for change in result["rules"]:
+        versions = f"{', '.join(change['old_versions']) or '-'} -> {', '.join(change['new_versions']) or '-'}"
+        console.print(f"  {change['change']:8} {change['rule_id']} ({versions}) {escape(change['title'])}")
+    for name in result["settings_changed"]:
+        console.print(f"  changed  {name}")
+    moved = {r: c for r, c in result["diff"]["per_rule"].items() if c["new"] or c["resolved"]}
+    if moved:
+        table = Table(title="Findings that would change")
+        for col in ("rule", "new", "resolved", "unchanged"):
+            table.add_column(col, justify="left" if col == "rule" else "right")
+        for rule, c in sorted(moved.items()):
+            table.add_row(rule, f"{c['new']:,}", f"{c['resolved']:,}", f"{c['unchanged']:,}")
+        console.print(table)
+    t = result["diff"]["total"]
+    console.print(f"total: {t['new']:,} new, {t['resolved']:,} resolved, {t['unchanged']:,} unchanged")
+    for row in result["work"]["rows"]:
+        console.print(f"  {row['queue']}: {row['would_resolve']:,} {row['status']} item(s) would resolve")
+    console.print(f"report:     {Path(result['dir']) / 'report.html'}")
+    console.print(f"deploy it:  b12pipeline rules deploy --rules {rules} --out {out}")

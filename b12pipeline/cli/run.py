@@ -26,14 +26,26 @@ from b12pipeline.cli.common import (
 )
 from b12pipeline.cli.feedback import feedback, quiet_option
 
+RULES_HELP = (
+    "Rules folder; must be the ruleset deployed on --out (default: the deployed one; on a new --out, "
+    "the project's rules/). Change rules with `b12pipeline rules deploy`."
+)
 WAIT_HELP = "If another run holds --out, wait for it instead of stopping (exit code 3)."
 
 
-def preflight(night_text: Optional[str], rules: Optional[Path], engine: str):
-    """Every check that needs no data, before Prefect or GX start: the night's date, the rule files
-    (file, line and column), the engine. Returns the night."""
+def preflight(night_text: Optional[str], rules: Optional[Path], engine: str, out: Path):
+    """Every check that needs no data, before the output lock, Prefect or GX: the night's date, the
+    rule files (file, line and column), that --rules is the ruleset deployed on --out (read-only: a
+    refused folder leaves --out untouched; the flow checks again holding the lock), the engine.
+    Returns the night."""
+    from b12pipeline.deployments import RulesetError, check_requested
+
     night = parse_date(night_text, "--night") or today()
     check_rules(rules)
+    try:
+        check_requested(out, rules)
+    except RulesetError as exc:
+        raise usage_error(str(exc)) from None
     check_engine(engine)
     return night
 
@@ -84,6 +96,7 @@ def _run_night(
 
 def _with_feedback(night: dt.date, first_step: str, quiet: bool, run: Callable[[], dict]) -> dict:
     """Run a night's flow showing its progress steps on stderr (file names and counts only)."""
+    from b12pipeline.deployments import RulesetError
     from b12pipeline.engine.rulefile import RuleFileError
 
     with feedback(f"night {night}", quiet) as shown:
@@ -98,7 +111,7 @@ def _with_feedback(night: dt.date, first_step: str, quiet: bool, run: Callable[[
         try:
             with no_console_tracebacks():
                 result = run()
-        except RuleFileError as exc:
+        except (RuleFileError, RulesetError) as exc:
             raise usage_error(str(exc)) from None
         shown.step("done")
     return result
@@ -138,8 +151,12 @@ def run_landing(
 
 def check_engine(engine: str) -> None:
     """Usage error for an unknown engine, or durable when durable-rules is not installed."""
+    from b12pipeline.engine.engines import ENGINES
+
     if engine == "polars":  # the default: nothing to check, and no reason to import the engine yet
         return
+    if engine not in ENGINES:
+        raise usage_error(f"--engine {engine}: unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     from b12pipeline.engine.durable import DurableUnavailable
     from b12pipeline.engine.engines import evaluator
 
@@ -216,7 +233,7 @@ def register(app: typer.Typer) -> None:
         ),
         out: Path = typer.Option(Path("var"), "--out", "-o", help="Output root (queues, quarantine, runs, ...)."),
         night: Optional[str] = typer.Option(None, help="Date of the night (YYYY-MM-DD); default today."),
-        rules: Optional[Path] = typer.Option(None, help="Rules folder (default: the project's rules/)."),
+        rules: Optional[Path] = typer.Option(None, help=RULES_HELP),
         source: Optional[str] = typer.Option(
             None,
             help="Source format (csv, parquet, clarity, fhir, fhir-bulk, or a schemas/sources mapping); "
@@ -230,7 +247,7 @@ def register(app: typer.Typer) -> None:
         missing = [str(p) for p in extract if not (p.is_file() or p.is_dir())]
         if missing:
             raise usage_error(f"no such file: {', '.join(missing)}")
-        day = preflight(night, rules, engine)
+        day = preflight(night, rules, engine, out)
         raise typer.Exit(run_night(extract, out, day, rules, source, False, engine, wait, quiet))
 
     @app.command()
@@ -238,7 +255,7 @@ def register(app: typer.Typer) -> None:
         landing: Path = typer.Option(..., help="Landing folder the nightly extracts arrive in."),
         out: Path = typer.Option(Path("var"), "--out", "-o", help="Output root."),
         night: Optional[str] = typer.Option(None, help="Date of the night (YYYY-MM-DD); default today."),
-        rules: Optional[Path] = typer.Option(None, help="Rules folder (default: the project's rules/)."),
+        rules: Optional[Path] = typer.Option(None, help=RULES_HELP),
         source: Optional[str] = typer.Option(None, help="Source format for every file; default per extension."),
         engine: str = typer.Option("polars", help=ENGINE_HELP),
         wait: bool = typer.Option(False, "--wait", help=WAIT_HELP),
@@ -247,6 +264,6 @@ def register(app: typer.Typer) -> None:
         """Process the files in LANDING that were not processed before (by checksum)."""
         if not landing.is_dir():
             raise usage_error(f"--landing {landing} is not a folder")
-        day = preflight(night, rules, engine)
+        day = preflight(night, rules, engine, out)
         with environment_failures(), output_guard(out, wait):  # held from the archive lookup to the end
             raise typer.Exit(run_landing(landing, out, day, rules, source, engine, quiet))

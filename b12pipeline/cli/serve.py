@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from b12pipeline.cli.common import console, usage_error
+from b12pipeline.cli.common import EXIT_ENVIRONMENT, console, err_console, usage_error
 from b12pipeline.cli.pull import checked_sources_file
 
 
@@ -35,9 +35,16 @@ def register(app: typer.Typer) -> None:
             raise usage_error(f"--landing {landing} is not a folder")
         if rules is not None and not rules.is_dir():
             raise usage_error(f"--rules {rules} is not a folder")
+        from b12pipeline.deployments import RulesetError, check_requested
+
+        try:
+            check_requested(out, rules)
+        except RulesetError as exc:
+            raise usage_error(str(exc)) from None
         rules_dir = str(rules.resolve()) if rules else None
         if source is not None:
             sources_file = checked_sources_file(source, sources)
+        check_api()
         from prefect import serve as prefect_serve
 
         from flows.nightly import landing_deployment
@@ -58,3 +65,28 @@ def register(app: typer.Typer) -> None:
         what = f"b12-pull/{name}: source {source}" if source else f"b12-nightly-landing/{name}: landing {landing}"
         console.print(f"serving {what}, '{cron}' {tz}, out {out} (Ctrl-C to stop)")
         prefect_serve(deployment)
+
+
+def check_api() -> None:
+    """`serve` registers a deployment and waits for its schedule: that needs a Prefect server that
+    stays up. Prefect's temporary server would vanish with this process, so say so and stop."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        err_console.print(
+            "[bold red]error:[/] serve needs a running Prefect server: start one (`prefect server start`) "
+            "and set PREFECT_API_URL, e.g. http://127.0.0.1:4200/api",
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_ENVIRONMENT)
+    try:
+        httpx.get(f"{url.rstrip('/')}/health", timeout=10).raise_for_status()
+    except httpx.HTTPError as exc:
+        err_console.print(
+            f"[bold red]error:[/] PREFECT_API_URL {url} is not reachable ({type(exc).__name__}); "
+            "start the Prefect server or correct PREFECT_API_URL",
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_ENVIRONMENT) from None

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import polars as pl
-
-from b12pipeline.engine import durable, evaluate
+if TYPE_CHECKING:  # naming the engines needs no Polars: the CLI checks --engine before importing it
+    import polars as pl
 
 ENGINES = ("polars", "durable")
 
 
 def evaluator(engine: str = "polars") -> Callable[..., pl.DataFrame]:
     """The evaluate function of an engine: polars (default) or durable (optional, differential checks)."""
+    from b12pipeline.engine import durable, evaluate
+
     if engine == "polars":
         return evaluate.evaluate
     if engine == "durable":

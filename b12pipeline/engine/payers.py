@@ -25,9 +25,10 @@ import dataclasses
 import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
+if TYPE_CHECKING:  # loading payer files needs no Polars: the CLI checks rules before importing it
+    import polars as pl
 
 from b12pipeline.engine.rulefile import FAR_FUTURE, FAR_PAST, SEVERITIES, RuleFileError, _date
 from b12pipeline.engine.settings import ConfigError, SiteConfig, coerce_setting
@@ -221,6 +222,8 @@ def overlap_problems(payers: list[PayerOverride]) -> list[tuple[PayerOverride, s
 
 
 def _matches(p: PayerOverride) -> pl.Expr:
+    import polars as pl
+
     lo, hi = p.window
     cond = (pl.col("service_date") >= pl.lit(lo)) & (pl.col("service_date") < pl.lit(hi))
     if p.payer_ids:
@@ -233,6 +236,8 @@ def _matches(p: PayerOverride) -> pl.Expr:
 
 def payer_override_expr(payers: tuple[PayerOverride, ...] | list[PayerOverride]) -> pl.Expr:
     """The id of the payer file that applies to each row (most specific first), or null."""
+    import polars as pl
+
     ordered = sorted(payers, key=lambda p: (p.specificity, p.id))
     if not ordered:
         return pl.lit(None, dtype=pl.String).alias(PAYER_COLUMN)
@@ -245,6 +250,8 @@ def payer_override_expr(payers: tuple[PayerOverride, ...] | list[PayerOverride])
 def with_payer_override(facts: pl.DataFrame, payers: tuple[PayerOverride, ...]) -> pl.DataFrame:
     """`facts` with the payer_override column (kept when already there, as b12pipeline/facts.py
     builds it together with the payer-specific derived columns)."""
+    import polars as pl
+
     if PAYER_COLUMN in facts.columns:
         return facts
     needs = sorted({k for p in payers for k in p.settings if k in DERIVED_SETTINGS})

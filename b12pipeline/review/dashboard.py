@@ -14,11 +14,11 @@ import polars as pl
 from b12pipeline.engine.rulefile import QUEUES
 from b12pipeline.report_html import QUEUE_COLOURS, bar_chart
 from b12pipeline.worklog import OPEN_STATUSES
+from b12pipeline.worklog.queries import rule_stats_frame
 
 AGE_BUCKETS = ((0, 1, "0-1 days"), (2, 7, "2-7 days"), (8, 30, "8-30 days"), (31, 90, "31-90 days"))
 OLDEST = "over 90 days"
 CLOSED_DAYS = 30
-FALSE_POSITIVE = "false positive"  # the dismissal reason that counts against a rule's precision
 
 
 def summary(findings: pl.DataFrame, rows: pl.DataFrame, today: dt.date) -> dict:
@@ -85,20 +85,7 @@ def _closed_per_day(rows: pl.DataFrame, today: dt.date) -> list[tuple[str, dict[
 
 
 def _precision(rows: pl.DataFrame) -> list[dict]:
-    """Per rule: fixed, dismissed as false positive, other dismissals, resolved, precision (None if undecided)."""
-    per_rule = (
-        rows.group_by("rule_id")
-        .agg(
-            pl.len().alias("raised"),
-            (pl.col("status") == "fixed").sum().alias("fixed"),
-            ((pl.col("status") == "dismissed") & (pl.col("reason") == FALSE_POSITIVE)).sum().alias("false_positive"),
-            ((pl.col("status") == "dismissed") & (pl.col("reason") != FALSE_POSITIVE)).sum().alias("dismissed_other"),
-            (pl.col("status") == "resolved").sum().alias("resolved"),
-        )
-        .sort("rule_id")
-    )
-    out = []
-    for r in per_rule.iter_rows(named=True):
-        decided = r["fixed"] + r["false_positive"]
-        out.append({**r, "precision": r["fixed"] / decided if decided else None})
-    return out
+    """Per rule, as `rules stats` counts it (worklog.queries.rule_stats_frame): raised, fixed,
+    dismissed (as false positive and otherwise), auto-resolved, median days to close, precision."""
+    stats = rule_stats_frame(rows)
+    return stats.with_columns((pl.col("dismissed") - pl.col("false_positive")).alias("dismissed_other")).to_dicts()

@@ -84,15 +84,26 @@ def apply_evaluation_from_queues(
     cause: str,
     interface: str = "deploy",
     rule_ids: list[str] | None = None,
+    actor: str | None = None,
 ) -> dict:
-    """A re-evaluation of `dates` (already written to the queues) applied to the worklog with `cause`."""
+    """A re-evaluation of `dates` (already written to the queues) applied to the worklog with `cause`
+    (`actor`: who caused it, e.g. the user deploying a ruleset; default the night's actor)."""
     from b12pipeline.paths import OutputLayout
     from b12pipeline.queues import read_queue
 
     days = sorted({d if isinstance(d, dt.date) else dt.date.fromisoformat(d) for d in dates})
     findings = read_queue(OutputLayout(Path(out)).queues, dates=days)
+    from b12pipeline.worklog.lifecycle import NIGHT_ACTOR
+
     counts = apply_evaluation(
-        open_worklog(out), findings, days, night=night, cause=cause, interface=interface, rule_ids=rule_ids
+        open_worklog(out),
+        findings,
+        days,
+        night=night,
+        cause=cause,
+        interface=interface,
+        rule_ids=rule_ids,
+        actor=actor or NIGHT_ACTOR,
     )
     return counts.to_dict()
 
