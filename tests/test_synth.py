@@ -175,7 +175,7 @@ def test_100k_night_cross_row_labels_match_the_cross_row_facts(night_100k):
 
 
 def test_different_seeds_never_share_administration_ids_and_labels_are_not_extracts(tmp_path):
-    from b12pipeline.archive import landing_extracts
+    from b12pipeline.archive import scan_landing
     from b12pipeline.synth import generate
     from b12pipeline.writers import labels_path, write_extract
 
@@ -186,5 +186,6 @@ def test_different_seeds_never_share_administration_ids_and_labels_are_not_extra
     landing.mkdir()
     write_extract(three.frame, "csv", landing / "night.csv")
     three.labels.write_parquet(labels_path(landing / "night.csv"))
-    candidates, _ = landing_extracts(landing, tmp_path / "archive")
-    assert [p.name for p in candidates] == ["night.csv"]  # night.csv.labels.parquet is not read as an extract
+    scan = scan_landing(landing, tmp_path / "archive")
+    assert [p.name for p in scan.new] == ["night.csv"]  # night.csv.labels.parquet is not read as an extract
+    assert [i["file"] for i in scan.ignored] == ["night.csv.labels.parquet"]
