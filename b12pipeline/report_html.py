@@ -48,7 +48,12 @@ def write_run_report(out: Path | str, run_id: str, trend_nights: int = TREND_NIG
     layout = OutputLayout(Path(out))
     manifest = json.loads((layout.run_dir(run_id) / "manifest.json").read_text())
     dates = [dt.date.fromisoformat(d) for d in manifest.get("dates_evaluated", [])]
-    page = render_report(manifest, recent_runs(layout, manifest, trend_nights), findings_by_origin(layout, dates))
+    page = render_report(
+        manifest,
+        recent_runs(layout, manifest, trend_nights),
+        findings_by_origin(layout, dates),
+        rule_titles(manifest.get("rules_dir") or None),
+    )
     target = layout.run_dir(run_id) / "report.html"
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.write_text(page, encoding="utf-8")
@@ -110,7 +115,9 @@ def findings_by_origin(layout: OutputLayout, dates: list[dt.date]) -> dict[str, 
 # ---------------------------------------------------------------------------------------------- page
 
 
-def render_report(manifest: dict, trend: list[dict], origin: dict[str, list[tuple[str, int]]]) -> str:
+def render_report(
+    manifest: dict, trend: list[dict], origin: dict[str, list[tuple[str, int]]], titles: dict[str, str] | None = None
+) -> str:
     t, f = manifest["totals"], manifest["findings"]
     e = html.escape
     cards = [
@@ -148,6 +155,7 @@ def render_report(manifest: dict, trend: list[dict], origin: dict[str, list[tupl
         ),
         bar_chart("per-rule", "By rule", sorted(f["per_rule"].items(), key=lambda kv: (-kv[1], kv[0]))),
         "</div>",
+        rules_table(f["per_rule"], titles or {}),
         f"<h2>Trend over the last {len(trend)} night(s)</h2>",
         trend_chart("trend", trend),
         trend_table(trend),
@@ -282,15 +290,63 @@ def files_table(inputs: list[dict]) -> str:
 
 
 def trend_table(trend: list[dict]) -> str:
-    head = "".join(f"<th>{h}</th>" for h in ("night", "rows read", "quarantined", *QUEUES, "total findings"))
+    """Per night: rows, findings per queue, findings per 1,000 B12 administrations (comparable across
+    nights of different sizes), and the coders' open backlog after that night (from the worklog)."""
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in (
+            "night",
+            "rows read",
+            "quarantined",
+            *QUEUES,
+            "total findings",
+            "per 1,000 administrations",
+            "open backlog",
+        )
+    )
     rows = "".join(
         f"<tr><td>{html.escape(m['night'])}</td><td class='num'>{m['totals']['rows_read']:,}</td>"
         f"<td class='num'>{m['totals']['quarantined']:,}</td>"
         + "".join(f"<td class='num'>{m['findings']['per_queue'].get(q, 0):,}</td>" for q in QUEUES)
-        + f"<td class='num'>{m['findings']['total']:,}</td></tr>"
+        + f"<td class='num'>{m['findings']['total']:,}</td>"
+        + f"<td class='num'>{_per_thousand(m)}</td><td class='num'>{_open_backlog(m)}</td></tr>"
         for m in trend
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    return f"<table data-table='trend'><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def _per_thousand(manifest: dict) -> str:
+    administrations = manifest["totals"].get("in_scope") or 0
+    return f"{1000 * manifest['findings']['total'] / administrations:,.1f}" if administrations else "-"
+
+
+def _open_backlog(manifest: dict) -> str:
+    backlog = ((manifest.get("worklog") or {}).get("snapshot") or {}).get("backlog") or {}
+    return f"{sum(q.get('open', 0) for q in backlog.values()):,}" if backlog else "-"
+
+
+def rules_table(per_rule: dict[str, int], titles: dict[str, str]) -> str:
+    """The rules that fired, by count, each named by its title (compliance reads titles, not ids)."""
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{e(rule)}</td><td>{e(titles.get(rule, ''))}</td><td class='num'>{n:,}</td></tr>"
+        for rule, n in sorted(per_rule.items(), key=lambda kv: (-kv[1], kv[0]))
+    )
+    head = "<tr><th>rule</th><th>title</th><th>findings</th></tr>"
+    return f"<table data-table='rules'><thead>{head}</thead><tbody>{rows}</tbody></table>"
+
+
+def rule_titles(rules_dir: str | None) -> dict[str, str]:
+    """Rule id -> title of the ruleset the run used (empty when it cannot be read: the ids still show)."""
+    from b12pipeline.engine.rulefile import RuleFileError
+    from b12pipeline.rulesets import load_ruleset
+
+    try:
+        ruleset = load_ruleset(Path(rules_dir) if rules_dir else None)
+    except (RuleFileError, OSError, ValueError):
+        return {}
+    retired = {r.id: r.title for r in ruleset.rules if r.status != "active"}
+    return retired | {r.id: r.title for r in ruleset.active}  # the active version's title wins
 
 
 # ------------------------------------------------------------------------------------------ charts

@@ -131,3 +131,22 @@ def test_rebuilding_data_docs_replaces_the_earlier_pages(two_nights):
     pages = list((run_dir(out, m) / "validation" / "validations").rglob("*.html"))
     assert len(pages) == m["totals"]["files"] and not stale.exists()
     assert "2030-01-01T00:00:00+00:00" in index.read_text()
+
+
+def test_report_names_rules_by_title_and_trends_findings_per_thousand(two_nights):
+    import html
+
+    from b12pipeline.rulesets import load_ruleset
+
+    out, manifests = two_nights
+    m = manifests[1]
+    page = (out / m["run_report"]).read_text()
+    titles = {r.id: r.title for r in load_ruleset().active}
+    rules = page[page.index("data-table='rules'") :].split("</table>", 1)[0]
+    for rule, n in m["findings"]["per_rule"].items():
+        assert f"<tr><td>{rule}</td><td>{html.escape(titles[rule])}</td><td class='num'>{n:,}</td></tr>" in rules
+    trend = page[page.index("data-table='trend'") :].split("</table>", 1)[0]
+    assert "per 1,000 administrations" in trend and "open backlog" in trend
+    for night in manifests:
+        per_thousand = 1000 * night["findings"]["total"] / night["totals"]["in_scope"]
+        assert f"<td class='num'>{per_thousand:,.1f}</td>" in trend
