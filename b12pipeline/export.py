@@ -7,13 +7,13 @@ job); this module never logs a row, and the run reports (report.py, report_html.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 import polars as pl
 
 from b12pipeline.engine.rulefile import SEVERITIES
 from b12pipeline.queues import read_queue
-from b12pipeline.runguard import restrict
 
 # The worklog's columns come first with fixed headings: a coder edits Status, Owner, Reason, Comment
 # and Deferred until, and `queue import` reads them back by these names (b12pipeline/worklog/excel.py).
@@ -111,15 +111,35 @@ def coder_view(findings: pl.DataFrame) -> pl.DataFrame:
     return findings.select([pl.col(c).alias(h) for c, h in CODER_COLUMNS.items()])
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (=HYPERLINK(...), +cmd|...).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_formulas(view: pl.DataFrame) -> pl.DataFrame:
+    """Every text cell that a spreadsheet would run as a formula gets a leading apostrophe (OWASP
+    CSV-injection guidance): shown as the text it is, never evaluated."""
+    starts = "^[" + "".join("\\" + c if c in "-^]\\" else c for c in FORMULA_START) + "]"
+    return view.with_columns(
+        pl.when(pl.col(c).str.contains(starts)).then(pl.lit("'") + pl.col(c)).otherwise(pl.col(c)).alias(c)
+        for c, dtype in view.schema.items()
+        if dtype == pl.String
+    )
+
+
+def _owner_only_file(path: Path):
+    """Open `path` for writing as 0600 whatever the umask: exports hold patient identifiers."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+
+
 def export_csv(findings: pl.DataFrame, target: Path) -> int:
     """CSV with readable headings and a UTF-8 BOM, so Excel shows accented names correctly."""
-    view = coder_view(findings)
+    view = neutralise_formulas(coder_view(findings))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
-    with open(tmp, "wb") as fh:
+    tmp.unlink(missing_ok=True)
+    with _owner_only_file(tmp) as fh:
         fh.write("\ufeff".encode())
         view.write_csv(fh, datetime_format="%Y-%m-%d %H:%M", date_format="%Y-%m-%d")
-    restrict(tmp)  # an export holds patient identifiers: owner-only, like everything under --out
     tmp.replace(target)
     return view.height
 
@@ -140,7 +160,7 @@ def export_xlsx(findings: pl.DataFrame, target: Path, sheet: str = "findings") -
     ws.title = sheet[:31]
     ws.append(view.columns)
     for row in view.iter_rows():
-        ws.append(list(row))
+        append_as_text(ws, row)
     for cell in ws[1]:
         cell.font = Font(bold=True)
         cell.alignment = Alignment(vertical="top", wrap_text=True)
@@ -163,8 +183,9 @@ def export_xlsx(findings: pl.DataFrame, target: Path, sheet: str = "findings") -
     add_revision_sheet(wb, findings)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
-    wb.save(tmp)
-    restrict(tmp)  # an export holds patient identifiers: owner-only, like everything under --out
+    tmp.unlink(missing_ok=True)
+    with _owner_only_file(tmp) as fh:
+        wb.save(fh)
     tmp.replace(target)
     return view.height
 
@@ -175,8 +196,17 @@ def add_revision_sheet(workbook, view: pl.DataFrame) -> None:
     ws.append(REVISION_HEADINGS)
     cols = ["finding_id", "revision", *EDITABLE]
     for row in view.select(cols).iter_rows():
-        ws.append(list(row))
+        append_as_text(ws, row)
     ws.sheet_state = "hidden"
+
+
+def append_as_text(ws, row) -> None:
+    """Append a row of values; text is stored as text, never as a formula (openpyxl makes any text
+    starting with "=" a formula; values come from extracts and coders)."""
+    ws.append(list(row))
+    for cell in ws[ws.max_row]:
+        if cell.data_type == "f":
+            cell.data_type = "s"
 
 
 def _column_widths(view: pl.DataFrame) -> dict[str, float]:

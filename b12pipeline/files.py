@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from functools import partial
 from pathlib import Path
 
@@ -22,6 +24,25 @@ def sha256_file(path: Path) -> str:
             for chunk in iter(partial(fh.read, 1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def extract_checksum(path: Path) -> str:
+    """The extract's SHA-256, or "" for a symbolic link or a missing path (never read through a link)."""
+    return sha256_file(path) if path.exists() and not path.is_symlink() else ""
+
+
+def file_state(path: Path) -> list[int]:
+    """(size, modification time in ns) of a path, not following a link: equal before and after a
+    read means the bytes read are the bytes listed (docs/decisions.md, "When is a landing file complete")."""
+    info = os.lstat(path)
+    return [info.st_size, info.st_mtime_ns]
+
+
+def copy_no_follow(source: Path, target: Path) -> None:
+    """Copy a regular file's bytes; a symbolic link is refused rather than followed (O_NOFOLLOW)."""
+    fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as src, open(target, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
 
 
 def write_json(path: Path, payload: dict) -> None:

@@ -97,20 +97,52 @@ def file_problem(path: Path, fmt: str, limits: Limits) -> str | None:
 
 
 def frame_problem(frame: pl.DataFrame, columns: list[str], limits: Limits) -> str | None:
-    """Too many rows, or a value longer than max_field_bytes: named by data row and column, never by value."""
+    """Too many rows for one file."""
     if frame.height > limits.max_rows:
         return f"{frame.height:,} data rows, over the limit of {limits.max_rows:,} (B12_MAX_ROWS)"
+    return None
+
+
+LONG_VALUE_CHECK = "value_within_length_limit"
+
+
+def long_values(
+    frame: pl.DataFrame, columns: list[str], limits: Limits, delimiter: str | None
+) -> tuple[pl.Series | None, str | None]:
+    """Values longer than max_field_bytes: (per-row quarantine reason, null where fine; or None when
+    there are none, file problem). Named by data row and column, never by value.
+
+    One long value is that row's problem: the row is quarantined and the rest of the file read. A
+    long value holding line breaks or the file's delimiter is the mark of a quoting error (an
+    unclosed quote swallowing the rows or fields after it): the file is rejected, saying which."""
     present = [c for c in columns if c in frame.columns and frame.schema[c] == pl.String]
     if not present or frame.height == 0:
-        return None
+        return None, None
     longest = frame.select(pl.col(present).str.len_bytes().max()).row(0)
-    for name, length in zip(present, longest, strict=True):
-        if length is not None and length > limits.max_field_bytes:
-            first = frame.select(pl.arg_where(pl.col(name).str.len_bytes() > limits.max_field_bytes).first()).item()
+    over = [c for c, n in zip(present, longest, strict=True) if n is not None and n > limits.max_field_bytes]
+    if not over:
+        return None, None
+    limit = f"over the limit of {human(limits.max_field_bytes)} (B12_MAX_FIELD_BYTES)"
+    marks = ["\n", "\r"] + ([delimiter] if delimiter else [])
+    for name in over:
+        too_long = pl.col(name).str.len_bytes() > limits.max_field_bytes
+        swallowed = too_long & pl.any_horizontal(pl.col(name).str.contains(m, literal=True) for m in marks)
+        first = frame.select(pl.arg_where(swallowed).first()).item()
+        if first is not None:
             row = frame["source_row"][first] if "source_row" in frame.columns else first + 1
-            return (
-                f"data row {row}, column {name}: a value over the limit of "
-                f"{human(limits.max_field_bytes)} (B12_MAX_FIELD_BYTES; longest in the file {length:,} bytes); "
-                f"often an unclosed quote that swallowed the rows after it"
+            value = frame[name][first]
+            held = "line breaks" if ("\n" in value or "\r" in value) else f"the delimiter {delimiter!r}"
+            return None, (
+                f"data row {row}, column {name}: a value {limit} holding {held}: "
+                f"most likely an unclosed quote that swallowed the rows or fields after it"
             )
-    return None
+    reasons = frame.select(
+        pl.concat_list(
+            pl.when(pl.col(c).str.len_bytes() > limits.max_field_bytes).then(pl.lit(f"{c}: a value {limit}"))
+            for c in over
+        )
+        .list.drop_nulls()
+        .list.join("; ")
+        .alias("r")
+    )["r"]
+    return pl.select(pl.when(reasons != "").then(reasons)).to_series().alias("r"), None

@@ -43,7 +43,7 @@ ROUTE_CLASSES = {
     "self_administered": ["intranasal", "nasal", "oral", "po", "sublingual", "sl", "by mouth"],
 }
 
-_TIMESTAMP_LOCAL = r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?)"
+_TIMESTAMP_LOCAL = r"^([0-9]{4}-[0-9]{2}-[0-9]{2})[T ]([0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?)"
 
 
 def _blank_to_null(expr: pl.Expr) -> pl.Expr:
@@ -92,7 +92,7 @@ def enum_text(col: str) -> pl.Expr:
 # --- NDC ----------------------------------------------------------------------------------------
 
 
-_NDC_HYPHENATED = r"^(\d{4,6})-(\d{3,4})-(\d{1,2})$"
+_NDC_HYPHENATED = r"^([0-9]{4,6})-([0-9]{3,4})-([0-9]{1,2})$"
 # Label shapes that pad to 5-4-2 unambiguously (the padded segment is the short one). A 6-digit
 # labeler is a zero-padded 5-digit one (000406-0522-05): its leading zero is dropped first.
 _NDC_SHAPES = ["442", "532", "541", "542", "642", "641", "632", "631"]
@@ -125,9 +125,9 @@ def ndc_parts(col: str = "ndc") -> tuple[pl.Expr, pl.Expr]:
     six_ok = (a.str.len_chars() < 6) | a.str.starts_with("0")
     hyphen_ok = shape.is_in(_NDC_SHAPES) & six_ok
     padded = pl.concat_str(a.str.slice(-5).str.zfill(5), b.str.zfill(4), c.str.zfill(2))
-    bare11 = s.str.contains(r"^\d{11}$")
-    bare12 = s.str.contains(r"^0\d{11}$")
-    bare10 = s.str.contains(r"^\d{10}$")
+    bare11 = s.str.contains(r"^[0-9]{11}$")
+    bare12 = s.str.contains(r"^0[0-9]{11}$")
+    bare10 = s.str.contains(r"^[0-9]{10}$")
     ndc11 = pl.when(hyphen_ok).then(padded).when(bare11).then(s).when(bare12).then(s.str.slice(1)).otherwise(None)
     status = (
         pl.when(pl.col(col).is_null() | (s == ""))
@@ -151,7 +151,7 @@ def ndc_form(col: str = "ndc") -> pl.Expr:
     form = (
         pl.when(shape.is_not_null())
         .then(hyphenated)
-        .when(_ndc_text(col).str.contains(r"^\d+$"))
+        .when(_ndc_text(col).str.contains(r"^[0-9]+$"))
         .then(pl.concat_str(s.str.len_chars().cast(pl.String), pl.lit(" digits")))
         .otherwise(pl.lit("other"))
     )
@@ -233,7 +233,7 @@ def npi_valid(col: str = "ordering_provider_npi") -> pl.Expr:
     for i in range(9):  # d1..d9; d9, d7, d5, d3, d1 (even indices) are doubled
         total = total + (doubled(digit[i]) if i % 2 == 0 else digit[i])
     check = (10 - total % 10) % 10
-    return (s.str.contains(r"^\d{10}$") & (check == digit[9])).fill_null(False)
+    return (s.str.contains(r"^[0-9]{10}$") & (check == digit[9])).fill_null(False)
 
 
 # --- the facts frame ----------------------------------------------------------------------------

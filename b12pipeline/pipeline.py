@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import errno
 import hashlib
+import os
+import re
 import shutil
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,15 +28,14 @@ from b12pipeline.engine.evaluate import empty_findings
 from b12pipeline.engine.rulefile import Ruleset
 from b12pipeline.engine.settings import SiteConfig
 from b12pipeline.facts import evaluation_facts
-from b12pipeline.files import sha256_file, write_json
+from b12pipeline.files import copy_no_follow, extract_checksum, file_state, write_json
 from b12pipeline.history import history_paths, merge_into_history, patients_of, read_for_dates
 from b12pipeline.ingest import FileRejected
 from b12pipeline.ingest.read import read_extract
 from b12pipeline.paths import OutputLayout
 from b12pipeline.queues import atomic_write_parquet, write_quarantine, write_queue_partitions
 from b12pipeline.reference import Reference, load_reference
-from b12pipeline.rulesets import load_ruleset
-from b12pipeline.runguard import restrict
+from b12pipeline.rulesets import check_conditions_compile, load_ruleset
 from b12pipeline.validate import validate
 
 
@@ -49,10 +52,12 @@ class Rules:
         directory = Path(rules_dir) if rules_dir else None
         ruleset = load_ruleset(directory)
         reference = load_reference(ruleset.directory / "reference")
+        config = load_site_config(ruleset.directory / "site.yaml")
+        check_conditions_compile(ruleset, config)  # before any file is read or history changed
         return cls(
             # Findings carry the versions of the reference tables their rule used.
             ruleset=dataclasses.replace(ruleset, reference_versions=reference.versions),
-            config=load_site_config(ruleset.directory / "site.yaml"),
+            config=config,
             reference=reference,
         )
 
@@ -63,7 +68,7 @@ class StageResult:
 
     file: str
     sha256: str
-    status: str = "processed"  # processed | rejected
+    status: str = "processed"  # processed | rejected | deferred (changed while read: next night)
     error: str = ""
     source_format: str = ""
     rows_read: int = 0
@@ -71,22 +76,55 @@ class StageResult:
     out_of_scope: int = 0
     quarantined: int = 0
     staged: str = ""  # Parquet of valid canonical B12 rows ("" when none)
+    rejected_as: str = ""  # its name in rejected/ (rejected files only)
     unexpected_counts: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def reject_file(path: Path, layout: OutputLayout, reason: str, move: bool) -> None:
-    """Put the file aside intact in rejected/ with <file>.error.txt beside it."""
+def file_key(path: Path, sha256: str) -> str:
+    """`<stem>-<sha[:12]>` for the files a night writes per input (staging, quarantine, validation
+    results). Only [A-Za-z0-9._-] are kept: readers take `[`, `*` and `?` in a path as a pattern."""
+    return f"{re.sub(r'[^A-Za-z0-9._-]', '_', path.stem)}-{sha256[:12]}"
+
+
+def rejected_name(path: Path, sha256: str) -> str:
+    """`<stem>-<sha[:12]><suffix>`: a later file of the same name never overwrites an earlier one."""
+    return f"{path.stem}-{sha256[:12]}{path.suffix}" if sha256 else path.name
+
+
+def reject_file(path: Path, layout: OutputLayout, reason: str, sha256: str) -> str:
+    """Keep a copy of the file's bytes in rejected/ with `<name>.error.txt` beside it; return the name.
+
+    Always a copy: `nightly` removes the landing file only once the night is recorded
+    (flows/nightly.py), so a run killed in between rejects it again. A symbolic link is never
+    followed: only the error file is written (the link's target is not ours to copy or change)."""
     layout.rejected.mkdir(parents=True, exist_ok=True)
-    target = layout.rejected / path.name
-    if path.exists():
-        copy = shutil.copytree if path.is_dir() else shutil.copy2  # a Bulk Data export is a folder
-        (shutil.move if move else copy)(str(path), target)
-        for item in [target, *target.rglob("*")] if target.is_dir() else [target]:
-            restrict(item)  # copy2/move keep the source's mode; the output root is owner-only
-    (layout.rejected / f"{path.name}.error.txt").write_text(f"{path.name}: {reason}\n")
+    name = rejected_name(path, sha256)
+    target = layout.rejected / name
+    if sha256 and not path.is_symlink() and path.exists():
+        tmp = layout.rejected / f".{name}.{uuid.uuid4().hex}.tmp"
+        try:
+            if path.is_dir():  # a Bulk Data export is a folder; links inside it are copied as links
+                shutil.copytree(path, tmp, symlinks=True, copy_function=shutil.copyfile)
+            else:
+                copy_no_follow(path, tmp)
+            if target.is_dir():
+                shutil.rmtree(target)
+            tmp.replace(target)  # created under the run's umask: owner-only, whatever the source's mode
+        finally:
+            if tmp.is_dir():
+                shutil.rmtree(tmp)
+            tmp.unlink(missing_ok=True)
+    write_text_atomic(layout.rejected / f"{name}.error.txt", f"{path.name}: {reason}\n")
+    return name
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def stage_file(
@@ -96,13 +134,17 @@ def stage_file(
     night: dt.date,
     rules: Rules,
     source: str | None = None,
-    move_rejected: bool = False,
     sha256: str | None = None,
+    listed: list[int] | None = None,
 ) -> StageResult:
     """`sha256`: the file's checksum when the caller already has it (the flow hashes every input
-    once for the run id; hashing a large extract again costs a full read)."""
+    once for the run id; hashing a large extract again costs a full read). `listed`: its
+    `file_state` when it was hashed; a file that has changed since is not staged (still being
+    written: its last row may be torn) and is read again next night."""
     path, layout = Path(path), OutputLayout(Path(out))
-    result = StageResult(file=path.name, sha256=sha256 or (sha256_file(path) if path.exists() else ""))
+    if not path.exists() and not path.is_symlink():  # the machine's problem, not the file's (exit 4)
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+    result = StageResult(file=path.name, sha256=sha256 if sha256 is not None else extract_checksum(path))
     try:
         # Only B12 rows are read in (CSV/Parquet stream past the rest): scope is decided on raw
         # text (NDC, RxNorm, name), so nothing that could fail to parse decides it.
@@ -120,7 +162,7 @@ def stage_file(
         )
         result.unexpected_counts = outcome.unexpected_counts
         if outcome.gx_result is not None:  # for the run's Data Docs (counts only, see validate.py)
-            write_json(validation_result_path(layout, run_id, f"{path.stem}-{result.sha256[:12]}"), outcome.gx_result)
+            write_json(validation_result_path(layout, run_id, file_key(path, result.sha256)), outcome.gx_result)
         share = outcome.quarantine.height / outcome.rows if outcome.rows else 0.0
         if share > rules.config.max_quarantine_share:
             raise FileRejected(
@@ -130,12 +172,21 @@ def stage_file(
                 f"most common: {_top_failures(outcome.unexpected_counts)}",
             )
     except FileRejected as exc:
-        reject_file(path, layout, exc.reason, move_rejected)
+        result.rejected_as = reject_file(path, layout, exc.reason, result.sha256)
         result.status, result.error = "rejected", str(exc)
-        result.in_scope = result.out_of_scope = result.quarantined = 0
+        # A rejected file counts no rows (docs/reliability.md): it is kept whole in rejected/.
+        result.rows_read = result.in_scope = result.out_of_scope = result.quarantined = 0
         progress.step(f"rejected {path.name}")
         return result
-    key = f"{Path(result.file).stem}-{result.sha256[:12]}"
+    if listed is not None and path.exists() and not path.is_dir() and file_state(path) != list(listed):
+        result.status = "deferred"
+        result.error = (
+            f"{path}: changed while it was being read (still being written?); not staged, read again next night"
+        )
+        result.rows_read = result.in_scope = result.out_of_scope = result.quarantined = 0
+        progress.step(f"deferred {path.name}: still changing")
+        return result
+    key = file_key(path, result.sha256)
     result.quarantined = write_quarantine(outcome.quarantine, layout.quarantine, key, night, run_id)
     result.in_scope = outcome.valid.height
     if outcome.valid.height:

@@ -9,7 +9,9 @@ partitions of the dates it evaluated; a partition with no findings left is remov
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -27,7 +29,14 @@ def atomic_write_parquet(frame: pl.DataFrame, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
     try:
-        frame.write_parquet(tmp, compression="zstd", statistics=True)
+        try:
+            frame.write_parquet(tmp, compression="zstd", statistics=True)
+        except pl.exceptions.PolarsError as exc:
+            # Writing our own frame fails only when the disk does (full, a size limit, read-only);
+            # Polars words that in several ways, not always with the OS error: say it as one.
+            code = re.search(r"os error (\d+)", str(exc))
+            err = int(code.group(1)) if code else errno.EIO
+            raise OSError(err, os.strerror(err), str(target)) from None
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
@@ -101,7 +110,11 @@ def write_quarantine(rows: pl.DataFrame, quarantine_root: Path, file_key: str, n
     """
     if rows.height == 0:
         return 0
-    day = rows["admin_time"].str.extract(r"^(\d{4}-\d{2}-\d{2})", 1).str.strptime(pl.Date, "%Y-%m-%d", strict=False)
+    day = (
+        rows["admin_time"]
+        .str.extract(r"^([0-9]{4}-[0-9]{2}-[0-9]{2})", 1)
+        .str.strptime(pl.Date, "%Y-%m-%d", strict=False)
+    )
     # A year outside 1..9999 is a date Python cannot name (a partition folder needs one): unreadable.
     day = pl.select(pl.when(day.dt.year().is_between(1, 9999)).then(day)).to_series()
     rows = rows.with_columns(day.alias("_day"), pl.lit(run_id).alias("run_id"))

@@ -39,11 +39,15 @@ def build_manifest(
     out: Path,
     ruleset_version: str,
     rules_dir: str,
+    ignored: list[dict] | None = None,
 ) -> dict:
     layout = OutputLayout(out)
-    totals = {k: sum(i.get(k, 0) for i in inputs) for k in ("rows_read", "in_scope", "out_of_scope", "quarantined")}
+    # A rejected file counts no rows (it is kept whole in rejected/), whatever its record says.
+    counted = [i for i in inputs if i["status"] == "processed"]
+    totals = {k: sum(i.get(k, 0) for i in counted) for k in ("rows_read", "in_scope", "out_of_scope", "quarantined")}
     totals["files"] = len(inputs)
     totals["files_rejected"] = sum(1 for i in inputs if i["status"] == "rejected")
+    totals["files_deferred"] = sum(1 for i in inputs if i["status"] == "deferred")
     safe_inputs = [{k: v for k, v in i.items() if k not in ("staged",)} for i in inputs]
     manifest = {
         "run_id": run_id,
@@ -55,6 +59,7 @@ def build_manifest(
         "ruleset_version": ruleset_version,
         "rules_dir": rules_dir,
         "inputs": safe_inputs,
+        "ignored": ignored or [],  # landing entries not read, each with the rule that skipped it
         "totals": totals,
         "dates_evaluated": applied.get("dates", []),
         # CMS tables older than the site allows (reference_max_age_quarters): import the new quarter.

@@ -57,10 +57,27 @@ def read_yaml(path: Path) -> Any:
         raise RuleFileError(f"not valid YAML: {' '.join(str(exc).split())}") from None
 
 
+def _refuse_aliases(path: Path, text: str) -> None:
+    """YAML aliases (`*name`) are refused in rule files: each one reuses a subtree, so a 2 KB file of
+    aliases nested in `when:` or `notes:` expands to minutes of work or gigabytes. A rule is written
+    out in full; parsing events is cheap (libyaml) and only done when an anchor is defined."""
+    if "&" not in text:
+        return
+    for event in yaml.parse(text, Loader=SAFE_LOADER):
+        if isinstance(event, yaml.AliasEvent):
+            raise RuleFileError(
+                f"{_at(path, event.start_mark)}: YAML aliases (*{event.anchor}) are not accepted in rule files; "
+                f"write the value out"
+            )
+
+
 def load_rule_file(path: Path) -> Rule:
     try:
         text = path.read_text(encoding="utf-8")
+        _refuse_aliases(path, text)
         raw = yaml.load(text, Loader=SAFE_LOADER)  # noqa: S506 - a safe loader
+    except RecursionError:
+        raise RuleFileError(f"{path}: not valid (safe) YAML: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
@@ -164,3 +181,17 @@ def load_ruleset(directory: Path | None = None) -> Ruleset:
     return Ruleset(
         rules=rules, version=ruleset_version(directory), directory=directory, files=tuple(files), payers=payers
     )
+
+
+def check_conditions_compile(ruleset: Ruleset, config) -> None:
+    """Build every rule's Polars expression with the site's settings now, so a rule that cannot be
+    compiled stops the run before it reads a file or changes history, naming its file."""
+    from b12pipeline.engine.conditions import compile_condition
+
+    for rule in ruleset.rules:
+        try:
+            compile_condition(rule.when, config.get)
+        except Exception as exc:  # KeyError for an unknown setting, polars errors for a bad operand
+            raise RuleFileError(
+                f"{rule.path}: when: does not compile: {type(exc).__name__} {exc}", field="when"
+            ) from None

@@ -66,9 +66,12 @@ def run_umask() -> int:
 
 
 def restrict(path: Path) -> None:
-    """Apply the run's umask to a file that kept another mode (shutil.copy2/move copy the source's)."""
-    mode = stat.S_IMODE(path.stat().st_mode)
-    path.chmod(mode & ~run_umask())
+    """Apply the run's umask to a file that kept another mode (shutil.copy2/move copy the source's).
+    A symbolic link is left alone: chmod would change its target, which may be outside --out."""
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        return
+    path.chmod(stat.S_IMODE(info.st_mode) & ~run_umask())
 
 
 def holder_of(out: Path) -> str:

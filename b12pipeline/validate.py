@@ -2,8 +2,12 @@
 
 GX is the authority on whether each expectation holds and on how many rows break it. It runs in
 SUMMARY mode (COMPLETE row lists cost seconds and gigabytes at 1M rows); the exact failing rows are
-then found by evaluating the same expectation in Polars, and the two counts must agree: a
-disagreement is a bug and stops the run rather than quarantining the wrong rows.
+then found by evaluating the same expectation in Polars, and the two counts must agree.
+
+When they do not (the two regex engines read a pattern differently for some text), one odd cell
+must not stop the night: GX is asked again for that expectation alone, with its failing row
+indices, and every row either checker fails goes to quarantine; a row they disagree on carries
+both verdicts in its reason. The suite uses ASCII classes ([0-9], not \\d) so the engines agree.
 """
 
 from __future__ import annotations
@@ -118,6 +122,7 @@ class SuiteRunner:
             .add_dataframe_asset(name="b12_rows")
             .add_batch_definition_whole_dataframe("whole_frame")
         )
+        self.batch_definition = batch
         self.definition = self.context.validation_definitions.add(
             gx.ValidationDefinition(name=self.spec["name"], data=batch, suite=self.suite)
         )
@@ -154,6 +159,25 @@ class SuiteRunner:
             counts[name] = int(r.result.get("unexpected_count") or 0)
         return counts, result.to_json_dict()
 
+    def failing_rows(self, frame: pl.DataFrame, name: str) -> pl.Series:
+        """GX's own row verdicts for one expectation (True = fails), for the rare frame where its
+        count and the Polars mask disagree. COMPLETE lists values too: only the indices are kept."""
+        import great_expectations as gx
+
+        spec = next(e for e in self.spec["expectations"] if expectation_name(e) == name)
+        suite = gx.ExpectationSuite(name=f"{self.spec['name']}-recheck", expectations=[spec])
+        expectation = suite.expectations[0]
+        batch = frame.select(spec["kwargs"]["column"]).to_pandas()
+        with self._lock:
+            result = self.batch_definition.get_batch(batch_parameters={"dataframe": batch}).validate(
+                expectation, result_format={"result_format": "COMPLETE"}
+            )
+        failed = [int(i) for i in result.result.get("unexpected_index_list") or []]
+        mask = [False] * frame.height
+        for i in failed:
+            mask[i] = True
+        return pl.Series(name, mask, dtype=pl.Boolean)
+
 
 @lru_cache(maxsize=4)
 def suite_runner(suite_path: Path | None = None) -> SuiteRunner:
@@ -186,7 +210,19 @@ def validate(frame: pl.DataFrame, suite_path: Path | None = None) -> ValidationO
     counts = {name: int(flags[f"_f{i}"].sum()) for i, name in enumerate(names)}
     for name, gx_count in gx_counts.items():
         if counts.get(name) != gx_count:
-            raise SuiteError(f"row masks disagree with GX for {name}: polars {counts.get(name)} vs GX {gx_count}")
+            i = names.index(name)
+            ours, theirs = flags[f"_f{i}"], runner.failing_rows(frame, name)
+            verdicts = {
+                f"validators_disagree({name}): GX fails, Polars passes": theirs & ~ours,
+                f"validators_disagree({name}): Polars fails, GX passes": ours & ~theirs,
+            }
+            flags = flags.with_columns((ours & theirs).alias(f"_f{i}"))  # both say it fails
+            counts[name] = int(flags[f"_f{i}"].sum())
+            for label, rows in verdicts.items():
+                names.append(label)
+                reasons.append(f"{reasons[i]} ({label.split(': ', 1)[1]}: held for review)")
+                flags = flags.with_columns(rows.alias(f"_f{len(names) - 1}"))
+                counts[label] = int(rows.sum())
     failed = pl.concat_list([pl.when(pl.col(f"_f{i}")).then(pl.lit(n)) for i, n in enumerate(names)]).list.drop_nulls()
     why = (
         pl.concat_list([pl.when(pl.col(f"_f{i}")).then(pl.lit(r)) for i, r in enumerate(reasons)])

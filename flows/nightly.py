@@ -6,6 +6,7 @@ Thin by design: tasks pass file paths and counts, never frames; all logic is in 
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -13,8 +14,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 import b12pipeline  # noqa: F401  (telemetry defaults before prefect is imported)
 from b12pipeline import deployments, pipeline, progress, report
-from b12pipeline.archive import archive_file
-from b12pipeline.files import sha256_file
+from b12pipeline.archive import commit_night
+from b12pipeline.files import extract_checksum, file_state
 from b12pipeline.paths import OutputLayout
 from b12pipeline.runguard import guard_output, note_run
 
@@ -38,23 +39,32 @@ def stage_extract(
     night: dt.date,
     rules_dir: str | None,
     source: str | None,
-    move_rejected: bool,
     sha256: str | None = None,
+    listed: list[int] | None = None,
 ) -> dict:
     rules = pipeline.Rules.load(rules_dir)
-    result = pipeline.stage_file(
-        path, out, run_id, night, rules, source=source, move_rejected=move_rejected, sha256=sha256
-    )
+    result = pipeline.stage_file(path, out, run_id, night, rules, source=source, sha256=sha256, listed=listed)
     return result.to_dict()
 
 
-@task(name="archive-extracts", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_on_io)
-def archive_extracts(paths: list[str], inputs: list[dict], out: str, night: dt.date) -> None:
-    """Archive processed files only after their rows are in history: `nightly` skips archived
-    checksums, so archiving earlier would lose a night's rows if the run died in between."""
-    for path, result in zip(paths, inputs, strict=True):
-        if result["status"] == "processed":
-            archive_file(Path(path), result["sha256"], OutputLayout(Path(out)).archive, night.isoformat())
+@task(name="commit-night", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_on_io)
+def commit(
+    paths: list[str], inputs: list[dict], out: str, night: dt.date, run_id: str, from_landing: bool
+) -> list[str]:
+    """The night's last step: archive the processed files and record them and the rejected ones in
+    the archive index (one append), then take rejected files out of the landing folder.
+
+    `nightly` skips recorded checksums, so recording any earlier would let a run killed before its
+    manifest, report or a rejection was written leave that night unfinished for good; recorded
+    last, a re-run after a kill at any point redoes the same night with the same result."""
+    processed = [(Path(p), i["sha256"]) for p, i in zip(paths, inputs, strict=True) if i["status"] == "processed"]
+    rejected = [(i["rejected_as"], i["sha256"]) for i in inputs if i["status"] == "rejected"]
+    problems = commit_night(OutputLayout(Path(out)).archive, night.isoformat(), run_id, processed, rejected)
+    if from_landing:  # their bytes are in rejected/ (a symbolic link: only the link is removed)
+        for path, result in zip(paths, inputs, strict=True):
+            if result["status"] == "rejected":
+                Path(path).unlink(missing_ok=True)
+    return problems
 
 
 @task(name="apply-night", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_on_io)
@@ -80,6 +90,7 @@ def write_run_record(
     out: str,
     rules_dir: str | None,
     ruleset_version: str,
+    ignored: list[dict],
 ) -> dict:
     pipeline.cleanup_staging(out, run_id)
     ended_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -94,6 +105,7 @@ def write_run_record(
         out=Path(out),
         ruleset_version=ruleset_version,
         rules_dir=rules_dir or "",
+        ignored=ignored,
     )
 
 
@@ -116,10 +128,14 @@ def nightly_flow(
     source: str | None = None,
     move_rejected: bool = False,
     engine: str = "polars",
+    ignored: list[dict] | None = None,
 ) -> dict:
-    """Process `extracts` as one night. `night` is passed in: nothing below reads the wall clock."""
+    """Process `extracts` as one night. `night` is passed in: nothing below reads the wall clock.
+
+    `move_rejected`: the extracts come from a landing folder; rejected ones leave it once the night
+    is recorded. `ignored`: landing entries not read, with the rule (listed in the manifest)."""
     with guard_output(out):  # one run per output root, owner-only files (a no-op inside the CLI's guard)
-        return _nightly(extracts, out, night, rules_dir, source, move_rejected, engine)
+        return _nightly(extracts, out, night, rules_dir, source, move_rejected, engine, ignored or [])
 
 
 def _nightly(
@@ -130,25 +146,28 @@ def _nightly(
     source: str | None,
     move_rejected: bool,
     engine: str,
+    ignored: list[dict],
 ) -> dict:
     logger = get_run_logger()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     # The output root's deployed ruleset, never a folder that differs from it (b12pipeline/deployments.py).
     rules_dir = str(deployments.resolve_rules(out, rules_dir, started_at, deployments.operator_name()))
     rules = pipeline.Rules.load(rules_dir)
-    checksums = [sha256_file(Path(p)) for p in extracts]
+    # Listed before hashing: a file that changes after this is not staged (still being written).
+    listed = [file_state(Path(p)) if os.path.lexists(p) and not Path(p).is_dir() else None for p in extracts]
+    checksums = [extract_checksum(Path(p)) for p in extracts]
     run_id = pipeline.make_run_id(night, checksums, rules.ruleset.version)
     note_run(out, run_id)
     logger.info("run %s: %d extract(s), ruleset %s", run_id, len(extracts), rules.ruleset.version)
     progress.step(f"run {run_id}: {len(extracts)} extract(s)")
     futures = [
-        stage_extract.submit(p, out, run_id, night, rules_dir, source, move_rejected, sha)
-        for p, sha in zip(extracts, checksums, strict=True)
+        stage_extract.submit(p, out, run_id, night, rules_dir, source, sha, state)
+        for p, sha, state in zip(extracts, checksums, listed, strict=True)
     ]
     inputs = [f.result() for f in futures]
     for i in inputs:
-        if i["status"] == "rejected":
-            logger.warning("rejected %s", i["error"])
+        if i["status"] in ("rejected", "deferred"):
+            logger.warning("%s %s", i["status"], i["error"])
         else:
             logger.info(
                 "%s: %d rows read, %d in scope, %d quarantined",
@@ -159,13 +178,16 @@ def _nightly(
             )
     applied = apply_night([i["staged"] for i in inputs if i["staged"]], out, rules_dir, run_id, engine)
     applied["worklog"] = update_worklog(out, night, run_id, applied["dates"])
-    archive_extracts(extracts, inputs, out, night)
-    manifest = write_run_record(run_id, night, started_at, inputs, applied, out, rules_dir, rules.ruleset.version)
+    manifest = write_run_record(
+        run_id, night, started_at, inputs, applied, out, rules_dir, rules.ruleset.version, ignored
+    )
     progress.step("run record written; writing the run report")
     # The queues and run record are complete; a broken report must not fail the night for coders.
     report_state = write_run_report(run_id, out, started_at, return_state=True)
     if report_state.is_failed():
         logger.error("run report not written for %s: %s", run_id, report_state.message)
+    for problem in commit(extracts, inputs, out, night, run_id, move_rejected):
+        logger.warning("not archived (read again next night): %s", problem)
     create_markdown_artifact(
         key="b12-nightly-summary",
         markdown=report.summary_markdown(manifest),
@@ -197,16 +219,20 @@ def landing_flow(
     """
     from prefect.runtime import flow_run
 
-    from b12pipeline.archive import landing_extracts
+    from b12pipeline.archive import scan_landing
     from b12pipeline.schedule import night_of
 
     logger = get_run_logger()
     night = night or night_of(flow_run.scheduled_start_time, tz)
     with guard_output(out):  # held from the archive lookup to the end of the night
-        candidates, new = landing_extracts(Path(landing), OutputLayout(Path(out)).archive)
-        already = len(candidates) - len(new)
-        progress.step(f"{len(new)} new file(s) in the landing folder, {already} already processed")
-        if not new:
+        scan = scan_landing(Path(landing), OutputLayout(Path(out)).archive)
+        already = len(scan.processed)
+        progress.step(f"{len(scan.new)} new file(s) in the landing folder, {already} already processed")
+        for entry in scan.ignored:
+            logger.info("ignored %s: %s", entry["file"], entry["reason"])
+        for path in scan.rejected_before:  # a run killed after recording the night, before this step
+            path.unlink(missing_ok=True)
+        if not scan.new:
             logger.info("night %s: nothing new in landing (%d file(s) already processed)", night, already)
             return {
                 "night": night.isoformat(),
@@ -214,15 +240,17 @@ def landing_flow(
                 "status": "nothing new",
                 "files": 0,
                 "already_processed": already,
+                "ignored": scan.ignored,
             }
         manifest = nightly_flow(
-            extracts=[str(p) for p in new],
+            extracts=[str(p) for p in scan.new],
             out=out,
             night=night,
             rules_dir=rules_dir,
             source=source,
             move_rejected=True,
             engine=engine,
+            ignored=scan.ignored,
         )
     return {
         "night": night.isoformat(),

@@ -193,9 +193,9 @@ def _assert_accounted(result, path: Path, out: Path, expected_rows: int | None) 
     event(f"{result.status}: {result.error.split(': ', 1)[-1][:40]}" if result.error else result.status)
     if result.status == "rejected":
         assert result.error.startswith(str(path)), result.error
-        kept = out / "rejected" / path.name
+        kept = out / "rejected" / result.rejected_as
         assert kept.read_bytes() == path.read_bytes(), "a rejected file must be kept intact"
-        assert (out / "rejected" / f"{path.name}.error.txt").is_file()
+        assert (out / "rejected" / f"{result.rejected_as}.error.txt").is_file()
         return
     assert result.status == "processed"
     assert result.rows_read == result.in_scope + result.out_of_scope + result.quarantined

@@ -223,3 +223,72 @@ def test_second_run_on_the_same_out_stops_or_waits(fixtures_dir, cli_env, tmp_pa
     assert _findings(out).equals(_expected_findings(extract, tmp_path / "expected"))
     runs = list((out / "runs").iterdir())
     assert len(runs) == 1 and json.loads((runs[0] / "manifest.json").read_text())["totals"]["rows_read"] == 16
+
+
+VOLATILE = ("started_at", "ended_at", "worklog")  # wall-clock times; the worklog counts a re-seen night
+
+
+def _manifest(out: Path) -> dict:
+    """The night's manifest without wall-clock fields, its folder written as <root>."""
+    (path,) = (out / "runs").glob("night-*/manifest.json")
+    text = path.read_text().replace(str(out.parent), "<root>")
+    return {k: v for k, v in json.loads(text).items() if k not in VOLATILE}
+
+
+def _landing(root: Path, big_extract: Path) -> Path:
+    landing = root / "landing"
+    landing.mkdir(parents=True)
+    (landing / "a_big.csv").write_bytes(big_extract.read_bytes())
+    (landing / "b_bad.csv").write_text("not,an,extract\n1,2,3\n")
+    return landing
+
+
+def _first(paths) -> Path | None:
+    return next(iter(paths), None)
+
+
+@pytest.mark.parametrize(
+    "window",
+    ["rejected", "manifest", "report", "index"],
+    ids=["after a rejection", "after the manifest", "after the report", "after the archive index"],
+)
+def test_a_landing_night_killed_at_any_point_reruns_to_the_same_manifest_and_exit_code(
+    big_extract, cli_env, tmp_path, window
+):
+    ref_out = tmp_path / "ref" / "out"
+    ref = _run(
+        ["nightly", "--landing", str(_landing(tmp_path / "ref", big_extract)), "--out", str(ref_out), "--night", NIGHT],
+        cli_env,
+    )
+    assert ref.returncode == 1, ref.stderr[-2000:]
+
+    landing, out = _landing(tmp_path / "k", big_extract), tmp_path / "k" / "out"
+    proc = _start(["nightly", "--landing", str(landing), "--out", str(out), "--night", NIGHT], cli_env)
+    markers = {
+        "rejected": lambda: _first((out / "rejected").glob("*.error.txt")),
+        "manifest": lambda: _first((out / "runs").glob("night-*/manifest.json")),
+        "report": lambda: _first((out / "runs").glob("night-*/report.html")),
+        "index": lambda: (out / "archive" / "index.jsonl") if (out / "archive" / "index.jsonl").exists() else None,
+    }
+    end = time.monotonic() + 240
+    while time.monotonic() < end and proc.poll() is None and markers[window]() is None:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert markers[window]() is not None, "the run ended before the window"
+
+    again = _run(["nightly", "--landing", str(landing), "--out", str(out), "--night", NIGHT], cli_env)
+    if window == "index":  # the night was recorded: done, as after an uninterrupted run
+        assert again.returncode == 0 and "nothing new" in again.stdout, again.stderr[-2000:]
+    else:
+        assert again.returncode == ref.returncode, again.stderr[-2000:]
+    assert _manifest(out) == _manifest(ref_out)
+    assert sorted(p.name for p in landing.iterdir()) == ["a_big.csv"]  # the rejected file left landing
+    assert sorted(p.name for p in (out / "rejected").iterdir()) == sorted(
+        p.name for p in (ref_out / "rejected").iterdir()
+    )
+    index = [json.loads(line) for line in (out / "archive" / "index.jsonl").read_text().splitlines()]
+    assert sorted((e["file"].split("-")[0], e.get("status", "processed")) for e in index) == [
+        ("a_big.csv", "processed"),
+        ("b_bad", "rejected"),
+    ]

@@ -129,5 +129,6 @@ def test_too_many_failing_rows_rejects_the_whole_file(tmp_path, fixtures_dir, ru
     ).write_csv(bad)
     res = stage_file(bad, tmp_path / "out", "run-test", dt.date(2024, 3, 1), rules)
     assert res.status == "rejected" and "max_quarantine_share" in res.error
-    assert (tmp_path / "out" / "rejected" / "mostly_bad.csv").read_bytes() == bad.read_bytes()
-    assert "mostly_bad.csv" in (tmp_path / "out" / "rejected" / "mostly_bad.csv.error.txt").read_text()
+    kept = tmp_path / "out" / "rejected" / res.rejected_as
+    assert kept.read_bytes() == bad.read_bytes() and res.rejected_as.startswith("mostly_bad-")
+    assert "mostly_bad.csv" in kept.with_name(f"{kept.name}.error.txt").read_text()

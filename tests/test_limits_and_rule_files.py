@@ -65,10 +65,10 @@ REJECTED = [
         "data row 17: an unclosed quote",
     ),
     (
-        "enormous field (5,000 bytes)",
+        "enormous field (5,000 bytes) holding line breaks: an unclosed quote",
         "emar.csv",
-        _csv_with_row(",".join(["y" * 5000] * N_COLS)),
-        "data row 17, column admin_id",
+        _csv_with_row('"' + "y\n" * 2500 + '",' + ",".join(["x"] * (N_COLS - 1))),
+        "data row 17, column admin_id: a value over the limit of 4K (B12_MAX_FIELD_BYTES) holding line breaks",
     ),
     ("repeated column name", "emar.csv", CLEAN.replace(b"route,", b"route,route,", 1), "duplicate column"),
     ("Parquet bytes that are not Parquet", "emar.parquet", b"PAR1" + b"\0" * 100, "not a readable Parquet"),
@@ -94,6 +94,17 @@ ACCEPTED = [
     ("invalid UTF-8 in a value", CLEAN.replace(b"left deltoid", b"left \xff\xfe deltoid", 1), 16),
     ("quoted newline inside a value", CLEAN.replace(b"left deltoid", b'"left\ndeltoid"', 1), 16),
 ]
+
+
+def test_one_over_long_value_quarantines_its_row_and_the_rest_is_read(tmp_path):
+    path = tmp_path / "emar.csv"
+    path.write_bytes(_csv_with_row(",".join(["MAR-9-1", "P9", "E9", "z" * 5000] + ["x"] * (N_COLS - 4))))
+    extract = read_extract(path)
+    assert extract.rows == 17 and extract.frame.height == 16
+    (held,) = extract.quarantine.iter_rows(named=True)
+    assert held["source_row"] == 17 and held["admin_id"] == "MAR-9-1"
+    assert held["failed_expectations"] == ["value_within_length_limit"]
+    assert "over the limit of 4K" in held["failure_reasons"] and "z" * 10 not in held["failure_reasons"]
 
 
 @pytest.mark.parametrize("case,data,rows", ACCEPTED, ids=[c[0] for c in ACCEPTED])
@@ -164,7 +175,8 @@ print(json.dumps({"outcome": outcome, "peak_mb": resource.getrusage(resource.RUS
     "kind,name,expected,peak_mb",
     [
         ("parquet-dictionary", "bomb.parquet", "bytes of text once decoded, over the limit of 4G", 1024),
-        ("csv-field", "field.csv", "data row 1, column order_id: a value over the limit of 4K", 3072),
+        # one long value without line breaks is that row's problem: read, the row quarantined
+        ("csv-field", "field.csv", "read", 3072),
     ],
 )
 @pytest.mark.slow  # writes and refuses a 256 MB field and a 50 GB-when-decoded Parquet in a child process
@@ -216,7 +228,7 @@ HOSTILE_RULES = [
         "billion laughs",
         "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
         "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n",
-        "unknown field(s) a, b, c, d",
+        "YAML aliases (*a) are not accepted",
     ),
     (
         "impossible date",
@@ -230,6 +242,64 @@ HOSTILE_RULES = [
     ),
     ("not UTF-8", None, "not valid (safe) YAML"),
 ]
+
+
+def _alias_bomb(depth: int) -> str:
+    """A 2 KB rule whose `when:` doubles at every level through anchors (2**depth leaves)."""
+    levels = ["x0: &a0 {field: charge_units, is_null: false}"]
+    levels += [f"x{i}: &a{i} {{all: [*a{i - 1}, *a{i - 1}]}}" for i in range(1, depth + 1)]
+    body = RULE.split("when:")[0] + "anchors:\n" + "".join(f"  {line}\n" for line in levels)
+    return body + f"when: *a{depth}\n" + "cases:" + RULE.split("cases:", 1)[1]
+
+
+def _with_when(condition: str) -> str:
+    return RULE.split("when:")[0] + f"when: {condition}\n" + "cases:" + RULE.split("cases:", 1)[1]
+
+
+BOMB_RULES = [
+    ("aliases nested in when (2**12 leaves)", _alias_bomb(12), "YAML aliases (*a"),
+    ("3000 nested not", _with_when("{not: " * 3000 + "{field: x, is_null: true}" + "}" * 3000), "nest"),
+    ("40 nested not", _with_when("{not: " * 40 + "{field: x, is_null: true}" + "}" * 40), "nested deeper than 32"),
+    (
+        "invalid regex in matches",
+        RULE.replace("{field: charge_units, is_null: false}", "{field: charge_hcpcs, matches: 'J34(20'}", 1),
+        "matches is not a valid regular expression",
+    ),
+]
+
+
+@pytest.mark.parametrize("case,text,expected", BOMB_RULES, ids=[c[0] for c in BOMB_RULES])
+def test_rule_file_bombs_are_refused_at_load_quickly(tmp_path, case, text, expected):
+    import time
+
+    rules = _rules_copy(tmp_path)
+    target = rules / "coding" / "UNITS-001.yaml"
+    target.write_text(text)
+    started = time.perf_counter()
+    with pytest.raises(RuleFileError) as caught:
+        load_ruleset(rules)
+    assert time.perf_counter() - started < 5
+    assert str(target) in str(caught.value) and expected in str(caught.value), str(caught.value)
+
+
+def test_a_rule_that_fails_stops_the_run_before_history_changes(tmp_path, fixtures_dir):
+    """An invalid pattern: refused at the CLI's preflight (exit 2) and by the flow's own load,
+    before any file is read; nothing is written under --out."""
+    from typer.testing import CliRunner
+
+    from b12pipeline.cli import app
+    from b12pipeline.pipeline import Rules
+
+    rules = _rules_copy(tmp_path)
+    target = rules / "coding" / "UNITS-001.yaml"
+    target.write_text(BOMB_RULES[-1][1])
+    out = tmp_path / "out"
+    extract = str(fixtures_dir / "emar_2024-03-01.csv")
+    done = CliRunner().invoke(app, ["run", "--extract", extract, "--out", str(out), "--rules", str(rules)])
+    assert done.exit_code == 2 and "UNITS-001.yaml" in done.output, done.output
+    assert not (out / "history").exists()
+    with pytest.raises(RuleFileError, match="UNITS-001.yaml"):
+        Rules.load(rules)
 
 
 @pytest.mark.parametrize("case,text,expected", HOSTILE_RULES, ids=[c[0] for c in HOSTILE_RULES])

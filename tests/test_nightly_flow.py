@@ -93,8 +93,9 @@ def test_a_rejected_file_does_not_stop_the_good_one(tmp_path, fixtures_dir):
     )
     assert result.exit_code == 1
     assert "no_admin_id.csv" in result.output and "admin_id" in result.output
-    assert (out / "rejected" / "no_admin_id.csv").read_bytes() == bad.read_bytes()
-    assert "missing required column(s) admin_id" in (out / "rejected" / "no_admin_id.csv.error.txt").read_text()
+    (kept,) = (out / "rejected").glob("no_admin_id-*.csv")  # the checksum in the name: never overwritten
+    assert kept.read_bytes() == bad.read_bytes()
+    assert "missing required column(s) admin_id" in kept.with_name(f"{kept.name}.error.txt").read_text()
     assert read_queue(out / "queues").height == 5  # the good file was processed
     assert bad.exists()  # `run` copies aside; it never deletes the user's file
     quarantine = pl.read_parquet(out / "quarantine" / "**" / "*.parquet", hive_partitioning=False)

@@ -49,7 +49,39 @@ def write_canary_landing(fixtures: Path, folder: Path) -> Path:
     # An unclosed quote before a canary id: Polars' own error message quotes that row.
     broken = text[:3] + ['"' + text[3]] + text[4:]
     (folder / "night_c.csv").write_text("\n".join(broken) + "\n")
+    # No header and another delimiter: the first row, read as the header, is patient data.
+    (folder / "night_d.csv").write_text("\n".join(line.replace(",", ";") for line in text[1:]) + "\n")
+    _write_clarity_canaries(fixtures / "sources" / "emar_2024-03-01.clarity.csv", folder)
+    _write_fhir_canaries(fixtures / "sources" / "emar_2024-03-01.fhir.ndjson", folder / "night_f.ndjson")
     return folder
+
+
+def _write_clarity_canaries(source: Path, folder: Path) -> None:
+    """A Clarity extract with canary MRNs and CSNs, read fine; and one with a ragged row (Polars' parse
+    error quotes that row)."""
+    lines = source.read_text().splitlines()
+    rows = [lines[0]] + [
+        line.replace("MRN004", "CANARYMRN").replace("CSN000", "CANARYCSN").replace("MAR-10", "CANARYORD")
+        for line in lines[1:]
+    ]
+    (folder / "night_e.csv").write_text("\n".join(rows) + "\n")
+    ragged = rows[:2] + [rows[2] + ",extra,fields"] + rows[3:]
+    (folder / "night_g.csv").write_text("\n".join(ragged) + "\n")
+
+
+def _write_fhir_canaries(source: Path, target: Path) -> None:
+    """FHIR resources with canary identifiers, and canaries in the elements a reason could quote
+    (status, statusReason, resourceType, route code, medicationReference)."""
+    resources = [json.loads(line) for line in source.read_text().splitlines()]
+    for i, res in enumerate(resources):
+        res["id"] = f"CANARYADM{i}"
+        res["subject"] = {"reference": f"Patient/CANARYPAT{i}"}
+    resources[1]["status"] = "CANARYSTATUS"
+    resources[2]["status"] = "not-done"
+    resources[2]["statusReason"] = [{"text": "Given by CANARY NURSE"}]
+    resources[3]["medicationReference"] = {"reference": "#CANARYMED"}
+    resources[4]["resourceType"] = "CANARYTYPE"
+    target.write_text("".join(json.dumps(r) + "\n" for r in resources))
 
 
 def _scan(paths) -> list[str]:
@@ -145,7 +177,18 @@ def test_canary_night_really_carries_the_canaries(canary_night):
     out = canary_night["out"]
     assert _scan(p for p in out.rglob("*.parquet") if p.relative_to(out).parts[0] in ("queues", "quarantine"))
     m = canary_night["manifest"]
-    assert m["totals"]["files_rejected"] == 1 and m["totals"]["quarantined"] >= 2 and m["findings"]["total"] > 0
+    status = {i["file"]: i["status"] for i in m["inputs"]}
+    assert status == {
+        "night_a.csv": "processed",
+        "night_b.parquet": "processed",
+        "night_c.csv": "rejected",
+        "night_d.csv": "rejected",
+        "night_e.csv": "processed",
+        "night_f.ndjson": "processed",
+        "night_g.csv": "rejected",
+    }
+    assert {i["source_format"] for i in m["inputs"] if i["status"] == "processed"} >= {"clarity", "fhir"}
+    assert m["totals"]["quarantined"] >= 6 and m["findings"]["total"] > 0
 
 
 def test_no_identifier_in_run_records_reports_or_any_file_outside_the_data_stores(canary_night):
@@ -156,9 +199,20 @@ def test_no_identifier_in_run_records_reports_or_any_file_outside_the_data_store
     assert any(p.name == "report.html" for p in written)
     assert any("validation" in p.relative_to(out).parts[2:3] and p.suffix == ".html" for p in written)
     assert _scan(written) == []
-    # the rejected file's reason names the row but never quotes it
-    rejected = [i for i in canary_night["manifest"]["inputs"] if i["status"] == "rejected"]
-    assert "data row" in rejected[0]["error"] and CANARY not in rejected[0]["error"]
+    # the rejected files' reasons name the row but never quote it, nor a header made of data
+    rejected = {i["file"]: i["error"] for i in canary_night["manifest"]["inputs"] if i["status"] == "rejected"}
+    assert "data row" in rejected["night_c.csv"] and "delimiter" in rejected["night_d.csv"]
+    assert "data row 2" in rejected["night_g.csv"]
+    assert not [e for e in rejected.values() if CANARY.lower() in e.lower()]
+    assert _scan((out / "rejected").glob("*.error.txt")) == []
+
+
+def test_no_identifier_in_quarantine_reasons(canary_night):
+    """The quarantine holds the rows (that is its job); its reasons never repeat a value."""
+    quarantine = pl.read_parquet(canary_night["out"] / "quarantine" / "**" / "*.parquet")
+    reasons = quarantine["failure_reasons"].drop_nulls().to_list()
+    assert any("status" in r for r in reasons)  # the FHIR resources with canary elements are there
+    assert [r for r in reasons if CANARY.lower() in r.lower()] == []
 
 
 def test_no_identifier_in_logs_or_prefect_artifacts(canary_night):

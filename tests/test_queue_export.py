@@ -106,6 +106,38 @@ def test_queue_usage_errors_exit_2(two_nights, args):
     assert result.exit_code == 2, result.output
 
 
+HOSTILE_CELLS = ['=HYPERLINK("http://x","y")', "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)", "\t=1", "\r=1"]
+
+
+def test_exports_never_carry_a_live_formula_and_are_owner_only(two_nights, tmp_path):
+    """Identifiers and messages come from extracts: a cell a spreadsheet would run is stored as text."""
+    import stat
+
+    from b12pipeline.export import export_csv, export_xlsx
+    from b12pipeline.worklog import open_worklog
+    from b12pipeline.worklog.view import work_view
+
+    out, _ = two_nights
+    view = work_view(out, open_worklog(out), "coding", as_of=dt.date(2024, 3, 2))
+    found = view.head(len(HOSTILE_CELLS))
+    assert found.height == len(HOSTILE_CELLS)
+    text_columns = [c for c in CODER_COLUMNS if found.schema[c] == pl.String]
+    hostile = found.with_columns(pl.Series(c, HOSTILE_CELLS) for c in text_columns)
+    csv_path, xlsx_path = tmp_path / "q.csv", tmp_path / "q.xlsx"
+    export_csv(hostile, csv_path)
+    export_xlsx(hostile, xlsx_path)
+    for path in (csv_path, xlsx_path):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+        cells = [cell for row in list(csv.reader(fh))[1:] for cell in row]
+    assert cells and not [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    assert '\'=HYPERLINK("http://x","y")' in cells
+    ws = openpyxl.load_workbook(xlsx_path).active
+    body = [cell for row in ws.iter_rows(min_row=2) for cell in row]
+    assert not [c.coordinate for c in body if c.data_type == "f"]
+    assert HOSTILE_CELLS[0] in [c.value for c in body]  # shown as the text it is
+
+
 def test_queue_show_quarantine_lists_held_rows_with_their_reasons(two_nights):
     import polars as pl
 

@@ -65,5 +65,6 @@ def test_landing_flow_with_nothing_new_does_not_start_a_night(prefect_harness, l
         "status": "nothing new",
         "files": 0,
         "already_processed": first["files"],
+        "ignored": [],
     }
     assert len(list((out / "runs").glob("*/manifest.json"))) == 1

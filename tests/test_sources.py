@@ -165,7 +165,7 @@ def test_malformed_fhir_resources_are_quarantined_with_reasons_and_counted(tmp_p
     assert result.rows_read == result.in_scope + result.out_of_scope + result.quarantined
     reasons = dict(zip(held["source_row"].to_list(), held["failure_reasons"].to_list(), strict=True))
     assert reasons[3].startswith("line 3: not valid JSON")
-    assert reasons[4] == "line 4: resourceType is 'Patient', not 'MedicationAdministration'"
+    assert reasons[4] == "line 4: resourceType is not MedicationAdministration"
     assert reasons[11] == "line 11: status is missing (required)"
     assert reasons[12] == "line 12: dosage.dose.value must be a number, got str"
     assert result.quarantined == 6  # the 4 above + the fixture's 2 GX failures
@@ -237,5 +237,5 @@ def test_not_done_keeps_the_emar_word_but_never_becomes_given(tmp_path):
     ex = read_extract(path)
     assert ex.frame["mar_action"].to_list() == ["Refused"]
     assert ex.quarantine["failure_reasons"].to_list() == [
-        "line 2: status is not-done but statusReason[0] reads as an administration ('Given by Other')"
+        "line 2: status is not-done but statusReason[0] reads as an administration"
     ]

@@ -9,6 +9,7 @@ from typing import overload
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
@@ -17,6 +18,75 @@ EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 EXIT_BUSY = 3  # another run holds --out (b12pipeline/runguard.py)
 EXIT_ENVIRONMENT = 4  # the machine failed the run: --out not writable, disk full, a landing file vanished
 EXIT_SOURCE = 5  # a pull source could not be reached (after its retries)
+
+
+def environment_problem(exc: BaseException) -> str | None:
+    """One line for a failure of the machine rather than of the data (None if it is not one):
+    an OSError (read-only or full disk, a file-size limit, a landing file that vanished), or a
+    Polars error wrapping one ("... (os error 28)"). Names the path and the system's reason only."""
+    import errno
+    import os
+    import re
+
+    if isinstance(exc, OSError) and exc.errno:
+        where = f"{exc.filename}: " if exc.filename else ""
+        what = os.strerror(exc.errno).lower()
+        if exc.errno == errno.ENOENT:
+            what = "no longer there (another run sharing the landing folder, or a file moved away during the run)"
+        return f"{where}{what}"
+    code = re.search(r"\(os error (\d+)\)", str(exc)) if type(exc).__module__.startswith("polars") else None
+    if code:
+        return f"writing the output failed: {os.strerror(int(code.group(1))).lower()}"
+    return None
+
+
+@contextmanager
+def environment_failures():
+    """An environment failure is one line and EXIT_ENVIRONMENT, not a traceback with exit 1
+    (which means a file was rejected). Anything else propagates unchanged."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        line = environment_problem(exc)
+        if line is None:
+            raise
+        err_console.print(f"[bold red]environment:[/] {escape(line)}", soft_wrap=True)
+        raise typer.Exit(EXIT_ENVIRONMENT) from None
+
+
+class _NoTraceback:
+    """A logging filter: the record's line without its traceback (the exception is named in it)."""
+
+    def filter(self, record) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+@contextmanager
+def no_console_tracebacks():
+    """Prefect logs a failed task's traceback on the console before the CLI can say what failed in
+    one line; on the console the lines are kept and the tracebacks dropped."""
+    import logging
+
+    loggers = [logging.getLogger()] + [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    handlers = {
+        h
+        for lg in loggers
+        for h in lg.handlers
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+    }
+    quiet = _NoTraceback()
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
 
 
 def usage_error(message: str) -> typer.Exit:
@@ -45,13 +115,13 @@ def check_rules(rules: Path | None) -> None:
     from b12pipeline.config import load_site_config
     from b12pipeline.engine.rulefile import RuleFileError
     from b12pipeline.engine.settings import ConfigError
-    from b12pipeline.rulesets import load_ruleset
+    from b12pipeline.rulesets import check_conditions_compile, load_ruleset
 
     if rules is not None and not rules.is_dir():
         raise usage_error(escape(f"--rules {rules} is not a folder"))
     try:
         ruleset = load_ruleset(rules)
-        load_site_config(ruleset.directory / "site.yaml")
+        check_conditions_compile(ruleset, load_site_config(ruleset.directory / "site.yaml"))
     except (RuleFileError, ConfigError) as exc:
         raise usage_error(escape(f"{exc} (`b12pipeline rules lint` lists every problem)")) from None
 
@@ -67,11 +137,11 @@ def output_guard(out: Path, wait: bool):
     from b12pipeline.runguard import OutputLocked, guard_output
 
     def waiting(holder: str) -> None:
-        err_console.print(f"waiting for {out}: in use by {holder}")
+        err_console.print(escape(f"waiting for {out}: in use by {holder}"))
 
     try:
         with guard_output(out, wait=wait, on_wait=waiting):
             yield
     except OutputLocked as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(EXIT_BUSY) from None

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import typer
+from rich.markup import escape
 
 from b12pipeline import progress
 from b12pipeline.cli.common import err_console
@@ -33,8 +34,10 @@ class Feedback:
             sys.stderr.write(f"[{elapsed:6.1f}s] {self.title}: {text}\n")
             sys.stderr.flush()
         else:
-            err_console.print(f"[dim][{elapsed:6.1f}s][/] {self.title}: {text}", highlight=False, soft_wrap=True)
-            self.status.update(f"{self.title}: {text}")
+            # steps name files: text, never Rich markup
+            line = escape(f"{self.title}: {text}")
+            err_console.print(f"[dim][{elapsed:6.1f}s][/] {line}", highlight=False, soft_wrap=True)
+            self.status.update(line)
 
 
 class _Silent(Feedback):

@@ -16,7 +16,9 @@ from b12pipeline.cli.common import (
     EXIT_REJECTED,
     check_rules,
     console,
+    environment_failures,
     err_console,
+    no_console_tracebacks,
     output_guard,
     parse_date,
     today,
@@ -60,7 +62,7 @@ def run_night(
     quiet: bool = False,
 ) -> int:
     """`night`, `rules` and `engine` have passed preflight()."""
-    with output_guard(out, wait):
+    with environment_failures(), output_guard(out, wait):
         return _run_night(extracts, out, night, rules, source, move_rejected, engine, quiet)
 
 
@@ -107,7 +109,8 @@ def _with_feedback(night: dt.date, first_step: str, quiet: bool, run: Callable[[
         if server.temporary:
             shown.step("Prefect's temporary server is up")
         try:
-            result = run()
+            with no_console_tracebacks():
+                result = run()
         except (RuleFileError, RulesetError) as exc:
             raise usage_error(str(exc)) from None
         shown.step("done")
@@ -134,7 +137,11 @@ def run_landing(
 
     result = _with_feedback(night, "starting Prefect", quiet, run)
     if result["run_id"] is None:
-        console.print(f"nothing new in {landing} ({result['already_processed']} file(s) already processed)")
+        for entry in result.get("ignored", []):  # names from the landing folder: text, never markup
+            console.print(f"ignored {escape(entry['file'])}: {escape(entry['reason'])}")
+        console.print(
+            f"nothing new in {escape(str(landing))} ({result['already_processed']} file(s) already processed)"
+        )
         return EXIT_OK
     if result["already_processed"]:
         console.print(f"skipped {result['already_processed']} file(s) already processed (same checksum)")
@@ -156,8 +163,6 @@ def check_engine(engine: str) -> None:
     try:
         evaluator(engine)
     except (ValueError, DurableUnavailable) as exc:
-        from rich.markup import escape  # the hint contains [durable], which is not markup
-
         raise usage_error(escape(f"--engine {engine}: {exc}")) from None
 
 
@@ -165,6 +170,7 @@ ENGINE_HELP = "Rule engine: polars (default) or durable (optional second engine;
 
 
 def print_summary(manifest: dict, out: Path) -> None:
+    """File names, reasons and paths come from data: escaped, so `[/]` in them is text, not markup."""
     t = manifest["totals"]
     # Borderless so 80 columns hold every heading and count whole; only a long file name folds.
     files = Table(
@@ -177,9 +183,9 @@ def print_summary(manifest: dict, out: Path) -> None:
     for col in ("status", "read", "in scope", "out of scope", "quarantined"):
         files.add_column(col, justify="left" if col == "status" else "right", no_wrap=True)
     for i in manifest["inputs"]:
-        status = "[green]processed" if i["status"] == "processed" else "[red]rejected"
+        status = {"processed": "[green]processed", "deferred": "[yellow]deferred"}.get(i["status"], "[red]rejected")
         files.add_row(
-            i["file"],
+            escape(i["file"]),
             status,
             f"{i['rows_read']:,}",
             f"{i['in_scope']:,}",
@@ -203,15 +209,20 @@ def print_summary(manifest: dict, out: Path) -> None:
         queues.add_row(q, f"{n:,}")
     console.print(queues)
     for i in manifest["inputs"]:
+        if i["status"] == "deferred":
+            err_console.print(f"[yellow]deferred[/] {escape(i['error'])}")
         if i["status"] == "rejected":
-            err_console.print(f"[red]rejected[/] {i['error']}  -> {out / 'rejected'}")
+            kept = out / "rejected" / i.get("rejected_as", "")
+            err_console.print(f"[red]rejected[/] {escape(i['error'])}  -> {escape(str(kept))}")
     for warning in manifest.get("warnings", []):  # stale CMS tables (reference_max_age_quarters)
         err_console.print(f"[yellow]warning[/] {escape(warning)}", soft_wrap=True)
-    console.print(f"queues:     {out / 'queues'}")
-    console.print(f"quarantine: {out / 'quarantine'}")
-    console.print(f"run record: {out / 'runs' / manifest['run_id'] / 'manifest.json'}")
+    for entry in manifest.get("ignored", []):
+        console.print(f"ignored {escape(entry['file'])}: {escape(entry['reason'])}")
+    console.print(f"queues:     {escape(str(out / 'queues'))}")
+    console.print(f"quarantine: {escape(str(out / 'quarantine'))}")
+    console.print(f"run record: {escape(str(out / 'runs' / manifest['run_id'] / 'manifest.json'))}")
     if "run_report" in manifest:
-        console.print(f"report:     {out / manifest['run_report']}")
+        console.print(f"report:     {escape(str(out / manifest['run_report']))}")
 
 
 def register(app: typer.Typer) -> None:
@@ -254,5 +265,5 @@ def register(app: typer.Typer) -> None:
         if not landing.is_dir():
             raise usage_error(f"--landing {landing} is not a folder")
         day = preflight(night, rules, engine, out)
-        with output_guard(out, wait):  # held from the archive lookup to the end of the night
+        with environment_failures(), output_guard(out, wait):  # held from the archive lookup to the end
             raise typer.Exit(run_landing(landing, out, day, rules, source, engine, quiet))

@@ -100,9 +100,15 @@ def _is_ref(value: Any, kind: str) -> bool:
     return isinstance(value, dict) and set(value) == {kind}
 
 
-def check_condition(cond: Any, where: str = "") -> None:
-    """Raise ValueError naming the place if `cond` is not a well-formed condition."""
+MAX_DEPTH = 32  # nested all/any/not: the shipped rules use 4; deeper is a mistake or an attack
+
+
+def check_condition(cond: Any, where: str = "", depth: int = 0) -> None:
+    """Raise ValueError naming the place if `cond` is not a well-formed condition: bounded nesting,
+    and every `matches` pattern compiled here (Rust regex, as Polars runs it), not at the night."""
     here = where or "condition"
+    if depth > MAX_DEPTH:
+        raise ValueError(f"{here}: conditions nested deeper than {MAX_DEPTH} levels")
     if not isinstance(cond, dict) or not cond:
         raise ValueError(f"{here}: expected a mapping, got {type(cond).__name__}")
     keys = set(cond)
@@ -111,12 +117,12 @@ def check_condition(cond: Any, where: str = "") -> None:
             raise ValueError(f"{here}: a combinator ({', '.join(sorted(keys))}) must stand alone")
         (key,) = keys
         if key == "not":
-            return check_condition(cond["not"], f"{here}.not")
+            return check_condition(cond["not"], f"{here}.not", depth + 1)
         items = cond[key]
         if not isinstance(items, list) or not items:
             raise ValueError(f"{here}.{key}: expected a non-empty list of conditions")
         for i, item in enumerate(items):
-            check_condition(item, f"{here}.{key}[{i}]")
+            check_condition(item, f"{here}.{key}[{i}]", depth + 1)
         return
     if "field" not in cond or not isinstance(cond["field"], str):
         raise ValueError(f"{here}: a leaf needs 'field' (a column name); got keys {', '.join(sorted(keys))}")
@@ -136,6 +142,19 @@ def check_condition(cond: Any, where: str = "") -> None:
         raise ValueError(f"{here}: is_null needs true or false")
     if isinstance(value, dict) and not (_is_ref(value, "field") or _is_ref(value, "config")):
         raise ValueError(f"{here}: {op} operand must be a value, {{field: col}} or {{config: key}}")
+    if op == "matches":
+        _check_pattern(value, here)
+
+
+def _check_pattern(value: Any, here: str) -> None:
+    import polars as pl
+
+    if not isinstance(value, str):
+        raise ValueError(f"{here}: matches needs a regular expression (text)")
+    try:
+        pl.select(pl.lit("").str.contains(value))
+    except pl.exceptions.PolarsError:
+        raise ValueError(f"{here}: matches is not a valid regular expression (Rust regex syntax)") from None
 
 
 def fields_used(cond: dict) -> set[str]:

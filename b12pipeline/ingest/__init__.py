@@ -91,8 +91,8 @@ def canonicalise(
     missing = [c for c in contract.required_in_file if c not in present]
     if missing:
         hint = ""
-        if len(rename) == 1:
-            hint = f" (the header was read as one column {next(iter(rename.values()))[:60]!r}: is the delimiter ','?)"
+        if len(rename) == 1:  # never quoted: in a file without a header, the "header" is patient data
+            hint = " (the header was read as one column: is the delimiter ','?)"
         raise FileRejected(path, f"missing required column(s) {', '.join(missing)}{hint}")
     ignored = [c for c in rename.values() if c not in contract.columns]
     exprs = []

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from b12pipeline.contract import load_contract
 from b12pipeline.ingest import FileRejected, canonicalise, collect_kept
 from b12pipeline.limits import Limits, current_limits, human
 
@@ -52,12 +53,13 @@ def read_csv(path: Path, keep: pl.Expr | None = None) -> tuple[pl.DataFrame, lis
             truncate_ragged_lines=False,
             row_index_name="source_row",
             row_index_offset=1,
+            glob=False,  # a file name with [ ] or * is a name, not a pattern
         )
         header = [c for c in raw.collect_schema().names() if c != "source_row"]
         # Polars renames a repeated header to <name>_duplicated_<n>; the second copy would be dropped unseen.
         repeated = sorted({re.sub(DUPLICATE_SUFFIX, "", c) for c in header if re.search(DUPLICATE_SUFFIX, c)})
         if repeated:
-            raise FileRejected(path, f"duplicate column name(s) in the header: {', '.join(repeated)}")
+            raise FileRejected(path, f"duplicate column name(s) in the header: {column_names(repeated)}")
         frame, ignored = canonicalise(raw, path)
         kept, skipped = collect_kept(frame, keep)
     except pl.exceptions.NoDataError:
@@ -75,14 +77,23 @@ CSV_ERRORS = {
 }
 
 
-def csv_problem(path: Path) -> str | None:
+def column_names(names: list[str]) -> str:
+    """Header names fit to quote in a message: contract columns by name, any other only counted (in a
+    file without a header, the first row's values are read as the header: patient data)."""
+    known = set(load_contract().names)
+    named = [n for n in names if n.strip().lower() in known]
+    others = len(names) - len(named)
+    return ", ".join(named + ([f"{others} other(s), not contract columns"] if others else []))
+
+
+def csv_problem(path: Path, delimiter: str = ",") -> str | None:
     """Where a CSV breaks, by data row, never quoting a value (Polars' messages quote the row: PHI).
 
     Only runs after Polars refused the file, so the per-row Python here is off the hot path.
     """
     csv.field_size_limit(max(current_limits().max_field_bytes * 4, 1 << 17))
     with open(path, newline="", encoding="utf-8", errors="replace") as fh:
-        reader = csv.reader(fh, strict=True)
+        reader = csv.reader(fh, strict=True, delimiter=delimiter)
         row = 0
         try:
             header = next(reader, None)
@@ -99,9 +110,11 @@ def csv_problem(path: Path) -> str | None:
 
 
 def scrub(exc: Exception) -> str:
-    """The first line of a reader error with every `quoted` excerpt removed (they can hold row values)."""
+    """The first line of a reader error with every quoted excerpt (`...`, '...', "...") removed and
+    anything after a colon dropped: Polars and pyarrow quote row values there ("could not parse '...'")."""
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return re.sub(r"`[^`]*`?", "`...`", first)[:300]
+    first = re.sub(r"`[^`]*`?|'[^']*'?|\"[^\"]*\"?", "...", first)
+    return first.split(":", 1)[0][:120] or type(exc).__name__
 
 
 def _as_text(frame: pl.LazyFrame) -> pl.LazyFrame:
@@ -179,7 +192,19 @@ def read_parquet(path: Path, keep: pl.Expr | None = None) -> tuple[pl.DataFrame,
     if problem:
         raise FileRejected(path, problem)
     try:
-        raw = pl.scan_parquet(path, row_index_name="source_row", row_index_offset=1)
+        raw = pl.scan_parquet(path, row_index_name="source_row", row_index_offset=1, glob=False)
+        contract = set(load_contract().names)
+        nested = [
+            name
+            for name, dtype in raw.collect_schema().items()
+            if name.strip().lower() in contract and isinstance(dtype, (pl.List, pl.Struct, pl.Array))
+        ]
+        if nested:  # read as nulls, a B12 row would silently count as out of scope
+            raise FileRejected(
+                path,
+                f"column(s) {', '.join(n.strip().lower() for n in nested)} hold lists or structs; "
+                f"contract columns must be text, numbers, dates or times",
+            )
         frame, ignored = canonicalise(_as_text(raw), path)
         kept, skipped = collect_kept(frame, keep)
     except FileRejected:

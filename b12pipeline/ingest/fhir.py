@@ -240,7 +240,7 @@ def _dosage(res: dict, row: dict, cfg: dict) -> None:
             display = next((d for _, _, d in codings if d), None)
             text = mapped[0] if mapped else display
             if text is None and codings:
-                raise Invalid(f"dosage.route code '{codings[0][1]}' is not in the fhir mapping (values.route)")
+                raise Invalid("dosage.route code is not in the fhir mapping (values.route)")
         row["route"] = text
     site = _get(dosage, "site", dict, "dosage.")
     if site is not None:
@@ -281,7 +281,7 @@ def _not_done_reason(res: dict) -> str | None:
         return None
     folded = text.strip().lower()
     if folded in SiteConfig().given_actions or (re.search(r"\bgiven\b", folded) and not re.search(r"\bnot\b", folded)):
-        raise Invalid(f"status is not-done but statusReason[0] reads as an administration ({text!r})")
+        raise Invalid("status is not-done but statusReason[0] reads as an administration")
     return text
 
 
@@ -294,14 +294,12 @@ def parse_resource(
         raise Invalid(f"the line is JSON but not an object ({type(res).__name__})")
     kind = res.get("resourceType")
     if kind != "MedicationAdministration":
-        raise Invalid(
-            f"resourceType is {kind!r}, not 'MedicationAdministration'" if kind else "resourceType is missing"
-        )
+        raise Invalid("resourceType is not MedicationAdministration" if kind else "resourceType is missing")
     row["admin_id"] = _get(res, "id", str, "", required=True)
     _medication(res, row, cfg, resolve)
     status = _get(res, "status", str, "", required=True)
     if status not in cfg["status"]:
-        raise Invalid(f"status {status!r} is not a MedicationAdministration status in the fhir mapping")
+        raise Invalid("status is not a MedicationAdministration status in the fhir mapping")
     row["mar_action"] = cfg["status"][status]
     if status == "not-done":  # the eMAR's own word for it (Refused, Missed, ...) is in statusReason
         row["mar_action"] = _not_done_reason(res) or row["mar_action"]
@@ -331,6 +329,38 @@ def parse_resource(
     _extensions(res, row, cfg, seen)
 
 
+_KEY_END = re.compile(rb'"\s*:')
+_ELEMENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,39}")
+
+
+def _key_count(value: object) -> int:
+    if isinstance(value, dict):
+        return len(value) + sum(_key_count(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(_key_count(v) for v in value)
+    return 0
+
+
+def _refuse_duplicate_keys(line: bytes, resource: object) -> None:
+    """A JSON object with the same key twice (two `subject`s) is ambiguous: parsers keep the last,
+    so one of two patients would be dropped unseen. Cheap test first (every key ends in `":`, so
+    fewer of those than parsed keys is impossible, and as many means none was dropped); the exact
+    check runs only on lines with more (a duplicate, or `":` inside a text value)."""
+    if len(_KEY_END.findall(line)) <= _key_count(resource):
+        return
+    import json
+
+    def no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+        keys = [k for k, _ in pairs]
+        repeated = next((k for k in keys if keys.count(k) > 1), None)
+        if repeated is not None:
+            name = repeated if _ELEMENT_NAME.fullmatch(repeated) else "an element"
+            raise Invalid(f"duplicate key {name} in one JSON object (ambiguous: refused, not last-wins)")
+        return dict(pairs)
+
+    json.loads(line, object_pairs_hook=no_duplicates)
+
+
 def read_fhir(path: Path, mapping: str = "fhir") -> Extract:
     cfg = _config(mapping)
     try:
@@ -353,6 +383,7 @@ def read_fhir(path: Path, mapping: str = "fhir") -> Extract:
         try:
             resource = _loads(line)
             json_lines += 1
+            _refuse_duplicate_keys(line, resource)
             parse_resource(resource, cfg, seen, row)
         except _JSONError as exc:
             reason = (

@@ -7,8 +7,17 @@ from pathlib import Path
 import polars as pl
 
 from b12pipeline.contract import load_contract
-from b12pipeline.ingest import Extract, FileRejected, canonical, collect_kept, fhir, fhirbulk, sourcemapped
-from b12pipeline.limits import current_limits, file_problem, frame_problem
+from b12pipeline.ingest import (
+    Extract,
+    FileRejected,
+    canonical,
+    collect_kept,
+    fhir,
+    fhirbulk,
+    sourcemapped,
+    split_quarantine,
+)
+from b12pipeline.limits import LONG_VALUE_CHECK, Limits, current_limits, file_problem, frame_problem, long_values
 
 
 def read_extract(path: Path | str, source: str | None = None, keep: pl.Expr | None = None) -> Extract:
@@ -18,6 +27,8 @@ def read_extract(path: Path | str, source: str | None = None, keep: pl.Expr | No
     rest are counted in `rows_skipped`. The CSV and Parquet readers apply it while streaming, so the
     other rows are never materialised; for the other readers it is applied here."""
     path = Path(path)
+    if path.is_symlink():  # never followed: its target may be anywhere (docs/decisions.md)
+        raise FileRejected(path, "a symbolic link; extracts are read only from regular files (not followed)")
     if source is None and fhirbulk.recognise(path):  # a Bulk Data folder or its manifest
         source = fhirbulk.FORMAT
     if source and source.lower() == fhirbulk.FORMAT:
@@ -54,4 +65,32 @@ def read_extract(path: Path | str, source: str | None = None, keep: pl.Expr | No
     problem = frame_problem(extract.frame, load_contract().names, limits)
     if problem:
         raise FileRejected(path, problem)
+    delimiter = {"csv": ","}.get(fmt) or (
+        sourcemapped.load_mapping(fmt).delimiter if fmt in sourcemapped.delimited_names() else None
+    )
+    return _quarantine_long_values(extract, limits, delimiter)
+
+
+def _quarantine_long_values(extract: Extract, limits: Limits, delimiter: str | None) -> Extract:
+    """Rows with a value over max_field_bytes go to the reader's quarantine; a long value that
+    shows a quoting error rejects the file (limits.long_values)."""
+    names = load_contract().names
+    reasons, problem = long_values(extract.frame, names, limits, delimiter)
+    if problem:
+        raise FileRejected(extract.path, problem)
+    if reasons is None:
+        return extract
+    extract.frame, held = split_quarantine(extract.frame, reasons, LONG_VALUE_CHECK)
+    if held is None:
+        return extract
+    # The over-long values are not copied into quarantine (one can be hundreds of MB): the archived
+    # file keeps them; the reason names the column.
+    held = held.with_columns(
+        pl.when(pl.col(c).str.len_bytes() > limits.max_field_bytes).then(None).otherwise(pl.col(c)).alias(c)
+        for c in names
+        if held.schema.get(c) == pl.String
+    )
+    extract.quarantine = (
+        held if extract.quarantine is None else pl.concat([extract.quarantine, held], how="diagonal_relaxed")
+    )
     return extract

@@ -45,7 +45,9 @@ def read_mapped(path: Path, name: str) -> Extract:
     try:
         mapped, reasons = apply_mapping(raw, mapping)
     except pl.exceptions.PolarsError as exc:
-        raise FileRejected(path, f"cannot apply the {name} mapping: {str(exc).splitlines()[0][:300]}") from None
+        from b12pipeline.ingest.canonical import scrub
+
+        raise FileRejected(path, f"cannot apply the {name} mapping: {scrub(exc)}") from None
     frame, _ = canonicalise(mapped, path)
     frame, held = split_quarantine(frame, reasons, f"{UNMAPPED_CHECK}({name})")
     return Extract(path=path, source_format=name, frame=frame, ignored_columns=ignored, quarantine=held)
@@ -66,14 +68,17 @@ def _read_text(path: Path, mapping: SourceMapping) -> pl.DataFrame:
     except pl.exceptions.NoDataError:
         raise FileRejected(path, "the file is empty (no header row)") from None
     except (pl.exceptions.ComputeError, pl.exceptions.PolarsError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FileRejected(path, f"not a readable {mapping.name} extract: {first[:300]}") from None
+        # Polars' message quotes the row it failed on (identifiers): say where, never what.
+        from b12pipeline.ingest.canonical import csv_problem, scrub
+
+        why = csv_problem(path, mapping.delimiter) or scrub(exc)
+        raise FileRejected(path, f"not a readable {mapping.name} extract: {why}") from None
 
 
 def _read_parquet_as_text(path: Path, mapping: SourceMapping) -> pl.DataFrame:
     """The same source columns as Parquet (what a SQL pull writes): every column read as text."""
     try:
-        raw = pl.read_parquet(path)
+        raw = pl.read_parquet(path, glob=False)
     except (OSError, pl.exceptions.PolarsError) as exc:
         raise FileRejected(path, f"not a readable {mapping.name} Parquet file ({type(exc).__name__})") from None
     nested = [c for c, t in raw.schema.items() if t.is_nested()]

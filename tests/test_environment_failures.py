@@ -1,0 +1,101 @@
+"""The machine failing the run (read-only --out, a full disk, a landing file gone): one clear line,
+exit code 4 (EXIT_ENVIRONMENT), no traceback; never exit 1, which means a file was rejected."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from b12pipeline.cli.common import EXIT_ENVIRONMENT, environment_problem
+
+CLI = str(Path(sys.executable).parent / "b12pipeline")
+
+
+@pytest.fixture(scope="module")
+def cli_env(prefect_harness) -> dict:
+    from prefect.settings import PREFECT_API_URL
+
+    return {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_LOGGING_LEVEL": "WARNING"}
+
+
+def _read_only_folder(tmp_path: Path) -> Path:
+    """A folder no file can be created in: sysfs when running as root (root ignores modes)."""
+    if os.geteuid() == 0:
+        return Path("/sys/kernel")
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    return folder
+
+
+def _assert_one_clear_line(done: subprocess.CompletedProcess, *words: str) -> None:
+    assert done.returncode == EXIT_ENVIRONMENT, (done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr
+    line = [row for row in done.stderr.splitlines() if row.startswith("environment:")]
+    assert len(line) == 1, done.stderr[-2000:]
+    for word in words:
+        assert word in line[0], line
+
+
+def test_a_read_only_out_is_one_line_and_exit_4(tmp_path, fixtures_dir, cli_env):
+    out = _read_only_folder(tmp_path)
+    done = subprocess.run(
+        [
+            CLI,
+            "run",
+            "--extract",
+            str(fixtures_dir / "emar_2024-03-01.csv"),
+            "--out",
+            str(out),
+            "--night",
+            "2024-03-01",
+        ],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    _assert_one_clear_line(done, ".lock")
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_exit_4(tmp_path, fixtures_dir, cli_env):
+    """A file-size limit makes the kernel refuse writes past 64 KB (EFBIG), as a full disk refuses
+    them (ENOSPC): the night's first large write fails."""
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a refused write is an error, not a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
+
+    big = tmp_path / "emar_big.csv"
+    lines = (fixtures_dir / "emar_2024-03-01.csv").read_text().splitlines()
+    big.write_text("\n".join([lines[0]] + [f"X{i}{row}" for i in range(300) for row in lines[1:]]) + "\n")
+    done = subprocess.run(
+        [CLI, "run", "--extract", str(big), "--out", str(tmp_path / "out"), "--night", "2024-03-01"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit_file_size,
+    )
+    _assert_one_clear_line(done, str(tmp_path / "out"))
+
+
+def test_a_landing_file_gone_mid_run_stops_the_night_as_an_environment_failure(prefect_harness, tmp_path):
+    """Another run sharing the landing folder took the file: not a rejection (exit 1), and nothing
+    is written to rejected/ for bytes this run never had."""
+    from flows.nightly import nightly_flow
+
+    gone = tmp_path / "landing" / "emar.csv"
+    with pytest.raises(FileNotFoundError) as caught:
+        nightly_flow(extracts=[str(gone)], out=str(tmp_path / "out"), night=dt.date(2024, 3, 1), move_rejected=True)
+    assert not (tmp_path / "out" / "rejected").exists()
+    line = environment_problem(caught.value)
+    assert line and str(gone) in line and "no longer there" in line
