@@ -121,6 +121,7 @@ def test_an_unknown_rule_is_said_not_to_exist(night):
     assert "no findings" not in shown.stdout
 
 
+@pytest.mark.slow  # a child process that waits for the unreachable server to time out
 def test_serve_without_a_reachable_prefect_server_says_so_and_exits(tmp_path):
     landing = tmp_path / "landing"
     landing.mkdir()

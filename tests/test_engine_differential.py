@@ -76,6 +76,7 @@ def same_findings(facts: pl.DataFrame, loaded: Rules, rules=None) -> tuple[pl.Da
     return a, b
 
 
+@pytest.mark.slow  # the fixture extracts read, validated and evaluated by both engines
 def test_fixture_rows_same_findings(fixture_facts, loaded):
     a, _ = same_findings(fixture_facts, loaded)
     assert a.height > 0  # the fixtures do produce findings: the comparison is not of two empty frames
