@@ -85,7 +85,9 @@ def work_effect(out: Path, detail: pl.DataFrame) -> dict:
     from b12pipeline.worklog import CLOSED_STATUSES, OPEN_STATUSES
 
     moved = detail.filter(pl.col("change") != "unchanged").select("finding_id", "queue", "change")
-    states = worklog_states(out, moved["finding_id"].to_list()) if moved.height else None
+    if moved.height == 0:
+        return {"rows": [], "note": "No finding would be added or resolved: nobody's work changes."}
+    states = worklog_states(out, moved["finding_id"].to_list())
     if states is None:
         resolved = moved.filter(pl.col("change") == "resolved").group_by("queue").len()
         rows = [

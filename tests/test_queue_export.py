@@ -136,3 +136,18 @@ def test_exports_never_carry_a_live_formula_and_are_owner_only(two_nights, tmp_p
     body = [cell for row in ws.iter_rows(min_row=2) for cell in row]
     assert not [c.coordinate for c in body if c.data_type == "f"]
     assert HOSTILE_CELLS[0] in [c.value for c in body]  # shown as the text it is
+
+
+def test_queue_show_quarantine_lists_held_rows_with_their_reasons(two_nights):
+    import polars as pl
+
+    out, manifests = two_nights
+    held = pl.concat([pl.read_parquet(p) for p in sorted((out / "quarantine").rglob("*.parquet"))])
+    assert held.height == sum(m["totals"]["quarantined"] for m in manifests) > 0
+    result = invoke("queue", "show", "quarantine", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert f"{held.height:,} row(s)" in text
+    for r in held.iter_rows(named=True):
+        assert f"{r['source_file']} row {r['source_row']}" in text
+        assert r["admin_id"] in text and " ".join(r["failure_reasons"].split()) in text

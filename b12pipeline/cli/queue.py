@@ -77,6 +77,39 @@ def finding_block(r: dict) -> Group:
     return Group(Text(""), head, Padding(grid, (0, 0, 0, 2)))
 
 
+def _show_quarantine(out: Path, day, limit: int) -> None:
+    """Quarantined rows, oldest date first, one block each: where the row came from, who it is
+    about, and every reason it was held (a coder or IT fixes the source and re-sends it)."""
+    import polars as pl
+
+    from b12pipeline.paths import OutputLayout
+
+    root = OutputLayout(out).quarantine
+    paths = sorted(root.glob("*=*/*.parquet")) if root.is_dir() else []
+    if day is not None:
+        paths = [p for p in paths if p.parent.name == f"service_date={day.isoformat()}"]
+    if not paths:
+        console.print(f"no quarantined rows in {root}" + (f" on {day}" if day else ""))
+        return
+    frames = [pl.read_parquet(p).with_columns(pl.lit(p.parent.name).alias("_where")) for p in paths]
+    rows = pl.concat(frames, how="diagonal_relaxed").sort("_where", "source_file", "source_row")
+    shown = rows.head(limit) if limit > 0 else rows
+    console.print(f"[bold]Quarantine in {out}: {rows.height:,} row(s)[/]")
+    for r in shown.iter_rows(named=True):
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(no_wrap=True, style="dim", min_width=10)
+        grid.add_column(overflow="fold")
+        where = r["_where"].replace("service_date=", "date of service ").replace("extract_date=", "night ")
+        grid.add_row("held on", where)
+        for label, key in (("patient", "patient_id"), ("encounter", "encounter_id"), ("admin", "admin_id")):
+            grid.add_row(label, str(r.get(key) or ""))
+        grid.add_row("reasons", Text(r.get("failure_reasons") or ""))
+        head = Text.assemble((str(r.get("source_file") or ""), "bold"), f"  row {r.get('source_row')}")
+        console.print(Group(Text(""), head, Padding(grid, (0, 0, 0, 2))))
+    if shown.height < rows.height:
+        console.print(f"showing {shown.height:,} of {rows.height:,}; use --limit 0")
+
+
 def _queues_root(out: Path) -> Path:
     from b12pipeline.paths import OutputLayout
 
@@ -206,7 +239,9 @@ def register(app: typer.Typer) -> None:
 
     @queue_app.command("show")
     def show(
-        queue: str = typer.Argument(..., help="coding, medical_necessity or documentation."),
+        queue: str = typer.Argument(
+            ..., help="coding, medical_necessity or documentation; or quarantine (rows held back, with reasons)."
+        ),
         out: Path = out_option,
         date: Optional[str] = typer.Option(None, "--date", "-d", help="Only this date of service (YYYY-MM-DD)."),
         rule: Optional[str] = typer.Option(None, "--rule", "-r", help="Only this rule, e.g. UNITS-001."),
@@ -223,7 +258,11 @@ def register(app: typer.Typer) -> None:
         new: bool = typer.Option(False, "--new", help="Only findings new tonight."),
         limit: int = typer.Option(200, help="Show at most this many findings (0 = all)."),
     ) -> None:
-        """The findings of one queue with their status (patient identifiers included: a coder's view)."""
+        """The findings of one queue with their status (patient identifiers included: a coder's view).
+        `queue show quarantine`: the rows validation held back, with their reasons."""
+        if queue == "quarantine":
+            _show_quarantine(out, parse_date(date, "--date"), limit)
+            raise typer.Exit(EXIT_OK)
         filters = _filters(
             date=parse_date(date, "--date"),
             rule=_known_rule(rule, out),
