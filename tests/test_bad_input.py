@@ -72,6 +72,7 @@ CLEAN = {
     "place_of_service": "11",
     "claim_type": "professional",
     "payer_type": "medicare",
+    "payer_id": "",
     "charge_hcpcs": "J3420",
     "charge_units": "1",
     "charge_modifiers": "",

@@ -56,37 +56,27 @@ def environment_failures():
         raise typer.Exit(EXIT_ENVIRONMENT) from None
 
 
-class _NoTraceback:
-    """A logging filter: the record's line without its traceback (the exception is named in it)."""
-
-    def filter(self, record) -> bool:
-        record.exc_info, record.exc_text = None, None
-        return True
-
-
 @contextmanager
 def no_console_tracebacks():
-    """Prefect logs a failed task's traceback on the console before the CLI can say what failed in
-    one line; on the console the lines are kept and the tracebacks dropped."""
+    """Prefect logs a failed task's traceback before the CLI can say what failed in one line: while
+    the night runs, Prefect's records carry their line without the traceback (the exception is named
+    in the line). Done where records are made, not on handlers: Prefect may replace its handlers
+    while a flow starts, and a filter on the old ones would be lost."""
     import logging
 
-    loggers = [logging.getLogger()] + [
-        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
-    ]
-    handlers = {
-        h
-        for lg in loggers
-        for h in lg.handlers
-        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-    }
-    quiet = _NoTraceback()
-    for handler in handlers:
-        handler.addFilter(quiet)
+    make = logging.getLogRecordFactory()
+
+    def without_traceback(*args, **kwargs) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        if record.name.startswith("prefect"):
+            record.exc_info, record.exc_text = None, None
+        return record
+
+    logging.setLogRecordFactory(without_traceback)
     try:
         yield
     finally:
-        for handler in handlers:
-            handler.removeFilter(quiet)
+        logging.setLogRecordFactory(make)
 
 
 def usage_error(message: str) -> typer.Exit:
