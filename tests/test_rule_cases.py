@@ -11,9 +11,9 @@ import pytest
 
 from b12pipeline.crossrow import add_cross_row_facts
 from b12pipeline.engine.evaluate import evaluate
+from b12pipeline.paths import rules_dir
 from b12pipeline.pipeline import Rules
 from b12pipeline.rulecases import case_defaults, case_frame, run_rule_cases
-from b12pipeline.paths import rules_dir
 from b12pipeline.rulesets import rule_files
 
 RULES = rules_dir()
