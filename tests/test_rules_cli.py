@@ -115,6 +115,14 @@ def test_lint_reports_every_broken_file_by_name(rules_copy: Path, tmp_path: Path
             "message: template names {lot}, which is not a facts column",
         ),
         (
+            lambda t: t.replace('message: "Lot number not documented', 'message: "{config.lot} not documented'),
+            "message: template names {config.lot}, which is not a site setting",
+        ),
+        (
+            lambda t: t.replace("{field: route_class, eq: injectable}", "{config: jwjz_payers}"),
+            "when.all[1]: {config: jwjz_payers} as a condition needs a true/false setting",
+        ),
+        (
             lambda t: t.replace("{field: lot_number, is_null: true}", "{field: lot_number, gt: 3}"),
             "when: does not evaluate on the facts columns",
         ),

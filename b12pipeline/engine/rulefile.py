@@ -33,7 +33,8 @@ FIELD_DOCS = {
     "version": "Text; with the id, unique across the folder. A finding carries the version that raised it.",
     "status": f"One of {', '.join(STATUSES)}; a retired file never runs and keeps its history readable.",
     "citations": "List of sources: CMS, FDA, HHS, a payer or MAC policy, or a file in this repository.",
-    "message": "The finding's text; `{column}` shows a facts column's value for the row.",
+    "message": "The finding's text; `{column}` shows a facts column's value for the row, `{config.key}` a "
+    "site setting's value as it applied to the row.",
     "when": "The condition (see the operators below); the rule fires where it is true.",
     "cases": "`fires:` records that must fire the rule and `passes:` near misses that must not.",
     "effective_from": "First date of service it applies to (YYYY-MM-DD, inclusive); empty: always.",
