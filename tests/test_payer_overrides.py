@@ -136,6 +136,27 @@ def test_each_override_kind_and_the_most_specific_match(rules_copy):
     assert dx001["payer_override"] is None  # aetna.yaml does not touch DX-001
 
 
+def test_a_message_shows_the_setting_that_applied_to_the_row(rules_copy):
+    """FREQ-001 shows the frequency window as a number: the test group's 10 days on its row, the
+    site's 30 on a Medicare row (a template's {config.key} follows the row's payer file)."""
+    rules = Rules.load(rules_copy)
+    defaults = case_defaults(rules.ruleset.directory)
+    rows = []
+    for patient, payer, prior in (("P-C", "commercial", "2024-02-22"), ("P-M", "medicare", "2024-02-15")):
+        for i, when in enumerate(("2023-11-01T10:00:00", f"{prior}T10:00:00")):
+            rows.append({"admin_id": f"H-{patient}-{i}", "admin_time": when})
+        rows.append({"admin_id": f"T-{patient}"})
+        rows[-3:] = [{**defaults, **r, "patient_id": patient, "payer_type": payer} for r in rows[-3:]]
+    facts = evaluation_facts(case_frame(rows), rules.reference, rules.config, rules.ruleset.payers)
+    found = evaluate(facts, rules.ruleset, rules.config, run_id="t").filter(pl.col("rule_id") == "FREQ-001")
+    shown = dict(found.select("admin_id", "actual").rows())
+    assert shown == {
+        "T-P-C": "another B12 injection within 10 days",
+        "T-P-M": "another B12 injection within 30 days",
+    }, shown
+    assert "within 10 days; the first injection in the 365-day look-back" in found["message"][0]
+
+
 def test_payer_file_cases_run_and_can_fail(rules_copy):
     rules = Rules.load(rules_copy)
     (payer,) = [p for p in rules.ruleset.payers if p.id == "test-commercial"]

@@ -115,7 +115,8 @@ def lint(rules: Optional[Path] = typer.Option(None, "--rules", help=RULES_HELP))
     folder = _folder(rules)
     problems = lint_rules(folder)
     for p in problems:
-        console.print(f"[red]{escape(p.file)}[/]: [bold]{escape(p.field)}[/]: {escape(p.message)}", soft_wrap=True)
+        where = f"{p.file}:{p.line}:{p.column}" if p.line else p.file
+        console.print(f"[red]{escape(where)}[/]: [bold]{escape(p.field)}[/]: {escape(p.message)}", soft_wrap=True)
     if problems:
         files = len({p.file for p in problems})
         err_console.print(f"{len(problems)} problem(s) in {files} file(s) under {folder}")

@@ -265,7 +265,7 @@ def with_payer_override(facts: pl.DataFrame, payers: tuple[PayerOverride, ...]) 
     return facts.with_columns(payer_override_expr(payers))
 
 
-def settings_read(rule_when: dict, config_used) -> set[str]:
+def settings_read(rule_when: Any, config_used) -> set[str]:
     """Settings a rule depends on: those its condition names, and those behind derived columns it reads."""
     from b12pipeline.engine.conditions import fields_used
 
