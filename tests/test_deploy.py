@@ -18,11 +18,9 @@ from history_support import (
     FIRST_DOS,
     NIGHTS,
     PROJECT,
-    changed_rules,
     copy_out,
     night_file,
     queue_frame,
-    run_nights,
     without_run_id,
 )
 from typer.testing import CliRunner
@@ -57,14 +55,15 @@ def rules_copy(tmp: Path, name: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def base(prefect_harness, tmp_path_factory) -> dict:
-    """Nights 1-4 with the shipped rules; all five nights, fresh, with FREQ-001 changed (version 2)."""
-    tmp = tmp_path_factory.mktemp("deploy")
-    rules_b = changed_rules(tmp)
-    four, fresh = tmp / "four", tmp / "fresh"
-    run_nights(four, nights=NIGHTS[:4])
-    run_nights(fresh, rules_b)
-    return {"tmp": tmp, "rules_b": rules_b, "four": four, "fresh": fresh}
+def base(shipped_nights, changed_rules_nights, tmp_path_factory) -> dict:
+    """Nights 1-4 with the shipped rules; all five nights, fresh, with FREQ-001 changed (version 2).
+    Shared with the history and backfill tests: each test works on a copy."""
+    return {
+        "tmp": tmp_path_factory.mktemp("deploy"),
+        "rules_b": changed_rules_nights["rules"],
+        "four": shipped_nights["four"],
+        "fresh": changed_rules_nights["out"],
+    }
 
 
 def active_record(out: Path) -> dict:

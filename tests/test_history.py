@@ -222,14 +222,9 @@ def _cross_row(frame: pl.DataFrame) -> set[tuple]:
 
 
 @pytest.fixture(scope="module")
-def nights_out(prefect_harness, tmp_path_factory) -> tuple[Path, list[dict], list[pl.DataFrame]]:
+def nights_out(shipped_nights) -> tuple[Path, list[dict], list[pl.DataFrame]]:
     """The five nights run one by one with the shipped rules; the queues after each night."""
-    out = tmp_path_factory.mktemp("nights") / "out"
-    manifests, after = [], []
-    for night in NIGHTS:
-        manifests += run_nights(out, nights=[night])
-        after.append(queue_frame(out))
-    return out, manifests, after
+    return shipped_nights["out"], shipped_nights["manifests"], shipped_nights["after"]
 
 
 def test_nights_find_what_the_catalog_says(nights_out):
