@@ -81,20 +81,20 @@ def two_nights(prefect_harness, tmp_path_factory):
 @pytest.fixture(scope="session")
 def shipped_nights(prefect_harness, tmp_path_factory) -> dict:
     """The multi-night history fixture (tests/history_support.py) run night by night with the shipped
-    rules, once for the history, backfill and deploy tests: `out` after all five nights, `four` a
-    copy of it taken after night 4, each night's manifest and the queues after each night.
+    rules, once for the history, backfill and deploy tests: `out` after all five nights, `two` and
+    `four` copies of it taken after nights 2 and 4, each night's manifest and the queues after each night.
     Read them or work on a copy (history_support.copy_out); never change them."""
     from history_support import NIGHTS, copy_out, queue_frame, run_nights
 
     root = tmp_path_factory.mktemp("shipped_nights")
-    out, four = root / "out", root / "four"
+    out = root / "out"
     manifests, after = [], []
     for night in NIGHTS:
         manifests += run_nights(out, nights=[night])
         after.append(queue_frame(out))
-        if night == NIGHTS[3]:
-            copy_out(out, four)
-    return {"out": out, "four": four, "manifests": manifests, "after": after}
+        if night in (NIGHTS[1], NIGHTS[3]):
+            copy_out(out, root / f"after_{len(after)}")
+    return {"out": out, "two": root / "after_2", "four": root / "after_4", "manifests": manifests, "after": after}
 
 
 @pytest.fixture(scope="session")
