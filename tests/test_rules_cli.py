@@ -104,7 +104,7 @@ def test_lint_reports_every_broken_file_by_name(rules_copy: Path, tmp_path: Path
     [
         (
             lambda t: t.replace("{field: lot_number, is_null: true}", "{field: lot_no, is_null: true}"),
-            "when: field 'lot_no' is not a facts column",
+            "when.all[2]: field 'lot_no' is not a facts column",
         ),
         (
             lambda t: t.replace("{field: route_class, eq: injectable}", "{field: payer_type, in: {config: payers}}"),
