@@ -210,6 +210,7 @@ def leaves(facts: pl.DataFrame):
         st.just({"field": "place_of_service", "not_in": {"config": "facility_pos"}}),
         st.just({"field": "charge_hcpcs", "in": {"config": "unclassified_codes"}}),
         st.just({"field": "given", "eq": {"config": "mod002_institutional"}}),
+        st.just({"config": "mod002_institutional"}),  # a true/false setting as the condition itself
         st.just({"field": "days_since_first_injection", "gt": {"config": "loading_phase_days"}}),
     )
     dates = st.one_of(

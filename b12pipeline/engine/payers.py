@@ -51,7 +51,6 @@ NOT_PER_PAYER = (
 # one has those columns recomputed for its rows (b12pipeline/facts.py).
 DERIVED_SETTINGS: dict[str, tuple[str, ...]] = {
     "covered_dx_prefixes": ("dx_covered",),
-    "mod002_institutional": ("claim_needs_jwjz",),
     "code_for_ingredient": ("expected_code",),
     "frequency_window_days": ("prior_injection_within_window",),
     "frequency_lookback_days": ("days_since_first_injection",),

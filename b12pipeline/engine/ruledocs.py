@@ -302,6 +302,10 @@ def render_language_markdown() -> str:
         " (docs/columns.md) with exactly one operator.",
         "- an operand `{field: other}` compares with another column of the same row; `{config: key}` with a"
         " setting of `rules/site.yaml` (docs/configuration.md).",
+        "- `{config: key}` standing alone is true where the true/false setting `key` is on, for the row: a"
+        " payer file's value on its rows, else the site's (`{not: {config: key}}` where it is off). Any other"
+        " kind of setting, or one `rules/site.yaml` does not have, is a rule-file error. Example:"
+        " `{all: [{field: claim_type, eq: institutional}, {config: mod002_institutional}]}`.",
         "",
         "| operator | operand | true when the field ... | when the field is empty | example |",
         "|---|---|---|---|---|",
