@@ -23,6 +23,7 @@ from pathlib import Path
 import polars as pl
 
 from b12pipeline import normalize
+from b12pipeline.ingest.canonical import scrub
 from b12pipeline.paths import schemas_dir
 
 DEFAULT_SUITE = "expectations/canonical_extract.json"
@@ -156,7 +157,9 @@ class SuiteRunner:
                 raise SuiteError(f"{self.path}: GX returned a validation result without its expectation")
             name = f"{cfg.type}({cfg.kwargs.get('column', '')})"
             if r.exception_info and r.exception_info.get("raised_exception"):
-                raise SuiteError(f"{self.path}: {name} raised in GX: {r.exception_info.get('exception_message')}")
+                # GX passes on the underlying error's text, which can quote the cell it failed on
+                why = scrub(Exception(r.exception_info.get("exception_message") or "an exception"))
+                raise SuiteError(f"{self.path}: {name} raised in GX: {why}")
             counts[name] = int(r.result.get("unexpected_count") or 0)
         return counts, result.to_json_dict()
 
