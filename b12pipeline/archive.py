@@ -190,6 +190,7 @@ class LandingScan:
     processed: list[Path] = field(default_factory=list)  # same checksum already processed
     ignored: list[dict] = field(default_factory=list)  # {file, reason}: not read, by a stated rule
     rejected_before: list[Path] = field(default_factory=list)  # recorded as rejected; bytes in rejected/
+    checksums: dict[str, str] = field(default_factory=dict)  # file name -> SHA-256 of each file hashed
 
     @property
     def seen(self) -> int:
@@ -210,7 +211,7 @@ def scan_landing(landing: Path, archive_root: Path) -> LandingScan:
         if p.is_symlink() or not p.is_file():
             scan.new.append(p)  # never followed: rejected by the reader, naming the rule
             continue
-        sha = sha256_file(p)
+        sha = scan.checksums[p.name] = sha256_file(p)
         if sha in done:
             scan.processed.append(p)
         elif sha in refused:

@@ -1,6 +1,6 @@
 """The run's validation pages, rendered here from the Great Expectations results the night computed.
 
-Validation runs once per file (validate.py) with SUMMARY and partial_unexpected_count 0, so a
+Validation runs once per file (validate.py) in BASIC mode with partial_unexpected_count 0, so a
 result holds counts and percentages but no row values; stage_file saves it as JSON under
 <out>/runs/<run_id>/gx_results/. `build_data_docs` renders those results into
 <out>/runs/<run_id>/validation/: index.html (one line per file) and validations/<file>.html (every

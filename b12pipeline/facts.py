@@ -42,13 +42,6 @@ def payer_facts(facts: pl.DataFrame, cfg: SiteConfig, payers: tuple[PayerOverrid
             facts = facts.with_columns(
                 pl.when(mine).then(pl.col("_own")).otherwise(pl.col("dx_covered")).alias("dx_covered")
             ).drop("_own")
-        if "mod002_institutional" in derived:
-            facts = facts.with_columns(
-                pl.when(mine)
-                .then(normalize.claim_needs_jwjz(own.mod002_institutional))
-                .otherwise(pl.col("claim_needs_jwjz"))
-                .alias("claim_needs_jwjz")
-            )
         if "code_for_ingredient" in derived:
             code = pl.col("ingredient").replace_strict(own.code_for_ingredient, default=None, return_dtype=pl.String)
             facts = facts.with_columns(

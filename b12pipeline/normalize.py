@@ -429,7 +429,6 @@ def facts(valid: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame:
         dose_plus_waste_mcg().alias("dose_plus_waste_mcg"),
         unit_capacity_mcg().alias("unit_capacity_mcg"),
         ndc_qty_diff_ml().alias("ndc_qty_diff_ml"),
-        claim_needs_jwjz(cfg.mod002_institutional).alias("claim_needs_jwjz"),
     )
     df = cms_facts(df, ref, cfg)
     return df.drop("rx_ingredient", "_unit", "_expiry", "_offset")
@@ -563,13 +562,6 @@ def unit_capacity_mcg() -> pl.Expr:
 def ndc_qty_diff_ml() -> pl.Expr:
     """NDC-005: |charge_ndc_qty - dose_ml| in mL, rounded to 4 places so 0.51 vs 0.5 is exactly 0.01."""
     return (pl.col("charge_ndc_qty") - pl.col("dose_ml")).abs().round(4)
-
-
-def claim_needs_jwjz(institutional_too: bool) -> pl.Expr:
-    """MOD-002: the claim type the JW/JZ requirement is checked on: professional, plus institutional
-    when the site sets mod002_institutional (the value arrives here as a plain bool)."""
-    types = ["professional", "institutional"] if institutional_too else ["professional"]
-    return pl.col("claim_type").is_in(types).fill_null(False)
 
 
 def expected_units(dose_mcg: float) -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import polars as pl
 
+from b12pipeline import progress
 from b12pipeline.backfill import (
     DETAIL_COLUMNS,
     date_range,
@@ -47,7 +48,9 @@ def candidate_diff(out: Path, rules: Rules, dates: list[dt.date], run_id: str) -
     queues = OutputLayout(out).queues
     for i in range(0, len(dates), step):
         chunk = dates[i : i + step]
-        frames.append(diff_findings(read_partitions(queues, chunk), findings_for_dates(out, chunk, rules, run_id)))
+        found = findings_for_dates(out, chunk, rules, run_id)
+        frames.append(diff_findings(read_partitions(queues, chunk), found))
+        progress.step(f"evaluated {chunk[0]}..{chunk[-1]}: {found.height:,} finding(s)")
     return pl.concat(frames) if frames else pl.DataFrame(schema=DETAIL_COLUMNS)
 
 
@@ -125,10 +128,12 @@ def preview(out: Path | str, candidate: Path | str, start: dt.date | None = None
     preview_id = (
         f"{rules.ruleset.version}-{span[0]:%Y%m%d}-{span[1]:%Y%m%d}" if span else f"{rules.ruleset.version}-empty"
     )
+    progress.step(f"ruleset {rules.ruleset.version}: {len(dates):,} date(s) to evaluate")
     detail = candidate_diff(out, rules, dates, f"preview-{preview_id}")
     summary, counts = summarise_detail(detail, rules.ruleset.version)
     changes = rule_changes(baseline, candidate) if baseline else FolderChanges(rules=[], other_files={})
     work = work_effect(out, detail)
+    progress.step(f"worklog read: {sum(r['would_resolve'] for r in work['rows']):,} open item(s) would resolve")
     result = {
         "preview_id": preview_id,
         "active_version": active.version if active else "",
@@ -160,6 +165,7 @@ def preview(out: Path | str, candidate: Path | str, start: dt.date | None = None
         tmp = target / ".preview.json.tmp"
         tmp.write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
         tmp.replace(target / "preview.json")
+        progress.step(f"report written: previews/{preview_id}")
     finally:
         os.umask(previous_umask)
     result["dir"] = str(target)

@@ -1,9 +1,10 @@
-"""Lint the rule files: every problem in every file, each naming the file and the field.
+"""Lint the rule files: every problem in every file, each naming the file, line and field.
 
-The loader (rulefile.py) refuses a bad file at the first problem, which is right at run time. Lint
-is for the person editing rules: it reads every file, keeps going after a problem, and adds the
-checks that need the whole folder (unique (id, version), overlapping effective windows) or the
-facts schema (a condition or template naming a column the facts frame does not have).
+The per-file checks are the loader's own (engine/rulefile.py `check_rule`, placed in the file by
+rulesets.check_rule_file): the loader stops at a file's problems, lint lists them all and adds the
+checks that need the whole folder (unique (id, version), overlapping effective windows, the folder
+matching the queue) or the facts schema (a condition or template naming a column the facts frame
+does not have, case keys that are not extract columns).
 
 The facts schema is computed, not listed: the clean record of rules/_case_defaults.yaml is
 normalised exactly as a night's rows are (plus the cross-row facts), and its columns are the facts.
@@ -11,111 +12,27 @@ normalised exactly as a night's rows are (plus the cross-row facts), and its col
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, fields
+import dataclasses
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 
 from b12pipeline.config import load_site_config
 from b12pipeline.contract import load_contract
-from b12pipeline.engine.conditions import check_condition, compile_condition, config_used, fields_used
-from b12pipeline.engine.evaluate import template_fields
-from b12pipeline.engine.rulefile import (
-    CASE_KEYS,
-    CASE_KINDS,
-    OPTIONAL_FIELDS,
-    QUEUES,
-    REQUIRED_FIELDS,
-    SEVERITIES,
-    STATUSES,
-    Rule,
-    RuleFileError,
-    parse_rule,
-)
+from b12pipeline.engine.conditions import FieldRef, Leaf, compile_condition, leaves
+from b12pipeline.engine.rulefile import CASE_KEYS, CASE_KINDS, Problem, Rule, RuleFileError, template_fields
 from b12pipeline.engine.settings import ConfigError, SiteConfig
 from b12pipeline.reference import load_reference
 from b12pipeline.rulecases import case_defaults, case_facts
-from b12pipeline.rulesets import read_yaml, rule_files
+from b12pipeline.rulesets import check_rule_file, place, read_yaml, rule_files
 
-FILE_NAME = re.compile(r"^(?P<id>.+?)(?:\.v(?P<n>\d+))?\.yaml$")
-ID_SHAPE = re.compile(r"^[A-Z]+-\d{3}$")
-SHORTEST_CITATION = 10  # characters: a source, not a word
-
-
-@dataclass(frozen=True, order=True)
-class Problem:
-    file: str  # path relative to the rules folder
-    field: str  # the rule field (or "file", "yaml")
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}: {self.field}: {self.message}"
+__all__ = ["Problem", "facts_schema", "lint_rules", "lint_payers"]
 
 
 def facts_schema(directory: Path, config: SiteConfig) -> pl.DataFrame:
     """The facts frame of the clean case-defaults record: its schema is the set of usable columns."""
     facts, _ = case_facts({}, case_defaults(directory), load_reference(directory / "reference"), config)
     return facts
-
-
-def _structure(raw: Any, rel: str) -> list[Problem]:
-    """Field-level problems of one file's data, all of them (the loader stops at the first)."""
-    if not isinstance(raw, dict):
-        return [Problem(rel, "file", "a rule file must be a mapping of fields")]
-    out = []
-    allowed = REQUIRED_FIELDS + OPTIONAL_FIELDS
-    for key in sorted(set(raw) - set(allowed), key=str):
-        out.append(Problem(rel, str(key), f"unknown field; allowed: {', '.join(allowed)}"))
-    for key in REQUIRED_FIELDS:
-        if raw.get(key) in (None, "", [], {}):
-            out.append(Problem(rel, key, "required field is missing or empty"))
-    for key, choices in (("queue", QUEUES), ("severity", SEVERITIES), ("status", STATUSES)):
-        if raw.get(key) not in (None, "") and raw[key] not in choices:
-            out.append(Problem(rel, key, f"{raw[key]!r} is not one of {', '.join(choices)}"))
-    citations = raw.get("citations")
-    if citations not in (None, [], ""):
-        items = [citations] if isinstance(citations, str) else citations
-        if not isinstance(items, list) or not all(isinstance(c, str) and c.strip() for c in items):
-            out.append(Problem(rel, "citations", "must be a list of non-empty strings"))
-        elif any(len(c.strip()) < SHORTEST_CITATION for c in items):
-            out.append(Problem(rel, "citations", "cite a source (what it is and where), not a word"))
-    cases = raw.get("cases")
-    if isinstance(cases, dict):
-        for kind in sorted(set(cases) - set(CASE_KINDS), key=str):
-            out.append(Problem(rel, f"cases.{kind}", f"unknown case kind; use {' and '.join(CASE_KINDS)}"))
-        for kind in CASE_KINDS:
-            if not isinstance(cases.get(kind) or [], list):
-                out.append(Problem(rel, f"cases.{kind}", "must be a list of records"))
-            elif not cases.get(kind):
-                out.append(
-                    Problem(
-                        rel,
-                        f"cases.{kind}",
-                        f"needs at least one case ({kind}: a record that "
-                        f"{'must fire' if kind == 'fires' else 'must not fire'} the rule)",
-                    )
-                )
-    elif cases not in (None, "", [], {}):
-        out.append(Problem(rel, "cases", f"must be a mapping with keys {', '.join(CASE_KINDS)}"))
-    if raw.get("when") not in (None, "", [], {}):
-        try:
-            check_condition(raw["when"], "when")
-        except ValueError as exc:
-            out.append(Problem(rel, "when", str(exc)))
-    return out
-
-
-def _file_name(rule: Rule, rel: str) -> list[Problem]:
-    if not ID_SHAPE.match(rule.id):
-        return [Problem(rel, "id", f"{rule.id!r} is not an id like CODE-001 (capitals, a dash, three digits)")]
-    m = FILE_NAME.match(rule.path.name)
-    if not m or m.group("id") != rule.id:
-        return [Problem(rel, "id", f"file name must be {rule.id}.yaml or {rule.id}.v<N>.yaml (found {rule.path.name})")]
-    if m.group("n") is not None and m.group("n") != rule.version:
-        return [Problem(rel, "version", f"version {rule.version!r} does not match the file name's .v{m.group('n')}")]
-    return []
 
 
 def _against_schema(
@@ -126,30 +43,38 @@ def _against_schema(
     contract_columns: set[str],
     case_keys: tuple[str, ...],
 ) -> list[Problem]:
+    """Problems against the facts columns and the extract contract (`at` places them in the file)."""
     out = []
     columns = set(facts.columns)
-    for name in sorted(fields_used(rule.when) - columns):
-        out.append(Problem(rel, "when", f"field {name!r} is not a facts column (see docs/columns.md)"))
-    settings = {f.name for f in fields(SiteConfig)}
-    for key in sorted(config_used(rule.when) - settings):
-        out.append(
-            Problem(rel, "when", f"{{config: {key}}} is not a site setting; known: {', '.join(sorted(settings))}")
-        )
+    for leaf in leaves(rule.when):
+        if not isinstance(leaf, Leaf):
+            continue
+        for name in (leaf.field, leaf.operand.name if isinstance(leaf.operand, FieldRef) else None):
+            if name is not None and name not in columns:
+                out.append(
+                    Problem(rel, "when", f"field {name!r} is not a facts column (see docs/columns.md)", at=("when",))
+                )
     for tname in ("message", "expected", "actual"):
         for name in template_fields(getattr(rule, tname)):
             if name not in columns:
-                out.append(Problem(rel, tname, f"template names {{{name}}}, which is not a facts column"))
+                out.append(Problem(rel, tname, f"template names {{{name}}}, which is not a facts column", at=(tname,)))
     if not out:  # types: does the condition compile and run on the real facts schema?
         try:
             facts.select(compile_condition(rule.when, config.get, columns))
         except Exception as exc:  # polars raises several types for a type mismatch
             out.append(
-                Problem(rel, "when", f"does not evaluate on the facts columns: {' '.join(str(exc).split())[:300]}")
+                Problem(
+                    rel,
+                    "when",
+                    f"does not evaluate on the facts columns: {' '.join(str(exc).split())[:300]}",
+                    at=("when",),
+                )
             )
     for kind in CASE_KINDS:
         for i, case in enumerate(rule.cases.get(kind) or [], start=1):
+            at = ("cases", kind, i - 1)
             if not isinstance(case, dict):
-                out.append(Problem(rel, f"cases.{kind}[{i}]", "a case is a mapping of fields"))
+                out.append(Problem(rel, f"cases.{kind}[{i}]", "a case is a mapping of fields", at=at))
                 continue
             unknown = sorted(
                 k
@@ -163,9 +88,10 @@ def _against_schema(
                         f"cases.{kind}[{i}]",
                         f"unknown key(s) {', '.join(unknown)}: a case "
                         f"changes extract columns (and {', '.join(case_keys)})",
+                        at=(*at, unknown[0]),
                     )
                 )
-    return out
+    return sorted(set(out), key=lambda p: p.sort_key)
 
 
 def _overlaps(rules: list[Rule], rel: dict[Path, str]) -> list[Problem]:
@@ -184,6 +110,13 @@ def _overlaps(rules: list[Rule], rel: dict[Path, str]) -> list[Problem]:
                     )
                 )
     return out
+
+
+def _nodes(path: Path):
+    """The file's YAML node tree (it loaded once already), to place schema problems."""
+    import yaml
+
+    return yaml.compose(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def _window(rule: Rule) -> str:
@@ -217,26 +150,21 @@ def lint_rules(directory: Path) -> list[Problem]:
     for path in files:
         name = path.relative_to(directory).as_posix()
         rel[path] = name
-        try:
-            raw = read_yaml(path)
-        except RuleFileError as exc:
-            problems.append(Problem(name, "yaml", str(exc)))
-            continue
-        found = _structure(raw, name)
-        if found:
-            problems.extend(found)
-            continue
-        try:
-            rule = parse_rule(raw, path)
-        except RuleFileError as exc:  # anything the loader checks that the field checks above did not
-            problems.append(Problem(name, "file", str(exc).removeprefix(f"{path}: ")))
+        rule, found = check_rule_file(path)
+        problems.extend(dataclasses.replace(p, file=name) for p in found)
+        if rule is None:
             continue
         rules.append(rule)
-        problems.extend(_file_name(rule, name))
+        found = []
         if path.parent != directory and path.parent.name != rule.queue:
-            problems.append(Problem(name, "queue", f"file is in {path.parent.name}/ but its queue is {rule.queue}"))
+            found.append(
+                Problem(name, "queue", f"file is in {path.parent.name}/ but its queue is {rule.queue}", at=("queue",))
+            )
         if facts is not None:
-            problems.extend(_against_schema(rule, name, facts, config, contract_columns, CASE_KEYS))
+            found += _against_schema(rule, name, facts, config, contract_columns, CASE_KEYS)
+        if found:
+            node = _nodes(path)
+            problems.extend(place(p, node) for p in found)
     seen: dict[tuple[str, str], str] = {}
     for rule in rules:
         key = (rule.id, rule.version)
@@ -247,7 +175,7 @@ def lint_rules(directory: Path) -> list[Problem]:
         seen.setdefault(key, rel[rule.path])
     problems.extend(_overlaps(rules, rel))
     problems.extend(lint_payers(directory, {r.id for r in rules}, contract_columns))
-    return sorted(problems)
+    return sorted(problems, key=lambda p: p.sort_key)
 
 
 def lint_payers(directory: Path, rule_ids: set[str], contract_columns: set[str]) -> list[Problem]:

@@ -5,6 +5,7 @@ The engine (b12pipeline/engine/rulefile.py) checks a rule file's data; this modu
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import yaml
 
 from b12pipeline.engine.payers import PAYER_FOLDER, PayerFileError, PayerOverride, overlap_problems, parse_payer
-from b12pipeline.engine.rulefile import Rule, RuleFileError, Ruleset, parse_rule
+from b12pipeline.engine.rulefile import Problem, Rule, RuleFileError, Ruleset, check_rule, rule_file_error
 from b12pipeline.paths import rules_dir
 
 # libyaml's safe loader: the same safe constructors, about 10x faster than the pure-Python parser
@@ -21,8 +22,8 @@ from b12pipeline.paths import rules_dir
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class _StrictSafeLoader(yaml.SafeLoader):
-    """safe_load that also refuses a key given twice (safe_load silently keeps the last one)."""
+class _StrictSafeLoader(SAFE_LOADER):  # type: ignore[misc,valid-type]
+    """The safe loader that also refuses a key given twice (safe_load silently keeps the last one)."""
 
 
 def _mapping_no_duplicates(loader: _StrictSafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -39,22 +40,38 @@ _StrictSafeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG
 
 
 def read_yaml(path: Path) -> Any:
-    """The file's data, or RuleFileError with a message a rule author can act on."""
-    text = path.read_text(encoding="utf-8")
+    """The file's data (strict safe YAML), or RuleFileError naming the file, line and column."""
+    data, _ = _read_nodes(path, path.read_text(encoding="utf-8"))
+    return data
+
+
+def _read_nodes(path: Path, text: str) -> tuple[Any, Any]:
+    """The file's data and its YAML node tree (to place problems), or RuleFileError."""
+    _refuse_aliases(path, text)
+    loader = _StrictSafeLoader(text)
     try:
-        return yaml.load(text, Loader=_StrictSafeLoader)  # noqa: S506 - a SafeLoader subclass
+        node = loader.get_single_node()
+        return (loader.construct_document(node) if node is not None else None), node
+    except RecursionError:
+        raise RuleFileError(f"{path}: not valid (safe) YAML: nested too deeply") from None
     except yaml.constructor.ConstructorError as exc:
         tag = re.search(r"tag '([^']+)'", str(exc))
-        where = f" (line {exc.problem_mark.line + 1})" if exc.problem_mark else ""
         if tag:
             shown = tag.group(1).replace("tag:yaml.org,2002:", "!!")
             raise RuleFileError(
-                f"YAML tag {shown} is not allowed{where}: rule files are plain data "
-                "(safe YAML: no python/object tags, nothing that runs code)"
+                f"{_at(path, exc.problem_mark)}: not valid (safe) YAML: tag {shown} is not allowed: rule files "
+                "are plain data (no python/object tags, nothing that runs code)",
+                field="yaml",
             ) from None
-        raise RuleFileError(f"{exc.problem}{where}") from None
+        raise RuleFileError(f"{_at(path, exc.problem_mark)}: yaml: {exc.problem}", field="yaml") from None
     except yaml.YAMLError as exc:
-        raise RuleFileError(f"not valid YAML: {' '.join(str(exc).split())}") from None
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RuleFileError(f"{_at(path, mark)}: not valid (safe) YAML: {problem}", field="yaml") from None
+    except ValueError as exc:  # not UTF-8, or an impossible date like 2024-13-45
+        raise RuleFileError(f"{path}: not valid (safe) YAML: {str(exc).splitlines()[0]}", field="yaml") from None
+    finally:
+        loader.dispose()
 
 
 def _refuse_aliases(path: Path, text: str) -> None:
@@ -63,53 +80,72 @@ def _refuse_aliases(path: Path, text: str) -> None:
     out in full; parsing events is cheap (libyaml) and only done when an anchor is defined."""
     if "&" not in text:
         return
-    for event in yaml.parse(text, Loader=SAFE_LOADER):
-        if isinstance(event, yaml.AliasEvent):
-            raise RuleFileError(
-                f"{_at(path, event.start_mark)}: YAML aliases (*{event.anchor}) are not accepted in rule files; "
-                f"write the value out"
-            )
+    try:
+        for event in yaml.parse(text, Loader=SAFE_LOADER):
+            if isinstance(event, yaml.AliasEvent):
+                raise RuleFileError(
+                    f"{_at(path, event.start_mark)}: YAML aliases (*{event.anchor}) are not accepted in rule "
+                    "files; write the value out",
+                    field="yaml",
+                )
+    except yaml.YAMLError:
+        return  # the loader names the syntax error with its place
+
+
+def check_rule_file(path: Path) -> tuple[Rule | None, list[Problem]]:
+    """The one validator on a file: the Rule, or every problem with its line and column."""
+    try:
+        data, node = _read_nodes(path, path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        return None, [Problem(str(path), "yaml", f"not valid (safe) YAML: {str(exc).splitlines()[0]}")]
+    except RuleFileError as exc:
+        return None, [_yaml_problem(path, str(exc))]
+    rule, problems = check_rule(data, path)
+    return rule, [place(p, node) for p in problems]
+
+
+def _yaml_problem(path: Path, message: str) -> Problem:
+    """A RuleFileError of the YAML reader as a Problem (`path:line:column: text`)."""
+    found = re.match(rf"^{re.escape(str(path))}(?::(\d+):(\d+))?: (.*)$", message, re.S)
+    if not found:
+        return Problem(str(path), "yaml", message)
+    line, column, text = found.groups()
+    text = text.removeprefix("yaml: ")
+    return Problem(str(path), "yaml", text, int(line or 0), int(column or 0))
+
+
+def place(problem: Problem, node: Any) -> Problem:
+    """The problem with the line and column of the deepest part of `problem.at` the file has."""
+    mark = None
+    for part in problem.at:
+        if isinstance(node, yaml.MappingNode):
+            found = [v for k, v in node.value if getattr(k, "value", None) == str(part)]
+            if not found:
+                key_nodes = [k for k, _ in node.value if getattr(k, "value", None) == str(part)]
+                mark = key_nodes[0].start_mark if key_nodes else mark
+                break
+            node = found[0]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            node = node.value[part]
+        else:
+            break
+        mark = node.start_mark
+    if mark is None:
+        return problem
+    return dataclasses.replace(problem, line=mark.line + 1, column=mark.column + 1)
 
 
 def load_rule_file(path: Path) -> Rule:
-    try:
-        text = path.read_text(encoding="utf-8")
-        _refuse_aliases(path, text)
-        raw = yaml.load(text, Loader=SAFE_LOADER)  # noqa: S506 - a safe loader
-    except RecursionError:
-        raise RuleFileError(f"{path}: not valid (safe) YAML: nested too deeply") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise RuleFileError(f"{_at(path, mark)}: not valid (safe) YAML: {problem}") from None
-    except ValueError as exc:  # not UTF-8, or an impossible date like 2024-13-45
-        raise RuleFileError(f"{path}: not valid (safe) YAML: {str(exc).splitlines()[0]}") from None
-    try:
-        return parse_rule(raw, path)
-    except RuleFileError as exc:
-        mark = _key_mark(text, exc.field) if exc.field else None
-        if mark is None:
-            raise
-        raise RuleFileError(str(exc).replace(f"{path}: ", f"{_at(path, mark)}: ", 1), field=exc.field) from None
+    """The Rule, or RuleFileError in one line: the first problem, placed, and how many more."""
+    rule, problems = check_rule_file(path)
+    if rule is None:
+        raise rule_file_error(problems)
+    return rule
 
 
 def _at(path: Path, mark) -> str:
     """`path:line:column` (1-based, as editors and compilers count) or just the path."""
     return f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-
-
-def _key_mark(text: str, key: str):
-    """Where a top-level key's value starts in the file (only on the error path: composing costs a parse)."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return None
-    if not isinstance(node, yaml.MappingNode):
-        return None
-    for key_node, value_node in node.value:
-        if getattr(key_node, "value", None) == key:
-            return value_node.start_mark
-    return None
 
 
 def rule_files(directory: Path) -> list[Path]:

@@ -15,7 +15,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
 
 import b12pipeline  # noqa: F401  (telemetry defaults before prefect is imported)
-from b12pipeline import backfill, deployments, pipeline
+from b12pipeline import backfill, deployments, pipeline, progress
 from b12pipeline.change_report import write_change_report
 from b12pipeline.files import write_json
 from b12pipeline.paths import OutputLayout
@@ -82,14 +82,23 @@ def backfill_flow(
         len(plan.chunks),
         plan.ruleset_version,
     )
+    progress.step(f"re-evaluating {len(plan.dates):,} date(s) in {len(plan.chunks):,} chunk(s)")
     futures = [
         backfill_chunk.submit(out, [d.isoformat() for d in chunk], rules_dir, plan.run_id) for chunk in plan.chunks
     ]
-    chunk_paths = [f.result() for f in futures]
+    chunk_paths = []
+    for i, (chunk, future) in enumerate(zip(plan.chunks, futures, strict=True), start=1):
+        # Said here, not in the chunk: on Dask the chunk runs in another process.
+        chunk_paths.append(future.result())
+        progress.step(f"chunk {i} of {len(plan.chunks)} re-evaluated: {chunk[0]}..{chunk[-1]}")
     context = FlowRunContext.get()
     runner = type(context.task_runner).__name__ if context else "none"
     worklog = backfill_worklog(out, plan, worklog_cause, worklog_actor)
+    moved = ", ".join(f"{worklog.get(k, 0):,} {k}" for k in ("new", "reopened", "resolved"))
+    progress.step(f"worklog: {moved}")
     manifest = backfill_record(out, plan, chunk_paths, started_at, rules_dir, runner, worklog)
+    t = manifest["diff"]["total"]
+    progress.step(f"diff: {t['new']:,} new, {t['resolved']:,} resolved, {t['unchanged']:,} unchanged finding(s)")
     create_markdown_artifact(
         key="b12-backfill-diff",
         markdown=backfill.diff_markdown(manifest),

@@ -10,7 +10,7 @@ import datetime as dt
 from pathlib import Path
 
 import b12pipeline  # noqa: F401  (telemetry defaults before prefect is imported)
-from b12pipeline import deployments, pipeline
+from b12pipeline import deployments, pipeline, progress
 from b12pipeline.backfill import rerun_range
 from b12pipeline.files import write_json
 from b12pipeline.paths import OutputLayout
@@ -47,9 +47,11 @@ def deploy_rules(
     folder, out = Path(folder), str(out)
     active = deployments.read_active(out)
     baseline = deployments.snapshot_dir(out, active.version) if active else None
+    progress.step(f"checking {folder.name}: lint, cases, version bumps")
     reasons = gate_failures(folder, baseline)
     if reasons:
         raise GatesFailed(folder, reasons)
+    progress.step("gates passed")
     candidate = pipeline.Rules.load(folder)
     try:
         span = rerun_range(out, candidate, start, end)
@@ -74,6 +76,7 @@ def deploy_rules(
         # Switch first: if the re-evaluation dies, the next night already uses the new rules and
         # running the deploy again finishes the range.
         deployments.write_active(out, deployment)
+        progress.step(f"ruleset {version} active (was {previous or 'none'})")
         snapshot = deployments.snapshot_dir(out, version)
         record: dict = {
             "kind": kind,
@@ -101,6 +104,7 @@ def deploy_rules(
         from b12pipeline.change_report import write_change_report
 
         write_change_report(out, manifest, changes)
+        progress.step("change report written")
         deployments.write_active(out, deployments.Deployment(**{**deployment.to_dict(), "run_id": manifest["run_id"]}))
         return manifest
 

@@ -241,6 +241,7 @@ def landing_flow(
                 "files": 0,
                 "already_processed": already,
                 "ignored": scan.ignored,
+                "checksums": scan.checksums,
             }
         manifest = nightly_flow(
             extracts=[str(p) for p in scan.new],
@@ -260,6 +261,7 @@ def landing_flow(
         "files_rejected": manifest["totals"]["files_rejected"],
         "already_processed": already,
         "manifest": manifest,  # counts and file names only, as the run record itself
+        "checksums": scan.checksums,  # file name -> SHA-256, as scanned: a caller need not hash again
     }
 
 

@@ -65,7 +65,7 @@ def pull_flow(
             source=config.format,
             engine=engine,
         )
-        pull.clear_processed(out, source)
+        pull.clear_processed(out, source, result["checksums"])
     return {**result, "source": source, "fetched": len(fetched)}
 
 

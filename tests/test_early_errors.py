@@ -72,7 +72,7 @@ def test_malformed_rule_file_is_one_line_with_line_and_column_before_the_flow(tm
     args = ["run", "-e", str(EXTRACT), "--rules", str(rules), "--out", str(out), "--night", "2024-03-01"]
     line = assert_reported_before_the_flow(cli(args, tmp_path), tmp_path, out)
     column = len("severity: error:")  # 1-based column of the offending colon
-    assert f"{path}:{line_of(path, 'severity:')}:{column}: not valid (safe) YAML" in line, line
+    assert f"{path}:{line_of(path, 'severity:')}:{column}: yaml: not valid (safe) YAML" in line, line
 
 
 def test_rule_field_error_names_the_line_and_column_of_the_value(tmp_path):
@@ -80,7 +80,7 @@ def test_rule_field_error_names_the_line_and_column_of_the_value(tmp_path):
     out = tmp_path / "out"
     args = ["nightly", "--landing", str(tmp_path), "--rules", str(rules), "--out", str(out)]
     line = assert_reported_before_the_flow(cli(args, tmp_path), tmp_path, out)
-    assert f"{path}:{line_of(path, 'severity:')}:11: severity 'loud' is not one of" in line, line
+    assert f"{path}:{line_of(path, 'severity:')}:11: severity: 'loud' is not one of" in line, line
 
 
 @pytest.mark.parametrize(

@@ -210,6 +210,7 @@ def leaves(facts: pl.DataFrame):
         st.just({"field": "place_of_service", "not_in": {"config": "facility_pos"}}),
         st.just({"field": "charge_hcpcs", "in": {"config": "unclassified_codes"}}),
         st.just({"field": "given", "eq": {"config": "mod002_institutional"}}),
+        st.just({"config": "mod002_institutional"}),  # a true/false setting as the condition itself
         st.just({"field": "days_since_first_injection", "gt": {"config": "loading_phase_days"}}),
     )
     dates = st.one_of(
@@ -251,7 +252,7 @@ def template_rule(loaded):
 
 @pytest.mark.slow  # 150 generated conditions, each through both engines
 def test_generated_conditions_same_findings(all_facts, loaded, template_rule):
-    from b12pipeline.engine.conditions import check_condition
+    from b12pipeline.engine.conditions import to_condition
 
     windows = st.sampled_from(
         [
@@ -272,9 +273,10 @@ def test_generated_conditions_same_findings(all_facts, loaded, template_rule):
     def check(specs):
         rules = []
         for i, (cond, (lo, hi)) in enumerate(specs):
-            check_condition(cond)
             rules.append(
-                dataclasses.replace(template_rule, id=f"GEN-{i:03d}", when=cond, effective_from=lo, effective_to=hi)
+                dataclasses.replace(
+                    template_rule, id=f"GEN-{i:03d}", when=to_condition(cond), effective_from=lo, effective_to=hi
+                )
             )
         same_findings(all_facts, loaded, rules=rules)
 

@@ -99,3 +99,47 @@ def test_a_landing_file_gone_mid_run_stops_the_night_as_an_environment_failure(p
     assert not (tmp_path / "out" / "rejected").exists()
     line = environment_problem(caught.value)
     assert line and str(gone) in line and "no longer there" in line
+
+
+def test_expected_failures_are_dropped_and_others_lose_their_traceback_whatever_the_handlers():
+    """Records are changed where they are made: a handler installed inside the block (as Prefect does
+    when a flow starts) still gets no traceback and no record of a failure the command reports itself."""
+    import io
+    import logging
+
+    from b12pipeline.cli.common import no_console_tracebacks
+
+    class Expected(Exception):
+        pass
+
+    stream = io.StringIO()
+    logger = logging.getLogger("prefect.flow_runs.expected_test")
+    logger.propagate, logger.level = False, logging.INFO
+    with no_console_tracebacks(Expected):
+        handler = logging.StreamHandler(stream)  # level NOTSET: emits whatever it is given
+        logger.addHandler(handler)
+        try:
+            for exc in (Expected("source down"), ValueError("bad value")):
+                try:
+                    raise exc
+                except Exception:
+                    logger.exception("task failed with %s", type(exc).__name__)
+            logger.error("Finished in state Failed('Expected: source down')")
+            logging.getLogger("b12pipeline.expected_test").addHandler(handler)
+            try:
+                raise Expected("ours")
+            except Expected:
+                logging.getLogger("b12pipeline.expected_test").exception("not Prefect's: left alone")
+        finally:
+            logger.removeHandler(handler)
+            logging.getLogger("b12pipeline.expected_test").removeHandler(handler)
+    text = stream.getvalue()
+    assert "Expected" not in text.split("not Prefect's")[0]  # both of Prefect's records of it dropped
+    assert "task failed with ValueError\n" in text  # the other failure: its line, no traceback
+    assert text.count("Traceback") == 1 and "not Prefect's: left alone" in text
+    logger.addHandler(handler)
+    try:
+        logger.error("after the block: kept")
+    finally:
+        logger.removeHandler(handler)
+    assert "after the block: kept" in stream.getvalue()

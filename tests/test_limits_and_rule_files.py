@@ -210,7 +210,7 @@ HOSTILE_RULES = [
         RULE.replace('version: "1"', 'version: !!python/name:os.getcwd ""'),
         "not valid (safe) YAML",
     ),
-    ("unknown field", RULE + "run: rm -rf /\n", "unknown field(s) run"),
+    ("unknown field", RULE + "run: rm -rf /\n", "run: unknown field"),
     (
         "unknown operator",
         RULE.replace("ne: {field: expected_units}", "exec: {field: expected_units}"),
@@ -222,7 +222,7 @@ HOSTILE_RULES = [
         RULE.replace("  all:\n", "  all:\n", 1).replace("when:\n  all:", "when:\n  any: []\n  all:"),
         "must stand alone",
     ),
-    ("bad queue", RULE.replace("queue: coding", "queue: ../../etc"), "queue '../../etc' is not one of"),
+    ("bad queue", RULE.replace("queue: coding", "queue: ../../etc"), "queue: '../../etc' is not one of"),
     ("not a mapping", "- just\n- a list\n", "must be a mapping"),
     (
         "billion laughs",
@@ -238,7 +238,7 @@ HOSTILE_RULES = [
     (
         "date that is not a date",
         RULE.replace("status: active", "status: active\neffective_from: soon"),
-        "effective_from 'soon' is not a date",
+        "effective_from: 'soon' is not a date",
     ),
     ("not UTF-8", None, "not valid (safe) YAML"),
 ]

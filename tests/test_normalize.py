@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 
 import polars as pl
@@ -274,11 +273,11 @@ def test_ndc_qty_diff_ml(loaded, defaults):
     assert f["ndc_qty_diff_ml"].to_list() == [0.0, 0.01, 0.02, None, 1.0]
 
 
-def test_claim_needs_jwjz_follows_mod002_institutional(loaded, defaults):
-    changes = ({"claim_type": "professional"}, {"claim_type": "institutional"}, {"claim_type": None})
-    assert facts_of(loaded, defaults, *changes)["claim_needs_jwjz"].to_list() == [True, False, True]
-    both = dataclasses.replace(loaded.config, mod002_institutional=True)
-    assert facts_of(loaded, defaults, *changes, cfg=both)["claim_needs_jwjz"].to_list() == [True, True, True]
+def test_empty_claim_type_is_professional(loaded, defaults):
+    changes = ({"claim_type": " Professional"}, {"claim_type": "INSTITUTIONAL"}, {"claim_type": None})
+    assert facts_of(loaded, defaults, *changes)["claim_type"].to_list() == ["professional", "institutional"] + [
+        "professional"
+    ]
 
 
 def test_em_flags(loaded, defaults):

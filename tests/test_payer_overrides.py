@@ -3,6 +3,7 @@ finding's record of the file that applied, lint, cases, docs and the coder expor
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import shutil
 from pathlib import Path
@@ -134,6 +135,59 @@ def test_each_override_kind_and_the_most_specific_match(rules_copy):
     # the payer-id file is more specific than the payer-type file, and files are not layered
     (dx001,) = of(found, 5, "DX-001")
     assert dx001["payer_override"] is None  # aetna.yaml does not touch DX-001
+
+
+def test_a_message_shows_the_setting_that_applied_to_the_row(rules_copy):
+    """FREQ-001 shows the frequency window as a number: the test group's 10 days on its row, the
+    site's 30 on a Medicare row (a template's {config.key} follows the row's payer file)."""
+    rules = Rules.load(rules_copy)
+    defaults = case_defaults(rules.ruleset.directory)
+    rows = []
+    for patient, payer, prior in (("P-C", "commercial", "2024-02-22"), ("P-M", "medicare", "2024-02-15")):
+        for i, when in enumerate(("2023-11-01T10:00:00", f"{prior}T10:00:00")):
+            rows.append({"admin_id": f"H-{patient}-{i}", "admin_time": when})
+        rows.append({"admin_id": f"T-{patient}"})
+        rows[-3:] = [{**defaults, **r, "patient_id": patient, "payer_type": payer} for r in rows[-3:]]
+    facts = evaluation_facts(case_frame(rows), rules.reference, rules.config, rules.ruleset.payers)
+    found = evaluate(facts, rules.ruleset, rules.config, run_id="t").filter(pl.col("rule_id") == "FREQ-001")
+    shown = dict(found.select("admin_id", "actual").rows())
+    assert shown == {
+        "T-P-C": "another B12 injection within 10 days",
+        "T-P-M": "another B12 injection within 30 days",
+    }, shown
+    assert "within 10 days; the first injection in the 365-day look-back" in found["message"][0]
+
+
+INSTITUTIONAL_PAYER = """\
+title: Test payer checking institutional claims
+match: {payer_id: ["99999"]}
+citations: ["tests/test_payer_overrides.py (a test payer)"]
+settings:
+  mod002_institutional: true
+"""
+
+
+def test_a_true_false_setting_is_a_condition_for_the_site_and_per_payer(rules_copy):
+    """MOD-002 reads {config: mod002_institutional} itself (no facts column made for it): an
+    institutional claim is checked where the site, or the row's payer file, turns the setting on;
+    both engines agree."""
+    from b12pipeline.engine import durable
+
+    (rules_copy / "payers" / "test-institutional.yaml").write_text(INSTITUTIONAL_PAYER)
+    rules = Rules.load(rules_copy)
+    defaults = case_defaults(rules.ruleset.directory)
+    rows = [
+        {**defaults, **SINGLE, "admin_id": f"T-{i}", "patient_id": f"P-{i}", "claim_type": "institutional", **c}
+        for i, c in enumerate(({"payer_id": "99999"}, {"payer_id": None}))
+    ]
+    facts = evaluation_facts(case_frame(rows), rules.reference, rules.config, rules.ruleset.payers)
+    site_on = dataclasses.replace(rules.config, mod002_institutional=True)
+    engines = [evaluate] + ([durable.evaluate] if durable.available() else [])
+    for run in engines:
+        by_payer = run(facts, rules.ruleset, rules.config, run_id="t").filter(pl.col("rule_id") == "MOD-002")
+        assert by_payer.select("admin_id", "payer_override").rows() == [("T-0", "test-institutional")], run
+        by_site = run(facts, rules.ruleset, site_on, run_id="t").filter(pl.col("rule_id") == "MOD-002")
+        assert by_site["admin_id"].to_list() == ["T-0", "T-1"], run
 
 
 def test_payer_file_cases_run_and_can_fail(rules_copy):

@@ -20,6 +20,7 @@ import polars as pl
 import pytest
 import yaml
 
+from b12pipeline.archive import archive_file
 from b12pipeline.queues import read_queue
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -152,6 +153,26 @@ def _assert_password_nowhere(out: Path) -> None:
 
     texts = asyncio.run(from_api())
     assert texts and not [t for t in texts if CANARY_PASSWORD in t]
+
+
+def test_clearing_incoming_hashes_only_files_the_landing_flow_did_not(tmp_path, monkeypatch):
+    """Processed files leave incoming/ by the checksums the landing flow computed, not hashed again."""
+    from b12pipeline import files, pull
+    from b12pipeline.paths import OutputLayout
+
+    out = tmp_path / "out"
+    incoming = pull.incoming_dir(out, "drop")
+    incoming.mkdir(parents=True)
+    for name, text in (("a.csv", "x\n1\n"), ("b.csv", "x\n2\n"), ("c.csv", "x\n3\n")):
+        (incoming / name).write_text(text)
+    real = files.sha256_file
+    for name in ("a.csv", "b.csv"):  # processed: their bytes are in the archive
+        archive_file(incoming / name, real(incoming / name), OutputLayout(out).archive, "2024-03-01")
+    hashed: list[str] = []
+    monkeypatch.setattr(files, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p))
+    scanned = {"a.csv": real(incoming / "a.csv"), "c.csv": real(incoming / "c.csv")}  # b.csv came later
+    assert pull.clear_processed(out, "drop", scanned) == 2
+    assert hashed == ["b.csv"] and [p.name for p in incoming.iterdir()] == ["c.csv"]
 
 
 def test_unreachable_database_fails_with_one_line_and_no_password(prefect_harness, tmp_path):

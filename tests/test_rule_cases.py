@@ -11,12 +11,13 @@ import pytest
 
 from b12pipeline.crossrow import add_cross_row_facts
 from b12pipeline.engine.evaluate import evaluate
+from b12pipeline.paths import rules_dir
 from b12pipeline.pipeline import Rules
 from b12pipeline.rulecases import case_defaults, case_frame, run_rule_cases
-from b12pipeline.rulesets import load_ruleset
+from b12pipeline.rulesets import rule_files
 
-RULESET = load_ruleset()
-RULE_IDS = sorted({r.id for r in RULESET.active})
+RULES = rules_dir()
+FILES = rule_files(RULES)  # every rule file, retired versions too: their cases must still hold
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +25,10 @@ def loaded() -> Rules:
     return Rules.load()
 
 
-@pytest.mark.parametrize("rule_id", RULE_IDS)
-def test_rule_cases(rule_id: str, loaded: Rules) -> None:
-    (rule,) = [r for r in loaded.ruleset.active if r.id == rule_id]
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.relative_to(RULES).as_posix())
+def test_rule_cases(path, loaded: Rules) -> None:
+    (rule,) = [r for r in loaded.ruleset.rules if r.path == path]
+    rule_id = f"{rule.id} v{rule.version}"
     assert len(rule.cases.get("fires") or []) >= 2, f"{rule_id} needs several firing cases"
     assert len(rule.cases.get("passes") or []) >= 2, f"{rule_id} needs several near-miss cases"
     results = run_rule_cases(rule, loaded)

@@ -86,9 +86,14 @@ def test_lint_reports_every_broken_file_by_name(rules_copy: Path, tmp_path: Path
     result = invoke("rules", "lint", "--rules", str(rules_copy))
     assert result.exit_code == 1
     out = " ".join(result.output.split())
-    assert "documentation/DOC-101.yaml: colour: unknown field" in out
-    assert "documentation/DOC-102.yaml: when: when.all[2]: unknown operator 'equals'" in out
-    assert "documentation/DOC-103.yaml: yaml: YAML tag !!python/object/apply:os.system is not allowed" in out
+    # Each problem names its file, line and column (as compilers print) and its field.
+    assert re.search(r"documentation/DOC-101\.yaml:\d+:\d+: colour: unknown field", out), out
+    assert re.search(r"documentation/DOC-102\.yaml:\d+:\d+: when\.all\[2\]: unknown operator 'equals'", out), out
+    assert re.search(
+        r"documentation/DOC-103\.yaml:1:1: yaml: not valid \(safe\) YAML: "
+        r"tag !!python/object/apply:os.system is not allowed",
+        out,
+    ), out
     assert "documentation/DOC-001.v2.yaml: effective_from:" in out and "overlaps documentation/DOC-001.yaml" in out
     assert not marker.exists(), "the YAML tag must never run"
     assert "4 problem(s) in 4 file(s)" in out
@@ -103,11 +108,19 @@ def test_lint_reports_every_broken_file_by_name(rules_copy: Path, tmp_path: Path
         ),
         (
             lambda t: t.replace("{field: route_class, eq: injectable}", "{field: payer_type, in: {config: payers}}"),
-            "when: {config: payers} is not a site setting",
+            "when.all[1]: in: {config: payers} is not a site setting",
         ),
         (
             lambda t: t.replace('message: "Lot number not documented', 'message: "{lot} not documented'),
             "message: template names {lot}, which is not a facts column",
+        ),
+        (
+            lambda t: t.replace('message: "Lot number not documented', 'message: "{config.lot} not documented'),
+            "message: template names {config.lot}, which is not a site setting",
+        ),
+        (
+            lambda t: t.replace("{field: route_class, eq: injectable}", "{config: jwjz_payers}"),
+            "when.all[1]: {config: jwjz_payers} as a condition needs a true/false setting",
         ),
         (
             lambda t: t.replace("{field: lot_number, is_null: true}", "{field: lot_number, gt: 3}"),
@@ -141,8 +154,9 @@ def test_lint_problem_names_file_and_field(rules_copy: Path, edit, expected):
     changed = edit(DOC001)
     assert changed != DOC001
     path.write_text(changed)
-    problems = [str(p) for p in lint_rules(rules_copy)]
-    assert any(p.startswith("documentation/DOC-001.yaml: ") and expected in p for p in problems), problems
+    problems = [p for p in lint_rules(rules_copy) if p.file == "documentation/DOC-001.yaml"]
+    assert any(expected in f"{p.field}: {p.message}" for p in problems), [str(p) for p in problems]
+    assert all(p.line > 0 for p in problems), [str(p) for p in problems]  # each placed in the file
 
 
 def test_retired_version_keeps_its_id_and_is_still_linted(rules_copy: Path):
@@ -160,7 +174,7 @@ def test_loader_errors_are_usage_errors_for_list(rules_copy: Path):
     (rules_copy / "documentation" / "DOC-001.yaml").write_text(DOC001 + "colour: red\n")
     result = invoke("rules", "list", "--rules", str(rules_copy))
     assert result.exit_code == 2
-    assert "DOC-001.yaml" in result.output and "unknown field(s) colour" in result.output
+    assert "DOC-001.yaml" in result.output and "colour: unknown field" in result.output
 
 
 def test_docs_writes_checks_and_detects_stale(tmp_path: Path, rules_copy: Path):

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from b12pipeline.config import load_site_config
-from b12pipeline.engine.conditions import OPERATOR_TABLE, check_condition
+from b12pipeline.engine.conditions import OPERATOR_TABLE, to_condition
 from b12pipeline.engine.ruledocs import EXAMPLE_FENCE, condition_lines, render_language_markdown, render_rules_markdown
 from b12pipeline.engine.rulefile import CASE_KEY_DOCS, FIELD_DOCS, OPTIONAL_FIELDS, REQUIRED_FIELDS
 from b12pipeline.paths import PROJECT_ROOT, rules_dir
@@ -55,7 +55,7 @@ def test_condition_rendering_is_readable_and_honest_about_empty_values():
             {"field": "lot_number", "is_null": True},
         ]
     }
-    assert condition_lines(cond) == [
+    assert condition_lines(to_condition(cond)) == [
         "- all of:",
         "  - `charge_hcpcs` is `J3420`",
         "  - `ingredient` is not `cyanocobalamin` (or is empty)",
@@ -85,7 +85,7 @@ def test_operator_examples_are_valid_leaves_on_facts_columns():
     columns = set(facts_schema(rules_dir(), load_site_config()).columns)
     for op in OPERATOR_TABLE:
         leaf = yaml.safe_load(op.example)
-        check_condition(leaf)
+        to_condition(leaf)
         assert set(leaf) - {"field"} == {op.name} and leaf["field"] in columns, op.example
 
 

@@ -7,15 +7,17 @@ New rule files are picked up automatically: nothing here lists rules by name.
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from b12pipeline.engine.conditions import All, AnyOf, Leaf, Not, SettingIs, to_condition, to_data
 from b12pipeline.paths import rules_dir
 from b12pipeline.rulelint import lint_rules
-from b12pipeline.rulesets import load_rule_file, rule_files
+from b12pipeline.rulesets import load_rule_file, read_yaml, rule_files
 
 RULES = rules_dir()
 FILES = rule_files(RULES)
@@ -65,6 +67,18 @@ def test_citations_name_primary_sources_or_files_here(path: Path):
 def test_citation_check_refuses_a_notes_file_outside_the_repository():
     outside = "research-notes.md section 8: lot number"
     assert NAMED_FILE.findall(outside) == ["research-notes.md"] and not (PROJECT / "research-notes.md").exists()
+
+
+@pytest.mark.parametrize("path", FILES, ids=rel)
+def test_when_is_parsed_once_and_loses_nothing(path: Path):
+    """The condition objects give back the file's `when:` exactly, so anything keyed on a rule's
+    content (the ruleset version hashes the file bytes; a changed `when` needs a new version) is
+    the same before and after parsing."""
+    when = load_rule_file(path).when
+    assert isinstance(when, (All, AnyOf, Not, Leaf, SettingIs))
+    as_json = lambda data: json.dumps(data, sort_keys=True, default=str)  # noqa: E731
+    assert as_json(to_data(when)) == as_json(read_yaml(path)["when"])
+    assert to_condition(to_data(when)) == when
 
 
 def test_id_version_pairs_are_unique():

@@ -117,6 +117,23 @@ def test_cli_writes_the_extract_and_its_labels(tmp_path):
     assert bad.exit_code == 2
 
 
+@pytest.mark.parametrize(
+    ("fmt", "make", "said"),
+    [
+        ("csv", lambda p: p.mkdir(), "is not a file"),
+        ("fhir-bulk", lambda p: p.write_text(""), "is not a folder"),
+        ("csv", lambda p: None, "does not exist"),
+    ],
+)
+def test_cli_out_of_the_wrong_kind_is_one_line_exit_2(tmp_path, fmt, make, said):
+    out = tmp_path / "x" if said != "does not exist" else tmp_path / "missing" / "x.csv"
+    make(out)
+    result = CliRunner().invoke(app, ["synth", "--rows", "5", "--format", fmt, "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert said in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
 # --- a 100k-row night with seeded defects: findings == labels -----------------------
 
 

@@ -17,6 +17,7 @@ from b12pipeline.cli.common import (
     parse_date,
     usage_error,
 )
+from b12pipeline.cli.feedback import feedback, quiet_option
 
 
 def register(app: typer.Typer) -> None:
@@ -43,6 +44,7 @@ def register(app: typer.Typer) -> None:
         workers: Optional[int] = typer.Option(
             None, "--workers", min=1, help="Run the chunks on a local Dask cluster of N worker processes."
         ),
+        quiet: bool = quiet_option,
     ) -> None:
         """Re-evaluate the history of --from..--to with the current rules; replace those dates' queue
         partitions and write a diff report (findings new / resolved / unchanged per rule)."""
@@ -62,21 +64,25 @@ def register(app: typer.Typer) -> None:
         from b12pipeline.engine.rulefile import RuleFileError
         from flows.backfill import run_backfill
 
-        ServerStart().wait()  # longer start-up timeout, one retry, one clear line if it cannot start
-
-        if rules is not None:  # a new rules folder is deployed, through the deploy gates
-            manifest = deploy_or_exit(
-                rules, out, start, end, chunk_days=chunk_days, dask_address=dask_address, workers=workers
-            )
-            print_diff(manifest, out)
-            raise typer.Exit(EXIT_OK)
-        try:
-            with output_guard(out, wait=False):  # exit 3 if a night or another backfill holds --out
-                manifest = run_backfill(
-                    start, end, str(out), chunk_days=chunk_days, dask_address=dask_address, workers=workers
+        with feedback(f"backfill {start}..{end}", quiet) as shown:
+            shown.step("starting Prefect")
+            server = ServerStart()
+            server.wait()  # longer start-up timeout, one retry, one clear line if it cannot start
+            if server.temporary:
+                shown.step("Prefect's temporary server is up")
+            if rules is not None:  # a new rules folder is deployed, through the deploy gates
+                manifest = deploy_or_exit(
+                    rules, out, start, end, chunk_days=chunk_days, dask_address=dask_address, workers=workers
                 )
-        except (RuleFileError, RulesetError) as exc:
-            raise usage_error(str(exc)) from None
+            else:
+                try:
+                    with output_guard(out, wait=False):  # exit 3 if a night or another backfill holds --out
+                        manifest = run_backfill(
+                            start, end, str(out), chunk_days=chunk_days, dask_address=dask_address, workers=workers
+                        )
+                except (RuleFileError, RulesetError) as exc:
+                    raise usage_error(str(exc)) from None
+            shown.step("done")
         print_diff(manifest, out)
         raise typer.Exit(EXIT_OK)
 

@@ -56,19 +56,36 @@ def environment_failures():
         raise typer.Exit(EXIT_ENVIRONMENT) from None
 
 
+# Below every handler's level (the lowest a handler can have is NOTSET, 0): no handler emits it.
+_DROPPED = -1
+
+
 @contextmanager
-def no_console_tracebacks():
+def no_console_tracebacks(*expected: type[BaseException]):
     """Prefect logs a failed task's traceback before the CLI can say what failed in one line: while
-    the night runs, Prefect's records carry their line without the traceback (the exception is named
-    in the line). Done where records are made, not on handlers: Prefect may replace its handlers
-    while a flow starts, and a filter on the old ones would be lost."""
+    the command runs, Prefect's records carry their line without the traceback (the exception is
+    named in the line). Records of an `expected` exception, one the command reports itself in one
+    line, are dropped whole (those carrying it, and those naming it, like a run's final state), so the
+    failure is said once. Done where records are made, not on handlers: Prefect may replace its
+    handlers while a flow starts, and a filter on the old ones would be lost."""
     import logging
 
     make = logging.getLogRecordFactory()
+    names = tuple(t.__name__ for t in expected)
+
+    def named(record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is the handler's to report, not the logging call's
+            message = str(record.msg)
+        return any(name in message for name in names)
 
     def without_traceback(*args, **kwargs) -> logging.LogRecord:
         record = make(*args, **kwargs)
         if record.name.startswith("prefect"):
+            exc = record.exc_info[1] if record.exc_info else None
+            if expected and (isinstance(exc, expected) or named(record)):
+                record.levelno = _DROPPED
             record.exc_info, record.exc_text = None, None
         return record
 

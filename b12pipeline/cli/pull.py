@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -17,6 +15,7 @@ from b12pipeline.cli.common import (
     EXIT_SOURCE,
     console,
     err_console,
+    no_console_tracebacks,
     output_guard,
     parse_date,
     today,
@@ -73,7 +72,7 @@ def register(app: typer.Typer) -> None:
         from flows.pull import pull_flow
 
         try:
-            with _console_quiet_about(pulling.SourceUnreachable, pulling.SourceConfigError):
+            with no_console_tracebacks(pulling.SourceUnreachable, pulling.SourceConfigError):
                 result = pull_flow(
                     source=source,
                     out=str(out),
@@ -92,32 +91,3 @@ def register(app: typer.Typer) -> None:
         manifest = json.loads((out / "runs" / result["run_id"] / "manifest.json").read_text())
         print_summary(manifest, out)
         return EXIT_REJECTED if result.get("files_rejected") else EXIT_OK
-
-
-@contextmanager
-def _console_quiet_about(*expected: type[BaseException]):
-    """Keep Prefect's console handlers from printing the traceback of a failure this command reports
-    itself, as one line (the records still reach Prefect's API log, which holds no credential)."""
-    names = {t.__name__ for t in expected}
-
-    class DropExpected(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            exc = record.exc_info[1] if record.exc_info else None
-            if exc is not None and isinstance(exc, expected):
-                return False
-            return not any(name in record.getMessage() for name in names)
-
-    drop = DropExpected()
-    handlers = [
-        h
-        for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", "")
-        for h in logging.getLogger(name).handlers
-        if isinstance(h, logging.StreamHandler)
-    ]
-    for h in handlers:
-        h.addFilter(drop)
-    try:
-        yield
-    finally:
-        for h in handlers:
-            h.removeFilter(drop)

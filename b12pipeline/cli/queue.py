@@ -28,6 +28,7 @@ from b12pipeline.cli.common import (
     today,
     usage_error,
 )
+from b12pipeline.cli.feedback import feedback, quiet_option
 
 SEVERITY_STYLE = {"error": "red", "warning": "yellow", "info": "cyan"}
 
@@ -415,6 +416,7 @@ def register(app: typer.Typer) -> None:
         workbook: Path = typer.Argument(..., help="An xlsx written by `queue export`, edited."),
         out: Path = out_option,
         as_: Optional[str] = typer.Option(None, "--as", help="Act as NAME (default: the OS user)."),
+        quiet: bool = quiet_option,
     ) -> None:
         """Apply the Status / Owner / Reason / Comment / Deferred until edits of an export, in one transaction."""
         from b12pipeline.worklog import dismiss_reasons
@@ -425,7 +427,9 @@ def register(app: typer.Typer) -> None:
         from sqlalchemy.exc import SQLAlchemyError
 
         try:
-            summary = import_workbook(_worklog(out), workbook, actor=_actor(as_), reasons=dismiss_reasons())
+            with feedback(f"import {workbook.name}", quiet) as shown:
+                summary = import_workbook(_worklog(out), workbook, actor=_actor(as_), reasons=dismiss_reasons())
+                shown.step("done")
         except ImportRefused as exc:
             err_console.print(f"[bold red]refused:[/] {exc}")
             raise typer.Exit(EXIT_REJECTED) from None

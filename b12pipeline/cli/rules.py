@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from b12pipeline.cli.common import EXIT_OK, console, err_console, usage_error
+from b12pipeline.cli.feedback import feedback, quiet_option
 from b12pipeline.paths import PROJECT_ROOT
 
 EXIT_FAILED = 1
@@ -114,7 +115,8 @@ def lint(rules: Optional[Path] = typer.Option(None, "--rules", help=RULES_HELP))
     folder = _folder(rules)
     problems = lint_rules(folder)
     for p in problems:
-        console.print(f"[red]{escape(p.file)}[/]: [bold]{escape(p.field)}[/]: {escape(p.message)}", soft_wrap=True)
+        where = f"{p.file}:{p.line}:{p.column}" if p.line else p.file
+        console.print(f"[red]{escape(where)}[/]: [bold]{escape(p.field)}[/]: {escape(p.message)}", soft_wrap=True)
     if problems:
         files = len({p.file for p in problems})
         err_console.print(f"{len(problems)} problem(s) in {files} file(s) under {folder}")
@@ -255,12 +257,16 @@ def deploy(
     date_from: Optional[str] = typer.Option(
         None, "--from", help="Re-evaluate from this date of service (default: the look-back window)."
     ),
+    quiet: bool = quiet_option,
 ) -> None:
     """Deploy a rules folder on --out: gates (lint, cases, version bumps), snapshot, switch, re-evaluate.
 
     Exit 2 with the reasons when a gate fails (nothing is changed), 3 when a run holds --out."""
     start, _ = _range(date_from, None)
-    print_deployment(deploy_or_exit(rules, out, start), out)
+    with feedback(f"deploy {rules.name}", quiet) as shown:
+        manifest = deploy_or_exit(rules, out, start)
+        shown.step("done")
+    print_deployment(manifest, out)
 
 
 @rules_app.command("rollback")
@@ -270,12 +276,16 @@ def rollback(
     date_from: Optional[str] = typer.Option(
         None, "--from", help="Re-evaluate from this date of service (default: the look-back window)."
     ),
+    quiet: bool = quiet_option,
 ) -> None:
     """Redeploy an earlier ruleset of --out, through the same gates and re-evaluation as a deploy."""
     from flows.deploy import rollback as rollback_to
 
     start, _ = _range(date_from, None)
-    print_deployment(_deploying(rollback_to, out, to, start=start), out)
+    with feedback("rollback", quiet) as shown:
+        manifest = _deploying(rollback_to, out, to, start=start)
+        shown.step("done")
+    print_deployment(manifest, out)
 
 
 @rules_app.command("active")
@@ -337,6 +347,7 @@ def preview(
     out: Path = typer.Option(Path("var"), "--out", "-o", help=OUT_HELP),
     date_from: Optional[str] = typer.Option(None, "--from", help="First date of service (default: the look-back)."),
     date_to: Optional[str] = typer.Option(None, "--to", help="Last date of service (default: the latest in history)."),
+    quiet: bool = quiet_option,
 ) -> None:
     """What deploying --rules would change: findings new / resolved / unchanged per rule and queue.
 
@@ -347,7 +358,9 @@ def preview(
 
     start, end = _range(date_from, date_to)
     try:
-        result = run_preview(out, rules, start, end)
+        with feedback(f"preview {rules.name}", quiet) as shown:
+            result = run_preview(out, rules, start, end)
+            shown.step("done")
     except RulesetError as exc:
         raise usage_error(escape(str(exc))) from None
     console.print(

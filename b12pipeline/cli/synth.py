@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from b12pipeline.cli.common import EXIT_OK, console, parse_date, usage_error
+from b12pipeline.cli.feedback import feedback, quiet_option
 
 
 def register(app: typer.Typer) -> None:
@@ -32,6 +33,7 @@ def register(app: typer.Typer) -> None:
             None, "--start", help="First date of service (YYYY-MM-DD); default 2024-01-02."
         ),
         days: int = typer.Option(120, "--days", help="Dates of service span this many days."),
+        quiet: bool = quiet_option,
     ) -> None:
         """Write a realistic synthetic eMAR extract with seeded defects and their labels."""
         from b12pipeline import synth as generator
@@ -43,16 +45,25 @@ def register(app: typer.Typer) -> None:
             raise usage_error("--rows and --days must be at least 1")
         if not 0 <= defect_rate <= 1 or not 0 < b12_share <= 1:
             raise usage_error("--defect-rate must be in [0, 1] and --b12-share in (0, 1]")
+        if (fmt == "fhir-bulk") != out.is_dir() and out.exists():
+            kind = "a file" if out.is_dir() else "a folder"
+            raise usage_error(f"--out {out} exists and is not {kind}: --format {fmt} writes {kind}")
+        if not out.parent.is_dir():
+            raise usage_error(f"--out {out}: folder {out.parent} does not exist")
         first = parse_date(start, "--start") or generator.DEFAULT_START
-        t0 = time.perf_counter()
-        result = generator.generate(
-            rows, seed=seed, defect_rate=defect_rate, b12_share=b12_share, start=first, days=days
-        )
-        t1 = time.perf_counter()
-        write_extract(result.frame, fmt, out)
-        result.labels.write_parquet(labels_path(out))
-        t2 = time.perf_counter()
-        c = result.counts
+        with feedback(f"synth seed {seed}", quiet) as shown:
+            shown.step(f"generating {rows:,} rows")
+            t0 = time.perf_counter()
+            result = generator.generate(
+                rows, seed=seed, defect_rate=defect_rate, b12_share=b12_share, start=first, days=days
+            )
+            t1 = time.perf_counter()
+            c = result.counts
+            shown.step(f"generated {c['b12_rows']:,} B12 rows, {c['labels']:,} expected findings; writing {fmt}")
+            write_extract(result.frame, fmt, out)
+            result.labels.write_parquet(labels_path(out))
+            t2 = time.perf_counter()
+            shown.step("done")
         console.print(
             f"wrote {out} ({fmt}): {c['rows']:,} rows, {c['b12_rows']:,} B12, "
             f"{c['labels']:,} expected findings over {len(c['labels_per_rule'])} rules "

@@ -1,6 +1,7 @@
-"""The condition language: rule conditions as data, compiled to one Polars expression each.
+"""The condition language: rule conditions as data, parsed once into condition objects.
 
     condition := {all: [condition, ...]} | {any: [condition, ...]} | {not: condition} | leaf
+               | {config: key}                        (a true/false site setting, as it applies to the row)
     leaf      := {field: <column>, <operator>: <operand>}
     operator  := eq | ne | lt | le | gt | ge          (operand: value | {field: col} | {config: key})
                | in | not_in                          (operand: [values] | {config: key})
@@ -11,13 +12,18 @@
 
 Two-valued logic: a comparison that meets an empty (null) value is false, so `not` of it is true;
 test emptiness explicitly with is_null. Columns are those of the facts frame (docs/columns.md).
+
+parse_condition turns a rule file's `when:` into frozen objects (All, AnyOf, Not, Leaf, SettingIs;
+a Leaf's operand is a Value, FieldRef or ConfigRef) and lists every problem; the Polars compiler
+here, the durable-rules translator (durable.py), lint and the docs (ruledocs.py) visit those objects.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Union
 
 if TYPE_CHECKING:  # checking a rule file needs no Polars: the CLI checks rules before importing it
     import polars as pl
@@ -96,118 +102,296 @@ class Settings(Protocol):
     def get(self, name: str) -> Any: ...
 
 
+# --- the condition objects: a rule file's `when:` parsed once, then visited by every consumer -----
+
+
+@dataclass(frozen=True)
+class FieldRef:
+    """Operand `{field: col}`: another column of the same row."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class ConfigRef:
+    """Operand `{config: key}`: a site setting (per payer where a payer file overrides it)."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class Value:
+    """A literal operand: a scalar, a date, empty (None), or a tuple of them (a YAML list)."""
+
+    value: Any
+
+
+Operand = Union[Value, FieldRef, ConfigRef]
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """`{field: <column>, <op>: <operand>}`."""
+
+    field: str
+    op: str
+    operand: Operand
+
+
+@dataclass(frozen=True)
+class SettingIs:
+    """`{config: key}` standing alone: true where the boolean site setting is on (for the row's payer)."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class All:
+    items: tuple[Condition, ...]
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    items: tuple[Condition, ...]
+
+
+@dataclass(frozen=True)
+class Not:
+    item: Condition
+
+
+Condition = Union[All, AnyOf, Not, Leaf, SettingIs]
+
+
+@dataclass(frozen=True)
+class ConditionProblem:
+    where: str  # "when.all[2].not", as a rule author reads it
+    at: tuple  # the same as keys and list indexes into the file's data (to find its line)
+    message: str
+
+
 def _is_ref(value: Any, kind: str) -> bool:
     return isinstance(value, dict) and set(value) == {kind}
 
 
 MAX_DEPTH = 32  # nested all/any/not: the shipped rules use 4; deeper is a mistake or an attack
+_SCALARS = (str, int, float, bool, dt.date, type(None))
 
 
-def check_condition(cond: Any, where: str = "", depth: int = 0) -> None:
-    """Raise ValueError naming the place if `cond` is not a well-formed condition: bounded nesting,
-    and every `matches` pattern compiled here (Rust regex, as Polars runs it), not at the night."""
-    here = where or "condition"
+def parse_condition(raw: Any, where: str = "when") -> tuple[Condition | None, list[ConditionProblem]]:
+    """The condition objects of a `when:` and every problem found in it (None when there is one)."""
+    problems: list[ConditionProblem] = []
+    cond = _parse(raw, where, (), 0, problems)
+    return (cond if not problems else None), problems
+
+
+def to_condition(raw: Any, where: str = "condition") -> Condition:
+    """The condition objects of `raw`, or ValueError naming the place of the first problem."""
+    cond, problems = parse_condition(raw, where)
+    if problems or cond is None:
+        first = problems[0]
+        raise ValueError(f"{first.where}: {first.message}")
+    return cond
+
+
+def _parse(raw: Any, here: str, at: tuple, depth: int, out: list[ConditionProblem]) -> Condition | None:
+    def problem(message: str) -> None:
+        out.append(ConditionProblem(here, at, message))
+
     if depth > MAX_DEPTH:
-        raise ValueError(f"{here}: conditions nested deeper than {MAX_DEPTH} levels")
-    if not isinstance(cond, dict) or not cond:
-        raise ValueError(f"{here}: expected a mapping, got {type(cond).__name__}")
-    keys = set(cond)
+        problem(f"conditions nested deeper than {MAX_DEPTH} levels")
+        return None
+    if not isinstance(raw, dict) or not raw:
+        problem(f"expected a mapping, got {type(raw).__name__}")
+        return None
+    keys = set(raw)
     if keys & set(COMBINATORS):
         if len(keys) != 1:
-            raise ValueError(f"{here}: a combinator ({', '.join(sorted(keys))}) must stand alone")
+            problem(f"a combinator ({', '.join(sorted(map(str, keys)))}) must stand alone")
+            return None
         (key,) = keys
         if key == "not":
-            return check_condition(cond["not"], f"{here}.not", depth + 1)
-        items = cond[key]
+            inner = _parse(raw["not"], f"{here}.not", (*at, "not"), depth + 1, out)
+            return Not(inner) if inner is not None else None
+        items = raw[key]
         if not isinstance(items, list) or not items:
-            raise ValueError(f"{here}.{key}: expected a non-empty list of conditions")
-        for i, item in enumerate(items):
-            check_condition(item, f"{here}.{key}[{i}]", depth + 1)
-        return
-    if "field" not in cond or not isinstance(cond["field"], str):
-        raise ValueError(f"{here}: a leaf needs 'field' (a column name); got keys {', '.join(sorted(keys))}")
+            out.append(ConditionProblem(f"{here}.{key}", (*at, key), "expected a non-empty list of conditions"))
+            return None
+        parsed = [_parse(item, f"{here}.{key}[{i}]", (*at, key, i), depth + 1, out) for i, item in enumerate(items)]
+        if any(p is None for p in parsed):
+            return None
+        return (All if key == "all" else AnyOf)(tuple(p for p in parsed if p is not None))
+    if keys == {"config"}:  # a boolean setting as a condition
+        message = _setting_problem(raw["config"], condition=True)
+        if message:
+            problem(message)
+            return None
+        return SettingIs(raw["config"])
+    if "field" not in raw or not isinstance(raw["field"], str):
+        problem(f"a leaf needs 'field' (a column name); got keys {', '.join(sorted(map(str, keys)))}")
+        return None
     ops = keys - {"field"}
     if len(ops) != 1:
-        raise ValueError(
-            f"{here}: a leaf needs exactly one operator of {', '.join(OPERATORS)}; "
-            f"got {', '.join(sorted(ops)) or 'none'}"
-        )
+        got = ", ".join(sorted(map(str, ops))) or "none"
+        problem(f"a leaf needs exactly one operator of {', '.join(OPERATORS)}; got {got}")
+        return None
     (op,) = ops
     if op not in OPERATORS:
-        raise ValueError(f"{here}: unknown operator {op!r}; known: {', '.join(OPERATORS)}")
-    value = cond[op]
+        problem(f"unknown operator {op!r}; known: {', '.join(OPERATORS)}")
+        return None
+    value = raw[op]
+    at = (*at, op)
     if op in SET_OPS and not (isinstance(value, list) or _is_ref(value, "config")):
-        raise ValueError(f"{here}: {op} needs a list or {{config: key}}")
+        problem(f"{op} needs a list or {{config: key}}")
+        return None
     if op == "is_null" and not isinstance(value, bool):
-        raise ValueError(f"{here}: is_null needs true or false")
+        problem("is_null needs true or false")
+        return None
     if isinstance(value, dict) and not (_is_ref(value, "field") or _is_ref(value, "config")):
-        raise ValueError(f"{here}: {op} operand must be a value, {{field: col}} or {{config: key}}")
+        problem(f"{op} operand must be a value, {{field: col}} or {{config: key}}")
+        return None
+    if isinstance(value, list) and not all(isinstance(v, _SCALARS) for v in value):
+        problem(f"{op} needs a list of plain values")
+        return None
+    if _is_ref(value, "field") and not isinstance(value["field"], str):
+        problem(f"{op}: {{field: col}} needs a column name")
+        return None
+    if _is_ref(value, "config") and _setting_problem(value["config"], condition=False):
+        problem(f"{op}: {_setting_problem(value['config'], condition=False)}")
+        return None
     if op == "matches":
-        _check_pattern(value, here)
+        message = _pattern_problem(value)
+        if message:
+            problem(message)
+            return None
+    return Leaf(raw["field"], op, _operand(value))
 
 
-def _check_pattern(value: Any, here: str) -> None:
+def _setting_problem(key: Any, condition: bool) -> str:
+    """Settings are those of rules/site.yaml (engine/settings.py); one used as a condition is true/false."""
+    from b12pipeline.engine.settings import SiteConfig
+
+    defaults = {f.name: getattr(SiteConfig(), f.name) for f in dataclasses.fields(SiteConfig)}
+    if not isinstance(key, str) or key not in defaults:
+        return f"{{config: {key}}} is not a site setting; known: {', '.join(sorted(defaults))}"
+    if condition and not isinstance(defaults[key], bool):
+        return f"{{config: {key}}} as a condition needs a true/false setting; {key} is not one"
+    return ""
+
+
+def _operand(value: Any) -> Operand:
+    if _is_ref(value, "field"):
+        return FieldRef(value["field"])
+    if _is_ref(value, "config"):
+        return ConfigRef(value["config"])
+    return Value(tuple(value) if isinstance(value, list) else value)
+
+
+def _pattern_problem(value: Any) -> str:
+    """Every `matches` pattern compiled here (Rust regex, as Polars runs it), not at the night."""
     import polars as pl
 
     if not isinstance(value, str):
-        raise ValueError(f"{here}: matches needs a regular expression (text)")
+        return "matches needs a regular expression (text)"
     try:
         pl.select(pl.lit("").str.contains(value))
     except pl.exceptions.PolarsError:
-        raise ValueError(f"{here}: matches is not a valid regular expression (Rust regex syntax)") from None
+        return "matches is not a valid regular expression (Rust regex syntax)"
+    return ""
 
 
-def fields_used(cond: dict) -> set[str]:
+def to_data(cond: Condition) -> Any:
+    """The condition as rule-file data again (parse_condition(to_data(c)) == c)."""
+    if isinstance(cond, All):
+        return {"all": [to_data(c) for c in cond.items]}
+    if isinstance(cond, AnyOf):
+        return {"any": [to_data(c) for c in cond.items]}
+    if isinstance(cond, Not):
+        return {"not": to_data(cond.item)}
+    if isinstance(cond, SettingIs):
+        return {"config": cond.key}
+    operand = cond.operand
+    if isinstance(operand, FieldRef):
+        value: Any = {"field": operand.name}
+    elif isinstance(operand, ConfigRef):
+        value = {"config": operand.key}
+    else:
+        value = list(operand.value) if isinstance(operand.value, tuple) else operand.value
+    return {"field": cond.field, cond.op: value}
+
+
+def leaves(cond: Condition) -> Iterator[Leaf | SettingIs]:
+    """Every leaf of a condition, in file order."""
+    if isinstance(cond, (All, AnyOf)):
+        for item in cond.items:
+            yield from leaves(item)
+    elif isinstance(cond, Not):
+        yield from leaves(cond.item)
+    else:
+        yield cond
+
+
+def fields_used(cond: Condition) -> set[str]:
     """Every column a condition reads (for lint and for documentation)."""
-    if "all" in cond or "any" in cond:
-        return set().union(*(fields_used(c) for c in cond.get("all") or cond["any"]))
-    if "not" in cond:
-        return fields_used(cond["not"])
-    used = {cond["field"]}
-    for key, value in cond.items():
-        if key != "field" and _is_ref(value, "field"):
-            used.add(value["field"])
+    used: set[str] = set()
+    for leaf in leaves(cond):
+        if isinstance(leaf, Leaf):
+            used.add(leaf.field)
+            if isinstance(leaf.operand, FieldRef):
+                used.add(leaf.operand.name)
     return used
 
 
-def config_used(cond: dict) -> set[str]:
-    if "all" in cond or "any" in cond:
-        return set().union(*(config_used(c) for c in cond.get("all") or cond["any"]))
-    if "not" in cond:
-        return config_used(cond["not"])
-    return {v["config"] for k, v in cond.items() if k != "field" and _is_ref(v, "config")}
+def config_used(cond: Condition) -> set[str]:
+    """Every site setting a condition reads (as an operand or as a boolean condition)."""
+    used: set[str] = set()
+    for leaf in leaves(cond):
+        if isinstance(leaf, SettingIs):
+            used.add(leaf.key)
+        elif isinstance(leaf.operand, ConfigRef):
+            used.add(leaf.operand.key)
+    return used
 
 
-def compile_condition(cond: dict, config: Callable[[str], Any], columns: set[str] | None = None) -> pl.Expr:
+def setting_flag(key: str, config: Callable[[str], Any]) -> bool:
+    """The value of a boolean setting used as a condition; ValueError when it is not a boolean."""
+    value = config(key)
+    if not isinstance(value, bool):
+        raise ValueError(f"{{config: {key}}} as a condition needs a true/false setting; it is {type(value).__name__}")
+    return value
+
+
+def compile_condition(cond: Condition, config: Callable[[str], Any], columns: set[str] | None = None) -> pl.Expr:
     """One boolean Polars expression, never null (see the module doc for the semantics)."""
     import polars as pl
 
-    if "all" in cond:
-        return pl.all_horizontal([compile_condition(c, config, columns) for c in cond["all"]])
-    if "any" in cond:
-        return pl.any_horizontal([compile_condition(c, config, columns) for c in cond["any"]])
-    if "not" in cond:
-        return ~compile_condition(cond["not"], config, columns)
-    name = cond["field"]
+    if isinstance(cond, All):
+        return pl.all_horizontal([compile_condition(c, config, columns) for c in cond.items])
+    if isinstance(cond, AnyOf):
+        return pl.any_horizontal([compile_condition(c, config, columns) for c in cond.items])
+    if isinstance(cond, Not):
+        return ~compile_condition(cond.item, config, columns)
+    if isinstance(cond, SettingIs):
+        return pl.lit(setting_flag(cond.key, config))
+    name = cond.field
     if columns is not None and name not in columns:
         raise ValueError(f"unknown field {name!r}")
-    (op,) = set(cond) - {"field"}
+    op = cond.op
     col = pl.col(name)
 
-    def operand(value: Any) -> Any:
-        if _is_ref(value, "field"):
-            if columns is not None and value["field"] not in columns:
-                raise ValueError(f"unknown field {value['field']!r}")
-            return pl.col(value["field"])
-        if _is_ref(value, "config"):
-            value = config(value["config"])
-        if isinstance(value, tuple):
-            value = list(value)
-        if isinstance(value, dt.date) or isinstance(value, (str, int, float, bool)):
-            return pl.lit(value)
-        return value
+    def operand(value: Operand) -> Any:
+        if isinstance(value, FieldRef):
+            if columns is not None and value.name not in columns:
+                raise ValueError(f"unknown field {value.name!r}")
+            return pl.col(value.name)
+        raw = config(value.key) if isinstance(value, ConfigRef) else value.value
+        if isinstance(raw, tuple):
+            raw = list(raw)
+        if isinstance(raw, dt.date) or isinstance(raw, (str, int, float, bool)):
+            return pl.lit(raw)
+        return raw
 
-    value = cond[op]
+    value = cond.operand
     if op in COMPARISONS:
         expr = getattr(col, COMPARISONS[op])(operand(value))
     elif op == "in":
@@ -220,9 +404,9 @@ def compile_condition(cond: dict, config: Callable[[str], Any], columns: set[str
     elif op == "contains":
         expr = col.list.contains(operand(value))
     elif op == "matches":
-        expr = col.str.contains(str(value))
+        expr = col.str.contains(str(value.value if isinstance(value, Value) else value))
     elif op == "is_null":
-        expr = col.is_null() if value else col.is_not_null()
-    else:  # pragma: no cover - check_condition refuses it first
+        expr = col.is_null() if (isinstance(value, Value) and value.value) else col.is_not_null()
+    else:  # pragma: no cover - parse_condition refuses it first
         raise ValueError(f"unknown operator {op!r}")
     return expr.fill_null(False)

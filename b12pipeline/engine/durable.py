@@ -12,6 +12,8 @@ Translation (condition language -> durable JSON, one fact per facts row):
   in / not_in          -> $or of equalities / $and of inequalities
   is_null              -> $nex / $ex  (null values are left out of the fact, see below)
   window               -> service_date $gte / $lt effective dates (ISO text compares as dates)
+  {config: key}        -> true or false, decided when compiling (each payer's rows are compiled
+                          with that payer's settings)
 Two-valued logic as in conditions.py: every positive comparison also requires its field(s) present
 ($ex), every negated one is true when a field is absent ($nex), so `not` over an empty value is true.
 
@@ -32,7 +34,6 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import json
 import math
 import os
 import re
@@ -42,7 +43,19 @@ from typing import Any, Callable
 
 import polars as pl
 
-from b12pipeline.engine.conditions import COMPARISONS, Settings, _is_ref
+from b12pipeline.engine.conditions import (
+    COMPARISONS,
+    All,
+    AnyOf,
+    Condition,
+    ConfigRef,
+    FieldRef,
+    Leaf,
+    Not,
+    SettingIs,
+    Settings,
+    setting_flag,
+)
 from b12pipeline.engine.evaluate import empty_findings, findings_from_hits
 from b12pipeline.engine.payers import PAYER_COLUMN, with_payer_override
 from b12pipeline.engine.rulefile import Rule, Ruleset
@@ -128,14 +141,14 @@ class Compiled:
 
     conditions: list[dict]  # per rule, its durable condition on `m`
     fields: set[str] = field(default_factory=set)  # facts columns sent as they are
-    leaves: dict[str, dict] = field(default_factory=dict)  # __leafN -> the leaf computed in Python
+    leaves: dict[str, Leaf] = field(default_factory=dict)  # __leafN -> the leaf computed in Python
 
 
 class _Compiler:
     def __init__(self, schema: pl.Schema, config: Callable[[str], Any]):
         self.schema, self.config = schema, config
         self.out = Compiled(conditions=[], fields={"service_date"})
-        self._leaf_names: dict[str, str] = {}
+        self._leaf_names: dict[Leaf, str] = {}
 
     def rule(self, rule: Rule) -> dict:
         lo, hi = rule.window
@@ -148,15 +161,17 @@ class _Compiler:
             ]
         )
 
-    def cond(self, cond: dict, negate: bool) -> dict:
-        if "all" in cond:
-            parts = [self.cond(c, negate) for c in cond["all"]]
+    def cond(self, cond: Condition, negate: bool) -> dict:
+        if isinstance(cond, All):
+            parts = [self.cond(c, negate) for c in cond.items]
             return _or(parts) if negate else _and(parts)
-        if "any" in cond:
-            parts = [self.cond(c, negate) for c in cond["any"]]
+        if isinstance(cond, AnyOf):
+            parts = [self.cond(c, negate) for c in cond.items]
             return _and(parts) if negate else _or(parts)
-        if "not" in cond:
-            return self.cond(cond["not"], not negate)
+        if isinstance(cond, Not):
+            return self.cond(cond.item, not negate)
+        if isinstance(cond, SettingIs):  # known when compiling: the payer's or the site's value
+            return TRUE if setting_flag(cond.key, self.config) != negate else FALSE
         return self.leaf(cond, negate)
 
     def _column(self, name: str) -> pl.DataType:
@@ -166,14 +181,11 @@ class _Compiler:
             raise ValueError(f"field {name!r} clashes with a durable_rules message key")
         return self.schema[name]
 
-    def leaf(self, cond: dict, negate: bool) -> dict:
-        name = cond["field"]
+    def leaf(self, cond: Leaf, negate: bool) -> dict:
+        name, op = cond.field, cond.op
         dtype = self._column(name)
-        (op,) = set(cond) - {"field"}
-        value = cond[op]
-        if _is_ref(value, "config"):
-            value = self.config(value["config"])
-        other = value["field"] if _is_ref(value, "field") else None
+        other = cond.operand.name if isinstance(cond.operand, FieldRef) else None
+        value: Any = None if other is not None else operand_value(cond, self.config)
         if other is not None:
             self._column(other)
         native = op not in PRECOMPUTED_OPS and _scalar(dtype) and (other is None or _scalar(self.schema[other]))
@@ -192,7 +204,7 @@ class _Compiler:
             # in = present and equal to one; not_in = present and equal to none; negations: absent or ...
             body = any_equal if (op == "in") != negate else all_differ
             return _or([{"$nex": {name: 1}}, body]) if negate else _and([{"$ex": {name: 1}}, body])
-        if op not in COMPARISONS:  # pragma: no cover - check_condition refuses unknown operators
+        if op not in COMPARISONS:  # pragma: no cover - parse_condition refuses unknown operators
             raise ValueError(f"unknown operator {op!r}")
         if other is None and value is None:  # comparing with null: false, and its negation true
             return TRUE if negate else FALSE
@@ -204,13 +216,25 @@ class _Compiler:
             return _or([{"$nex": {p: 1}} for p in present] + [test])
         return _and([{"$ex": {p: 1}} for p in present] + [test])
 
-    def precomputed(self, cond: dict, negate: bool) -> dict:
-        key = json.dumps(cond, sort_keys=True, default=str)
-        name = self._leaf_names.get(key)
+    def precomputed(self, cond: Leaf, negate: bool) -> dict:
+        name = self._leaf_names.get(cond)
         if name is None:
-            name = self._leaf_names[key] = f"__leaf{len(self._leaf_names) + 1}"
+            name = self._leaf_names[cond] = f"__leaf{len(self._leaf_names) + 1}"
             self.out.leaves[name] = cond
         return {name: not negate}
+
+
+def operand_value(cond: Leaf, config: Callable[[str], Any]) -> Any:
+    """A Leaf's literal or setting operand as a plain value (a list operand as a list)."""
+    value: Any
+    operand = cond.operand
+    if isinstance(operand, ConfigRef):
+        value = config(operand.key)
+    elif isinstance(operand, FieldRef):  # pragma: no cover - the callers read the column instead
+        raise ValueError("a {field: col} operand has no value of its own")
+    else:
+        value = operand.value
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _and(parts: list[dict]) -> dict:
@@ -231,14 +255,14 @@ def compile_rules(rules: list[Rule], schema: pl.Schema, config: Callable[[str], 
     return compiler.out
 
 
-def python_leaf(cond: dict, row: dict, config: Callable[[str], Any]) -> bool:
+def python_leaf(cond: Leaf, row: dict, config: Callable[[str], Any]) -> bool:
     """One leaf on one row in plain Python, with conditions.py's semantics (null -> false)."""
-    (op,) = set(cond) - {"field"}
-    value, operand = row.get(cond["field"]), cond[op]
-    if _is_ref(operand, "field"):
-        operand = row.get(operand["field"])
-    elif _is_ref(operand, "config"):
-        operand = config(operand["config"])
+    op, value = cond.op, row.get(cond.field)
+    operand: Any
+    if isinstance(cond.operand, FieldRef):
+        operand = row.get(cond.operand.name)
+    else:
+        operand = operand_value(cond, config)
     if op == "is_null":
         return (value is None) == bool(operand)
     if value is None:
@@ -265,10 +289,9 @@ def _facts_rows(facts: pl.DataFrame, compiled: Compiled, config: Callable[[str],
     """One JSON-ready dict per row: only the fields the rules read, no None keys, dates as text."""
     leaf_columns = set()
     for leaf in compiled.leaves.values():
-        leaf_columns.add(leaf["field"])
-        (op,) = set(leaf) - {"field"}
-        if _is_ref(leaf[op], "field"):
-            leaf_columns.add(leaf[op]["field"])
+        leaf_columns.add(leaf.field)
+        if isinstance(leaf.operand, FieldRef):
+            leaf_columns.add(leaf.operand.name)
     columns = sorted(compiled.fields | leaf_columns)
     if len(compiled.fields) + len(compiled.leaves) + 1 > MAX_PROPERTIES:
         raise ValueError(f"durable engine: a fact would carry more than {MAX_PROPERTIES} properties")
@@ -350,4 +373,4 @@ def evaluate(
                 hits[r] |= {rows[j] for j in found}
     index = pl.int_range(0, pl.len(), dtype=pl.Int64)
     flagged = facts.with_columns([index.is_in(sorted(h)).alias(f"__hit{i}") for i, h in enumerate(hits)])
-    return findings_from_hits(flagged, ruleset, rules, run_id)
+    return findings_from_hits(flagged, ruleset, rules, run_id, cfg)

@@ -8,13 +8,13 @@ per-row Python except the finding-id digest (a stable SHA-256, which Polars' own
 from __future__ import annotations
 
 import hashlib
-import re
+from typing import Any
 
 import polars as pl
 
-from b12pipeline.engine.conditions import Settings, compile_condition, config_used
+from b12pipeline.engine.conditions import Settings, compile_condition, config_used, fields_used
 from b12pipeline.engine.payers import PAYER_COLUMN, PayerOverride, settings_read, with_payer_override
-from b12pipeline.engine.rulefile import Rule, Ruleset
+from b12pipeline.engine.rulefile import _PLACEHOLDER, Rule, Ruleset, template_fields, template_parts, template_settings
 
 FINDING_COLUMNS: dict[str, pl.DataType | type[pl.DataType]] = {
     "finding_id": pl.String,
@@ -43,7 +43,6 @@ FINDING_COLUMNS: dict[str, pl.DataType | type[pl.DataType]] = {
     "source_row": pl.Int64,
     "run_id": pl.String,
 }
-_PLACEHOLDER = re.compile(r"\{([a-zA-Z_][a-zA-Z0-9_]*)\}")
 
 
 def _text(name: str, dtype: pl.DataType) -> pl.Expr:
@@ -64,24 +63,49 @@ def _text(name: str, dtype: pl.DataType) -> pl.Expr:
     return text.fill_null("(none)")
 
 
-def template_fields(template: str) -> list[str]:
-    """The columns a message template names ("{charge_units} unit(s)" -> ["charge_units"])."""
-    return _PLACEHOLDER.findall(template.replace("{{", "").replace("}}", "")) if template else []
+def _setting_text(value: Any) -> str:
+    """A setting's value as a coder reads it: 60, 2.5, yes/no, lists joined."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value) or "(none)"
+    return "(none)" if value is None else str(value)
 
 
-def render(template: str, schema: pl.Schema) -> pl.Expr:
-    """A message template ("{charge_units} unit(s)") as one vectorised string expression."""
+def _setting(name: str, cfg: Settings, payers: tuple[PayerOverride, ...]) -> pl.Expr:
+    """A setting's value as it applied to each row: the row's payer file's, else the site's."""
+    expr = pl.lit(_setting_text(cfg.get(name)))
+    for p in payers:
+        if name in p.settings:
+            own = pl.lit(_setting_text(p.config(cfg).get(name)))
+            expr = pl.when(pl.col(PAYER_COLUMN) == p.id).then(own).otherwise(expr)
+    return expr
+
+
+def render(
+    template: str, schema: pl.Schema, cfg: Settings | None = None, payers: tuple[PayerOverride, ...] = ()
+) -> pl.Expr:
+    """A message template ("{charge_units} unit(s) within {config.duplicate_window_minutes} minutes")
+    as one vectorised string expression."""
     if not template:
         return pl.lit("")
-    names = _PLACEHOLDER.findall(template)
-    for name in names:
-        if name not in schema:
+    parts = template_parts(template)
+    for is_setting, name in parts:
+        if is_setting and cfg is None:
+            raise ValueError(f"template {template!r} shows setting {name!r}: render it with the settings")
+        if not is_setting and name not in schema:
             raise ValueError(f"template {template!r} names unknown column {name!r}")
     fmt = _PLACEHOLDER.sub("{}", template.replace("{{", "\0").replace("}}", "\1"))
     fmt = fmt.replace("\0", "{{").replace("\1", "}}")
-    if not names:
+    if not parts:
         return pl.lit(template)
-    return pl.format(fmt, *[_text(n, schema[n]) for n in names])
+    values = [
+        _setting(name, cfg, payers) if is_setting and cfg is not None else _text(name, schema[name])
+        for is_setting, name in parts
+    ]
+    return pl.format(fmt, *values)
 
 
 def finding_ids(admin_ids: pl.Series, rule_ids: pl.Series) -> pl.Series:
@@ -133,8 +157,6 @@ TABLE_COLUMNS = {
 
 def reference_versions(rule: Rule, versions: dict[str, str]) -> str:
     """The versions of the reference tables a rule's condition and messages read, as one text."""
-    from b12pipeline.engine.conditions import fields_used
-
     read = fields_used(rule.when) | {
         name for t in (rule.message, rule.expected, rule.actual) for name in template_fields(t)
     }
@@ -144,7 +166,9 @@ def reference_versions(rule: Rule, versions: dict[str, str]) -> str:
 
 def _override_applied(rule: Rule, payers: tuple[PayerOverride, ...]) -> pl.Expr:
     """The payer file id on a finding when that file changed something this rule depends on."""
-    reads = settings_read(rule.when, config_used)
+    reads = settings_read(rule.when, config_used) | {
+        name for t in (rule.message, rule.expected, rule.actual) for name in template_settings(t)
+    }
     ids = [p.id for p in payers if p.affects(rule.id, reads)]
     if not ids:
         return pl.lit(None, dtype=pl.String)
@@ -166,10 +190,12 @@ def evaluate(
     facts = with_payer_override(facts, payers)
     columns = set(facts.columns)
     flagged = facts.with_columns([rule_mask(r, cfg, columns, payers).alias(f"__hit{i}") for i, r in enumerate(rules)])
-    return findings_from_hits(flagged, ruleset, rules, run_id)
+    return findings_from_hits(flagged, ruleset, rules, run_id, cfg)
 
 
-def findings_from_hits(flagged: pl.DataFrame, ruleset: Ruleset, rules: list[Rule], run_id: str) -> pl.DataFrame:
+def findings_from_hits(
+    flagged: pl.DataFrame, ruleset: Ruleset, rules: list[Rule], run_id: str, cfg: Settings
+) -> pl.DataFrame:
     """The findings of `rules` given facts with one boolean column `__hit<i>` per rule.
 
     Shared by every engine (engine/durable.py decides the hits its own way), so the finding shape,
@@ -193,9 +219,9 @@ def findings_from_hits(flagged: pl.DataFrame, ruleset: Ruleset, rules: list[Rule
                 pl.lit(rule.version).alias("rule_version"),
                 pl.lit(ruleset.version).alias("ruleset_version"),
                 _severity(rule, payers).alias("severity"),
-                render(rule.message, schema).alias("message"),
-                render(rule.expected, schema).alias("expected"),
-                render(rule.actual, schema).alias("actual"),
+                render(rule.message, schema, cfg, payers).alias("message"),
+                render(rule.expected, schema, cfg, payers).alias("expected"),
+                render(rule.actual, schema, cfg, payers).alias("actual"),
                 "admin_id",
                 "patient_id",
                 "encounter_id",

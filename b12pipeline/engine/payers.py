@@ -54,7 +54,6 @@ NOT_PER_PAYER = (
 # one has those columns recomputed for its rows (b12pipeline/facts.py).
 DERIVED_SETTINGS: dict[str, tuple[str, ...]] = {
     "covered_dx_prefixes": ("dx_covered",),
-    "mod002_institutional": ("claim_needs_jwjz",),
     "code_for_ingredient": ("expected_code",),
     "frequency_window_days": ("prior_injection_within_window",),
     "frequency_lookback_days": ("days_since_first_injection",),
@@ -268,7 +267,7 @@ def with_payer_override(facts: pl.DataFrame, payers: tuple[PayerOverride, ...]) 
     return facts.with_columns(payer_override_expr(payers))
 
 
-def settings_read(rule_when: dict, config_used) -> set[str]:
+def settings_read(rule_when: Any, config_used) -> set[str]:
     """Settings a rule depends on: those its condition names, and those behind derived columns it reads."""
     from b12pipeline.engine.conditions import fields_used
 

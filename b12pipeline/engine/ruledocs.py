@@ -9,6 +9,18 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from b12pipeline.engine.conditions import (
+    All,
+    AnyOf,
+    Condition,
+    ConfigRef,
+    FieldRef,
+    Leaf,
+    Not,
+    Operand,
+    SettingIs,
+    Value,
+)
 from b12pipeline.engine.rulefile import QUEUES, Rule, Ruleset
 
 HEADER = """# Rule catalog
@@ -48,11 +60,8 @@ def window_text(rule: Rule) -> str:
 
 
 def _value(value: Any) -> str:
-    if isinstance(value, dict) and set(value) == {"field"}:
-        return f"the value of `{value['field']}`"
-    if isinstance(value, dict) and set(value) == {"config"}:
-        return f"site setting `{value['config']}`"
-    if isinstance(value, list):
+    """A plain value (a payer file's setting, a literal operand) as Markdown."""
+    if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_value(v) for v in value) + "]"
     if value is None:
         return "empty"
@@ -61,17 +70,26 @@ def _value(value: Any) -> str:
     return f"`{value}`"
 
 
-def leaf_text(cond: dict, negated: bool = False) -> str:
+def _operand(operand: Operand) -> str:
+    if isinstance(operand, FieldRef):
+        return f"the value of `{operand.name}`"
+    if isinstance(operand, ConfigRef):
+        return f"site setting `{operand.key}`"
+    return _value(operand.value)
+
+
+def leaf_text(cond: Leaf | SettingIs, negated: bool = False) -> str:
     """A leaf as a phrase; negated leaves say they include empty values (two-valued logic)."""
-    name = f"`{cond['field']}`"
-    (op,) = set(cond) - {"field"}
-    value = cond[op]
+    if isinstance(cond, SettingIs):
+        return f"site setting `{cond.key}` is {'off' if negated else 'on'}"
+    name = f"`{cond.field}`"
+    op, value = cond.op, cond.operand
     if op == "is_null":
-        empty = bool(value) != negated
+        empty = (isinstance(value, Value) and bool(value.value)) != negated
         return f"{name} is empty" if empty else f"{name} is present"
     if op in _COMPARE:
         verb = _NEGATED[op] if negated else _COMPARE[op]
-        return f"{name} {verb} {_value(value)}" + (" (or is empty)" if negated else "")
+        return f"{name} {verb} {_operand(value)}" + (" (or is empty)" if negated else "")
     phrases = {
         "in": ("is one of", "is not one of {} (or is empty)"),
         "not_in": ("is present and not one of", "is empty or one of {}"),
@@ -81,24 +99,23 @@ def leaf_text(cond: dict, negated: bool = False) -> str:
     }
     positive, negative = phrases[op]
     if negated:
-        return f"{name} {negative.format(_value(value))}"
-    return f"{name} {positive} {_value(value)}"
+        return f"{name} {negative.format(_operand(value))}"
+    return f"{name} {positive} {_operand(value)}"
 
 
-def condition_lines(cond: dict, depth: int = 0, negated: bool = False) -> list[str]:
+def condition_lines(cond: Condition, depth: int = 0, negated: bool = False) -> list[str]:
     """The condition as a nested Markdown list."""
     pad = "  " * depth
-    if "not" in cond:
-        inner = cond["not"]
-        if not any(k in inner for k in ("all", "any", "not")):
+    if isinstance(cond, Not):
+        inner = cond.item
+        if isinstance(inner, (Leaf, SettingIs)):
             return [f"{pad}- {leaf_text(inner, negated=not negated)}"]
         return [f"{pad}- not:"] + condition_lines(inner, depth + 1, negated)
-    for key, label in (("all", "all of"), ("any", "any of")):
-        if key in cond:
-            lines = [f"{pad}- {label}:"]
-            for item in cond[key]:
-                lines += condition_lines(item, depth + 1, negated)
-            return lines
+    if isinstance(cond, (All, AnyOf)):
+        lines = [f"{pad}- {'all of' if isinstance(cond, All) else 'any of'}:"]
+        for item in cond.items:
+            lines += condition_lines(item, depth + 1, negated)
+        return lines
     return [f"{pad}- {leaf_text(cond, negated)}"]
 
 
@@ -253,12 +270,12 @@ def empty_value_table() -> list[str]:
     """How each example condition comes out for route IM, IV and empty, computed by the compiler itself."""
     import polars as pl
 
-    from b12pipeline.engine.conditions import compile_condition
+    from b12pipeline.engine.conditions import compile_condition, to_condition
 
     frame = pl.DataFrame({"route": list(_ROUTES)}, schema={"route": pl.String})
     lines = ["| condition | route `IM` | route `IV` | route empty |", "|---|---|---|---|"]
     for text, cond in _EMPTY_EXAMPLES:
-        values = frame.select(compile_condition(cond, lambda key: None).alias("v"))["v"].to_list()
+        values = frame.select(compile_condition(to_condition(cond), lambda key: None).alias("v"))["v"].to_list()
         cells = " | ".join("true" if v else "false" for v in values)
         lines.append(f"| `{text}` | {cells} |")
     return lines
@@ -285,6 +302,10 @@ def render_language_markdown() -> str:
         " (docs/columns.md) with exactly one operator.",
         "- an operand `{field: other}` compares with another column of the same row; `{config: key}` with a"
         " setting of `rules/site.yaml` (docs/configuration.md).",
+        "- `{config: key}` standing alone is true where the true/false setting `key` is on, for the row: a"
+        " payer file's value on its rows, else the site's (`{not: {config: key}}` where it is off). Any other"
+        " kind of setting, or one `rules/site.yaml` does not have, is a rule-file error. Example:"
+        " `{all: [{field: claim_type, eq: institutional}, {config: mod002_institutional}]}`.",
         "",
         "| operator | operand | true when the field ... | when the field is empty | example |",
         "|---|---|---|---|---|",
@@ -308,8 +329,11 @@ def render_language_markdown() -> str:
         "## Messages",
         "",
         "`message`, `expected` and `actual` are templates: `{column}` shows that facts column for the row",
-        "(numbers without trailing zeros, lists joined with commas, `(none)` when empty); `{{` and `}}`",
-        "write a literal brace.",
+        "(numbers without trailing zeros, lists joined with commas, `(none)` when empty); `{config.key}` shows",
+        "the value of site setting `key` as it applied to the row (a payer file's value on its rows), so a coder",
+        "reads `within 60 minutes`, not a setting's name; `{{` and `}}` write a literal brace. A template naming",
+        "a column the facts frame lacks or a setting `rules/site.yaml` does not have is a rule-file error.",
+        'For example `message: "another {ingredient} injection within {config.duplicate_window_minutes} minutes"`.',
         "",
         "## Cases",
         "",

@@ -7,12 +7,15 @@ from disk is b12pipeline/rulesets.py's job: the engine is handed their data.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from b12pipeline.engine.conditions import check_condition
+from b12pipeline.engine.conditions import Condition, parse_condition
+from b12pipeline.engine.settings import SiteConfig
 
 QUEUES = ("coding", "medical_necessity", "documentation")
 SEVERITIES = ("error", "warning", "info")
@@ -30,7 +33,8 @@ FIELD_DOCS = {
     "version": "Text; with the id, unique across the folder. A finding carries the version that raised it.",
     "status": f"One of {', '.join(STATUSES)}; a retired file never runs and keeps its history readable.",
     "citations": "List of sources: CMS, FDA, HHS, a payer or MAC policy, or a file in this repository.",
-    "message": "The finding's text; `{column}` shows a facts column's value for the row.",
+    "message": "The finding's text; `{column}` shows a facts column's value for the row, `{config.key}` a "
+    "site setting's value as it applied to the row.",
     "when": "The condition (see the operators below); the rule fires where it is true.",
     "cases": "`fires:` records that must fire the rule and `passes:` near misses that must not.",
     "effective_from": "First date of service it applies to (YYYY-MM-DD, inclusive); empty: always.",
@@ -64,6 +68,27 @@ class RuleFileError(ValueError):
 
 
 @dataclass(frozen=True)
+class Problem:
+    """One problem of a rules folder: the file, the field (`when.all[2]`, `cases.fires[1]`), what is
+    wrong, and where in the file (1-based line and column; 0 when not placed)."""
+
+    file: str
+    field: str
+    message: str
+    line: int = 0
+    column: int = 0
+    at: tuple = dataclasses.field(default=(), compare=False)  # keys and indexes into the file's data
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}" if self.line else self.file
+        return f"{where}: {self.field}: {self.message}"
+
+    @property
+    def sort_key(self) -> tuple:
+        return (self.file, self.line, self.column, self.field, self.message)
+
+
+@dataclass(frozen=True)
 class Rule:
     id: str
     title: str
@@ -73,7 +98,7 @@ class Rule:
     status: str
     citations: tuple[str, ...]
     message: str
-    when: dict
+    when: Condition  # parsed once (engine/conditions.py)
     cases: dict
     path: Path
     effective_from: dt.date | None = None  # first date of service the rule applies to (inclusive)
@@ -116,39 +141,102 @@ def _date(value: Any, path: Path, key: str) -> dt.date | None:
         raise RuleFileError(f"{path}: {key} {value!r} is not a date (YYYY-MM-DD)", field=key) from None
 
 
-def parse_rule(raw: Any, path: Path) -> Rule:
+# A template shows a facts column of the row (`{column}`) or a site setting's value as it applied to
+# the row (`{config.key}`, per payer where a payer file overrides it); `{{` and `}}` are braces.
+_PLACEHOLDER = re.compile(r"\{(config\.)?([a-zA-Z_][a-zA-Z0-9_]*)\}")
+SETTING_NAMES = frozenset(f.name for f in dataclasses.fields(SiteConfig))
+
+
+def template_parts(template: str) -> list[tuple[bool, str]]:
+    """(is a setting, name) of each placeholder, in order ("{charge_units} of {config.x}")."""
+    if not template:
+        return []
+    return [(bool(cfg), name) for cfg, name in _PLACEHOLDER.findall(template.replace("{{", "").replace("}}", ""))]
+
+
+def template_fields(template: str) -> list[str]:
+    """The columns a message template names ("{charge_units} unit(s)" -> ["charge_units"])."""
+    return [name for is_setting, name in template_parts(template) if not is_setting]
+
+
+def template_settings(template: str) -> list[str]:
+    """The settings a message template shows ("{config.duplicate_window_minutes}")."""
+    return [name for is_setting, name in template_parts(template) if is_setting]
+
+
+FILE_NAME = re.compile(r"^(?P<id>.+?)(?:\.v(?P<n>\d+))?\.yaml$")
+ID_SHAPE = re.compile(r"^[A-Z]+-\d{3}$")
+SHORTEST_CITATION = 10  # characters: a source, not a word
+TEXT_FIELDS = ("message", "expected", "actual", "title", "id", "version", "description", "notes")
+
+
+def check_rule(raw: Any, path: Path) -> tuple[Rule | None, list[Problem]]:
+    """The one rule-file validator: the Rule, or None and every problem of the file's data (each
+    naming its field and where it sits in the data; rulesets.py adds the line and column). The
+    loader, `rules lint` and the tests all use it; lint adds the checks that need the whole folder
+    or the facts schema."""
+    file = str(path)
+    out: list[Problem] = []
+
+    def problem(name: str, message: str, at: tuple = ()) -> None:
+        out.append(Problem(file, name, message, at=at or (name,)))
+
     if not isinstance(raw, dict):
-        raise RuleFileError(f"{path}: a rule file must be a mapping of fields")
-    unknown = sorted(set(raw) - set(REQUIRED_FIELDS) - set(OPTIONAL_FIELDS))
-    if unknown:
-        raise RuleFileError(
-            f"{path}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(REQUIRED_FIELDS + OPTIONAL_FIELDS)}",
-            field=unknown[0],
-        )
-    missing = [k for k in REQUIRED_FIELDS if raw.get(k) in (None, "", [], {})]
-    if missing:
-        raise RuleFileError(f"{path}: missing required field(s) {', '.join(missing)}")
-    for key, allowed in (("queue", QUEUES), ("severity", SEVERITIES), ("status", STATUSES)):
-        if raw[key] not in allowed:
-            raise RuleFileError(f"{path}: {key} {raw[key]!r} is not one of {', '.join(allowed)}", field=key)
-    citations = raw["citations"]
-    if isinstance(citations, str):
-        citations = [citations]
-    if not isinstance(citations, list) or not all(isinstance(c, str) and c.strip() for c in citations):
-        raise RuleFileError(f"{path}: citations must be a list of non-empty strings", field="citations")
-    cases = raw["cases"]
-    if not isinstance(cases, dict) or set(cases) - set(CASE_KINDS):
-        raise RuleFileError(f"{path}: cases must be a mapping with keys {', '.join(CASE_KINDS)}", field="cases")
-    for kind in CASE_KINDS:
-        if not isinstance(cases.get(kind, []), list):
-            raise RuleFileError(f"{path}: cases.{kind} must be a list of records", field="cases")
-    try:
-        check_condition(raw["when"])
-    except ValueError as exc:
-        raise RuleFileError(f"{path}: when: {exc}", field="when") from None
-    for key in ("message", "expected", "actual", "title", "id", "version"):
-        if key in raw and raw[key] is not None and not isinstance(raw[key], (str, int, float)):
-            raise RuleFileError(f"{path}: {key} must be text", field=key)
+        return None, [Problem(file, "file", "a rule file must be a mapping of fields")]
+    allowed = REQUIRED_FIELDS + OPTIONAL_FIELDS
+    for key in sorted(set(raw) - set(allowed), key=str):
+        problem(str(key), f"unknown field; allowed: {', '.join(allowed)}", (key,))
+    for key in REQUIRED_FIELDS:
+        if raw.get(key) in (None, "", [], {}):
+            problem(key, "required field is missing or empty", () if key not in raw else (key,))
+    for key, choices in (("queue", QUEUES), ("severity", SEVERITIES), ("status", STATUSES)):
+        if raw.get(key) not in (None, "") and raw[key] not in choices:
+            problem(key, f"{raw[key]!r} is not one of {', '.join(choices)}")
+    for key in TEXT_FIELDS:
+        if raw.get(key) is not None and not isinstance(raw[key], (str, int, float)):
+            problem(key, "must be text")
+    citations = raw.get("citations")
+    if citations not in (None, [], ""):
+        items = [citations] if isinstance(citations, str) else citations
+        if not isinstance(items, list) or not all(isinstance(c, str) and c.strip() for c in items):
+            problem("citations", "must be a list of non-empty strings")
+        elif any(len(c.strip()) < SHORTEST_CITATION for c in items):
+            problem("citations", "cite a source (what it is and where), not a word")
+    cases = raw.get("cases")
+    if isinstance(cases, dict):
+        for kind in sorted(set(cases) - set(CASE_KINDS), key=str):
+            problem(f"cases.{kind}", f"unknown case kind; use {' and '.join(CASE_KINDS)}", ("cases", kind))
+        for kind in CASE_KINDS:
+            if not isinstance(cases.get(kind) or [], list):
+                problem(f"cases.{kind}", "must be a list of records", ("cases", kind))
+            elif not cases.get(kind):
+                must = "must fire" if kind == "fires" else "must not fire"
+                problem(f"cases.{kind}", f"needs at least one case ({kind}: a record that {must} the rule)", ("cases",))
+    elif cases not in (None, "", [], {}):
+        problem("cases", f"must be a mapping with keys {', '.join(CASE_KINDS)}")
+    when = None
+    if raw.get("when") not in (None, "", [], {}):
+        when, found = parse_condition(raw["when"], "when")
+        for p in found:
+            out.append(Problem(file, p.where, p.message, at=("when", *p.at)))
+    dates: dict[str, dt.date | None] = {}
+    for key in ("effective_from", "effective_to"):
+        try:
+            dates[key] = _date(raw.get(key), path, key)
+        except RuleFileError:
+            problem(key, f"{raw.get(key)!r} is not a date (YYYY-MM-DD)")
+    lo, hi = dates.get("effective_from"), dates.get("effective_to")
+    if lo is not None and hi is not None and lo >= hi:
+        problem("effective_from", f"{lo} is not before effective_to {hi}")
+    if raw.get("id") is not None and isinstance(raw["id"], (str, int)):
+        out += _name_problems(str(raw["id"]), str(raw.get("version")), path)
+    for key in ("message", "expected", "actual"):
+        if isinstance(raw.get(key), str):
+            for name in template_settings(raw[key]):
+                if name not in SETTING_NAMES:
+                    problem(key, f"template names {{config.{name}}}, which is not a site setting")
+    if out or when is None or not isinstance(cases, dict) or not isinstance(citations, (str, list)):
+        return None, out
     rule = Rule(
         id=str(raw["id"]),
         title=str(raw["title"]),
@@ -156,19 +244,53 @@ def parse_rule(raw: Any, path: Path) -> Rule:
         severity=raw["severity"],
         version=str(raw["version"]),
         status=raw["status"],
-        citations=tuple(citations),
+        citations=tuple([citations] if isinstance(citations, str) else citations),
         message=str(raw["message"]),
-        when=raw["when"],
+        when=when,
         cases=cases,
         path=path,
-        effective_from=_date(raw.get("effective_from"), path, "effective_from"),
-        effective_to=_date(raw.get("effective_to"), path, "effective_to"),
+        effective_from=lo,
+        effective_to=hi,
         expected=str(raw.get("expected") or ""),
         actual=str(raw.get("actual") or ""),
         description=str(raw.get("description") or ""),
         notes=str(raw.get("notes") or ""),
     )
-    lo, hi = rule.window
-    if lo >= hi:
-        raise RuleFileError(f"{path}: effective_from {lo} is not before effective_to {hi}", field="effective_from")
+    return rule, []
+
+
+def _name_problems(rule_id: str, version: str, path: Path) -> list[Problem]:
+    file = str(path)
+    if not ID_SHAPE.match(rule_id):
+        return [
+            Problem(file, "id", f"{rule_id!r} is not an id like CODE-001 (capitals, a dash, three digits)", at=("id",))
+        ]
+    m = FILE_NAME.match(path.name)
+    if not m or m.group("id") != rule_id:
+        return [
+            Problem(
+                file, "id", f"file name must be {rule_id}.yaml or {rule_id}.v<N>.yaml (found {path.name})", at=("id",)
+            )
+        ]
+    if m.group("n") is not None and m.group("n") != version:
+        return [
+            Problem(
+                file, "version", f"version {version!r} does not match the file name's .v{m.group('n')}", at=("version",)
+            )
+        ]
+    return []
+
+
+def parse_rule(raw: Any, path: Path) -> Rule:
+    """The Rule, or RuleFileError naming the first problem (and how many more there are)."""
+    rule, problems = check_rule(raw, path)
+    if rule is None:
+        raise rule_file_error(problems)
     return rule
+
+
+def rule_file_error(problems: list[Problem]) -> RuleFileError:
+    """One line for a file's problems: the first, placed, and how many more `rules lint` lists."""
+    first = min(problems, key=lambda p: p.sort_key)
+    more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+    return RuleFileError(f"{first}{more}", field=first.field)

@@ -77,8 +77,12 @@ def _copy_landing(source: PullSource, target: Path) -> list[Path]:
     return copied
 
 
-def clear_processed(out: Path | str, source: str) -> int:
-    """Remove incoming files whose bytes are now in the archive (they are kept there, byte for byte)."""
+def clear_processed(out: Path | str, source: str, checksums: dict[str, str]) -> int:
+    """Remove incoming files whose bytes are now in the archive (they are kept there, byte for byte).
+
+    `checksums`: file name -> SHA-256 as the landing flow hashed them (the fetch that writes this
+    folder ran before it, under the same output lock), so each file is hashed once; a file it did
+    not hash is hashed here."""
     from b12pipeline.archive import archived_checksums
     from b12pipeline.files import sha256_file
     from b12pipeline.paths import OutputLayout
@@ -89,7 +93,9 @@ def clear_processed(out: Path | str, source: str) -> int:
     known = archived_checksums(OutputLayout(Path(out)).archive)
     removed = 0
     for path in folder.iterdir():
-        if path.is_file() and not path.name.startswith(".") and sha256_file(path) in known:
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        if (checksums.get(path.name) or sha256_file(path)) in known:
             path.unlink()
             removed += 1
     return removed

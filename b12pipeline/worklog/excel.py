@@ -15,6 +15,7 @@ import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
+from b12pipeline import progress
 from b12pipeline.export import CODER_COLUMNS, EDITABLE, REVISION_HEADINGS, REVISION_SHEET
 from b12pipeline.worklog.actions import Edit, EditOutcome, apply_edits
 
@@ -104,12 +105,14 @@ def import_workbook(
 ) -> ImportSummary:
     """Apply an edited export (one transaction). Raises ImportRefused for a file refused whole."""
     edits, total, unchanged = read_edits(path)
+    progress.step(f"read {path.name}: {total:,} row(s), {len(edits):,} edited")
     outside = [e for e in edits if e.expected_revision == -1]
     outcome = apply_edits(
         engine, [e for e in edits if e.expected_revision != -1], actor=actor, interface="excel", reasons=reasons, at=at
     )
     outcome.refused = [(e.label, "unknown finding id (not in this export)") for e in outside] + outcome.refused
     outcome.refused.sort(key=lambda r: int(r[0].split()[-1]) if r[0].split()[-1].isdigit() else 0)
+    progress.step(f"applied in one transaction: {len(outcome.changed):,} changed")
     return ImportSummary(rows=total, outcome=outcome, unchanged_rows=unchanged)
 
 
