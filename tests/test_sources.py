@@ -27,9 +27,9 @@ FHIR_NDJSON = SOURCES / "emar_2024-03-01.fhir.ndjson"
 NIGHT = dt.date(2024, 3, 1)
 
 
-def run_night(path: Path, out: Path, rules, source: str | None = None):
+def run_night(path: Path, out: Path, rules, source: str | None = None, night: dt.date = NIGHT):
     """One file through the library night: stage (ingest, validate, quarantine) then apply."""
-    result = stage_file(path, out, "run-test", NIGHT, rules, source=source)
+    result = stage_file(path, out, "run-test", night, rules, source=source)
     assert result.status == "processed", result.error
     apply_staged([result.staged], out, rules, "run-test")
     quarantine = sorted((out / "quarantine").rglob("*.parquet"))
@@ -208,7 +208,8 @@ def synthetic_findings(tmp_path_factory):
         ("fhir-bulk", "night"),  # a Bulk Data export folder
     ):
         path = write_extract(night.frame, fmt, root / fmt / name)
-        result, findings, _ = run_night(path, root / fmt / "out", rules)
+        # the night the last synthetic day arrives: later dates of service are quarantined
+        result, findings, _ = run_night(path, root / fmt / "out", rules, night=synth.DEFAULT_START + dt.timedelta(120))
         assert result.source_format == fmt and result.rows_read == 3000
         found[fmt] = (result, findings.drop("source_file", "run_id"))
     return night, found
