@@ -37,9 +37,12 @@ def add_cross_row_facts(facts: pl.DataFrame, cfg: SiteConfig) -> pl.DataFrame:
                                    [DOS - frequency_lookback_days, DOS] to this DOS (0 when this
                                    row's own day is the first); null when there is none
     duplicate_of_prior             this row is a given B12 injection and another one for the same
-                                   patient and ingredient has admin_time within
-                                   duplicate_window_minutes before it (at the same instant, the one
-                                   with the larger admin_id is "the later" and is flagged)
+                                   patient and ingredient was given within
+                                   duplicate_window_minutes before it, compared as instants
+                                   (admin_instant: 15:00Z and 10:00-05:00 are the same moment, and
+                                   a DST change does not stretch or shrink the gap); at the same
+                                   instant, the one with the larger admin_id is "the later" and is
+                                   flagged
     """
     df = facts.with_columns(
         is_injection("antidote_use" in facts.columns).alias("_inj"), pl.int_range(pl.len(), dtype=pl.Int64).alias("_i")
@@ -82,20 +85,22 @@ def add_cross_row_facts(facts: pl.DataFrame, cfg: SiteConfig) -> pl.DataFrame:
         )
     )
 
-    # DUP-001: in (patient, ingredient, admin_time, admin_id) order the nearest earlier injection
+    # DUP-001: in (patient, ingredient, instant, admin_id) order the nearest earlier injection
     # is the row just before; if that one is outside the window, every earlier one is too.
+    # A hand-made frame without admin_instant (normalize.facts adds it) compares admin_time.
+    moment = "admin_instant" if "admin_instant" in df.columns else "admin_time"
     same = pl.col("patient_id").eq(pl.col("patient_id").shift(1)) & pl.col("ingredient").eq(
         pl.col("ingredient").shift(1)
     )
-    gap = pl.col("admin_time") - pl.col("admin_time").shift(1)
+    gap = pl.col(moment) - pl.col(moment).shift(1)
     duplicates = (
         df.filter(
             pl.col("_inj")
             & pl.col("patient_id").is_not_null()
             & pl.col("ingredient").is_not_null()
-            & pl.col("admin_time").is_not_null()
+            & pl.col(moment).is_not_null()
         )
-        .sort("patient_id", "ingredient", "admin_time", "admin_id", nulls_last=True)
+        .sort("patient_id", "ingredient", moment, "admin_id", nulls_last=True)
         .select(
             "_i",
             (same & (gap <= pl.duration(minutes=cfg.duplicate_window_minutes)))

@@ -44,6 +44,7 @@ ROUTE_CLASSES = {
 }
 
 _TIMESTAMP_LOCAL = r"^([0-9]{4}-[0-9]{2}-[0-9]{2})[T ]([0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?)"
+_UTC_OFFSET = r"[0-9](Z|[+-][0-9]{2}:?[0-9]{2})$"  # after the time's last digit (the date has "-" too)
 
 
 def _blank_to_null(expr: pl.Expr) -> pl.Expr:
@@ -62,6 +63,33 @@ def local_timestamp(col: str = "admin_time") -> pl.Expr:
         text.str.strptime(pl.Datetime("us"), "%Y-%m-%d %H:%M:%S", strict=False),
         text.str.strptime(pl.Datetime("us"), "%Y-%m-%d %H:%M", strict=False),
     )
+
+
+def utc_offset_minutes(col: str = "admin_time") -> pl.Expr:
+    """The UTC offset written after the time, in minutes east of UTC (`Z` is 0); null when none is written."""
+    text = pl.col(col).str.extract(_UTC_OFFSET, 1)
+    digits = text.str.replace_all(":", "", literal=True)
+    size = digits.str.slice(1, 2).cast(pl.Int64, strict=False) * 60 + digits.str.slice(3, 2).cast(
+        pl.Int64, strict=False
+    )
+    return pl.when(text == "Z").then(0).when(digits.str.starts_with("-")).then(-size).otherwise(size)
+
+
+def instant(local: pl.Expr, offset_minutes: pl.Expr, time_zone: str) -> pl.Expr:
+    """The moment (UTC) of a wall-clock time: with the offset written beside it when there is one,
+    else read in the site's time zone. A local time that a DST change repeats (fall back) or skips
+    (spring forward) is read with the offset in force before the change, as Python's zoneinfo
+    does for fold=0: the first 01:30 of a repeated hour; a skipped 02:30 as 03:30 after it."""
+    written = (local - pl.duration(minutes=offset_minutes)).dt.replace_time_zone("UTC")
+    zoned = local.dt.replace_time_zone(time_zone, ambiguous="earliest", non_existent="null")
+    # Only a skipped time is null above: a day earlier the clock had the offset before the change.
+    day_before = (local - pl.duration(days=1)).dt.replace_time_zone(
+        time_zone, ambiguous="earliest", non_existent="null"
+    )
+    site = pl.coalesce(
+        zoned.dt.convert_time_zone("UTC"), day_before.dt.convert_time_zone("UTC") + pl.duration(hours=24)
+    )
+    return pl.when(offset_minutes.is_not_null()).then(written).otherwise(site)
 
 
 def expiry_date(col: str = "expiration_date") -> pl.Expr:
@@ -333,6 +361,7 @@ def facts(valid: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame:
     df = by_value(df, "expiration_date", {"_expiry": expiry_date()})
     df = df.with_columns(
         local_timestamp().alias("admin_time"),
+        utc_offset_minutes().alias("_offset"),
         pl.col("_expiry").alias("expiration_date"),
         number("dose_value").alias("dose_value"),
         # A zero concentration or volume is unknown, like an empty one (docs/decisions.md).
@@ -348,7 +377,11 @@ def facts(valid: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame:
         enum_text("claim_type").fill_null("professional").alias("claim_type"),
         enum_text("container_type").alias("container_type"),
         pl.col("place_of_service").str.zfill(2).alias("place_of_service"),
-    ).with_columns(pl.col("admin_time").dt.date().alias("service_date"))
+    ).with_columns(
+        # The date of service is the local date as written; DUP-001 compares instants (crossrow.py).
+        pl.col("admin_time").dt.date().alias("service_date"),
+        instant(pl.col("admin_time"), pl.col("_offset"), cfg.time_zone).alias("admin_instant"),
+    )
     given_container = pl.when(pl.col("container_type") == "unknown").then(None).otherwise(pl.col("container_type"))
     df = df.with_columns(
         pl.col("ref_ingredient").is_not_null().alias("ndc_in_reference"),
@@ -398,7 +431,7 @@ def facts(valid: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame:
         ndc_qty_diff_ml().alias("ndc_qty_diff_ml"),
     )
     df = cms_facts(df, ref, cfg)
-    return df.drop("rx_ingredient", "_unit", "_expiry")
+    return df.drop("rx_ingredient", "_unit", "_expiry", "_offset")
 
 
 # --- CMS quarterly tables (cms.py): crosswalk and MUE facts; null where a table is not imported ----

@@ -36,7 +36,7 @@ from b12pipeline.paths import OutputLayout
 from b12pipeline.queues import atomic_write_parquet, write_quarantine, write_queue_partitions
 from b12pipeline.reference import Reference, load_reference
 from b12pipeline.rulesets import check_conditions_compile, load_ruleset
-from b12pipeline.validate import validate
+from b12pipeline.validate import service_date_window, validate
 
 
 @dataclass
@@ -149,13 +149,14 @@ def stage_file(
         # Only B12 rows are read in (CSV/Parquet stream past the rest): scope is decided on raw
         # text (NDC, RxNorm, name), so nothing that could fail to parse decides it.
         scope = normalize.b12_scope(rules.reference)
-        extract = read_extract(path, source, keep=scope)
+        extract = read_extract(path, source, keep=scope, time_zone=rules.config.time_zone)
         progress.step(f"read {path.name}: {extract.rows:,} rows, {extract.frame.height:,} B12")
         result.source_format = extract.source_format
         b12 = extract.frame
         result.rows_read = extract.rows  # includes rows skipped as out of scope and reader-quarantined rows
         held = extract.quarantine_in_scope(scope)
-        outcome = validate(b12).with_reader_quarantine(held)
+        window = service_date_window(night, rules.config)
+        outcome = validate(b12, service_dates=window).with_reader_quarantine(held)
         result.out_of_scope = extract.rows - outcome.rows
         progress.step(
             f"validated {path.name}: {outcome.valid.height:,} valid, {outcome.quarantine.height:,} quarantined"

@@ -19,7 +19,7 @@ import polars as pl
 
 from b12pipeline.config import load_site_config
 from b12pipeline.contract import load_contract
-from b12pipeline.engine.conditions import FieldRef, Leaf, compile_condition, leaves
+from b12pipeline.engine.conditions import FieldRef, Leaf, compile_condition, placed_leaves, where_text
 from b12pipeline.engine.rulefile import CASE_KEYS, CASE_KINDS, Problem, Rule, RuleFileError, template_fields
 from b12pipeline.engine.settings import ConfigError, SiteConfig
 from b12pipeline.reference import load_reference
@@ -46,14 +46,13 @@ def _against_schema(
     """Problems against the facts columns and the extract contract (`at` places them in the file)."""
     out = []
     columns = set(facts.columns)
-    for leaf in leaves(rule.when):
+    for at, leaf in placed_leaves(rule.when):
         if not isinstance(leaf, Leaf):
             continue
         for name in (leaf.field, leaf.operand.name if isinstance(leaf.operand, FieldRef) else None):
             if name is not None and name not in columns:
-                out.append(
-                    Problem(rel, "when", f"field {name!r} is not a facts column (see docs/columns.md)", at=("when",))
-                )
+                message = f"field {name!r} is not a facts column (see docs/columns.md)"
+                out.append(Problem(rel, where_text(at), message, at=("when", *at)))
     for tname in ("message", "expected", "actual"):
         for name in template_fields(getattr(rule, tname)):
             if name not in columns:

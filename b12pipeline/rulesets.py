@@ -205,18 +205,28 @@ def ruleset_version(directory: Path) -> str:
     return digest.hexdigest()[:12]
 
 
+_LOADED: dict[tuple[Path, str], Ruleset] = {}
+
+
 def load_ruleset(directory: Path | None = None) -> Ruleset:
+    """The ruleset in `directory`, checked. A night loads it in several steps (the CLI's check, the
+    flow, each file's task); a folder whose content hash is unchanged is parsed once per process."""
     directory = Path(directory) if directory else rules_dir()
     if not directory.is_dir():
         raise RuleFileError(f"{directory}: rules folder not found")
+    key = (directory, ruleset_version(directory))
+    if key not in _LOADED:
+        _LOADED[key] = _load_ruleset(directory, key[1])
+    return _LOADED[key]
+
+
+def _load_ruleset(directory: Path, version: str) -> Ruleset:
     files = rule_files(directory)
     rules = tuple(load_rule_file(p) for p in files)
     if not rules:
         raise RuleFileError(f"{directory}: no rule files found")
     payers = load_payers(directory, {r.id for r in rules})
-    return Ruleset(
-        rules=rules, version=ruleset_version(directory), directory=directory, files=tuple(files), payers=payers
-    )
+    return Ruleset(rules=rules, version=version, directory=directory, files=tuple(files), payers=payers)
 
 
 def check_conditions_compile(ruleset: Ruleset, config) -> None:

@@ -13,6 +13,7 @@ both verdicts in its reason. The suite uses ASCII classes ([0-9], not \\d) so th
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import threading
@@ -23,6 +24,8 @@ from pathlib import Path
 import polars as pl
 
 from b12pipeline import normalize
+from b12pipeline.engine.settings import SiteConfig
+from b12pipeline.ingest.canonical import scrub
 from b12pipeline.paths import schemas_dir
 
 DEFAULT_SUITE = "expectations/canonical_extract.json"
@@ -156,7 +159,9 @@ class SuiteRunner:
                 raise SuiteError(f"{self.path}: GX returned a validation result without its expectation")
             name = f"{cfg.type}({cfg.kwargs.get('column', '')})"
             if r.exception_info and r.exception_info.get("raised_exception"):
-                raise SuiteError(f"{self.path}: {name} raised in GX: {r.exception_info.get('exception_message')}")
+                # GX passes on the underlying error's text, which can quote the cell it failed on
+                why = scrub(Exception(r.exception_info.get("exception_message") or "an exception"))
+                raise SuiteError(f"{self.path}: {name} raised in GX: {why}")
             counts[name] = int(r.result.get("unexpected_count") or 0)
         return counts, result.to_json_dict()
 
@@ -185,8 +190,22 @@ def suite_runner(suite_path: Path | None = None) -> SuiteRunner:
     return SuiteRunner(Path(suite_path) if suite_path else schemas_dir() / DEFAULT_SUITE)
 
 
-def validate(frame: pl.DataFrame, suite_path: Path | None = None) -> ValidationOutcome:
-    """Split the canonical B12 rows of one file into valid rows and quarantine rows."""
+SERVICE_DATE_CHECK = "b12_service_date_in_plausible_window(admin_time)"
+
+
+def service_date_window(night: dt.date, config: SiteConfig) -> tuple[dt.date, dt.date]:
+    """The plausible dates of service for a night's rows (site settings earliest_service_date and
+    service_date_max_days_after_night): a year typed 1902 or 2204 is not a dose to bill."""
+    return config.earliest_service_date, night + dt.timedelta(days=int(config.service_date_max_days_after_night))
+
+
+def validate(
+    frame: pl.DataFrame, suite_path: Path | None = None, service_dates: tuple[dt.date, dt.date] | None = None
+) -> ValidationOutcome:
+    """Split the canonical B12 rows of one file into valid rows and quarantine rows.
+
+    `service_dates` (first, last): rows whose date of service (admin_time's local date as written)
+    falls outside are quarantined too (service_date_window)."""
     runner = suite_runner(suite_path)
     if frame.height == 0:
         empty_q = frame.with_columns(
@@ -207,6 +226,18 @@ def validate(frame: pl.DataFrame, suite_path: Path | None = None) -> ValidationO
         earlier = by_column.get(column, [])
         masks.append(mask() & ~pl.any_horizontal([m.fill_null(False) for m in earlier]) if earlier else mask())
         reasons.append(reason)
+        by_column.setdefault(column, []).append(masks[-1])
+    if service_dates is not None:
+        first, last = service_dates
+        day = normalize.local_timestamp().dt.date()
+        names.append(SERVICE_DATE_CHECK)
+        outside = day.is_not_null() & ~day.is_between(first, last)
+        masks.append(outside & ~pl.any_horizontal([m.fill_null(False) for m in by_column.get("admin_time", [])]))
+        # The window's ends are settings, not the row's value: the value itself is never quoted.
+        reasons.append(
+            f"admin_time: the date of service is outside the plausible window {first}..{last} "
+            "(earliest_service_date .. the night + service_date_max_days_after_night)"
+        )
     flags = frame.select([m.fill_null(False).alias(f"_f{i}") for i, m in enumerate(masks)])
     counts = {name: int(flags[f"_f{i}"].sum()) for i, name in enumerate(names)}
     for name, gx_count in gx_counts.items():

@@ -84,7 +84,9 @@ def profile(args: argparse.Namespace) -> dict:
     rules = Rules.load(args.rules)
     t = step("load rules", t)
     # As stage_file does: the reader returns only B12-scope rows (the scope filter is part of ingest).
-    extract = read_extract(Path(args.extract), None, keep=normalize.b12_scope(rules.reference))
+    extract = read_extract(
+        Path(args.extract), None, keep=normalize.b12_scope(rules.reference), time_zone=rules.config.time_zone
+    )
     t = step("ingest (read_extract)", t)
     b12 = extract.frame
     outcome = validate(b12)

@@ -292,3 +292,48 @@ def test_a_landing_night_killed_at_any_point_reruns_to_the_same_manifest_and_exi
         ("a_big.csv", "processed"),
         ("b_bad", "rejected"),
     ]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while listed
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an ended process its new parent has not reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel ties the server to the run on Linux")
+def test_a_run_killed_alone_takes_its_temporary_prefect_server_with_it(tmp_path):
+    """SIGKILL of the CLI's pid only (the OOM killer's way), not its process group: the temporary
+    server it started must not keep running under pid 1."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect_home"), PREFECT_LOGGING_LEVEL="WARNING")
+    extract = Path(__file__).resolve().parent.parent / "data/fixtures/emar_2024-03-01.csv"
+    proc = _start(["run", "--extract", str(extract), "--out", str(tmp_path / "out"), "--night", "2024-03-02"], env)
+    end, servers = time.monotonic() + 120, []
+    while time.monotonic() < end and proc.poll() is None and not servers:
+        servers = [c for c in _children(proc.pid) if b"uvicorn" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        time.sleep(0.05)
+    assert servers, "the run started no temporary server"
+    proc.kill()  # this pid only
+    proc.wait(timeout=30)
+    end = time.monotonic() + 30
+    while time.monotonic() < end and any(_running(s) for s in servers):
+        time.sleep(0.1)
+    left = [s for s in servers if _running(s)]
+    for s in left:
+        os.kill(s, signal.SIGKILL)
+    assert not left, "the temporary Prefect server outlived the killed run"

@@ -398,6 +398,22 @@ def test_broken_references_are_quarantined_naming_the_reference_never_an_identif
     assert result.status == "rejected" and "8 of 9 B12 rows failed validation" in result.error
 
 
+def test_a_reference_whose_type_part_is_not_a_resource_type_is_never_quoted(tmp_path):
+    """The Type part of a reference is text from the file: an identifier written there stays out."""
+    export = base_export()
+    t = "2024-03-01T09:00:00-05:00"
+    export["MedicationAdministration"] = [
+        administration("ma-20", "Medication/med-b12", "CANARYMRN0042/enc-1", t),
+        administration("ma-21", "Medication/med-b12", "Patient/pat-1", t),
+    ]
+    ex = read_extract(write_export(tmp_path / "e", export))
+    reasons = ex.quarantine.sort("source_row")["failure_reasons"].to_list()
+    assert reasons == [
+        "line 1: context names a resource of another type, not an Encounter",
+        "line 2: context names a Patient, not an Encounter",
+    ]
+
+
 def test_non_b12_administrations_are_out_of_scope_and_never_fail_the_file(tmp_path, rules):
     export = base_export()
     t = "2024-03-01T{:02d}:00:00-05:00"

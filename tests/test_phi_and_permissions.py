@@ -10,6 +10,8 @@ docs site added later under <out> is covered by this test as soon as it is writt
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import logging
 import os
@@ -30,6 +32,8 @@ ID_PREFIX = {
     "admin_id": "CANARYADM789",
     "order_id": "CANARYORD000",
 }
+# Codes no mapping lists, in the Clarity code columns: their rows are quarantined as unmapped.
+CANARY_CODE = {"ROUTE_C": "CANARYROUTE", "MAR_ACTION_C": "CANARYACTION"}
 DATA_STORES = {"queues", "quarantine", "history", "archive", "rejected", "staging"}
 CLI = str(Path(sys.executable).parent / "b12pipeline")
 
@@ -57,13 +61,20 @@ def write_canary_landing(fixtures: Path, folder: Path) -> Path:
 
 
 def _write_clarity_canaries(source: Path, folder: Path) -> None:
-    """A Clarity extract with canary MRNs and CSNs, read fine; and one with a ragged row (Polars' parse
-    error quotes that row)."""
+    """A Clarity extract with canary MRNs and CSNs, read fine, and canary codes in two mapped code
+    columns (the unmapped-code quarantine reason could quote them); and one with a ragged row (Polars'
+    parse error quotes that row)."""
     lines = source.read_text().splitlines()
     rows = [lines[0]] + [
         line.replace("MRN004", "CANARYMRN").replace("CSN000", "CANARYCSN").replace("MAR-10", "CANARYORD")
         for line in lines[1:]
     ]
+    cells = list(csv.reader(rows))
+    for row, column in ((1, "ROUTE_C"), (2, "MAR_ACTION_C")):
+        cells[row][cells[0].index(column)] = CANARY_CODE[column]
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(cells)
+    rows = buffer.getvalue().splitlines()
     (folder / "night_e.csv").write_text("\n".join(rows) + "\n")
     ragged = rows[:2] + [rows[2] + ",extra,fields"] + rows[3:]
     (folder / "night_g.csv").write_text("\n".join(ragged) + "\n")
@@ -212,6 +223,9 @@ def test_no_identifier_in_quarantine_reasons(canary_night):
     quarantine = pl.read_parquet(canary_night["out"] / "quarantine" / "**" / "*.parquet")
     reasons = quarantine["failure_reasons"].drop_nulls().to_list()
     assert any("status" in r for r in reasons)  # the FHIR resources with canary elements are there
+    # the Clarity rows with canary codes are there, held as unmapped
+    held = quarantine.filter(pl.col("failed_expectations").list.contains("source_value_is_mapped(clarity)"))
+    assert held.height == len(CANARY_CODE)
     assert [r for r in reasons if CANARY.lower() in r.lower()] == []
 
 

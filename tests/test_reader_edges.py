@@ -50,3 +50,17 @@ def test_fhir_duplicate_keys_quarantine_the_resource(tmp_path):
     clean = tmp_path / "colon.ndjson"
     clean.write_text(text + "\n")
     assert read_extract(clean).quarantined_rows == 0
+
+
+def test_fhir_extension_value_key_is_named_only_when_it_is_an_element_name(tmp_path):
+    """An extension's value[x] key is text from the file: a key that is no element name stays out."""
+    resources = [json.loads(line) for line in FHIR.read_text().splitlines()[:2]]
+    resources[0]["extension"][0]["valueBoolean"] = resources[0]["extension"][0].pop("valueString") == "x"
+    resources[1]["extension"][0]["value MRN CANARY-42"] = [resources[1]["extension"][0].pop("valueString")]
+    path = tmp_path / "ext.ndjson"
+    path.write_text("".join(json.dumps(r) + "\n" for r in resources))
+    held = {r["source_row"]: r["failure_reasons"] for r in read_extract(path).quarantine.iter_rows(named=True)}
+    assert held == {
+        1: "line 1: extension[0].valueBoolean must be a string or a number",
+        2: "line 2: extension[0].value[x] must be a string or a number",
+    }

@@ -107,7 +107,7 @@ def test_lint_reports_every_broken_file_by_name(rules_copy: Path, tmp_path: Path
     [
         (
             lambda t: t.replace("{field: lot_number, is_null: true}", "{field: lot_no, is_null: true}"),
-            "when: field 'lot_no' is not a facts column",
+            "when.all[2]: field 'lot_no' is not a facts column",
         ),
         (
             lambda t: t.replace("{field: route_class, eq: injectable}", "{field: payer_type, in: {config: payers}}"),
@@ -218,3 +218,30 @@ def test_durable_engine_without_the_package_names_the_install(tmp_path: Path, mo
     )
     assert result.exit_code == 2
     assert "pip install '.[durable]'" in " ".join(result.output.split())
+
+
+def test_the_loader_and_lint_report_the_same_problems_of_a_file(tmp_path: Path):
+    """One validator: lint lists every problem of a file with its line, and the loader refuses the
+    same file in one line naming the first of them and how many more there are."""
+    from b12pipeline.engine.rulefile import RuleFileError
+    from b12pipeline.rulesets import check_rule_file, load_rule_file
+
+    path = tmp_path / "DOC-001.yaml"
+    broken = (
+        DOC001.replace("severity: warning", "severity: loud")
+        .replace("{field: lot_number, is_null: true}", "{field: lot_number, equals: x}")
+        .replace('message: "Lot number', 'message: "{config.nope} Lot number')
+    )
+    path.write_text(broken)
+    rule, problems = check_rule_file(path)
+    assert rule is None
+    lines = broken.splitlines()
+    placed = {p.field: lines[p.line - 1] for p in problems}
+    assert set(placed) == {"severity", "message", "when.all[2]"}, [str(p) for p in problems]
+    assert placed["severity"].startswith("severity:") and placed["message"].startswith("message:")
+    assert "equals" in placed["when.all[2]"]
+    with pytest.raises(RuleFileError) as caught:
+        load_rule_file(path)
+    first = min(problems, key=lambda p: p.sort_key)
+    assert str(caught.value) == f"{first} (and 2 more problem(s))"
+    assert "\n" not in str(caught.value) and str(caught.value).startswith(f"{path}:{first.line}:")

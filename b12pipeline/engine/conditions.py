@@ -194,9 +194,9 @@ def to_condition(raw: Any, where: str = "condition") -> Condition:
     return cond
 
 
-def _parse(raw: Any, here: str, at: tuple, depth: int, out: list[ConditionProblem]) -> Condition | None:
-    def problem(message: str) -> None:
-        out.append(ConditionProblem(here, at, message))
+def _parse(raw: Any, root: str, at: tuple, depth: int, out: list[ConditionProblem]) -> Condition | None:
+    def problem(message: str, place: tuple = at) -> None:
+        out.append(ConditionProblem(where_text(place, root), place, message))
 
     if depth > MAX_DEPTH:
         problem(f"conditions nested deeper than {MAX_DEPTH} levels")
@@ -211,13 +211,13 @@ def _parse(raw: Any, here: str, at: tuple, depth: int, out: list[ConditionProble
             return None
         (key,) = keys
         if key == "not":
-            inner = _parse(raw["not"], f"{here}.not", (*at, "not"), depth + 1, out)
+            inner = _parse(raw["not"], root, (*at, "not"), depth + 1, out)
             return Not(inner) if inner is not None else None
         items = raw[key]
         if not isinstance(items, list) or not items:
-            out.append(ConditionProblem(f"{here}.{key}", (*at, key), "expected a non-empty list of conditions"))
+            problem("expected a non-empty list of conditions", (*at, key))
             return None
-        parsed = [_parse(item, f"{here}.{key}[{i}]", (*at, key, i), depth + 1, out) for i, item in enumerate(items)]
+        parsed = [_parse(item, root, (*at, key, i), depth + 1, out) for i, item in enumerate(items)]
         if any(p is None for p in parsed):
             return None
         return (All if key == "all" else AnyOf)(tuple(p for p in parsed if p is not None))
@@ -240,7 +240,6 @@ def _parse(raw: Any, here: str, at: tuple, depth: int, out: list[ConditionProble
         problem(f"unknown operator {op!r}; known: {', '.join(OPERATORS)}")
         return None
     value = raw[op]
-    at = (*at, op)
     if op in SET_OPS and not (isinstance(value, list) or _is_ref(value, "config")):
         problem(f"{op} needs a list or {{config: key}}")
         return None
@@ -322,13 +321,25 @@ def to_data(cond: Condition) -> Any:
 
 def leaves(cond: Condition) -> Iterator[Leaf | SettingIs]:
     """Every leaf of a condition, in file order."""
+    for _, leaf in placed_leaves(cond):
+        yield leaf
+
+
+def placed_leaves(cond: Condition, at: tuple = ()) -> Iterator[tuple[tuple, Leaf | SettingIs]]:
+    """Every leaf with where it sits in the data (("all", 2, "not") under `when:`), in file order."""
     if isinstance(cond, (All, AnyOf)):
-        for item in cond.items:
-            yield from leaves(item)
+        key = "all" if isinstance(cond, All) else "any"
+        for i, item in enumerate(cond.items):
+            yield from placed_leaves(item, (*at, key, i))
     elif isinstance(cond, Not):
-        yield from leaves(cond.item)
+        yield from placed_leaves(cond.item, (*at, "not"))
     else:
-        yield cond
+        yield at, cond
+
+
+def where_text(at: tuple, root: str = "when") -> str:
+    """("all", 2, "not") -> "when.all[2].not", as parse_condition names a place."""
+    return root + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in at)
 
 
 def fields_used(cond: Condition) -> set[str]:

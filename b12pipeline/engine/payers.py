@@ -46,6 +46,9 @@ NOT_PER_PAYER = (
     "antidote_ndcs",
     "antidote_min_dose_mg",
     "reference_max_age_quarters",
+    "time_zone",
+    "earliest_service_date",
+    "service_date_max_days_after_night",
 )
 # Settings read while deriving facts columns rather than in conditions: a payer file that overrides
 # one has those columns recomputed for its rows (b12pipeline/facts.py).

@@ -3,6 +3,7 @@ check of one setting's value. Reading site.yaml is b12pipeline/config.py."""
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field, fields
 
 
@@ -40,6 +41,14 @@ class SiteConfig:
     loading_phase_days: int = 56
     frequency_lookback_days: int = 365
     max_quarantine_share: float = 0.5
+    # The IANA zone the site's eMAR records local times in: a time written without an offset is
+    # read in it for the instant DUP-001 compares, and a time-zone-typed Parquet column is
+    # converted to it before the date of service is taken (docs/decisions.md).
+    time_zone: str = "UTC"
+    # Plausible dates of service: rows outside earliest_service_date .. night +
+    # service_date_max_days_after_night are quarantined (a typo'd year is not a dose to bill).
+    earliest_service_date: dt.date = dt.date(2000, 1, 1)
+    service_date_max_days_after_night: int = 1
     # Why a coder may dismiss a finding (the worklog refuses any other reason).
     dismiss_reasons: tuple[str, ...] = (
         "false positive",
@@ -73,6 +82,18 @@ def coerce_setting(key: str, value, where: str):
     elif isinstance(default, (int, float)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: {key} must be a number")
+    elif isinstance(default, dt.date):
+        if isinstance(value, str):
+            try:
+                value = dt.date.fromisoformat(value)
+            except ValueError:
+                raise ConfigError(f"{where}: {key} must be a date (YYYY-MM-DD)") from None
+        if not isinstance(value, dt.date) or isinstance(value, dt.datetime):
+            raise ConfigError(f"{where}: {key} must be a date (YYYY-MM-DD)")
+    elif isinstance(default, str):
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{where}: {key} must be text")
+        value = value.strip()
     elif isinstance(default, dict):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: {key} must be a mapping")

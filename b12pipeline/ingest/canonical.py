@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from b12pipeline.contract import load_contract
+from b12pipeline.engine.settings import SiteConfig
 from b12pipeline.ingest import FileRejected, canonicalise, collect_kept
 from b12pipeline.limits import Limits, current_limits, human
 
@@ -117,8 +118,12 @@ def scrub(exc: Exception) -> str:
     return first.split(":", 1)[0][:120] or type(exc).__name__
 
 
-def _as_text(frame: pl.LazyFrame) -> pl.LazyFrame:
-    """Typed Parquet columns -> the same text a CSV would carry (ISO dates and times)."""
+def _as_text(frame: pl.LazyFrame, time_zone: str) -> pl.LazyFrame:
+    """Typed Parquet columns -> the same text a CSV would carry (ISO dates and times).
+
+    A time-zone-typed timestamp is an instant: it is written in the site's `time_zone`, with its
+    offset, so its date is the site's local date (a 22:30 EST dose stored as 03:30 UTC keeps its
+    date of service). A timestamp without a zone is a wall-clock time and is written as it is."""
     exprs = []
     for name, dtype in frame.collect_schema().items():
         if name == "source_row":
@@ -126,8 +131,10 @@ def _as_text(frame: pl.LazyFrame) -> pl.LazyFrame:
             continue
         col = pl.col(name)
         if isinstance(dtype, pl.Datetime):
-            fmt = "%Y-%m-%dT%H:%M:%S%:z" if dtype.time_zone else "%Y-%m-%dT%H:%M:%S"
-            exprs.append(col.dt.to_string(fmt).alias(name))
+            if dtype.time_zone:
+                exprs.append(col.dt.convert_time_zone(time_zone).dt.to_string("%Y-%m-%dT%H:%M:%S%:z").alias(name))
+            else:
+                exprs.append(col.dt.to_string("%Y-%m-%dT%H:%M:%S").alias(name))
         elif dtype == pl.Date:
             exprs.append(col.dt.to_string("%Y-%m-%d").alias(name))
         elif dtype in (pl.List, pl.Struct) or isinstance(dtype, (pl.List, pl.Struct, pl.Array)):
@@ -182,8 +189,11 @@ def dictionary_problem(path: Path, limits: Limits) -> str | None:
     return None
 
 
-def read_parquet(path: Path, keep: pl.Expr | None = None) -> tuple[pl.DataFrame, list[str], int]:
-    """(canonical frame of the rows satisfying `keep`, ignored columns, rows skipped)."""
+def read_parquet(
+    path: Path, keep: pl.Expr | None = None, time_zone: str = SiteConfig.time_zone
+) -> tuple[pl.DataFrame, list[str], int]:
+    """(canonical frame of the rows satisfying `keep`, ignored columns, rows skipped); zoned
+    timestamps are written in `time_zone`, the site's (rules/site.yaml)."""
     limits = current_limits()
     try:
         problem = parquet_problem(pq.read_metadata(path), limits) or dictionary_problem(path, limits)
@@ -205,7 +215,7 @@ def read_parquet(path: Path, keep: pl.Expr | None = None) -> tuple[pl.DataFrame,
                 f"column(s) {', '.join(n.strip().lower() for n in nested)} hold lists or structs; "
                 f"contract columns must be text, numbers, dates or times",
             )
-        frame, ignored = canonicalise(_as_text(raw), path)
+        frame, ignored = canonicalise(_as_text(raw, time_zone), path)
         kept, skipped = collect_kept(frame, keep)
     except FileRejected:
         raise

@@ -260,7 +260,8 @@ def _extensions(res: dict, row: dict, cfg: dict, seen: set[str]) -> None:
             raise Invalid(f"{p}value[x] is required (exactly one)")
         value = ext[values[0]]
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise Invalid(f"{p}{values[0]} must be a string or a number")
+            key = values[0] if _ELEMENT_NAME.fullmatch(values[0]) else "value[x]"  # a key is text from the file
+            raise Invalid(f"{p}{key} must be a string or a number")
         row[column] = _num_text(value) if isinstance(value, (int, float)) else value
         seen.add(column)
 

@@ -63,6 +63,13 @@ SUPPORTING = (
     "ChargeItem",
 )
 CHARGE_TYPES = ("Claim", "ExplanationOfBenefit", "ChargeItem")
+# Resource types a reason may name when a reference points at the wrong one. The Type part of a
+# reference is text from the file (an identifier written where a type belongs would be quoted), so
+# anything outside these FHIR R4 types is called "a resource of another type".
+NAMEABLE_TYPES = frozenset(
+    (ADMINISTRATION, *SUPPORTING, "EpisodeOfCare", "Patient", "Group", "Substance", "Organization", "Location")
+    + ("Device", "RelatedPerson", "Procedure", "Observation", "ServiceRequest", "Immunization", "Specimen")
+)
 CHARGE_COLUMNS = (
     "place_of_service",
     "claim_type",
@@ -226,7 +233,8 @@ def _split_ref(ref: object, element: str) -> tuple[str | None, str | None]:
 
 def _expect(kind: str | None, wanted: tuple[str, ...], element: str) -> None:
     if kind is not None and kind not in wanted:
-        raise Invalid(f"{element} names {_a(kind)}, not {' or '.join(_a(w) for w in wanted)}")
+        named = _a(kind) if kind in NAMEABLE_TYPES else "a resource of another type"
+        raise Invalid(f"{element} names {named}, not {' or '.join(_a(w) for w in wanted)}")
 
 
 def _a(kind: str) -> str:

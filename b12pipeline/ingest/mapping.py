@@ -3,7 +3,8 @@
 A mapping is data: column renames, derived columns (admin_id = ORDER_MED_ID-LINE), date formats
 rewritten to ISO 8601, and code -> value maps. A code that a map does not list is not guessed:
 with `unknown: quarantine` (the default) the row goes to quarantine with a reason naming the
-column and the code, so an unmapped MAR action can never silently become "not given".
+column and the map (never the code: the quarantined row holds it), so an unmapped MAR action can
+never silently become "not given".
 """
 
 from __future__ import annotations
@@ -173,6 +174,13 @@ def _parse_dates(expr: pl.Expr, spec: dict) -> pl.Expr:
     return pl.coalesce(*parsed, expr)
 
 
+def unmapped_reason(mapping: SourceMapping, canon: str) -> str:
+    """Why a row whose code the map does not list is quarantined: the column and the map, never the
+    code (a cell's value stays out of reasons; the quarantined row itself holds it)."""
+    src = mapping.source_for.get(canon, canon)
+    return f"{src} code is not in the {mapping.name} mapping (schemas/sources/{mapping.path.name} values.{canon})"
+
+
 def apply_mapping(raw: pl.DataFrame, mapping: SourceMapping) -> tuple[pl.DataFrame, pl.Series]:
     """Raw all-text source frame -> (frame with canonical column names, per-row quarantine reason).
 
@@ -201,19 +209,11 @@ def apply_mapping(raw: pl.DataFrame, mapping: SourceMapping) -> tuple[pl.DataFra
             continue
         code = exprs[canon]
         mapped = code.replace_strict(vmap.map, default=None, return_dtype=pl.String)
-        src = mapping.source_for.get(canon, canon)
         if vmap.unknown == "quarantine":
-            reasons.append(
-                pl.when(code.is_not_null() & mapped.is_null()).then(
-                    pl.format(
-                        f"{src} code '{{}}' is not in the {mapping.name} mapping ({mapping.path.name} values.{canon})",
-                        code,
-                    )
-                )
-            )
-            exprs[canon] = mapped
-        else:
-            exprs[canon] = pl.coalesce(mapped, code)
+            reasons.append(pl.when(code.is_not_null() & mapped.is_null()).then(pl.lit(unmapped_reason(mapping, canon))))
+        # An unlisted code stays in its column: kept rows pass it on, quarantined rows show it
+        # there (the quarantine is where values belong) since the reason never quotes it.
+        exprs[canon] = pl.coalesce(mapped, code)
     for canon, spec in mapping.dates.items():
         if canon in exprs:
             exprs[canon] = _parse_dates(exprs[canon], spec)

@@ -7,6 +7,7 @@ from pathlib import Path
 import polars as pl
 
 from b12pipeline.contract import load_contract
+from b12pipeline.engine.settings import SiteConfig
 from b12pipeline.ingest import (
     Extract,
     FileRejected,
@@ -20,8 +21,12 @@ from b12pipeline.ingest import (
 from b12pipeline.limits import LONG_VALUE_CHECK, Limits, current_limits, file_problem, frame_problem, long_values
 
 
-def read_extract(path: Path | str, source: str | None = None, keep: pl.Expr | None = None) -> Extract:
+def read_extract(
+    path: Path | str, source: str | None = None, keep: pl.Expr | None = None, time_zone: str = SiteConfig.time_zone
+) -> Extract:
     """Read one extract file in the format named by `source`, else by its extension.
+
+    `time_zone`: the site's (rules/site.yaml); a time-zone-typed Parquet timestamp is written in it.
 
     `keep` (an expression over canonical columns): only the rows that satisfy it are returned; the
     rest are counted in `rows_skipped`. The CSV and Parquet readers apply it while streaming, so the
@@ -51,7 +56,9 @@ def read_extract(path: Path | str, source: str | None = None, keep: pl.Expr | No
     if problem:
         raise FileRejected(path, problem)
     if fmt in readers:
-        frame, ignored, skipped = readers[fmt](path, keep)
+        frame, ignored, skipped = (
+            canonical.read_parquet(path, keep, time_zone) if fmt == "parquet" else canonical.read_csv(path, keep)
+        )
         extract = Extract(path=path, source_format=fmt, frame=frame, ignored_columns=ignored, rows_skipped=skipped)
     else:
         if fmt == "fhir":
