@@ -7,9 +7,8 @@ rule is meant to fire on are declared in that build script (ROWS), not in the ex
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
-from pathlib import Path
 
+import fixture_scripts
 import polars as pl
 import pytest
 
@@ -20,8 +19,7 @@ from b12pipeline.rulesets import load_ruleset
 
 # The module's fixture stages and evaluates the all-rules extract (GX, facts, every rule): slow.
 pytestmark = pytest.mark.slow
-FIXTURES = Path(__file__).resolve().parent.parent / "data" / "fixtures"
-EXTRACT = FIXTURES / "emar_all_rules.csv"
+EXTRACT = fixture_scripts.FIXTURES / "emar_all_rules.csv"
 CROSS_ROW = {"FREQ-001", "DUP-001"}  # not exercised by this fixture (one row per patient)
 # Need CMS crosswalk or MUE rows, which the shipped reference does not hold (no public rows to build
 # them from: rules/reference/cms/); tests/test_cms_tables.py runs them on imported tables.
@@ -29,10 +27,7 @@ CMS_TABLE_RULES = {"NDC-006", "UNITS-004", "MUE-001"}
 
 
 def build_script():
-    spec = importlib.util.spec_from_file_location("build_all_rules", FIXTURES / "build_all_rules_fixture.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return fixture_scripts.load("build_all_rules_fixture")
 
 
 def expected_rows() -> dict[str, set[str]]:

@@ -16,6 +16,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+import fixture_scripts
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -47,39 +48,12 @@ def STAGED(test):  # named like the settings object beside it
 
 # A realistic value per column (a clean B12 administration) that generated rows start from.
 CLEAN = {
+    **fixture_scripts.load("clean_administration").CLEAN,
     "admin_id": "MAR-1",
-    "order_id": "ORD-1",
     "patient_id": "MRN1",
     "encounter_id": "CSN1",
     "admin_time": "2024-03-01T08:05:00",
-    "mar_action": "Given",
-    "medication_name": "cyanocobalamin 1,000 mcg/mL injection solution",
-    "rxnorm_code": "309594",
-    "ndc": "0517-0031-25",
-    "dose_value": "1000",
-    "dose_unit": "mcg",
-    "concentration_mcg_per_ml": "",
-    "container_type": "",
-    "container_volume_ml": "",
-    "route": "IM",
-    "site": "left deltoid",
-    "lot_number": "AR1",
-    "expiration_date": "2025-06-30",
-    "waste_mcg": "",
-    "administered_by": "RN1",
-    "ordering_provider_npi": "1234567893",
-    "diagnosis_codes": "D51.0",
-    "place_of_service": "11",
-    "claim_type": "professional",
-    "payer_type": "medicare",
     "payer_id": "",
-    "charge_hcpcs": "J3420",
-    "charge_units": "1",
-    "charge_modifiers": "",
-    "charge_ndc_qty": "1",
-    "charge_ndc_unit": "ML",
-    "admin_cpt": "96372",
-    "same_day_em_codes": "",
 }
 MEDICATIONS = [
     "cyanocobalamin 1000 mcg/mL inj",
