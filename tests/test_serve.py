@@ -59,6 +59,10 @@ def test_landing_flow_with_nothing_new_does_not_start_a_night(prefect_harness, l
     first = landing_flow(str(landing), str(out), night=dt.date(2024, 3, 2))
     again = landing_flow(str(landing), str(out), night=dt.date(2024, 3, 3))
     assert first["status"] == "processed" and first["files"] == len(list(landing.iterdir()))
+    # Each landing file's checksum as scanned, so a caller (the pull) need not hash it again.
+    assert again.pop("checksums") == first["checksums"] and sorted(first["checksums"]) == sorted(
+        p.name for p in landing.iterdir()
+    )
     assert again == {
         "night": "2024-03-03",
         "run_id": None,
