@@ -78,6 +78,37 @@ def two_nights(prefect_harness, tmp_path_factory):
     return out, manifests
 
 
+@pytest.fixture(scope="session")
+def shipped_nights(prefect_harness, tmp_path_factory) -> dict:
+    """The multi-night history fixture (tests/history_support.py) run night by night with the shipped
+    rules, once for the history, backfill and deploy tests: `out` after all five nights, `two` and
+    `four` copies of it taken after nights 2 and 4, each night's manifest and the queues after each night.
+    Read them or work on a copy (history_support.copy_out); never change them."""
+    from history_support import NIGHTS, copy_out, queue_frame, run_nights
+
+    root = tmp_path_factory.mktemp("shipped_nights")
+    out = root / "out"
+    manifests, after = [], []
+    for night in NIGHTS:
+        manifests += run_nights(out, nights=[night])
+        after.append(queue_frame(out))
+        if night in (NIGHTS[1], NIGHTS[3]):
+            copy_out(out, root / f"after_{len(after)}")
+    return {"out": out, "two": root / "after_2", "four": root / "after_4", "manifests": manifests, "after": after}
+
+
+@pytest.fixture(scope="session")
+def changed_rules_nights(prefect_harness, tmp_path_factory) -> dict:
+    """The same five nights run fresh with FREQ-001 changed (history_support.changed_rules): what a
+    deploy or backfill of that change must reach. `rules` is the changed folder. Read only."""
+    from history_support import changed_rules, run_nights
+
+    root = tmp_path_factory.mktemp("changed_rules_nights")
+    rules_b = changed_rules(root)
+    run_nights(root / "fresh", rules_b)
+    return {"rules": rules_b, "out": root / "fresh"}
+
+
 def fixture_identifiers() -> set[str]:
     """Every patient, encounter, administration and order id in the fixture extracts."""
     import polars as pl

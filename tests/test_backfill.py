@@ -9,11 +9,9 @@ import pytest
 from history_support import (
     FIRST_DOS,
     LAST_DOS,
-    changed_rules,
     copy_out,
     queue_files,
     queue_frame,
-    run_nights,
     without_run_id,
 )
 from typer.testing import CliRunner
@@ -23,14 +21,17 @@ from b12pipeline.cli import app
 
 
 @pytest.fixture(scope="module")
-def runs(prefect_harness, tmp_path_factory) -> dict:
-    """Nights D1..D5 with the shipped rules, and a fresh run of D1..D5 with the changed rules."""
-    tmp = tmp_path_factory.mktemp("backfill")
-    rules_b = changed_rules(tmp)
-    old, fresh = tmp / "old", tmp / "fresh"
-    run_nights(old)
-    run_nights(fresh, rules_b)
-    return {"tmp": tmp, "rules_b": rules_b, "old": old, "fresh": fresh, "old_queue": queue_frame(old)}
+def runs(shipped_nights, changed_rules_nights, tmp_path_factory) -> dict:
+    """Nights D1..D5 with the shipped rules, and a fresh run of D1..D5 with the changed rules (shared
+    with the history and deploy tests: read or copied, never changed)."""
+    old = shipped_nights["out"]
+    return {
+        "tmp": tmp_path_factory.mktemp("backfill"),
+        "rules_b": changed_rules_nights["rules"],
+        "old": old,
+        "fresh": changed_rules_nights["out"],
+        "old_queue": queue_frame(old),
+    }
 
 
 @pytest.fixture(scope="module")

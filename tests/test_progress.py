@@ -2,7 +2,8 @@
 `backfill`, `rules preview`, `rules deploy`, `synth`, `queue import`.
 
 Each runs through the real CLI in-process (stderr is captured, not a terminal, as under a scheduler)
-on one copy of the session's two nights, and again with --quiet, which prints no progress line.
+on one copy of the two nights the queue tests share (conftest.two_nights), and again with --quiet,
+which prints no progress line.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from rules_support import FEW
+from rules_support import rules_copy as copy_rules
 from typer.testing import CliRunner
 
 from b12pipeline.cli import app
@@ -41,23 +43,24 @@ def test_list_shows_every_rule_file():
         assert heading in result.output
 
 
-@pytest.mark.slow  # every case of every rule
-def test_test_runs_every_case_and_passes():
-    result = invoke("rules", "test")
-    ruleset = load_ruleset()
+def test_test_runs_every_case_and_passes(tmp_path: Path):
+    """Every case of the folder given, rules' and payer files' (the whole catalog: test_rule_cases.py)."""
+    folder = copy_rules(tmp_path / "rules", only=FEW)
+    result = invoke("rules", "test", "--rules", str(folder))
+    ruleset = load_ruleset(folder)
     total = sum(len(r.cases.get("fires") or []) + len(r.cases.get("passes") or []) for r in ruleset.rules)
     total += sum(len(p.cases.get("fires") or []) + len(p.cases.get("passes") or []) for p in ruleset.payers)
     assert result.exit_code == 0, result.output
     assert f"{total} of {total} case(s) passed" in result.output
 
 
-@pytest.mark.slow  # every case of every rule, on a copy
-def test_test_reports_a_failing_case_and_exits_1(rules_copy: Path):
+def test_test_reports_a_failing_case_and_exits_1(tmp_path: Path):
     # a "passes" case that in fact fires: the lot is missing on a given IM injection
     broken = DOC001.replace('- {_note: "lot documented"}', '- {_note: "lot documented", lot_number: null}')
     assert broken != DOC001
-    (rules_copy / "documentation" / "DOC-001.yaml").write_text(broken)
-    result = invoke("rules", "test", "--rules", str(rules_copy))
+    folder = copy_rules(tmp_path / "rules", only=FEW)
+    (folder / "documentation" / "DOC-001.yaml").write_text(broken)
+    result = invoke("rules", "test", "--rules", str(folder))
     assert result.exit_code == 1
     assert "DOC-001" in result.output and "passes[1]" in result.output and "fired" in result.output
 
