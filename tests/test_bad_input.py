@@ -302,6 +302,23 @@ def test_damaged_parquet_is_rejected_naming_the_file(fixtures_dir_static, data):
             assert extract.frame.height == pq.read_metadata(path).num_rows
 
 
+def test_parquet_pages_that_stop_polars_reader_reject_the_file(fixtures_dir_static, tmp_path):
+    """One flipped byte at these offsets of the fixture makes Polars' Parquet reader panic (a
+    BaseException, not an Exception): each is a rejected file naming it, never a crash."""
+    whole = (fixtures_dir_static / "emar_2024-03-02.parquet").read_bytes()
+    path, said = tmp_path / "damaged.parquet", []
+    for flip in (799, 801, 1764, 2808, 2810, 4348, 7223):
+        damaged = bytearray(whole)
+        damaged[flip] ^= 0xFF
+        path.write_bytes(bytes(damaged))
+        try:
+            read_extract(path)
+        except FileRejected as exc:
+            assert str(exc).startswith(str(path))
+            said.append(str(exc))
+    assert any("data pages are damaged" in s for s in said), said
+
+
 @pytest.fixture(scope="module")
 def fixtures_dir_static() -> Path:
     return Path(__file__).resolve().parent.parent / "data" / "fixtures"

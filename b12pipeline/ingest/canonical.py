@@ -219,6 +219,8 @@ def read_parquet(
         kept, skipped = collect_kept(frame, keep)
     except FileRejected:
         raise
+    except pl.exceptions.PanicException:  # a BaseException: Polars' reader stopped on damaged pages
+        raise FileRejected(path, "not a readable Parquet file: its data pages are damaged") from None
     except Exception as exc:  # pyarrow and polars raise several types for a non-Parquet file
         raise FileRejected(path, f"not a readable Parquet file: {scrub(exc)}") from None
     return kept, ignored, skipped
