@@ -45,8 +45,9 @@ def register(app: typer.Typer) -> None:
             raise usage_error("--rows and --days must be at least 1")
         if not 0 <= defect_rate <= 1 or not 0 < b12_share <= 1:
             raise usage_error("--defect-rate must be in [0, 1] and --b12-share in (0, 1]")
-        if (fmt == "fhir-bulk") != out.is_dir() and out.exists():
-            kind = "a file" if out.is_dir() else "a folder"
+        writes_folder = fmt == "fhir-bulk"
+        if out.exists() and out.is_dir() != writes_folder:
+            kind = "a folder" if writes_folder else "a file"
             raise usage_error(f"--out {out} exists and is not {kind}: --format {fmt} writes {kind}")
         if not out.parent.is_dir():
             raise usage_error(f"--out {out}: folder {out.parent} does not exist")
