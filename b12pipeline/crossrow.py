@@ -28,7 +28,14 @@ def is_injection(antidote_known: bool = True) -> pl.Expr:
 
 
 def add_cross_row_facts(facts: pl.DataFrame, cfg: SiteConfig) -> pl.DataFrame:
-    """Adds, per row (null/false where not applicable):
+    """`facts` with the cross-row columns (cross_row_columns) added, or replaced when present."""
+    return facts.with_columns(cross_row_columns(facts, cfg))
+
+
+def cross_row_columns(
+    facts: pl.DataFrame, cfg: SiteConfig, columns: tuple[str, ...] = CROSS_ROW_COLUMNS
+) -> pl.DataFrame:
+    """The cross-row facts of every row of `facts`, in its row order (null/false where not applicable):
 
     prior_injection_within_window  the patient has a given B12 injection on a DOS in the
                                    frequency_window_days before this DOS (DOS-30 .. DOS-1; the
@@ -43,10 +50,22 @@ def add_cross_row_facts(facts: pl.DataFrame, cfg: SiteConfig) -> pl.DataFrame:
                                    a DST change does not stretch or shrink the gap); at the same
                                    instant, the one with the larger admin_id is "the later" and is
                                    flagged
+
+    Only `columns` are computed (a payer file that changes one window recomputes only its column).
+    The work reads a few narrow columns and returns only the new ones: joining and sorting the whole
+    facts frame (about 90 columns) cost more time and memory than the derivations themselves.
     """
-    df = facts.with_columns(
-        is_injection("antidote_use" in facts.columns).alias("_inj"), pl.int_range(pl.len(), dtype=pl.Int64).alias("_i")
+    # A hand-made frame without admin_instant (normalize.facts adds it) compares admin_time.
+    moment = "admin_instant" if "admin_instant" in facts.columns else "admin_time"
+    keys = ["patient_id", "service_date"]
+    if "duplicate_of_prior" in columns:
+        keys += ["ingredient", moment, "admin_id"]
+    df = facts.select(
+        *keys,
+        is_injection("antidote_use" in facts.columns).alias("_inj"),
+        pl.int_range(pl.len(), dtype=pl.Int64).alias("_i"),
     )
+    out = df.select("_i")
     keyed = df.filter(pl.col("patient_id").is_not_null() & pl.col("service_date").is_not_null()).select(
         "_i", "patient_id", "service_date"
     )
@@ -57,64 +76,64 @@ def add_cross_row_facts(facts: pl.DataFrame, cfg: SiteConfig) -> pl.DataFrame:
         .unique()
         .sort("_day")
     )
-
-    # Latest injection day strictly before DOS; within the window when DOS - it <= window days.
-    latest = (
-        keyed.with_columns(pl.col("service_date").dt.offset_by("-1d").alias("_key"))
-        .sort("_key")
-        .join_asof(days, left_on="_key", right_on="_day", by="patient_id", strategy="backward", check_sortedness=False)
-        .select(
-            "_i",
-            ((pl.col("service_date") - pl.col("_day")).dt.total_days() <= cfg.frequency_window_days)
-            .fill_null(False)
-            .alias("prior_injection_within_window"),
+    if "prior_injection_within_window" in columns:
+        # Latest injection day strictly before DOS; within the window when DOS - it <= window days.
+        latest = (
+            keyed.with_columns(pl.col("service_date").dt.offset_by("-1d").alias("_key"))
+            .sort("_key")
+            .join_asof(
+                days, left_on="_key", right_on="_day", by="patient_id", strategy="backward", check_sortedness=False
+            )
+            .select(
+                "_i",
+                ((pl.col("service_date") - pl.col("_day")).dt.total_days() <= cfg.frequency_window_days)
+                .fill_null(False)
+                .alias("prior_injection_within_window"),
+            )
         )
-    )
-    # Earliest injection day on or after DOS - lookback; it counts only if it is not after DOS.
-    earliest = (
-        keyed.with_columns(pl.col("service_date").dt.offset_by(f"-{cfg.frequency_lookback_days}d").alias("_key"))
-        .sort("_key")
-        .join_asof(days, left_on="_key", right_on="_day", by="patient_id", strategy="forward", check_sortedness=False)
-        .select(
-            "_i",
-            pl.when(pl.col("_day") <= pl.col("service_date"))
-            .then((pl.col("service_date") - pl.col("_day")).dt.total_days())
-            .otherwise(None)
-            .cast(pl.Int64)
-            .alias("days_since_first_injection"),
+        out = out.join(latest, on="_i", how="left", maintain_order="left")
+    if "days_since_first_injection" in columns:
+        # Earliest injection day on or after DOS - lookback; it counts only if it is not after DOS.
+        earliest = (
+            keyed.with_columns(pl.col("service_date").dt.offset_by(f"-{cfg.frequency_lookback_days}d").alias("_key"))
+            .sort("_key")
+            .join_asof(
+                days, left_on="_key", right_on="_day", by="patient_id", strategy="forward", check_sortedness=False
+            )
+            .select(
+                "_i",
+                pl.when(pl.col("_day") <= pl.col("service_date"))
+                .then((pl.col("service_date") - pl.col("_day")).dt.total_days())
+                .otherwise(None)
+                .cast(pl.Int64)
+                .alias("days_since_first_injection"),
+            )
         )
-    )
-
-    # DUP-001: in (patient, ingredient, instant, admin_id) order the nearest earlier injection
-    # is the row just before; if that one is outside the window, every earlier one is too.
-    # A hand-made frame without admin_instant (normalize.facts adds it) compares admin_time.
-    moment = "admin_instant" if "admin_instant" in df.columns else "admin_time"
-    same = pl.col("patient_id").eq(pl.col("patient_id").shift(1)) & pl.col("ingredient").eq(
-        pl.col("ingredient").shift(1)
-    )
-    gap = pl.col(moment) - pl.col(moment).shift(1)
-    duplicates = (
-        df.filter(
-            pl.col("_inj")
-            & pl.col("patient_id").is_not_null()
-            & pl.col("ingredient").is_not_null()
-            & pl.col(moment).is_not_null()
+        out = out.join(earliest, on="_i", how="left", maintain_order="left")
+    if "duplicate_of_prior" in columns:
+        # DUP-001: in (patient, ingredient, instant, admin_id) order the nearest earlier injection
+        # is the row just before; if that one is outside the window, every earlier one is too.
+        same = pl.col("patient_id").eq(pl.col("patient_id").shift(1)) & pl.col("ingredient").eq(
+            pl.col("ingredient").shift(1)
         )
-        .sort("patient_id", "ingredient", moment, "admin_id", nulls_last=True)
-        .select(
-            "_i",
-            (same & (gap <= pl.duration(minutes=cfg.duplicate_window_minutes)))
-            .fill_null(False)
-            .alias("duplicate_of_prior"),
+        gap = pl.col(moment) - pl.col(moment).shift(1)
+        duplicates = (
+            df.filter(
+                pl.col("_inj")
+                & pl.col("patient_id").is_not_null()
+                & pl.col("ingredient").is_not_null()
+                & pl.col(moment).is_not_null()
+            )
+            .sort("patient_id", "ingredient", moment, "admin_id", nulls_last=True)
+            .select(
+                "_i",
+                (same & (gap <= pl.duration(minutes=cfg.duplicate_window_minutes)))
+                .fill_null(False)
+                .alias("duplicate_of_prior"),
+            )
         )
+        out = out.join(duplicates, on="_i", how="left", maintain_order="left")
+    flags = [c for c in ("prior_injection_within_window", "duplicate_of_prior") if c in columns]
+    return out.select(
+        [pl.col(c).fill_null(False) if c in flags else pl.col(c) for c in CROSS_ROW_COLUMNS if c in columns]
     )
-
-    out = (
-        df.join(latest, on="_i", how="left")
-        .join(earliest, on="_i", how="left")
-        .join(duplicates, on="_i", how="left")
-        .with_columns(
-            pl.col("prior_injection_within_window").fill_null(False), pl.col("duplicate_of_prior").fill_null(False)
-        )
-    )
-    return out.sort("_i").drop("_i", "_inj")

@@ -10,12 +10,10 @@ from __future__ import annotations
 import polars as pl
 
 from b12pipeline import normalize
-from b12pipeline.crossrow import CROSS_ROW_COLUMNS, add_cross_row_facts
+from b12pipeline.crossrow import CROSS_ROW_COLUMNS, add_cross_row_facts, cross_row_columns
 from b12pipeline.engine.payers import DERIVED_SETTINGS, PAYER_COLUMN, PayerOverride, payer_override_expr
 from b12pipeline.engine.settings import SiteConfig
 from b12pipeline.reference import Reference
-
-CROSS_ROW_SETTINGS = ("frequency_window_days", "frequency_lookback_days", "duplicate_window_minutes")
 
 
 def evaluation_facts(
@@ -47,9 +45,9 @@ def payer_facts(facts: pl.DataFrame, cfg: SiteConfig, payers: tuple[PayerOverrid
             facts = facts.with_columns(
                 pl.when(mine).then(code).otherwise(pl.col("expected_code")).alias("expected_code")
             )
-        if derived & set(CROSS_ROW_SETTINGS):
-            again = add_cross_row_facts(facts.drop(*CROSS_ROW_COLUMNS), own).select(CROSS_ROW_COLUMNS)
-            facts = facts.with_columns(
-                [pl.when(mine).then(again[c]).otherwise(pl.col(c)).alias(c) for c in CROSS_ROW_COLUMNS]
-            )
+        # Only the columns the file's windows decide: the others come out the same as the site's.
+        changed = tuple(c for c in CROSS_ROW_COLUMNS if any(c in DERIVED_SETTINGS[s] for s in derived))
+        if changed:
+            again = cross_row_columns(facts, own, changed)
+            facts = facts.with_columns([pl.when(mine).then(again[c]).otherwise(pl.col(c)).alias(c) for c in changed])
     return facts
