@@ -88,30 +88,38 @@ def merge_into_history(history_root: Path, rows: pl.DataFrame) -> list[dt.date]:
     """Upsert canonical rows by admin_id; returns every service date whose rows changed."""
     if rows.height == 0:
         return []
-    rows = rows.unique(subset="admin_id", keep="last", maintain_order=True).with_columns(_service_date().alias("_day"))
-    new_ids = rows["admin_id"].implode()
+    # Where each kept row goes: the last row of each admin_id, grouped by date in one pass (a filter
+    # per date would scan every row once per date; partitioning would copy every row at once).
+    kept = (
+        rows.select("admin_id", _service_date().alias("_day"))
+        .with_row_index("_i")
+        .unique(subset="admin_id", keep="last", maintain_order=True)
+    )
     existing = history_paths(history_root)
-    # Dates that held an earlier version of an incoming admin_id lose that row (supersession).
-    moved: set[dt.date] = set()
+    # Rows of earlier versions of incoming admin_ids, by the date holding them: those dates lose
+    # them (supersession); every other date's rows are kept as they are.
+    superseded: dict[dt.date, pl.Series] = {}
     if existing:
-        ids = (
+        found = (
             pl.scan_parquet(list(existing.values()), include_file_paths="_path")
-            .filter(pl.col("admin_id").is_in(new_ids))
-            .select("_path")
-            .unique()
+            .select("admin_id", "_path")
+            .filter(pl.col("admin_id").is_in(kept["admin_id"].implode()))
             .collect()
         )
         by_path = {str(p): d for d, p in existing.items()}
-        moved = {by_path[p] for p in ids["_path"].to_list()}
-    touched = sorted(moved | set(rows["_day"].unique().to_list()))
+        superseded = {
+            by_path[key[0]]: group["admin_id"] for key, group in found.partition_by("_path", as_dict=True).items()
+        }
+    by_day = dict(kept.group_by("_day").agg("_i").iter_rows())
+    # Gathering from one contiguous block is ~15x faster than from many (a file read in row groups).
+    rows = rows.rechunk()
+    touched = sorted(set(superseded) | set(by_day))
     for day in touched:
         old = pl.read_parquet(existing[day]) if day in existing else None
-        new = rows.filter(pl.col("_day") == day).drop("_day")
-        frames = [
-            f
-            for f in (old.filter(~pl.col("admin_id").is_in(new_ids)) if old is not None else None, new)
-            if f is not None and f.height
-        ]
+        if old is not None and day in superseded:
+            old = old.filter(~pl.col("admin_id").is_in(superseded[day].implode()))
+        new = rows[by_day[day]] if day in by_day else None
+        frames = [f for f in (old, new) if f is not None and f.height]
         target = history_root / f"service_date={day.isoformat()}" / PART_NAME
         if not frames:
             shutil.rmtree(target.parent, ignore_errors=True)

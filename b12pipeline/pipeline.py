@@ -275,7 +275,10 @@ def apply_staged(staged: list[str], out: Path | str, rules: Rules, run_id: str, 
     """Merge the night's staged rows into history and re-evaluate every date they touched."""
     layout = OutputLayout(Path(out))
     frames = [pl.read_parquet(p) for p in staged if p]
-    rows = pl.concat(frames, how="diagonal_relaxed") if frames else None
+    # One contiguous block (merge_into_history gathers each date's rows from it): made now, while
+    # nothing else is held, rather than as a second copy inside the merge.
+    rows = pl.concat(frames, how="diagonal_relaxed", rechunk=True) if frames else None
+    del frames
     # Patients whose rows change tonight: the night's, and those of rows a correction supersedes.
     changed = patients_of(layout.history, rows) if rows is not None else None
     touched = merge_into_history(layout.history, rows) if rows is not None else []

@@ -84,6 +84,55 @@ def test_merging_the_same_rows_again_is_byte_identical(tmp_path):
     assert {p: p.read_bytes() for p in tmp_path.rglob("*.parquet")} == before
 
 
+def test_a_merge_across_many_dates_keeps_exactly_the_last_version_of_each_admin(tmp_path):
+    """Two batches over 60 dates, the second one read in pieces (as a file's row groups are), with
+    corrections on the same date, corrections that move a dose to another date, repeats within the
+    batch and dates emptied: each partition holds the last version of its admins, sorted by
+    admin_id, exactly as a plain per-admin model says; touched = dates gaining or losing a row."""
+    rnd = random.Random(5)
+    days = [dt.date(2024, 1, 1) + dt.timedelta(days=i) for i in range(60)]
+
+    def batch(ids: list[str], tag: str, on: list[dt.date]) -> list[tuple[str, str, str]]:
+        return [
+            (a, f"{rnd.choice(on).isoformat()}T{rnd.randrange(24):02d}:00:00", f"{tag}{i}") for i, a in enumerate(ids)
+        ]
+
+    def frame(specs: list[tuple[str, str, str]]) -> pl.DataFrame:
+        return case_frame([{"admin_id": a, "patient_id": "P1", "admin_time": t, "dose_value": v} for a, t, v in specs])
+
+    first = batch([f"A{i:04d}" for i in range(600)], "f", days)
+    merge_into_history(tmp_path, frame(first))
+    # A later batch: new admins, corrections of earlier ones (some moving date), repeats within it.
+    second = batch(
+        [f"A{i:04d}" for i in rnd.sample(range(600), 200)] + [f"B{i:04d}" for i in range(300)], "s", days[1:]
+    )
+    second += batch([a for a, _, _ in rnd.sample(second, 50)], "r", days[1:])
+    # Every row of the first date moves away: that date's partition goes.
+    emptied = days[0].isoformat()
+    second += [(a, f"{days[-1].isoformat()}T01:00:00", "m") for a, t, _ in first if t.startswith(emptied)]
+    pieces = frame(second)
+    chunked = pl.concat([pieces.slice(i, 97) for i in range(0, pieces.height, 97)], rechunk=False)
+    assert chunked.n_chunks() > 1
+    before = {d: set(pl.read_parquet(p)["admin_id"]) for d, p in history_paths(tmp_path).items()}
+    assert days[0] in before
+
+    touched = merge_into_history(tmp_path, chunked)
+
+    model = {a: (t, v) for a, t, v in first + second}  # the last version of each admin wins
+    want: dict[dt.date, list[tuple[str, str, str]]] = {}
+    for a, (t, v) in sorted(model.items()):
+        want.setdefault(dt.date.fromisoformat(t[:10]), []).append((a, t, v))
+    got = {
+        d: list(pl.read_parquet(p).select("admin_id", "admin_time", "dose_value").iter_rows())
+        for d, p in history_paths(tmp_path).items()
+    }
+    assert got == want
+    assert dt.date.fromisoformat(emptied) not in got
+    changed = {d for d in set(before) | set(want) if before.get(d) != {a for a, _, _ in want.get(d, [])}}
+    changed |= {dt.date.fromisoformat(t[:10]) for _, t, _ in second}  # a re-sent row rewrites its date
+    assert touched == sorted(changed | {d for d in before if any(a in before[d] for a, _, _ in second)})
+
+
 # ---------------------------------------------------------------- archive
 
 
