@@ -4,7 +4,7 @@ Validation runs once per file (validate.py) in BASIC mode with partial_unexpecte
 result holds counts and percentages but no row values; stage_file saves it as JSON under
 <out>/runs/<run_id>/gx_results/. `build_data_docs` renders those results into
 <out>/runs/<run_id>/validation/: index.html (one line per file) and validations/<file>.html (every
-expectation with its rows checked and failing).
+expectation with the distinct values GX checked and failed, and the rows those values stand for).
 
 Our own pages rather than GX's Data Docs site: GX builds its index list with JavaScript from public
 CDNs, so offline (where PHI-handling machines often are) the index was empty; rendering it also
@@ -83,7 +83,8 @@ def _page(title: str, body: list[str]) -> str:
 
 
 def _rows_checked(result: dict) -> int:
-    return max((int((r.get("result") or {}).get("element_count") or 0) for r in result.get("results", [])), default=0)
+    """validate.py records the file's B12 rows beside GX's results (GX counts distinct values)."""
+    return int(result.get("rows_checked") or 0)
 
 
 def _status(success: bool) -> str:
@@ -120,16 +121,22 @@ def file_page(key: str, result: dict, run_id: str) -> str:
         f"<h1>Validation of {e(key)}</h1>",
         f"<p>Run {e(run_id)}, suite <b>{e(str(result.get('suite_name', '')))}</b>: "
         f"{_status(bool(result.get('success')))}, {_rows_checked(result):,} B12 rows checked.</p>",
+        "<p>GX checks each column's distinct values (a row's verdict depends only on its cell); a row "
+        "fails where its cell is a failing value.</p>",
         "<table data-table='expectations'><thead><tr><th>expectation</th><th>column</th><th>what it means</th>"
-        "<th>result</th><th>rows failing</th><th>% failing</th></tr></thead><tbody>",
+        "<th>result</th><th>values checked</th><th>values failing</th><th>rows failing</th></tr></thead><tbody>",
     ]
+    rows_failing = result.get("rows_failing") or {}
     for r in result.get("results", []):
         cfg, res = r.get("expectation_config") or {}, r.get("result") or {}
+        column = str((cfg.get("kwargs") or {}).get("column", ""))
+        name = f"{cfg.get('type', '')}({column})"
         body.append(
-            f"<tr><td>{e(str(cfg.get('type', '')))}</td><td>{e(str((cfg.get('kwargs') or {}).get('column', '')))}</td>"
+            f"<tr><td>{e(str(cfg.get('type', '')))}</td><td>{e(column)}</td>"
             f"<td>{e(str((cfg.get('meta') or {}).get('reason', '')))}</td><td>{_status(bool(r.get('success')))}</td>"
+            f"<td class='n'>{int(res.get('element_count') or 0):,}</td>"
             f"<td class='n'>{int(res.get('unexpected_count') or 0):,}</td>"
-            f"<td class='n'>{float(res.get('unexpected_percent') or 0):.2f}%</td></tr>"
+            f"<td class='n'>{int(rows_failing.get(name) or 0):,}</td></tr>"
         )
     body += ["</tbody></table>", "<p><a href='../index.html'>All files of this run</a></p>"]
     return _page(f"b12pipeline validation {key}", body)

@@ -1,14 +1,17 @@
 """Validate: run the Great Expectations suite on B12 rows; split valid rows from quarantine.
 
-GX is the authority on whether each expectation holds and on how many rows break it. It runs in
-BASIC mode (counts; SUMMARY's extra value and index tallies cost a fifth more at 1M rows, COMPLETE
-row lists seconds and gigabytes); the exact failing rows are then found by evaluating the same
-expectation in Polars, and the two counts must agree.
+Every expectation of the suite (and every check below) reads one column, and its verdict on a row
+depends only on that row's cell. So each column is validated once per distinct value: GX runs the
+column's expectations on the column's distinct values (a 1M-row extract has 4 HCPCS codes, not 1M),
+and a row fails where its cell is one of the failing values. GX is the authority on whether each
+expectation holds and on how many values break it. It runs in BASIC mode (counts only); the
+failing values are then found by evaluating the same expectation in Polars, and the two counts
+must agree.
 
 When they do not (the two regex engines read a pattern differently for some text), one odd cell
-must not stop the night: GX is asked again for that expectation alone, with its failing row
-indices, and every row either checker fails goes to quarantine; a row they disagree on carries
-both verdicts in its reason. The suite uses ASCII classes ([0-9], not \\d) so the engines agree.
+must not stop the night: GX is asked again for that expectation alone, with its failing value
+indices, and every value either checker fails sends its rows to quarantine; a row they disagree on
+carries both verdicts in its reason. The suite uses ASCII classes ([0-9], not \\d) so the engines agree.
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ from b12pipeline.ingest.canonical import scrub
 from b12pipeline.paths import schemas_dir
 
 DEFAULT_SUITE = "expectations/canonical_extract.json"
+RESULT_FORMAT = {"result_format": "BASIC", "partial_unexpected_count": 0}
 
-# Checks GX cannot express on text (a regex cannot know February has no 30th): same row-mask form,
-# applied only where the column passed its GX expectations (one reason per problem).
+# Checks GX cannot express on text (a regex cannot know February has no 30th): same value-mask
+# form, applied only where the column passed its GX expectations (one reason per problem).
 CALENDAR_CHECKS = {
     "b12_admin_time_is_a_calendar_time(admin_time)": (
         "admin_time",
@@ -44,6 +48,7 @@ CALENDAR_CHECKS = {
         "expiration_date is not a real calendar date",
     ),
 }
+SERVICE_DATE_CHECK = "b12_service_date_in_plausible_window(admin_time)"
 
 
 class SuiteError(RuntimeError):
@@ -54,8 +59,8 @@ class SuiteError(RuntimeError):
 class ValidationOutcome:
     valid: pl.DataFrame
     quarantine: pl.DataFrame  # canonical columns + failed_expectations + failure_reasons
-    unexpected_counts: dict[str, int] = field(default_factory=dict)  # counts only: no values
-    gx_result: dict | None = None  # GX's result (counts, no row values), rendered into Data Docs
+    unexpected_counts: dict[str, int] = field(default_factory=dict)  # rows per check: no values
+    gx_result: dict | None = None  # GX's results (counts, no values) and row counts, for the validation pages
 
     @property
     def rows(self) -> int:
@@ -70,7 +75,12 @@ class ValidationOutcome:
         for name, n in held["failed_expectations"].explode().value_counts().iter_rows():
             counts[name] = counts.get(name, 0) + n
         quarantine = pl.concat([self.quarantine, held.select(self.quarantine.columns)], how="vertical_relaxed")
-        return ValidationOutcome(valid=self.valid, quarantine=quarantine.sort("source_row"), unexpected_counts=counts)
+        return ValidationOutcome(
+            valid=self.valid,
+            quarantine=quarantine.sort("source_row"),
+            unexpected_counts=counts,
+            gx_result=self.gx_result,
+        )
 
 
 def expectation_name(config: dict) -> str:
@@ -78,7 +88,7 @@ def expectation_name(config: dict) -> str:
 
 
 def polars_mask(config: dict) -> pl.Expr:
-    """Rows that break one expectation, the way GX counts them (map expectations skip nulls)."""
+    """Values that break one expectation, the way GX counts them (map expectations skip nulls)."""
     kind, kw = config["type"], config["kwargs"]
     col = pl.col(kw["column"])
     if kind == "expect_column_values_to_not_be_null":
@@ -94,7 +104,7 @@ def polars_mask(config: dict) -> pl.Expr:
 
 
 class SuiteRunner:
-    """One ephemeral GX context, datasource and validation definition per suite file."""
+    """One ephemeral GX context and datasource per suite file, and the suite split by column."""
 
     def __init__(self, suite_path: Path):
         import great_expectations as gx
@@ -107,7 +117,9 @@ class SuiteRunner:
         self.path = suite_path
         self.spec = json.loads(suite_path.read_text())
         for exp in self.spec["expectations"]:
-            polars_mask(exp)  # refuse an expectation we cannot turn into exact row masks
+            if "column" not in exp["kwargs"]:
+                raise SuiteError(f"{suite_path}: {exp['type']} reads no single column; each check must read one")
+            polars_mask(exp)  # refuse an expectation we cannot turn into exact value masks
         self.context = gx.get_context(mode="ephemeral")
         self.context.enable_analytics(False)  # no usage telemetry from a process that holds PHI
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
@@ -121,67 +133,80 @@ class SuiteRunner:
                 f"{len(self.spec['expectations'])} expectations; dropped: {', '.join(dropped) or '?'}"
             )
         self.suite = self.context.suites.add(suite)
-        batch = (
+        self.column_suites = {
+            column: gx.ExpectationSuite(
+                name=f"{self.spec['name']}[{column}]",
+                expectations=[e for e in self.spec["expectations"] if e["kwargs"]["column"] == column],
+            )
+            for column in self.columns
+        }
+        self.batch_definition = (
             self.context.data_sources.add_pandas(name="extract")
-            .add_dataframe_asset(name="b12_rows")
+            .add_dataframe_asset(name="b12_values")
             .add_batch_definition_whole_dataframe("whole_frame")
-        )
-        self.batch_definition = batch
-        self.definition = self.context.validation_definitions.add(
-            gx.ValidationDefinition(name=self.spec["name"], data=batch, suite=self.suite)
         )
         self._lock = threading.Lock()
 
     @property
     def columns(self) -> list[str]:
-        """The columns the suite reads: GX's cost grows with the frame it is handed, not the suite."""
-        return sorted({e["kwargs"]["column"] for e in self.spec["expectations"] if "column" in e["kwargs"]})
+        """The columns the suite reads, in the suite's order."""
+        return list(dict.fromkeys(e["kwargs"]["column"] for e in self.spec["expectations"]))
 
-    def unexpected_counts(self, frame: pl.DataFrame) -> dict[str, int]:
-        return self.run(frame)[0]
-
-    def run(self, frame: pl.DataFrame) -> tuple[dict[str, int], dict]:
-        """Counts per expectation, and the GX result as JSON for the run's Data Docs.
+    def run(self, values: dict[str, pl.DataFrame]) -> tuple[dict[str, int], dict]:
+        """GX on each column's distinct values: failing values per expectation, and the results as
+        JSON (counts of values, no value itself) in the suite's order.
 
         partial_unexpected_count 0: GX would otherwise keep up to 20 failing values per expectation
-        (patient and admin ids among them); counts are all we need, and all we keep.
-        """
-        batch = frame.select(self.columns).to_pandas()
-        with self._lock:
-            result = self.definition.run(
-                batch_parameters={"dataframe": batch},
-                result_format={"result_format": "BASIC", "partial_unexpected_count": 0},
-            )
-        counts = {}
-        for r in result.results:
-            cfg = r.expectation_config
-            if cfg is None:  # GX returns each result with its expectation; without it nothing names the count
-                raise SuiteError(f"{self.path}: GX returned a validation result without its expectation")
-            name = f"{cfg.type}({cfg.kwargs.get('column', '')})"
-            if r.exception_info and r.exception_info.get("raised_exception"):
-                # GX passes on the underlying error's text, which can quote the cell it failed on
-                why = scrub(Exception(r.exception_info.get("exception_message") or "an exception"))
-                raise SuiteError(f"{self.path}: {name} raised in GX: {why}")
-            counts[name] = int(r.result.get("unexpected_count") or 0)
-        return counts, result.to_json_dict()
+        (patient and admin ids among them); counts are all we need, and all we keep."""
+        by_name: dict[str, dict] = {}
+        for column, suite in self.column_suites.items():
+            batch = values[column].to_pandas()
+            with self._lock:
+                result = self.batch_definition.get_batch(batch_parameters={"dataframe": batch}).validate(
+                    suite, result_format=RESULT_FORMAT
+                )
+            for r in result.results:
+                cfg = r.expectation_config
+                if cfg is None:  # GX returns each result with its expectation; without it nothing names the count
+                    raise SuiteError(f"{self.path}: GX returned a validation result without its expectation")
+                name = f"{cfg.type}({cfg.kwargs.get('column', '')})"
+                if r.exception_info and r.exception_info.get("raised_exception"):
+                    # GX passes on the underlying error's text, which can quote the cell it failed on
+                    why = scrub(Exception(r.exception_info.get("exception_message") or "an exception"))
+                    raise SuiteError(f"{self.path}: {name} raised in GX: {why}")
+                by_name[name] = r.to_json_dict()
+        ordered = [by_name[expectation_name(e)] for e in self.spec["expectations"]]
+        passed = sum(1 for r in ordered if r.get("success"))
+        combined = {
+            "suite_name": self.spec["name"],
+            "success": passed == len(ordered),
+            "statistics": {
+                "evaluated_expectations": len(ordered),
+                "successful_expectations": passed,
+                "unsuccessful_expectations": len(ordered) - passed,
+                "success_percent": 100.0 * passed / len(ordered) if ordered else 100.0,
+            },
+            "results": ordered,
+        }
+        counts = {name: int((r.get("result") or {}).get("unexpected_count") or 0) for name, r in by_name.items()}
+        return counts, combined
 
-    def failing_rows(self, frame: pl.DataFrame, name: str) -> pl.Series:
-        """GX's own row verdicts for one expectation (True = fails), for the rare frame where its
-        count and the Polars mask disagree. COMPLETE lists values too: only the indices are kept."""
+    def failing_values(self, values: pl.DataFrame, name: str) -> pl.Series:
+        """GX's own verdicts for one expectation on a column's values (True = fails), for the rare
+        case where its count and the Polars mask disagree. COMPLETE lists values too: only the
+        indices are kept."""
         import great_expectations as gx
 
         spec = next(e for e in self.spec["expectations"] if expectation_name(e) == name)
         suite = gx.ExpectationSuite(name=f"{self.spec['name']}-recheck", expectations=[spec])
         expectation = suite.expectations[0]
-        batch = frame.select(spec["kwargs"]["column"]).to_pandas()
         with self._lock:
-            result = self.batch_definition.get_batch(batch_parameters={"dataframe": batch}).validate(
+            result = self.batch_definition.get_batch(batch_parameters={"dataframe": values.to_pandas()}).validate(
                 expectation, result_format={"result_format": "COMPLETE"}
             )
-        failed = [int(i) for i in result.result.get("unexpected_index_list") or []]
-        mask = [False] * frame.height
-        for i in failed:
-            mask[i] = True
+        mask = [False] * values.height
+        for i in result.result.get("unexpected_index_list") or []:
+            mask[int(i)] = True
         return pl.Series(name, mask, dtype=pl.Boolean)
 
 
@@ -190,13 +215,83 @@ def suite_runner(suite_path: Path | None = None) -> SuiteRunner:
     return SuiteRunner(Path(suite_path) if suite_path else schemas_dir() / DEFAULT_SUITE)
 
 
-SERVICE_DATE_CHECK = "b12_service_date_in_plausible_window(admin_time)"
-
-
 def service_date_window(night: dt.date, config: SiteConfig) -> tuple[dt.date, dt.date]:
     """The plausible dates of service for a night's rows (site settings earliest_service_date and
     service_date_max_days_after_night): a year typed 1902 or 2204 is not a dose to bill."""
     return config.earliest_service_date, night + dt.timedelta(days=int(config.service_date_max_days_after_night))
+
+
+@dataclass
+class _Check:
+    name: str
+    column: str
+    reason: str
+    fails: pl.Series  # the verdict on each of the column's distinct values (True = fails)
+
+
+def _fails(values: pl.DataFrame, mask: pl.Expr) -> pl.Series:
+    return values.select(mask.fill_null(False)).to_series()
+
+
+def _checks(
+    runner: SuiteRunner, values: dict[str, pl.DataFrame], service_dates: tuple[dt.date, dt.date] | None
+) -> tuple[list[_Check], dict]:
+    """Every check's verdict on every distinct value, in the order reasons are listed: the suite's
+    expectations, the calendar checks, the service-date window, then any validator disagreement."""
+    gx_counts, gx_result = runner.run(values)
+    checks = [
+        _Check(
+            expectation_name(e),
+            e["kwargs"]["column"],
+            e.get("meta", {}).get("reason", expectation_name(e)),
+            _fails(values[e["kwargs"]["column"]], polars_mask(e)),
+        )
+        for e in runner.spec["expectations"]
+    ]
+
+    def and_passed_earlier_checks(fails: pl.Series, column: str) -> pl.Series:
+        """One reason per problem: a value an earlier check of its column failed is not failed again."""
+        for earlier in [c.fails for c in checks if c.column == column]:
+            fails = fails & ~earlier
+        return fails
+
+    for name, (column, mask, reason) in CALENDAR_CHECKS.items():
+        checks.append(_Check(name, column, reason, and_passed_earlier_checks(_fails(values[column], mask()), column)))
+    if service_dates is not None:
+        first, last = service_dates
+        day = normalize.local_timestamp().dt.date()
+        outside = _fails(values["admin_time"], day.is_not_null() & ~day.is_between(first, last))
+        # The window's ends are settings, not the row's value: the value itself is never quoted.
+        reason = (
+            f"admin_time: the date of service is outside the plausible window {first}..{last} "
+            "(earliest_service_date .. the night + service_date_max_days_after_night)"
+        )
+        checks.append(
+            _Check(SERVICE_DATE_CHECK, "admin_time", reason, and_passed_earlier_checks(outside, "admin_time"))
+        )
+    for name, gx_count in gx_counts.items():
+        check = next(c for c in checks if c.name == name)
+        if int(check.fails.sum()) == gx_count:
+            continue
+        ours, theirs = check.fails, runner.failing_values(values[check.column], name)
+        check.fails = ours & theirs  # both say it fails
+        for label, fails in (
+            (f"validators_disagree({name}): GX fails, Polars passes", theirs & ~ours),
+            (f"validators_disagree({name}): Polars fails, GX passes", ours & ~theirs),
+        ):
+            verdict = label.split(": ", 1)[1]
+            checks.append(_Check(label, check.column, f"{check.reason} ({verdict}: held for review)", fails))
+    return checks, gx_result
+
+
+def _row_mask(check: _Check, values: pl.DataFrame) -> pl.Expr | None:
+    """The rows whose cell is one of the check's failing values; None when no value fails."""
+    failing = values.filter(check.fails).to_series()
+    if failing.len() == 0:
+        return None
+    col = pl.col(check.column)
+    mask = col.is_in(failing.drop_nulls().implode()).fill_null(False)
+    return mask | col.is_null() if failing.null_count() else mask
 
 
 def validate(
@@ -207,67 +302,37 @@ def validate(
     `service_dates` (first, last): rows whose date of service (admin_time's local date as written)
     falls outside are quarantined too (service_date_window)."""
     runner = suite_runner(suite_path)
+    no_quarantine = frame.clear().with_columns(
+        pl.lit(None, dtype=pl.List(pl.String)).alias("failed_expectations"),
+        pl.lit(None, dtype=pl.String).alias("failure_reasons"),
+    )
     if frame.height == 0:
-        empty_q = frame.with_columns(
-            pl.lit([], dtype=pl.List(pl.String)).alias("failed_expectations"),
-            pl.lit(None, dtype=pl.String).alias("failure_reasons"),
+        return ValidationOutcome(valid=frame, quarantine=no_quarantine)
+    values = {column: frame.select(pl.col(column).unique()) for column in runner.columns}
+    checks, gx_result = _checks(runner, values, service_dates)
+    masks = {i: m for i, c in enumerate(checks) if (m := _row_mask(c, values[c.column])) is not None}
+    gx_result["rows_checked"] = frame.height
+    if not masks:
+        gx_result["rows_failing"] = {}
+        return ValidationOutcome(valid=frame, quarantine=no_quarantine, gx_result=gx_result)
+    flags = frame.select([m.alias(f"_f{i}") for i, m in masks.items()])
+    counts = {checks[i].name: int(flags[f"_f{i}"].sum()) for i in masks}
+    gx_result["rows_failing"] = counts
+    bad = flags.select(pl.any_horizontal(pl.all())).to_series()
+    failed = pl.concat_list([pl.when(pl.col(f"_f{i}")).then(pl.lit(checks[i].name)) for i in masks])
+    why = pl.concat_list([pl.when(pl.col(f"_f{i}")).then(pl.lit(checks[i].reason)) for i in masks])
+    quarantine = (
+        pl.concat([frame, flags], how="horizontal")
+        .filter(bad)
+        .select(
+            *frame.columns,
+            failed.list.drop_nulls().alias("failed_expectations"),
+            why.list.drop_nulls().list.join("; ").alias("failure_reasons"),
         )
-        return ValidationOutcome(valid=frame, quarantine=empty_q.clear())
-    gx_counts, gx_result = runner.run(frame)
-    names, masks, reasons = [], [], []
-    by_column: dict[str, list[pl.Expr]] = {}
-    for exp in runner.spec["expectations"]:
-        names.append(expectation_name(exp))
-        masks.append(polars_mask(exp))
-        reasons.append(exp.get("meta", {}).get("reason", expectation_name(exp)))
-        by_column.setdefault(exp["kwargs"].get("column", ""), []).append(masks[-1])
-    for name, (column, mask, reason) in CALENDAR_CHECKS.items():
-        names.append(name)
-        earlier = by_column.get(column, [])
-        masks.append(mask() & ~pl.any_horizontal([m.fill_null(False) for m in earlier]) if earlier else mask())
-        reasons.append(reason)
-        by_column.setdefault(column, []).append(masks[-1])
-    if service_dates is not None:
-        first, last = service_dates
-        day = normalize.local_timestamp().dt.date()
-        names.append(SERVICE_DATE_CHECK)
-        outside = day.is_not_null() & ~day.is_between(first, last)
-        masks.append(outside & ~pl.any_horizontal([m.fill_null(False) for m in by_column.get("admin_time", [])]))
-        # The window's ends are settings, not the row's value: the value itself is never quoted.
-        reasons.append(
-            f"admin_time: the date of service is outside the plausible window {first}..{last} "
-            "(earliest_service_date .. the night + service_date_max_days_after_night)"
-        )
-    flags = frame.select([m.fill_null(False).alias(f"_f{i}") for i, m in enumerate(masks)])
-    counts = {name: int(flags[f"_f{i}"].sum()) for i, name in enumerate(names)}
-    for name, gx_count in gx_counts.items():
-        if counts.get(name) != gx_count:
-            i = names.index(name)
-            ours, theirs = flags[f"_f{i}"], runner.failing_rows(frame, name)
-            verdicts = {
-                f"validators_disagree({name}): GX fails, Polars passes": theirs & ~ours,
-                f"validators_disagree({name}): Polars fails, GX passes": ours & ~theirs,
-            }
-            flags = flags.with_columns((ours & theirs).alias(f"_f{i}"))  # both say it fails
-            counts[name] = int(flags[f"_f{i}"].sum())
-            for label, rows in verdicts.items():
-                names.append(label)
-                reasons.append(f"{reasons[i]} ({label.split(': ', 1)[1]}: held for review)")
-                flags = flags.with_columns(rows.alias(f"_f{len(names) - 1}"))
-                counts[label] = int(rows.sum())
-    failed = pl.concat_list([pl.when(pl.col(f"_f{i}")).then(pl.lit(n)) for i, n in enumerate(names)]).list.drop_nulls()
-    why = (
-        pl.concat_list([pl.when(pl.col(f"_f{i}")).then(pl.lit(r)) for i, r in enumerate(reasons)])
-        .list.drop_nulls()
-        .list.join("; ")
     )
-    marked = pl.concat([frame, flags], how="horizontal").with_columns(
-        failed.alias("failed_expectations"), why.alias("failure_reasons")
-    )
-    bad = pl.col("failed_expectations").list.len() > 0
     return ValidationOutcome(
-        valid=marked.filter(~bad).select(frame.columns),
-        quarantine=marked.filter(bad).select(*frame.columns, "failed_expectations", "failure_reasons"),
+        valid=frame.filter(~bad),
+        quarantine=quarantine,
         unexpected_counts={k: v for k, v in counts.items() if v},
         gx_result=gx_result,
     )

@@ -132,3 +132,21 @@ def test_too_many_failing_rows_rejects_the_whole_file(tmp_path, fixtures_dir, ru
     kept = tmp_path / "out" / "rejected" / res.rejected_as
     assert kept.read_bytes() == bad.read_bytes() and res.rejected_as.startswith("mostly_bad-")
     assert "mostly_bad.csv" in kept.with_name(f"{kept.name}.error.txt").read_text()
+
+
+def test_gx_checks_each_distinct_value_once_and_every_row_holding_a_failing_value_is_quarantined(fixtures_dir):
+    """Forty rows share one malformed dose and one row has another: GX counts two failing values,
+    and all 41 rows are quarantined with the row count recorded beside GX's results."""
+    frame = validate(read_extract(fixtures_dir / NIGHT_CSV).frame).valid.filter(pl.col("dose_value").is_not_null())
+    many = pl.concat([frame.head(1)] * 40).with_columns(
+        pl.format("MAR-DUP-{}", pl.int_range(40)).alias("admin_id"), pl.lit("1000 mcg").alias("dose_value")
+    )
+    other = frame.slice(1, 1).with_columns(pl.lit("one thousand").alias("dose_value"))
+    rows = pl.concat([frame.slice(2), many, other])
+    outcome = validate(rows)
+    name = "expect_column_values_to_match_regex(dose_value)"
+    (gx,) = [r for r in outcome.gx_result["results"] if r["expectation_config"]["kwargs"]["column"] == "dose_value"]
+    assert gx["result"]["unexpected_count"] == 2 and gx["result"]["element_count"] < rows.height
+    held = outcome.quarantine.filter(pl.col("failed_expectations").list.contains(name))
+    assert held.height == outcome.unexpected_counts[name] == outcome.gx_result["rows_failing"][name] == 41
+    assert outcome.gx_result["rows_checked"] == rows.height == outcome.rows

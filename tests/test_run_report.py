@@ -85,8 +85,10 @@ def test_gx_results_keep_counts_but_no_sample_values(two_nights):
     results = list((run_dir(out, m) / "gx_results").glob("*.json"))
     assert len(results) == 1
     saved = json.loads(results[0].read_text())
-    failing = {
-        r["expectation_config"]["kwargs"].get("column"): r["result"]["unexpected_count"]
+    failing = {  # GX's count of failing distinct values, per expectation
+        f"{r['expectation_config']['type']}({r['expectation_config']['kwargs'].get('column')})": r["result"][
+            "unexpected_count"
+        ]
         for r in saved["results"]
         if not r["success"]
     }
@@ -94,11 +96,19 @@ def test_gx_results_keep_counts_but_no_sample_values(two_nights):
     assert all(not r["result"].get("partial_unexpected_list") for r in saved["results"])
     counts_json = json.loads((run_dir(out, m) / "validation.json").read_text())
     recorded = next(iter(counts_json["files"].values()))["unexpected_counts"]
-    for column, n in failing.items():
-        assert any(name.endswith(f"({column})") and v == n for name, v in recorded.items())
+    (staged,) = m["inputs"]
+    assert saved["rows_checked"] == staged["in_scope"] + staged["quarantined"]  # every B12 row, not the values
+    for name, values in failing.items():  # rows failing: at least one per failing value, as the run recorded
+        assert recorded[name] == saved["rows_failing"][name] >= values > 0
     page = next((run_dir(out, m) / "validation" / "validations").rglob("*.html")).read_text()
-    for column, n in failing.items():  # the file's page shows each failing expectation's count
-        assert re.search(rf"<td>{column}</td>.*?<span class='failed'>failed</span></td><td class='n'>{n:,}</td>", page)
+    for name, values in failing.items():  # the file's page shows values and rows failing
+        column = name.split("(", 1)[1].rstrip(")")
+        rows = saved["rows_failing"][name]
+        assert re.search(
+            rf"<td>{column}</td>.*?<span class='failed'>failed</span></td><td class='n'>[0-9,]+</td>"
+            rf"<td class='n'>{values:,}</td><td class='n'>{rows:,}</td>",
+            page,
+        )
 
 
 @pytest.mark.parametrize(
