@@ -267,14 +267,31 @@ def npi_valid(col: str = "ordering_provider_npi") -> pl.Expr:
 # --- the facts frame ----------------------------------------------------------------------------
 
 
-def by_value(frame: pl.DataFrame, column: str, derived: dict[str, pl.Expr]) -> pl.DataFrame:
-    """Add `derived` columns computed once per distinct value of `column`, joined back in row order.
+def lookup(frame: pl.DataFrame, on: str | list[str], table: pl.DataFrame, nulls_equal: bool = True) -> list[pl.Series]:
+    """`table`'s other columns for each row of `frame`, in row order (null where the key is not in it).
+
+    Only the key columns are joined, never the whole frame: a join gathers every column it carries,
+    and the facts frame has about 90 (a join of all of them per derivation was most of this step's
+    time and memory at a million rows). `table` has one row per key.
+    """
+    keys = [on] if isinstance(on, str) else on
+    found = frame.select(keys).join(table, on=keys, how="left", nulls_equal=nulls_equal, maintain_order="left")
+    return found.drop(keys).get_columns()
+
+
+def by_value(frame: pl.DataFrame, column: str, derived: dict[str, pl.Expr]) -> list[pl.Series]:
+    """`derived` columns computed once per distinct value of `column`, in `frame`'s row order.
 
     Codes, units, routes, modifiers and diagnoses take a few hundred distinct values in a million
     rows: deriving on the distinct values and joining is several times cheaper than regexes per row.
     """
-    table = frame.select(pl.col(column)).unique().with_columns(**derived)
-    return frame.join(table, on=column, how="left", nulls_equal=True, maintain_order="left")
+    return lookup(frame, column, frame.select(pl.col(column)).unique().with_columns(**derived))
+
+
+def per_value(frame: pl.DataFrame, column: str, parsed: pl.Expr) -> pl.Series:
+    """`column` replaced by `parsed`, computed once per distinct value (as by_value)."""
+    (values,) = by_value(frame, column, {"_parsed": parsed})
+    return values.alias(column)
 
 
 def dx_facts(cfg: SiteConfig, codes: pl.DataFrame) -> pl.DataFrame:
@@ -330,39 +347,9 @@ def facts(valid: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame:
     )
     unit = enum_text("dose_unit").str.replace(r"s$", "")
     em = pl.col("em_codes")
-    df = valid.join(ndc_table, on="ndc", how="left", nulls_equal=True, maintain_order="left")
-    df = df.join(rx, on="rxnorm_code", how="left", maintain_order="left")
-    df = df.join(dx_facts(cfg, valid), on="diagnosis_codes", how="left", nulls_equal=True, maintain_order="left")
-    df = by_value(
-        df,
-        "mar_action",
-        {"given": enum_text("mar_action").is_in(list(cfg.given_actions)).fill_null(False)},
-    )
-    df = by_value(df, "medication_name", {"name_ingredient": name_ingredient()})
-    df = by_value(df, "route", {"route_class": route_class()})
-    df = by_value(
-        df,
-        "dose_unit",
-        {
-            "_unit": pl.when(unit.is_in(MCG_UNITS))
-            .then(pl.lit("mcg"))
-            .when(unit.is_in(MG_UNITS))
-            .then(pl.lit("mg"))
-            .when(unit.is_in(G_UNITS))
-            .then(pl.lit("g"))
-            .when(unit.is_in(ML_UNITS))
-            .then(pl.lit("ml"))
-            .otherwise(None)
-        },
-    )
-    df = by_value(df, "charge_modifiers", {"modifiers": code_list("charge_modifiers")})
-    df = by_value(df, "same_day_em_codes", {"em_codes": code_list("same_day_em_codes")})
-    df = by_value(df, "ordering_provider_npi", {"npi_valid": npi_valid()})
-    df = by_value(df, "expiration_date", {"_expiry": expiry_date()})
-    df = df.with_columns(
+    # Typed values of the contract's text columns, which they replace.
+    typed = valid.select(
         local_timestamp().alias("admin_time"),
-        utc_offset_minutes().alias("_offset"),
-        pl.col("_expiry").alias("expiration_date"),
         number("dose_value").alias("dose_value"),
         # A zero concentration or volume is unknown, like an empty one (docs/decisions.md).
         positive(number("concentration_mcg_per_ml")).alias("concentration_mcg_per_ml"),
@@ -370,14 +357,61 @@ def facts(valid: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame:
         number("waste_mcg").alias("waste_mcg"),
         number("charge_ndc_qty").alias("charge_ndc_qty"),
         pl.col("charge_units").cast(pl.Int64, strict=False).alias("charge_units"),
-        pl.col("charge_hcpcs").str.to_uppercase().str.strip_chars().alias("charge_hcpcs"),
-        pl.col("admin_cpt").str.to_uppercase().str.strip_chars().alias("admin_cpt"),
-        enum_text("charge_ndc_unit").str.to_uppercase().alias("charge_ndc_unit"),
-        enum_text("payer_type").alias("payer_type"),
-        enum_text("claim_type").fill_null("professional").alias("claim_type"),
-        enum_text("container_type").alias("container_type"),
-        pl.col("place_of_service").str.zfill(2).alias("place_of_service"),
-    ).with_columns(
+        utc_offset_minutes().alias("_offset"),
+    ).rechunk()
+    # Codes and enumerations: a few distinct values each, so parsed once per value.
+    coded = [
+        per_value(valid, "charge_hcpcs", pl.col("charge_hcpcs").str.to_uppercase().str.strip_chars()),
+        per_value(valid, "admin_cpt", pl.col("admin_cpt").str.to_uppercase().str.strip_chars()),
+        per_value(valid, "charge_ndc_unit", enum_text("charge_ndc_unit").str.to_uppercase()),
+        per_value(valid, "payer_type", enum_text("payer_type")),
+        per_value(valid, "claim_type", enum_text("claim_type").fill_null("professional")),
+        per_value(valid, "container_type", enum_text("container_type")),
+        per_value(valid, "place_of_service", pl.col("place_of_service").str.zfill(2)),
+    ]
+    # Each lookup joins only its key column, never the whole frame (lookup()).
+    looked_up = [
+        *lookup(valid, "ndc", ndc_table),
+        *lookup(valid, "rxnorm_code", rx.unique("rxnorm_code", keep="first"), nulls_equal=False),
+        *lookup(valid, "diagnosis_codes", dx_facts(cfg, valid)),
+        *by_value(
+            valid, "mar_action", {"given": enum_text("mar_action").is_in(list(cfg.given_actions)).fill_null(False)}
+        ),
+        *by_value(valid, "medication_name", {"name_ingredient": name_ingredient()}),
+        *by_value(valid, "route", {"route_class": route_class()}),
+        *by_value(
+            valid,
+            "dose_unit",
+            {
+                "_unit": pl.when(unit.is_in(MCG_UNITS))
+                .then(pl.lit("mcg"))
+                .when(unit.is_in(MG_UNITS))
+                .then(pl.lit("mg"))
+                .when(unit.is_in(G_UNITS))
+                .then(pl.lit("g"))
+                .when(unit.is_in(ML_UNITS))
+                .then(pl.lit("ml"))
+                .otherwise(None)
+            },
+        ),
+        *by_value(valid, "charge_modifiers", {"modifiers": code_list("charge_modifiers")}),
+        *by_value(valid, "same_day_em_codes", {"em_codes": code_list("same_day_em_codes")}),
+        *by_value(valid, "ordering_provider_npi", {"npi_valid": npi_valid()}),
+        *by_value(valid, "expiration_date", {"_expiry": expiry_date()}),
+    ]
+    # History comes as one chunk per date file, and a frame whose columns are chunked differently
+    # is realigned (copied) by every select, join and with_columns after this: that cost more than
+    # all the derivations together at a million rows (365 chunks). The rest of the canonical frame
+    # is made one chunk once; the text columns replaced above are left out of that copy.
+    replaced = [*typed.columns, *(c.name for c in coded), "expiration_date"]
+    df = (
+        valid.drop([c for c in replaced if c in valid.columns])
+        .rechunk()
+        .with_columns(*looked_up, *typed.drop("_offset"), *coded, typed["_offset"])
+        .with_columns(pl.col("_expiry").alias("expiration_date"))
+    )
+    new = [c for c in df.columns if c not in set(valid.columns)]
+    df = df.select(*valid.columns, *new).with_columns(
         # The date of service is the local date as written; DUP-001 compares instants (crossrow.py).
         pl.col("admin_time").dt.date().alias("service_date"),
         instant(pl.col("admin_time"), pl.col("_offset"), cfg.time_zone).alias("admin_instant"),
@@ -450,7 +484,7 @@ def cms_facts(df: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame
         listed.append(noc.frame.select("ndc11", pl.lit(NOC).alias("hcpcs")))
     if listed:
         codes = pl.concat(listed).unique().group_by("ndc11").agg(pl.col("hcpcs").sort().alias("_codes"))
-        df = df.join(codes, on="ndc11", how="left", maintain_order="left")
+        df = df.with_columns(*lookup(df, "ndc11", codes, nulls_equal=False))
         ok = pl.col("_codes").list.contains(pl.col("charge_hcpcs")) | (
             pl.col("_codes").list.contains(NOC) & pl.col("charge_hcpcs").is_in(list(cfg.unclassified_codes))
         )
@@ -476,7 +510,7 @@ def cms_facts(df: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame
             pl.col("bill_units").cast(pl.Float64, strict=False).alias("_bill_units"),
             pl.col("bill_units_pkg").cast(pl.Float64, strict=False).alias("_bill_units_pkg"),
         ).unique(["ndc11", "charge_hcpcs"], keep="first")
-        df = df.join(units, on=["ndc11", "charge_hcpcs"], how="left", maintain_order="left")
+        df = df.with_columns(*lookup(df, ["ndc11", "charge_hcpcs"], units, nulls_equal=False))
         # ML: mL given x billing units per mL of the item (BILLUNITS / PKG SIZE); UN: packages x BILLUNITSPKG.
         raw = (
             pl.when(pl.col("charge_ndc_unit") == "ML")
@@ -501,7 +535,7 @@ def cms_facts(df: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame
     ]
     if mue_tables:
         mue = pl.concat(mue_tables).unique(["charge_hcpcs", "claim_type"], keep="first")
-        df = df.join(mue, on=["charge_hcpcs", "claim_type"], how="left", maintain_order="left")
+        df = df.with_columns(*lookup(df, ["charge_hcpcs", "claim_type"], mue, nulls_equal=False))
     else:
         df = df.with_columns(
             pl.lit(None, dtype=pl.Int64).alias("mue_value"), pl.lit(None, dtype=pl.String).alias("mue_mai")
