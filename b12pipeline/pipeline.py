@@ -282,12 +282,14 @@ def apply_staged(staged: list[str], out: Path | str, rules: Rules, run_id: str, 
     # Patients whose rows change tonight: the night's, and those of rows a correction supersedes.
     changed = patients_of(layout.history, rows) if rows is not None else None
     touched = merge_into_history(layout.history, rows) if rows is not None else []
+    merged = rows.height if rows is not None else 0
+    del rows  # in history now: the evaluation reads what it needs back (a 1M-row night holds ~0.4 GB here)
     # A late row or a correction on an earlier date changes what later dates see as their history:
     # re-evaluate those too, so nights and a history re-run agree (docs/history.md). On those later
     # dates only the changed patients' findings can differ (cross-row facts are per patient).
     later = dependent_dates(layout.history, touched, rules.config)
     progress.step(
-        f"history: {rows.height if rows is not None else 0:,} rows merged, {len(touched):,} date(s) to "
+        f"history: {merged:,} rows merged, {len(touched):,} date(s) to "
         f"evaluate, {len(later):,} later date(s) for their patients"
     )
     per_queue = evaluate_dates(out, touched, rules, run_id, engine)

@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from b12pipeline.engine.rulefile import QUEUES, SEVERITIES
-from b12pipeline.history import read_history
+from b12pipeline.history import history_paths
 from b12pipeline.paths import OutputLayout
 from b12pipeline.queues import PART_NAME, partition_dir
 
@@ -89,16 +89,29 @@ def findings_by_origin(layout: OutputLayout, dates: list[dt.date]) -> dict[str, 
         return empty
     parts = [p for q in QUEUES for d in dates if (p := partition_dir(layout.queues, q, d) / PART_NAME).exists()]
     found = (
-        pl.concat([pl.read_parquet(p, columns=["admin_id"]) for p in parts])
+        pl.scan_parquet(
+            parts, schema={"admin_id": pl.String}, extra_columns="ignore", hive_partitioning=False
+        ).collect()
         if parts
         else pl.DataFrame(schema={"admin_id": pl.String})
     )
-    rows = read_history(layout.history, min(dates), max(dates))
-    if found.height == 0 or rows is None:
+    first, last = min(dates), max(dates)
+    paths = [p for day, p in sorted(history_paths(layout.history).items()) if first <= day <= last]
+    if found.height == 0 or not paths:
         return empty
-    origin = rows.select(
-        "admin_id", *[pl.col(c) if c in rows.columns else pl.lit(None, pl.String).alias(c) for c in empty]
-    ).unique("admin_id", keep="last")
+    # Only the columns aggregated here (a partition written before one existed reads it as empty).
+    origin = (
+        pl.scan_parquet(
+            paths,
+            schema={"admin_id": pl.String, **{c: pl.String for c in empty}},
+            missing_columns="insert",
+            extra_columns="ignore",
+            hive_partitioning=False,
+        )
+        .filter(pl.col("admin_id").is_in(found["admin_id"].unique().implode()))
+        .collect()
+        .unique("admin_id", keep="last")
+    )
     joined = found.join(origin, on="admin_id", how="left")
     result = {}
     for col in empty:

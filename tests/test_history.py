@@ -133,6 +133,44 @@ def test_a_merge_across_many_dates_keeps_exactly_the_last_version_of_each_admin(
     assert touched == sorted(changed | {d for d in before if any(a in before[d] for a, _, _ in second)})
 
 
+def test_reading_dates_in_groups_returns_the_same_rows_in_the_same_order(tmp_path, monkeypatch):
+    """read_for_dates collects its files a few at a time: any group size gives the rows a plain
+    read of the whole history says it should (the dates' rows, then the same patients' earlier rows
+    within the look-back), in date order and each file's own order."""
+    import b12pipeline.history as history
+
+    rnd = random.Random(3)
+    days = [dt.date(2024, 1, 1) + dt.timedelta(days=i) for i in range(50)]
+    specs = [
+        {
+            "admin_id": f"A{i:04d}",
+            "patient_id": f"P{rnd.randrange(40)}",
+            "admin_time": f"{rnd.choice(days).isoformat()}T{rnd.randrange(24):02d}:00:00",
+            "dose_value": "1000",
+        }
+        for i in range(800)
+    ]
+    merge_into_history(tmp_path, case_frame(specs))
+    wanted, lookback = [days[30], days[41], days[49]], 20
+    everything = read_history(tmp_path)
+    service_date = pl.col("admin_time").str.slice(0, 10).str.to_date()
+    on_dates = everything.filter(service_date.is_in(wanted))
+    context = everything.filter(
+        service_date.is_between(wanted[0] - dt.timedelta(days=lookback), wanted[-1])
+        & ~service_date.is_in(wanted)
+        & pl.col("patient_id").is_in(on_dates["patient_id"].implode())
+    )
+    assert on_dates.height and context.height
+    expected = pl.concat([on_dates, context]).sort(service_date, maintain_order=True)
+    for group in (1, 3, 16, 1000):
+        monkeypatch.setattr(history, "COLLECT_GROUP", group)
+        assert history.read_for_dates(tmp_path, wanted, lookback).equals(expected), group
+        some = pl.Series(["P1", "P7"])
+        assert history.read_for_dates(tmp_path, wanted, lookback, some).equals(
+            expected.filter(pl.col("patient_id").is_in(some.implode()))
+        )
+
+
 # ---------------------------------------------------------------- archive
 
 

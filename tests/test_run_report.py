@@ -160,3 +160,25 @@ def test_report_names_rules_by_title_and_trends_findings_per_thousand(two_nights
     for night in manifests:
         per_thousand = 1000 * night["findings"]["total"] / night["totals"]["in_scope"]
         assert f"<td class='num'>{per_thousand:,.1f}</td>" in trend
+
+
+def test_origin_counts_read_only_the_found_rows_and_tolerate_a_partition_without_the_column(tmp_path):
+    """A history partition written before place_of_service existed counts as "(not recorded)"; rows
+    without a finding do not count."""
+    import polars as pl
+
+    from b12pipeline.paths import OutputLayout
+    from b12pipeline.queues import PART_NAME, atomic_write_parquet, partition_dir
+    from b12pipeline.report_html import findings_by_origin
+
+    layout = OutputLayout(tmp_path)
+    days = [dt.date(2024, 3, 1), dt.date(2024, 3, 2)]
+    old = pl.DataFrame({"admin_id": ["A1", "A2"], "ordering_provider_npi": ["1234567893", "1234567893"]})
+    new = pl.DataFrame({"admin_id": ["B1"], "place_of_service": ["11"], "ordering_provider_npi": ["1518060555"]})
+    for day, rows in zip(days, (old, new), strict=True):
+        atomic_write_parquet(rows, layout.history / f"service_date={day}" / PART_NAME)
+    for day, ids in zip(days, (["A1"], ["B1"]), strict=True):
+        atomic_write_parquet(pl.DataFrame({"admin_id": ids}), partition_dir(layout.queues, "coding", day) / PART_NAME)
+    origin = findings_by_origin(layout, days)
+    assert sorted(origin["place_of_service"]) == [("(not recorded)", 1), ("11", 1)]
+    assert sorted(origin["ordering_provider_npi"]) == [("1234567893", 1), ("1518060555", 1)]
