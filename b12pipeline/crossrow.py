@@ -33,7 +33,7 @@ def add_cross_row_facts(facts: pl.DataFrame, cfg: SiteConfig) -> pl.DataFrame:
 
 
 def cross_row_columns(
-    facts: pl.DataFrame, cfg: SiteConfig, columns: tuple[str, ...] = CROSS_ROW_COLUMNS
+    facts: pl.DataFrame, cfg: SiteConfig, columns: tuple[str, ...] = CROSS_ROW_COLUMNS, rows: pl.Expr | None = None
 ) -> pl.DataFrame:
     """The cross-row facts of every row of `facts`, in its row order (null/false where not applicable):
 
@@ -51,7 +51,9 @@ def cross_row_columns(
                                    instant, the one with the larger admin_id is "the later" and is
                                    flagged
 
-    Only `columns` are computed (a payer file that changes one window recomputes only its column).
+    Only `columns` are computed, and the FREQ-001 facts only on `rows` (null/false elsewhere): a
+    payer file that changes one window recomputes only its column, for its own rows (their
+    patients' injections under any payer still count).
     The work reads a few narrow columns and returns only the new ones: joining and sorting the whole
     facts frame (about 90 columns) cost more time and memory than the derivations themselves.
     """
@@ -64,12 +66,13 @@ def cross_row_columns(
         *keys,
         is_injection("antidote_use" in facts.columns).alias("_inj"),
         pl.int_range(pl.len(), dtype=pl.Int64).alias("_i"),
+        (pl.lit(True) if rows is None else rows).alias("_rows"),
     )
     found = []  # per derivation: (_i, its column) for the rows it applies to
     # Each patient (and ingredient) as a number: sorting and matching by numbers is several times
     # cheaper than by text. Which number a patient gets does not matter: it only groups rows.
     df = df.with_columns(_code(df, "patient_id").alias("_p"))
-    keyed = df.filter(pl.col("_p").is_not_null() & pl.col("service_date").is_not_null()).select(
+    keyed = df.filter(pl.col("_rows") & pl.col("_p").is_not_null() & pl.col("service_date").is_not_null()).select(
         "_i", "_p", "service_date"
     )
     # Injection days per patient: the only thing the two FREQ-001 facts need from other rows.
