@@ -33,7 +33,7 @@ def add_cross_row_facts(facts: pl.DataFrame, cfg: SiteConfig) -> pl.DataFrame:
 
 
 def cross_row_columns(
-    facts: pl.DataFrame, cfg: SiteConfig, columns: tuple[str, ...] = CROSS_ROW_COLUMNS
+    facts: pl.DataFrame, cfg: SiteConfig, columns: tuple[str, ...] = CROSS_ROW_COLUMNS, rows: pl.Expr | None = None
 ) -> pl.DataFrame:
     """The cross-row facts of every row of `facts`, in its row order (null/false where not applicable):
 
@@ -51,7 +51,9 @@ def cross_row_columns(
                                    instant, the one with the larger admin_id is "the later" and is
                                    flagged
 
-    Only `columns` are computed (a payer file that changes one window recomputes only its column).
+    Only `columns` are computed, and the FREQ-001 facts only on `rows` (null/false elsewhere): a
+    payer file that changes one window recomputes only its column, for its own rows (their
+    patients' injections under any payer still count).
     The work reads a few narrow columns and returns only the new ones: joining and sorting the whole
     facts frame (about 90 columns) cost more time and memory than the derivations themselves.
     """
@@ -64,15 +66,19 @@ def cross_row_columns(
         *keys,
         is_injection("antidote_use" in facts.columns).alias("_inj"),
         pl.int_range(pl.len(), dtype=pl.Int64).alias("_i"),
+        (pl.lit(True) if rows is None else rows).alias("_rows"),
     )
-    out = df.select("_i")
-    keyed = df.filter(pl.col("patient_id").is_not_null() & pl.col("service_date").is_not_null()).select(
-        "_i", "patient_id", "service_date"
+    found = []  # per derivation: (_i, its column) for the rows it applies to
+    # Each patient (and ingredient) as a number: sorting and matching by numbers is several times
+    # cheaper than by text. Which number a patient gets does not matter: it only groups rows.
+    df = df.with_columns(_code(df, "patient_id").alias("_p"))
+    keyed = df.filter(pl.col("_rows") & pl.col("_p").is_not_null() & pl.col("service_date").is_not_null()).select(
+        "_i", "_p", "service_date"
     )
     # Injection days per patient: the only thing the two FREQ-001 facts need from other rows.
     days = (
-        df.filter(pl.col("_inj") & pl.col("patient_id").is_not_null() & pl.col("service_date").is_not_null())
-        .select("patient_id", pl.col("service_date").alias("_day"))
+        df.filter(pl.col("_inj") & pl.col("_p").is_not_null() & pl.col("service_date").is_not_null())
+        .select("_p", pl.col("service_date").alias("_day"))
         .unique()
         .sort("_day")
     )
@@ -81,9 +87,7 @@ def cross_row_columns(
         latest = (
             keyed.with_columns(pl.col("service_date").dt.offset_by("-1d").alias("_key"))
             .sort("_key")
-            .join_asof(
-                days, left_on="_key", right_on="_day", by="patient_id", strategy="backward", check_sortedness=False
-            )
+            .join_asof(days, left_on="_key", right_on="_day", by="_p", strategy="backward", check_sortedness=False)
             .select(
                 "_i",
                 ((pl.col("service_date") - pl.col("_day")).dt.total_days() <= cfg.frequency_window_days)
@@ -91,15 +95,13 @@ def cross_row_columns(
                 .alias("prior_injection_within_window"),
             )
         )
-        out = out.join(latest, on="_i", how="left", maintain_order="left")
+        found.append(latest)
     if "days_since_first_injection" in columns:
         # Earliest injection day on or after DOS - lookback; it counts only if it is not after DOS.
         earliest = (
             keyed.with_columns(pl.col("service_date").dt.offset_by(f"-{cfg.frequency_lookback_days}d").alias("_key"))
             .sort("_key")
-            .join_asof(
-                days, left_on="_key", right_on="_day", by="patient_id", strategy="forward", check_sortedness=False
-            )
+            .join_asof(days, left_on="_key", right_on="_day", by="_p", strategy="forward", check_sortedness=False)
             .select(
                 "_i",
                 pl.when(pl.col("_day") <= pl.col("service_date"))
@@ -109,22 +111,22 @@ def cross_row_columns(
                 .alias("days_since_first_injection"),
             )
         )
-        out = out.join(earliest, on="_i", how="left", maintain_order="left")
+        found.append(earliest)
     if "duplicate_of_prior" in columns:
         # DUP-001: in (patient, ingredient, instant, admin_id) order the nearest earlier injection
         # is the row just before; if that one is outside the window, every earlier one is too.
-        same = pl.col("patient_id").eq(pl.col("patient_id").shift(1)) & pl.col("ingredient").eq(
-            pl.col("ingredient").shift(1)
-        )
+        # One number per (patient, ingredient): a sort by one number, then by time, is much
+        # cheaper than by two texts (a million rows).
+        df = df.with_columns(_code(df, "ingredient").alias("_g"))
+        pair = pl.col("_p") * ((df["_g"].max() or 0) + 1) + pl.col("_g")
+        same = pl.col("_pair").eq(pl.col("_pair").shift(1))
         gap = pl.col(moment) - pl.col(moment).shift(1)
         duplicates = (
-            df.filter(
-                pl.col("_inj")
-                & pl.col("patient_id").is_not_null()
-                & pl.col("ingredient").is_not_null()
-                & pl.col(moment).is_not_null()
-            )
-            .sort("patient_id", "ingredient", moment, "admin_id", nulls_last=True)
+            df.with_columns(pair.alias("_pair"))
+            .filter(pl.col("_inj") & pl.col("_pair").is_not_null() & pl.col(moment).is_not_null())
+            .select("_i", "_pair", moment, "admin_id")
+            # Only admin_id can be null here; nulls_last on every key takes a several times slower sort.
+            .sort("_pair", moment, "admin_id", nulls_last=[False, False, True])
             .select(
                 "_i",
                 (same & (gap <= pl.duration(minutes=cfg.duplicate_window_minutes)))
@@ -132,8 +134,23 @@ def cross_row_columns(
                 .alias("duplicate_of_prior"),
             )
         )
-        out = out.join(duplicates, on="_i", how="left", maintain_order="left")
+        found.append(duplicates)
     flags = [c for c in ("prior_injection_within_window", "duplicate_of_prior") if c in columns]
+    out = pl.DataFrame([_in_row_order(part, facts.height) for part in found])
     return out.select(
         [pl.col(c).fill_null(False) if c in flags else pl.col(c) for c in CROSS_ROW_COLUMNS if c in columns]
     )
+
+
+def _in_row_order(part: pl.DataFrame, height: int) -> pl.Series:
+    """`part`'s value column placed at its rows (`_i`) of a frame of `height` rows, null elsewhere."""
+    (name,) = (c for c in part.columns if c != "_i")
+    blank = pl.repeat(None, height, dtype=part.schema[name], eager=True).alias(name)
+    return blank.scatter(part["_i"], part[name])
+
+
+def _code(frame: pl.DataFrame, column: str) -> pl.Series:
+    """A number per distinct non-null value of `column` (0, 1, ...), null where it is null."""
+    values = frame.select(column).unique().drop_nulls().with_row_index("_code")
+    found = frame.select(column).join(values, on=column, how="left", maintain_order="left")
+    return found["_code"].cast(pl.Int64)

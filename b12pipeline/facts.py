@@ -35,11 +35,9 @@ def payer_facts(facts: pl.DataFrame, cfg: SiteConfig, payers: tuple[PayerOverrid
         own = p.config(cfg)
         mine = pl.col(PAYER_COLUMN) == p.id
         if "covered_dx_prefixes" in derived:
-            table = normalize.dx_facts(own, facts).select("diagnosis_codes", pl.col("dx_covered").alias("_own"))
-            facts = facts.join(table, on="diagnosis_codes", how="left", nulls_equal=True, maintain_order="left")
-            facts = facts.with_columns(
-                pl.when(mine).then(pl.col("_own")).otherwise(pl.col("dx_covered")).alias("dx_covered")
-            ).drop("_own")
+            table = normalize.dx_facts(own, facts).select("diagnosis_codes", "dx_covered")
+            (covered,) = normalize.lookup(facts, "diagnosis_codes", table)
+            facts = facts.with_columns(pl.when(mine).then(covered).otherwise(pl.col("dx_covered")).alias("dx_covered"))
         if "code_for_ingredient" in derived:
             code = pl.col("ingredient").replace_strict(own.code_for_ingredient, default=None, return_dtype=pl.String)
             facts = facts.with_columns(
@@ -48,6 +46,6 @@ def payer_facts(facts: pl.DataFrame, cfg: SiteConfig, payers: tuple[PayerOverrid
         # Only the columns the file's windows decide: the others come out the same as the site's.
         changed = tuple(c for c in CROSS_ROW_COLUMNS if any(c in DERIVED_SETTINGS[s] for s in derived))
         if changed:
-            again = cross_row_columns(facts, own, changed)
+            again = cross_row_columns(facts, own, changed, rows=mine)
             facts = facts.with_columns([pl.when(mine).then(again[c]).otherwise(pl.col(c)).alias(c) for c in changed])
     return facts

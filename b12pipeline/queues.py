@@ -94,14 +94,25 @@ def read_queue(queues_root: Path, queue: str | None = None, dates: list[dt.date]
         paths = [p for p in paths if p.parent.name in wanted]
     if not paths:
         return pl.DataFrame(schema=FINDING_COLUMNS)
-    frames = []
-    for p in paths:
-        day = dt.date.fromisoformat(p.parent.name.split("=", 1)[1])
-        frames.append(pl.read_parquet(p).with_columns(pl.lit(day).alias("service_date")))
-    # Partitions written before a column was added lack it: it reads as empty, not as an error.
-    found = pl.concat(frames, how="diagonal_relaxed")
-    found = found.with_columns(
-        [pl.lit(None, dtype=t).alias(c) for c, t in FINDING_COLUMNS.items() if c not in found.columns]
+    # One query over every partition (a file per partition read one by one cost ~1 s for 1,000 of
+    # them). Partitions written before a column was added lack it: it reads as empty, not as an error.
+    stored = {c: t for c, t in FINDING_COLUMNS.items() if c != "service_date"}
+    found = (
+        pl.scan_parquet(
+            paths,
+            schema=stored,
+            missing_columns="insert",
+            extra_columns="ignore",
+            hive_partitioning=False,
+            include_file_paths="_partition",
+        )
+        .with_columns(
+            pl.col("_partition")
+            .str.extract(r"service_date=([0-9]{4}-[0-9]{2}-[0-9]{2})[/\\][^/\\]+$", 1)
+            .str.to_date("%Y-%m-%d")
+            .alias("service_date")
+        )
+        .collect()
     )
     return found.select(list(FINDING_COLUMNS)).sort("service_date", "queue", "rule_id", "admin_id")
 

@@ -150,3 +150,30 @@ def test_gx_checks_each_distinct_value_once_and_every_row_holding_a_failing_valu
     held = outcome.quarantine.filter(pl.col("failed_expectations").list.contains(name))
     assert held.height == outcome.unexpected_counts[name] == outcome.gx_result["rows_failing"][name] == 41
     assert outcome.gx_result["rows_checked"] == rows.height == outcome.rows
+
+
+@pytest.mark.parametrize("limit", [None, 0])
+def test_scope_judged_once_per_combination_keeps_the_same_rows_in_file_order(tmp_path, rules, monkeypatch, limit):
+    """The B12 scope decided per distinct NDC/RxNorm/name combination keeps exactly the rows the
+    expression keeps row by row, in file order, and counts the rest (also past the combination
+    limit, where rows are filtered directly)."""
+    import b12pipeline.ingest as ingest
+    from b12pipeline import normalize, synth
+
+    if limit is not None:
+        monkeypatch.setattr(ingest, "MAX_SCOPE_COMBINATIONS", limit)
+    frame = synth.generate(3000, seed=5, b12_share=0.3).frame
+    # Blank some scope cells so null keys take part in the combinations.
+    frame = frame.with_columns(
+        pl.when(pl.int_range(pl.len()) % 7 == 0).then(None).otherwise(pl.col("rxnorm_code")).alias("rxnorm_code"),
+        pl.when(pl.int_range(pl.len()) % 11 == 0).then(None).otherwise(pl.col("ndc")).alias("ndc"),
+    )
+    path = tmp_path / "night.csv"
+    frame.write_csv(path)
+    scope = normalize.b12_scope(rules.reference)
+    extract = read_extract(path, keep=scope)
+    everything = read_extract(path).frame
+    expected = everything.filter(scope)
+    assert 0 < expected.height < everything.height
+    assert extract.frame.equals(expected)
+    assert extract.rows_skipped == everything.height - expected.height
