@@ -560,9 +560,7 @@ def cms_facts(df: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame
         )
     # MAI 1: units on the line; MAI 2 and 3: units on the date of service (the patient's lines of that
     # code that day), checked once, on the day's last line.
-    dos = ["patient_id", "service_date", "charge_hcpcs"]
-    day_units = pl.col("charge_units").sum().over(dos)
-    last_line = pl.col("admin_id") == pl.col("admin_id").sort_by(["admin_time", "admin_id"]).last().over(dos)
+    day_units, last_line = date_of_service_lines(df)
     per_line = pl.col("mue_mai") == "1"
     return df.with_columns(
         pl.when(pl.col("mue_value").is_null())
@@ -582,6 +580,34 @@ def cms_facts(df: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame
         .otherwise(pl.lit("on this date of service"))
         .alias("mue_scope"),
     )
+
+
+DATE_OF_SERVICE = ["patient_id", "service_date", "charge_hcpcs"]
+
+
+def date_of_service_lines(df: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
+    """Per row, over the patient's lines of its code on its date of service: their units summed
+    (an empty charge_units counts 0), and whether it is their last line (by admin_time, then
+    admin_id; null when its admin_id is empty).
+
+    Almost every such group is one line, whose answers are its own units and "yes": the windows
+    (a sort inside each group) run only on the rows of the others, several times cheaper at a
+    million rows than over every row."""
+    size = df.select(pl.len().over(DATE_OF_SERVICE)).to_series()
+    day_units = df["charge_units"].fill_null(0).alias("day_units")
+    last_line = df.select(pl.when(pl.col("admin_id").is_not_null()).then(True).alias("last_line")).to_series()
+    shared = (size > 1).arg_true()
+    if shared.len():
+        lines = df[shared].select(
+            pl.col("charge_units").sum().over(DATE_OF_SERVICE).alias("day_units"),
+            (
+                pl.col("admin_id")
+                == pl.col("admin_id").sort_by(["admin_time", "admin_id"]).last().over(DATE_OF_SERVICE)
+            ).alias("last_line"),
+        )
+        day_units = day_units.scatter(shared, lines["day_units"])
+        last_line = last_line.scatter(shared, lines["last_line"])
+    return day_units, last_line
 
 
 # --- derivations for the catalog rules (read dose_mcg, dose_ml, expected_units: run after them) --

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import random
 
 import polars as pl
 import pytest
@@ -211,6 +212,70 @@ def test_npi_luhn(npi, ok):
 def test_service_date_is_the_local_calendar_date(loaded, defaults):
     f = facts_of(loaded, defaults, {"admin_time": "2024-03-01T23:30:00-05:00"}, {"admin_time": "2024-03-02 00:10"})
     assert f["service_date"].to_list() == [dt.date(2024, 3, 1), dt.date(2024, 3, 2)]
+
+
+def test_timestamps_with_seconds_read_like_the_same_with_a_zero_fraction():
+    """local_timestamp reads `...HH:MM:SS` (no fraction) by a shorter path than the general one; a
+    `.0` fraction sends the same time through the general path: both must give the same answer,
+    for valid and invalid dates and times alike."""
+    rng = random.Random(3)
+    parts = {
+        "Y": ["2024", "2023", "0001", "9999"],
+        "m": ["00", "01", "02", "12", "13"],
+        "d": ["00", "01", "28", "29", "30", "31", "32"],
+        "H": ["00", "23", "24", "99"],
+        "M": ["00", "59", "60"],
+        "S": ["00", "59", "60", "61"],
+        "sep": ["T", " ", "t"],
+        "after": ["", "Z", "+05:00", "-0330", " ", "x"],  # not a digit: it would extend the fraction
+    }
+    plain, fraction = [], []
+    for _ in range(3000):
+        c = {k: rng.choice(v) for k, v in parts.items()}
+        head = f"{c['Y']}-{c['m']}-{c['d']}{c['sep']}{c['H']}:{c['M']}:{c['S']}"
+        plain.append(head + c["after"])
+        fraction.append(head + ".0" + c["after"])
+    read = pl.DataFrame({"plain": plain, "fraction": fraction}).select(
+        normalize.local_timestamp("plain"), normalize.local_timestamp("fraction").alias("general")
+    )
+    assert read["plain"].eq_missing(read["general"]).all()
+    assert 0 < read["plain"].null_count() < read.height - 100  # valid and invalid times were both generated
+
+
+def test_date_of_service_lines_match_the_window_definition():
+    """The day's units and last line (MUE-001) as plain windows over every row; the function runs
+    them only on groups of more than one line."""
+    rng = random.Random(4)
+    dos = normalize.DATE_OF_SERVICE
+    schema = {
+        "patient_id": pl.String,
+        "service_date": pl.Date,
+        "charge_hcpcs": pl.String,
+        "admin_time": pl.Datetime("us"),
+        "admin_id": pl.String,
+        "charge_units": pl.Int64,
+    }
+    t0 = dt.datetime(2024, 3, 1, 8)
+    for _ in range(200):
+        rows = [
+            {
+                "patient_id": rng.choice([None, "P1", "P2"]),
+                "service_date": rng.choice([None, t0.date(), t0.date() + dt.timedelta(days=1)]),
+                "charge_hcpcs": rng.choice([None, "J3420"]),
+                "admin_time": rng.choice([None, t0, t0 + dt.timedelta(hours=1)]),
+                "admin_id": rng.choice([None, "A1", "A2", "A3"]),
+                "charge_units": rng.choice([None, 1, 2]),
+            }
+            for _ in range(rng.randrange(0, 30))
+        ]
+        frame = pl.DataFrame(rows, schema=schema)
+        want = frame.select(
+            pl.col("charge_units").sum().over(dos).alias("day_units"),
+            (pl.col("admin_id") == pl.col("admin_id").sort_by(["admin_time", "admin_id"]).last().over(dos)).alias(
+                "last_line"
+            ),
+        )
+        assert pl.DataFrame(list(normalize.date_of_service_lines(frame))).equals(want)
 
 
 def test_month_year_expiry_is_the_month_end():
