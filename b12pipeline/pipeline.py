@@ -192,7 +192,7 @@ def stage_file(
     result.in_scope = outcome.valid.height
     if outcome.valid.height:
         staged = layout.staging / run_id / f"{key}.parquet"
-        atomic_write_parquet(outcome.valid, staged)
+        atomic_write_parquet(outcome.valid, staged, one_row_group=True)  # merge_into_history gathers from it
         result.staged = str(staged)
     return result
 
@@ -245,7 +245,7 @@ def findings_for_dates(
     canonical = read_for_dates(history, dates, lookback_days(rules.config), patients)
     if canonical is None:
         return empty_findings()
-    findings = _findings(canonical, dates, rules, run_id, engine)
+    findings = _findings_by_patient_group(canonical, dates, rules, run_id, engine)
     if patients is not None:
         findings = findings.filter(pl.col("patient_id").is_in(patients.unique().implode()))
     return findings
@@ -263,6 +263,26 @@ def dependent_dates(history_root: Path, changed: list[dt.date], cfg: SiteConfig)
     )
 
 
+# History rows evaluated at once. Facts take about twice the memory of the rows they come from;
+# a year of history in one piece held all of it at the same time.
+EVALUATE_ROWS = 200_000
+
+
+def _findings_by_patient_group(
+    canonical: pl.DataFrame, dates: list[dt.date], rules: Rules, run_id: str, engine: str = "polars"
+) -> pl.DataFrame:
+    """_findings in groups of whole patients of at most ~EVALUATE_ROWS rows, each group's facts let
+    go before the next: every fact is of one row or of one patient's rows (crossrow.py,
+    normalize.py's units per patient and day), so the findings are the same as in one piece; the
+    engine's order (date, queue, rule, admin) is restored across the groups."""
+    groups = -(-canonical.height // EVALUATE_ROWS)
+    if groups <= 1:
+        return _findings(canonical, dates, rules, run_id, engine)
+    group = canonical["patient_id"].hash(seed=0) % groups  # a row's group is its patient's (nulls: one)
+    parts = [_findings(canonical.filter(group == i), dates, rules, run_id, engine) for i in range(groups)]
+    return pl.concat(parts).sort("service_date", "queue", "rule_id", "admin_id")
+
+
 def _findings(
     canonical: pl.DataFrame, dates: list[dt.date], rules: Rules, run_id: str, engine: str = "polars"
 ) -> pl.DataFrame:
@@ -275,8 +295,8 @@ def apply_staged(staged: list[str], out: Path | str, rules: Rules, run_id: str, 
     """Merge the night's staged rows into history and re-evaluate every date they touched."""
     layout = OutputLayout(Path(out))
     frames = [pl.read_parquet(p) for p in staged if p]
-    # One contiguous block (merge_into_history gathers each date's rows from it): made now, while
-    # nothing else is held, rather than as a second copy inside the merge.
+    # One contiguous block (merge_into_history gathers each date's rows from it): a staged file is
+    # one already; several are made one now, while nothing else is held.
     rows = pl.concat(frames, how="diagonal_relaxed", rechunk=True) if frames else None
     del frames
     # Patients whose rows change tonight: the night's, and those of rows a correction supersedes.

@@ -24,13 +24,17 @@ from b12pipeline.engine.rulefile import QUEUES
 PART_NAME = "part-0.parquet"
 
 
-def atomic_write_parquet(frame: pl.DataFrame, target: Path) -> None:
-    """Write `frame` to `target` so that no reader ever sees a partial file."""
+def atomic_write_parquet(frame: pl.DataFrame, target: Path, *, one_row_group: bool = False) -> None:
+    """Write `frame` to `target` so that no reader ever sees a partial file.
+
+    `one_row_group`: the file reads back as one contiguous block (a frame in several row groups
+    reads back in several pieces, and making it one block costs a second copy of it)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
     try:
         try:
-            frame.write_parquet(tmp, compression="zstd", statistics=True)
+            groups = {"row_group_size": max(frame.height, 1)} if one_row_group else {}
+            frame.write_parquet(tmp, compression="zstd", statistics=True, **groups)
         except pl.exceptions.PolarsError as exc:
             # Writing our own frame fails only when the disk does (full, a size limit, read-only);
             # Polars words that in several ways, not always with the OS error: say it as one.

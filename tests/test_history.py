@@ -359,6 +359,23 @@ def test_evaluating_a_date_ignores_rows_of_later_dates(nights_out, rules, tmp_pa
     assert both.equals(alone)
 
 
+def test_evaluating_in_groups_of_patients_finds_exactly_what_one_piece_finds(nights_out, rules, monkeypatch):
+    """A large read is evaluated a few patients at a time (pipeline.EVALUATE_ROWS): with groups of
+    a handful of rows, the fixture's findings (FREQ-001 and DUP-001 among them) are identical,
+    in the same order, to one piece's."""
+    out, _, _ = nights_out
+    dates = sorted(history_paths(Path(out, "history")))
+    whole = pipeline.findings_for_dates(out, dates, rules, "r")
+    assert {"FREQ-001", "DUP-001"} <= set(whole["rule_id"])
+    for rows in (5, 40):
+        monkeypatch.setattr(pipeline, "EVALUATE_ROWS", rows)
+        assert pipeline.findings_for_dates(out, dates, rules, "r").equals(whole), rows
+        some = whole["patient_id"].unique().sort().head(3)
+        assert pipeline.findings_for_dates(out, dates, rules, "r", patients=some).equals(
+            whole.filter(pl.col("patient_id").is_in(some.implode()))
+        )
+
+
 def test_a_night_run_twice_is_byte_identical(shipped_nights, tmp_path):
     out = copy_out(shipped_nights["two"], tmp_path / "out")  # nights 1 and 2
     before = queue_files(out)
