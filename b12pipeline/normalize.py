@@ -302,13 +302,19 @@ def one_chunk_in_place(frame: pl.DataFrame, columns: list[str]) -> None:
             frame.replace_column(index, frame.to_series(index).rechunk())
 
 
+def distinct_values(frame: pl.DataFrame, column: str) -> pl.DataFrame:
+    """The distinct values of one column (null included), as a one-column frame: a few times
+    cheaper than DataFrame.unique at a million rows."""
+    return frame.get_column(column).unique().to_frame()
+
+
 def by_value(frame: pl.DataFrame, column: str, derived: dict[str, pl.Expr]) -> list[pl.Series]:
     """`derived` columns computed once per distinct value of `column`, in `frame`'s row order.
 
     Codes, units, routes, modifiers and diagnoses take a few hundred distinct values in a million
     rows: deriving on the distinct values and joining is several times cheaper than regexes per row.
     """
-    return lookup(frame, column, frame.select(pl.col(column)).unique().with_columns(**derived))
+    return lookup(frame, column, distinct_values(frame, column).with_columns(**derived))
 
 
 def per_value(frame: pl.DataFrame, column: str, parsed: pl.Expr) -> pl.Series:
@@ -320,7 +326,7 @@ def per_value(frame: pl.DataFrame, column: str, parsed: pl.Expr) -> pl.Series:
 def dx_facts(cfg: SiteConfig, codes: pl.DataFrame) -> pl.DataFrame:
     """Per distinct diagnosis_codes text: dx_codes (list), dx_count, dx_invalid (";"-joined codes that
     are not billable ICD-10-CM, or null), dx_covered (any code matches a covered prefix)."""
-    table = codes.select("diagnosis_codes").unique().with_columns(icd10_dotted().alias("dx_codes"))
+    table = distinct_values(codes, "diagnosis_codes").with_columns(icd10_dotted().alias("dx_codes"))
     exploded = (
         table.select("diagnosis_codes", pl.col("dx_codes").alias("code"))
         .explode("code")
@@ -365,8 +371,7 @@ def facts(valid: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame:
     rx = ref.rxnorm.rename({"ingredient": "rx_ingredient"})
     ndc11, ndc_status = ndc_parts()
     ndc_table = (
-        valid.select("ndc")
-        .unique()
+        distinct_values(valid, "ndc")
         .with_columns(ndc11.alias("ndc11"), ndc_status.alias("ndc_status"), ndc_form().alias("ndc_form"))
         .join(products, on="ndc11", how="left")
     )
