@@ -292,13 +292,29 @@ def lookup(frame: pl.DataFrame, on: str | list[str], table: pl.DataFrame, nulls_
     return found.drop(keys).get_columns()
 
 
+def one_chunk_in_place(frame: pl.DataFrame, columns: list[str]) -> None:
+    """Make `columns` of `frame` one chunk each, in place: their values do not change, and the
+    chunked copies are freed as soon as nothing else holds them. A rechunked copy of the frame
+    would keep both in memory while the caller holds the original (a year of history: ~300 MB)."""
+    for name in columns:
+        index = frame.get_column_index(name)
+        if frame.to_series(index).n_chunks() > 1:
+            frame.replace_column(index, frame.to_series(index).rechunk())
+
+
+def distinct_values(frame: pl.DataFrame, column: str) -> pl.DataFrame:
+    """The distinct values of one column (null included), as a one-column frame: a few times
+    cheaper than DataFrame.unique at a million rows."""
+    return frame.get_column(column).unique().to_frame()
+
+
 def by_value(frame: pl.DataFrame, column: str, derived: dict[str, pl.Expr]) -> list[pl.Series]:
     """`derived` columns computed once per distinct value of `column`, in `frame`'s row order.
 
     Codes, units, routes, modifiers and diagnoses take a few hundred distinct values in a million
     rows: deriving on the distinct values and joining is several times cheaper than regexes per row.
     """
-    return lookup(frame, column, frame.select(pl.col(column)).unique().with_columns(**derived))
+    return lookup(frame, column, distinct_values(frame, column).with_columns(**derived))
 
 
 def per_value(frame: pl.DataFrame, column: str, parsed: pl.Expr) -> pl.Series:
@@ -310,7 +326,7 @@ def per_value(frame: pl.DataFrame, column: str, parsed: pl.Expr) -> pl.Series:
 def dx_facts(cfg: SiteConfig, codes: pl.DataFrame) -> pl.DataFrame:
     """Per distinct diagnosis_codes text: dx_codes (list), dx_count, dx_invalid (";"-joined codes that
     are not billable ICD-10-CM, or null), dx_covered (any code matches a covered prefix)."""
-    table = codes.select("diagnosis_codes").unique().with_columns(icd10_dotted().alias("dx_codes"))
+    table = distinct_values(codes, "diagnosis_codes").with_columns(icd10_dotted().alias("dx_codes"))
     exploded = (
         table.select("diagnosis_codes", pl.col("dx_codes").alias("code"))
         .explode("code")
@@ -342,7 +358,9 @@ def dx_facts(cfg: SiteConfig, codes: pl.DataFrame) -> pl.DataFrame:
 
 
 def facts(valid: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame:
-    """The facts frame: one row per valid B12 administration, every derived column computed once."""
+    """The facts frame: one row per valid B12 administration, every derived column computed once.
+
+    `valid`'s columns that the facts keep unchanged are made one chunk in place (same values)."""
     products = ref.products.select(
         pl.col("ndc11"),
         pl.col("ingredient").alias("ref_ingredient"),
@@ -353,8 +371,7 @@ def facts(valid: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame:
     rx = ref.rxnorm.rename({"ingredient": "rx_ingredient"})
     ndc11, ndc_status = ndc_parts()
     ndc_table = (
-        valid.select("ndc")
-        .unique()
+        distinct_values(valid, "ndc")
         .with_columns(ndc11.alias("ndc11"), ndc_status.alias("ndc_status"), ndc_form().alias("ndc_form"))
         .join(products, on="ndc11", how="left")
     )
@@ -419,12 +436,12 @@ def facts(valid: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame:
     ]
     # History comes as one chunk per date file, and a frame whose columns are chunked differently
     # is realigned (copied) by every select, join and with_columns after this: that cost more than
-    # all the derivations together at a million rows (365 chunks). The rest of the canonical frame
-    # is made one chunk once; the text columns replaced above are left out of that copy.
-    replaced = [*typed.columns, *(c.name for c in coded), "expiration_date"]
+    # all the derivations together at a million rows (365 chunks). The columns the facts keep as
+    # they are are made one chunk in place (the text columns replaced above are not).
+    replaced = {*typed.columns, *(c.name for c in coded), "expiration_date"}
+    one_chunk_in_place(valid, [c for c in valid.columns if c not in replaced])
     df = (
-        valid.drop([c for c in replaced if c in valid.columns])
-        .rechunk()
+        valid.drop([c for c in valid.columns if c in replaced])
         .with_columns(*looked_up, *typed.drop("_offset"), *coded, typed["_offset"])
         .with_columns(pl.col("_expiry").alias("expiration_date"))
     )
