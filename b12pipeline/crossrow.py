@@ -151,6 +151,6 @@ def _in_row_order(part: pl.DataFrame, height: int) -> pl.Series:
 
 def _code(frame: pl.DataFrame, column: str) -> pl.Series:
     """A number per distinct non-null value of `column` (0, 1, ...), null where it is null."""
-    values = frame.select(column).unique().drop_nulls().with_row_index("_code")
+    values = frame.get_column(column).unique().drop_nulls().to_frame().with_row_index("_code")
     found = frame.select(column).join(values, on=column, how="left", maintain_order="left")
     return found["_code"].cast(pl.Int64)

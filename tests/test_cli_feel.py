@@ -63,6 +63,14 @@ def test_progress_lines_on_stderr_when_not_a_terminal(night):
 
 
 @pytest.mark.slow
+def test_a_stale_reference_table_is_warned_about_once(night):
+    """The shipped HCPCS table is from 2020: the summary says so once, not a log line as well."""
+    proc, _, _ = night
+    said = [line for line in proc.stderr.splitlines() if "reference table hcpcs is from" in line]
+    assert len(said) == 1 and said[0].startswith("warning reference table hcpcs"), said
+
+
+@pytest.mark.slow
 def test_summary_fits_80_columns_without_cutting_words(night):
     proc, _, _ = night
     assert "…" not in proc.stdout

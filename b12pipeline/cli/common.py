@@ -61,13 +61,15 @@ _DROPPED = -1
 
 
 @contextmanager
-def no_console_tracebacks(*expected: type[BaseException]):
+def no_console_tracebacks(*expected: type[BaseException], summarised: tuple[str, ...] = ()):
     """Prefect logs a failed task's traceback before the CLI can say what failed in one line: while
     the command runs, Prefect's records carry their line without the traceback (the exception is
     named in the line). Records of an `expected` exception, one the command reports itself in one
     line, are dropped whole (those carrying it, and those naming it, like a run's final state), so the
-    failure is said once. Done where records are made, not on handlers: Prefect may replace its
-    handlers while a flow starts, and a filter on the old ones would be lost."""
+    failure is said once; so are records of the `summarised` loggers, whose lines the command's
+    summary prints (they reach only the console: Prefect sends its own loggers' records to its API).
+    Done where records are made, not on handlers: Prefect may replace its handlers while a flow
+    starts, and a filter on the old ones would be lost."""
     import logging
 
     make = logging.getLogRecordFactory()
@@ -82,7 +84,9 @@ def no_console_tracebacks(*expected: type[BaseException]):
 
     def without_traceback(*args, **kwargs) -> logging.LogRecord:
         record = make(*args, **kwargs)
-        if record.name.startswith("prefect"):
+        if record.name in summarised:
+            record.levelno = _DROPPED
+        elif record.name.startswith("prefect"):
             exc = record.exc_info[1] if record.exc_info else None
             if expected and (isinstance(exc, expected) or named(record)):
                 record.levelno = _DROPPED

@@ -109,7 +109,8 @@ def _with_feedback(night: dt.date, first_step: str, quiet: bool, run: Callable[[
         if server.temporary:
             shown.step("Prefect's temporary server is up")
         try:
-            with no_console_tracebacks():
+            # The summary prints the night's warnings (stale CMS tables) itself.
+            with no_console_tracebacks(summarised=("b12pipeline.reference",)):
                 result = run()
         except (RuleFileError, RulesetError) as exc:
             raise usage_error(str(exc)) from None
