@@ -33,8 +33,8 @@ def atomic_write_parquet(frame: pl.DataFrame, target: Path, *, one_row_group: bo
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
     try:
         try:
-            groups = {"row_group_size": max(frame.height, 1)} if one_row_group else {}
-            frame.write_parquet(tmp, compression="zstd", statistics=True, **groups)
+            rows_per_group = max(frame.height, 1) if one_row_group else None  # None: Polars' default
+            frame.write_parquet(tmp, compression="zstd", statistics=True, row_group_size=rows_per_group)
         except pl.exceptions.PolarsError as exc:
             # Writing our own frame fails only when the disk does (full, a size limit, read-only);
             # Polars words that in several ways, not always with the OS error: say it as one.
