@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
 
-from b12pipeline.queues import PART_NAME, atomic_write_parquet
+from b12pipeline.queues import PART_NAME, atomic_write_parquets
 
 
 def _service_date() -> pl.Expr:
@@ -129,16 +130,19 @@ def merge_into_history(history_root: Path, rows: pl.DataFrame) -> list[dt.date]:
     # Gathering from one contiguous block is ~15x faster than from many (a file read in row groups).
     rows = rows.rechunk()
     touched = sorted(set(superseded) | set(by_day))
-    for day in touched:
-        old = pl.read_parquet(existing[day]) if day in existing else None
-        if old is not None and day in superseded:
-            old = old.filter(~pl.col("admin_id").is_in(superseded[day].implode()))
-        new = rows[by_day[day]] if day in by_day else None
-        frames = [f for f in (old, new) if f is not None and f.height]
-        target = history_root / f"service_date={day.isoformat()}" / PART_NAME
-        if not frames:
-            shutil.rmtree(target.parent, ignore_errors=True)
-            continue
-        merged = pl.concat(frames, how="diagonal_relaxed").sort("admin_id")
-        atomic_write_parquet(merged, target)
+
+    def partitions() -> Iterator[tuple[pl.DataFrame, Path]]:
+        for day in touched:
+            old = pl.read_parquet(existing[day]) if day in existing else None
+            if old is not None and day in superseded:
+                old = old.filter(~pl.col("admin_id").is_in(superseded[day].implode()))
+            new = rows[by_day[day]] if day in by_day else None
+            frames = [f for f in (old, new) if f is not None and f.height]
+            target = history_root / f"service_date={day.isoformat()}" / PART_NAME
+            if not frames:
+                shutil.rmtree(target.parent, ignore_errors=True)
+                continue
+            yield pl.concat(frames, how="diagonal_relaxed").sort("admin_id"), target
+
+    atomic_write_parquets(partitions())
     return touched

@@ -14,6 +14,8 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import polars as pl
@@ -48,6 +50,26 @@ def atomic_write_parquet(frame: pl.DataFrame, target: Path, *, one_row_group: bo
         tmp.unlink(missing_ok=True)
 
 
+# Polars encodes one file on one core and a night writes hundreds of small partitions, each mostly
+# per-file work: writing a few at once uses the other cores (each file is still atomic on its own).
+WRITERS = max(1, min(4, os.cpu_count() or 1))
+
+
+def atomic_write_parquets(files: Iterable[tuple[pl.DataFrame, Path]]) -> None:
+    """atomic_write_parquet for each (frame, target), WRITERS at a time. `files` is consumed as
+    writers free up, so a generator holds only a few frames at once; the first failure is raised."""
+    with ThreadPoolExecutor(max_workers=WRITERS) as pool:
+        pending: set[Future] = set()
+        for frame, target in files:
+            if len(pending) >= 2 * WRITERS:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    future.result()
+            pending.add(pool.submit(atomic_write_parquet, frame, target))
+        for future in pending:
+            future.result()
+
+
 def partition_dir(root: Path, queue: str, service_date: dt.date) -> Path:
     return root / queue / f"service_date={service_date.isoformat()}"
 
@@ -62,23 +84,27 @@ def write_queue_partitions(
     written = {q: 0 for q in QUEUES}
     findings = findings.select(list(FINDING_COLUMNS))
     by_key = {(k[0], k[1]): g for k, g in findings.group_by(["queue", "service_date"])} if findings.height else {}
-    for queue in QUEUES:
-        for day in sorted(set(dates)):
-            part = partition_dir(queues_root, queue, day)
-            rows = by_key.get((queue, day))
-            if patients is not None and (part / PART_NAME).exists():
-                kept = pl.read_parquet(part / PART_NAME).filter(
-                    ~pl.col("patient_id").is_in(patients.unique().implode()).fill_null(False)
-                )
-                kept = kept.with_columns(pl.lit(day).alias("service_date")).select(list(FINDING_COLUMNS))
-                rows = kept if rows is None else pl.concat([kept, rows], how="vertical_relaxed")
-            if rows is None or rows.height == 0:
-                if part.exists():
-                    shutil.rmtree(part)
-                continue
-            # The partition value lives in the path; a stable row order keeps re-runs byte-identical.
-            atomic_write_parquet(rows.drop("service_date").sort("rule_id", "admin_id"), part / PART_NAME)
-            written[queue] += rows.height
+
+    def partitions() -> Iterator[tuple[pl.DataFrame, Path]]:
+        for queue in QUEUES:
+            for day in sorted(set(dates)):
+                part = partition_dir(queues_root, queue, day)
+                rows = by_key.get((queue, day))
+                if patients is not None and (part / PART_NAME).exists():
+                    kept = pl.read_parquet(part / PART_NAME).filter(
+                        ~pl.col("patient_id").is_in(patients.unique().implode()).fill_null(False)
+                    )
+                    kept = kept.with_columns(pl.lit(day).alias("service_date")).select(list(FINDING_COLUMNS))
+                    rows = kept if rows is None else pl.concat([kept, rows], how="vertical_relaxed")
+                if rows is None or rows.height == 0:
+                    if part.exists():
+                        shutil.rmtree(part)
+                    continue
+                # The partition value lives in the path; a stable row order keeps re-runs byte-identical.
+                yield rows.drop("service_date").sort("rule_id", "admin_id"), part / PART_NAME
+                written[queue] += rows.height
+
+    atomic_write_parquets(partitions())
     return written
 
 
