@@ -117,8 +117,9 @@ def cross_row_columns(
         # is the row just before; if that one is outside the window, every earlier one is too.
         # One number per (patient, ingredient): a sort by one number, then by time, is much
         # cheaper than by two texts (a million rows).
-        df = df.with_columns(_code(df, "ingredient").alias("_g"))
-        pair = pl.col("_p") * ((df["_g"].max() or 0) + 1) + pl.col("_g")
+        ingredients = _code(df, "ingredient")
+        df = df.with_columns(ingredients.alias("_g"))
+        pair = pl.col("_p") * (ingredients.drop_nulls().n_unique() + 1) + pl.col("_g")
         same = pl.col("_pair").eq(pl.col("_pair").shift(1))
         gap = pl.col(moment) - pl.col(moment).shift(1)
         duplicates = (
