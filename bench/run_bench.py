@@ -83,6 +83,9 @@ class Plan:
     worklog_open: int = 100_000  # open findings in the worklog for the lifecycle measurement
     pull_rows: int = 0  # administrations pulled from PostgreSQL (bench/pull_bench.py), 0 = not measured
     review_findings: int = 100_000  # open findings in the review web app's coding queue
+    # The fixed-cost processes and the floors last seconds or less, so one sample swings a ratio by
+    # a third: each is measured this many times, interleaved, and its median kept.
+    repeats: int = 3
 
 
 FULL = Plan(
@@ -118,6 +121,7 @@ QUICK = Plan(
     pull_rows=3_000,
     small_night_rows=200,
     review_findings=2_000,
+    repeats=1,
 )
 FIXTURES = PROJECT / "data" / "fixtures"
 SMALL_NIGHT = ("emar_2024-03-01.csv", "emar_2024-03-02.parquet", "emar_all_rules.csv")  # ~70 rows
@@ -305,28 +309,39 @@ class Bench:
         extracts = [a for name in SMALL_NIGHT for a in ("--extract", str(FIXTURES / name))]
         night = ["--night", "2024-03-02"]
         f = self.results["fixed"]
-        f["import"] = _wall(
-            self._run("import-floor", [sys.executable, "-c", "import polars, prefect, great_expectations"])
-        )
-        for key, env in (("temporary_first", None), ("temporary", None), ("running", self.api_env)):
-            out = self.work / f"out-fixed-{key}"
-            shutil.rmtree(out, ignore_errors=True)
-            m = self._run(f"fixed-{key}", [self.cli, "run", *extracts, "--out", str(out), *night], env=env)
-            f[key] = _wall(m)
-        f["help"] = _wall(self._run("help", [self.cli, "--help"]))
         broken = self.work / "rules-broken"
         shutil.rmtree(broken, ignore_errors=True)
         shutil.copytree(PROJECT / "rules", broken)
         rule = sorted((broken / "coding").glob("*.yaml"))[0]
         rule.write_text(re.sub(r"(?m)^severity: .*$", "severity: error: high", rule.read_text(), count=1))
-        err = self._run(
-            "early-error",
-            [self.cli, "run", *extracts, "--rules", str(broken), "--out", str(self.work / "out-err"), *night],
-            may_fail=True,
-        )
-        if err.returncode != 2:
-            raise RuntimeError(f"a malformed rule file should exit 2, got {err.returncode}:\n{err.log}")
-        f["early_error"] = _wall(err)
+        samples: dict[str, list[dict]] = {}
+        for i in range(self.plan.repeats):
+            tag = f"-{i + 1}" if self.plan.repeats > 1 else ""
+            samples.setdefault("import", []).append(
+                _wall(
+                    self._run(
+                        f"import-floor{tag}", [sys.executable, "-c", "import polars, prefect, great_expectations"]
+                    )
+                )
+            )
+            # The temporary server's first run also creates its database: measured once.
+            nights = (("temporary_first", None),) if i == 0 else ()
+            for key, env in (*nights, ("temporary", None), ("running", self.api_env)):
+                out = self.work / f"out-fixed-{key}"
+                shutil.rmtree(out, ignore_errors=True)
+                m = self._run(f"fixed-{key}{tag}", [self.cli, "run", *extracts, "--out", str(out), *night], env=env)
+                samples.setdefault(key, []).append(_wall(m))
+            samples.setdefault("help", []).append(_wall(self._run(f"help{tag}", [self.cli, "--help"])))
+            err = self._run(
+                f"early-error{tag}",
+                [self.cli, "run", *extracts, "--rules", str(broken), "--out", str(self.work / "out-err"), *night],
+                may_fail=True,
+            )
+            if err.returncode != 2:
+                raise RuntimeError(f"a malformed rule file should exit 2, got {err.returncode}:\n{err.log}")
+            samples.setdefault("early_error", []).append(_wall(err))
+        for key, rows in samples.items():
+            f[key] = _median(rows)
 
     def run_running(self, ds: Dataset, extract: Path) -> None:
         out = self.work / f"out-running-{ds.name}"
@@ -406,23 +421,26 @@ class Bench:
         if ds.name in self.results["floor"]:
             return
         out = self.work / f"floor-{ds.name}.json"
-        m = self._run(
-            f"floor-{ds.name}",
-            [
-                sys.executable,
-                str(MEASURE),
-                "floor",
-                "--extract",
-                str(extract),
-                "--out",
-                str(self.work / f"floor-{ds.name}.parquet"),
-                "--json",
-                str(out),
-            ],
-            out,
-        )
-        (self.work / f"floor-{ds.name}.parquet").unlink(missing_ok=True)
-        self.results["floor"][ds.name] = _row(ds, m)
+        rows = []
+        for i in range(self.plan.repeats):
+            m = self._run(
+                f"floor-{ds.name}" + (f"-{i + 1}" if self.plan.repeats > 1 else ""),
+                [
+                    sys.executable,
+                    str(MEASURE),
+                    "floor",
+                    "--extract",
+                    str(extract),
+                    "--out",
+                    str(self.work / f"floor-{ds.name}.parquet"),
+                    "--json",
+                    str(out),
+                ],
+                out,
+            )
+            (self.work / f"floor-{ds.name}.parquet").unlink(missing_ok=True)
+            rows.append(_row(ds, m))
+        self.results["floor"][ds.name] = _median(rows)
 
     def run(self, ds: Dataset, extract: Path) -> dict:
         """Each dataset is run once, into <workdir>/out-<name> (the backfill reuses that output)."""
@@ -706,6 +724,11 @@ def _row(ds: Dataset, m: Measured | None) -> dict:
     }
 
 
+def _median(rows: list[dict]) -> dict:
+    """The sample with the median wall time (its CPU and memory with it), and how many there were."""
+    return sorted(rows, key=lambda r: r["wall_s"])[len(rows) // 2] | {"samples": len(rows)}
+
+
 def _wall(m: Measured) -> dict:
     return {"wall_s": m.wall_s, "cpu_s": m.cpu_s, "peak_rss_mb": m.peak_rss_mb, "load_before": m.load_before}
 
@@ -950,7 +973,9 @@ def render(plan: Plan, facts: dict, r: dict, targets: dict, elapsed: float) -> s
             "## Fixed cost and data-free errors (side by side, one after the other)",
             "",
             'The import floor is `python -c "import polars, prefect, great_expectations"`; the night is the three',
-            "bundled fixtures (~70 rows). The temporary server's first run also creates its database.",
+            "bundled fixtures (~70 rows). The temporary server's first run also creates its database. Each row",
+            f"but that first run is the median of {plan.repeats} measurements, taken in turn (import, nights,",
+            "--help, error; then again), so a ratio compares processes measured under the same load.",
             "",
         ]
         names = {
@@ -1006,6 +1031,8 @@ def render(plan: Plan, facts: dict, r: dict, targets: dict, elapsed: float) -> s
         )
 
     L += ["", "## (a) Floor: Polars reads the extract CSV (all text) and writes Parquet", ""]
+    if plan.repeats > 1:
+        L += [f"Each floor is the median of {plan.repeats} runs.", ""]
     L += _table(
         ["extract", "rows", "wall s", "work s", "rows/s (wall)", "CPU s", "peak RSS MB", "load"],
         [
