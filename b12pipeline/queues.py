@@ -70,6 +70,14 @@ def atomic_write_parquets(files: Iterable[tuple[pl.DataFrame, Path]]) -> None:
             future.result()
 
 
+def scan_partitions(paths: Iterable[Path], schema: dict, **options) -> pl.LazyFrame:
+    """Partition files (queues or history) as one query of `schema`'s columns: a file written
+    before a column existed reads it as empty, not as an error; other columns are not read."""
+    return pl.scan_parquet(
+        list(paths), schema=schema, missing_columns="insert", extra_columns="ignore", hive_partitioning=False, **options
+    )
+
+
 def partition_dir(root: Path, queue: str, service_date: dt.date) -> Path:
     return root / queue / f"service_date={service_date.isoformat()}"
 
@@ -124,14 +132,7 @@ def read_queue(queues_root: Path, queue: str | None = None, dates: list[dt.date]
     # them). Partitions written before a column was added lack it: it reads as empty, not as an error.
     stored = {c: t for c, t in FINDING_COLUMNS.items() if c != "service_date"}
     found = (
-        pl.scan_parquet(
-            paths,
-            schema=stored,
-            missing_columns="insert",
-            extra_columns="ignore",
-            hive_partitioning=False,
-            include_file_paths="_partition",
-        )
+        scan_partitions(paths, stored, include_file_paths="_partition")
         .with_columns(
             pl.col("_partition")
             .str.extract(r"service_date=([0-9]{4}-[0-9]{2}-[0-9]{2})[/\\][^/\\]+$", 1)

@@ -19,7 +19,7 @@ import polars as pl
 from b12pipeline.engine.rulefile import QUEUES, SEVERITIES
 from b12pipeline.history import history_paths
 from b12pipeline.paths import OutputLayout
-from b12pipeline.queues import PART_NAME, partition_dir
+from b12pipeline.queues import PART_NAME, partition_dir, scan_partitions
 
 TREND_NIGHTS = 14
 TOP_N = 10
@@ -89,9 +89,7 @@ def findings_by_origin(layout: OutputLayout, dates: list[dt.date]) -> dict[str, 
         return empty
     parts = [p for q in QUEUES for d in dates if (p := partition_dir(layout.queues, q, d) / PART_NAME).exists()]
     found = (
-        pl.scan_parquet(
-            parts, schema={"admin_id": pl.String}, extra_columns="ignore", hive_partitioning=False
-        ).collect()
+        scan_partitions(parts, {"admin_id": pl.String}).collect()
         if parts
         else pl.DataFrame(schema={"admin_id": pl.String})
     )
@@ -101,13 +99,7 @@ def findings_by_origin(layout: OutputLayout, dates: list[dt.date]) -> dict[str, 
         return empty
     # Only the columns aggregated here (a partition written before one existed reads it as empty).
     origin = (
-        pl.scan_parquet(
-            paths,
-            schema={"admin_id": pl.String, **{c: pl.String for c in empty}},
-            missing_columns="insert",
-            extra_columns="ignore",
-            hive_partitioning=False,
-        )
+        scan_partitions(paths, {"admin_id": pl.String, **{c: pl.String for c in empty}})
         .filter(pl.col("admin_id").is_in(found["admin_id"].unique().implode()))
         .collect()
         .unique("admin_id", keep="last")
