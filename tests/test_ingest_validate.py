@@ -100,6 +100,19 @@ def test_suite_with_a_misspelled_expectation_is_refused(tmp_path):
         SuiteRunner(path)
 
 
+def test_a_suite_expectation_that_reads_no_single_column_is_refused(tmp_path):
+    """Values are judged per column (validate.py): a table-level expectation cannot be, so the suite
+    is refused when it loads, in one line naming the expectation."""
+    from b12pipeline.paths import schemas_dir
+
+    spec = json.loads((schemas_dir() / "expectations/canonical_extract.json").read_text())
+    spec["expectations"].append({"type": "expect_table_row_count_to_be_between", "kwargs": {"min_value": 1}})
+    path = tmp_path / "table_level.json"
+    path.write_text(json.dumps(spec))
+    with pytest.raises(SuiteError, match="expect_table_row_count_to_be_between reads no single column"):
+        SuiteRunner(path)
+
+
 def test_the_shipped_suite_loads_every_expectation():
     from b12pipeline.validate import suite_runner
 
