@@ -107,21 +107,38 @@ def _collect_in_groups(scans: dict[K, pl.LazyFrame]) -> dict[K, pl.DataFrame]:
     return collected
 
 
-def patients_of(history_root: Path, rows: pl.DataFrame) -> pl.Series:
-    """Patient ids of `rows` and of the history rows they supersede (same admin_id): a correction
-    that moves a dose to another patient changes both patients' history."""
+def earlier_versions(history_root: Path, rows: pl.DataFrame) -> pl.DataFrame:
+    """The history rows that `rows` supersede (same admin_id): their admin_id, patient_id and file
+    (`_path`). One scan of the year's admin ids, shared by patients_of and merge_into_history."""
     ids = rows["admin_id"].drop_nulls().unique().implode()
     paths = list(history_paths(history_root).values())
-    earlier = (
-        pl.scan_parquet(paths).filter(pl.col("admin_id").is_in(ids)).select("patient_id").collect()["patient_id"]
-        if paths
-        else pl.Series("patient_id", [], dtype=pl.String)
+    if not paths:
+        return pl.DataFrame(schema={"admin_id": pl.String, "patient_id": pl.String, "_path": pl.String})
+    return (
+        pl.scan_parquet(paths, include_file_paths="_path")
+        .select("admin_id", "patient_id", "_path")
+        .filter(pl.col("admin_id").is_in(ids))
+        .collect()
     )
-    return pl.concat([rows["patient_id"].cast(pl.String), earlier.cast(pl.String)]).drop_nulls().unique().sort()
 
 
-def merge_into_history(history_root: Path, rows: pl.DataFrame) -> list[dt.date]:
-    """Upsert canonical rows by admin_id; returns every service date whose rows changed."""
+def patients_of(history_root: Path, rows: pl.DataFrame, earlier: pl.DataFrame | None = None) -> pl.Series:
+    """Patient ids of `rows` and of the history rows they supersede (same admin_id): a correction
+    that moves a dose to another patient changes both patients' history. `earlier`: those rows'
+    earlier_versions, when the caller has them."""
+    if earlier is None:
+        earlier = earlier_versions(history_root, rows)
+    return (
+        pl.concat([rows["patient_id"].cast(pl.String), earlier["patient_id"].cast(pl.String)])
+        .drop_nulls()
+        .unique()
+        .sort()
+    )
+
+
+def merge_into_history(history_root: Path, rows: pl.DataFrame, earlier: pl.DataFrame | None = None) -> list[dt.date]:
+    """Upsert canonical rows by admin_id; returns every service date whose rows changed.
+    `earlier`: the rows' earlier_versions, read from this history just before, when the caller has them."""
     if rows.height == 0:
         return []
     # Where each kept row goes: the last row of each admin_id, grouped by date in one pass (a filter
@@ -136,12 +153,7 @@ def merge_into_history(history_root: Path, rows: pl.DataFrame) -> list[dt.date]:
     # them (supersession); every other date's rows are kept as they are.
     superseded: dict[dt.date, pl.Series] = {}
     if existing:
-        found = (
-            pl.scan_parquet(list(existing.values()), include_file_paths="_path")
-            .select("admin_id", "_path")
-            .filter(pl.col("admin_id").is_in(kept["admin_id"].implode()))
-            .collect()
-        )
+        found = earlier if earlier is not None else earlier_versions(history_root, rows)
         by_path = {str(p): d for d, p in existing.items()}
         superseded = {
             by_path[key[0]]: group["admin_id"] for key, group in found.partition_by("_path", as_dict=True).items()
