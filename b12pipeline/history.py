@@ -8,14 +8,18 @@ history exactly as it would to a first run.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import polars as pl
 
 from b12pipeline.queues import PART_NAME, atomic_write_parquets
+
+K = TypeVar("K")
 
 
 def _service_date() -> pl.Expr:
@@ -65,12 +69,28 @@ def read_for_dates(
         if collected
         else pl.Series("patient_id", [], dtype=pl.String).implode()
     )
-    before = {d: p for d, p in paths.items() if start <= d <= dates[-1] and d not in wanted}
-    collected.update(
-        _collect_in_groups({d: pl.scan_parquet(p).filter(pl.col("patient_id").is_in(ids)) for d, p in before.items()})
-    )
+    before = sorted(d for d in paths if start <= d <= dates[-1] and d not in wanted)
+    # The earlier rows, one query per run of dates between two evaluated dates (so the pieces stay in
+    # date order): one query over a year of files decodes about half of what a query per file does
+    # (a 2,000-row night on a year: +95 -> +44 MB, 0.48 -> 0.26 s).
+    runs: dict[int, list[dt.date]] = {}
+    for d in before:
+        runs.setdefault(bisect.bisect(dates, d), []).append(d)
+    collected.update({run[0]: _earlier_rows([paths[d] for d in run], ids) for run in runs.values()})
     frames = [collected[d] for d in sorted(collected) if collected[d].height]
     return pl.concat(frames, how="diagonal_relaxed") if frames else None
+
+
+def _earlier_rows(paths: list[Path], ids: pl.Series) -> pl.DataFrame:
+    """The rows of `ids` in `paths`, file by file in the given order (as one frame per file would give
+    them, concatenated). Files written before a column was added or changed differ in schema: one
+    query cannot read them together, so those are read a file at a time."""
+    try:
+        return pl.scan_parquet(paths).filter(pl.col("patient_id").is_in(ids)).collect()
+    except (pl.exceptions.ColumnNotFoundError, pl.exceptions.SchemaError):
+        scans = {i: pl.scan_parquet(p).filter(pl.col("patient_id").is_in(ids)) for i, p in enumerate(paths)}
+        frames = [f for f in _collect_in_groups(scans).values() if f.height]
+        return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
 
 
 # Files read at once: enough to keep the cores busy, few enough that a year of files is never
@@ -78,30 +98,47 @@ def read_for_dates(
 COLLECT_GROUP = 16
 
 
-def _collect_in_groups(scans: dict[dt.date, pl.LazyFrame]) -> dict[dt.date, pl.DataFrame]:
-    days, frames = list(scans), list(scans.values())
-    collected: dict[dt.date, pl.DataFrame] = {}
-    for i in range(0, len(days), COLLECT_GROUP):
+def _collect_in_groups(scans: dict[K, pl.LazyFrame]) -> dict[K, pl.DataFrame]:
+    keys, frames = list(scans), list(scans.values())
+    collected: dict[K, pl.DataFrame] = {}
+    for i in range(0, len(keys), COLLECT_GROUP):
         group = pl.collect_all(frames[i : i + COLLECT_GROUP])
-        collected.update(zip(days[i : i + COLLECT_GROUP], group, strict=True))
+        collected.update(zip(keys[i : i + COLLECT_GROUP], group, strict=True))
     return collected
 
 
-def patients_of(history_root: Path, rows: pl.DataFrame) -> pl.Series:
-    """Patient ids of `rows` and of the history rows they supersede (same admin_id): a correction
-    that moves a dose to another patient changes both patients' history."""
+def earlier_versions(history_root: Path, rows: pl.DataFrame) -> pl.DataFrame:
+    """The history rows that `rows` supersede (same admin_id): their admin_id, patient_id and file
+    (`_path`). One scan of the year's admin ids, shared by patients_of and merge_into_history."""
     ids = rows["admin_id"].drop_nulls().unique().implode()
     paths = list(history_paths(history_root).values())
-    earlier = (
-        pl.scan_parquet(paths).filter(pl.col("admin_id").is_in(ids)).select("patient_id").collect()["patient_id"]
-        if paths
-        else pl.Series("patient_id", [], dtype=pl.String)
+    if not paths:
+        return pl.DataFrame(schema={"admin_id": pl.String, "patient_id": pl.String, "_path": pl.String})
+    return (
+        pl.scan_parquet(paths, include_file_paths="_path")
+        .select("admin_id", "patient_id", "_path")
+        .filter(pl.col("admin_id").is_in(ids))
+        .collect()
     )
-    return pl.concat([rows["patient_id"].cast(pl.String), earlier.cast(pl.String)]).drop_nulls().unique().sort()
 
 
-def merge_into_history(history_root: Path, rows: pl.DataFrame) -> list[dt.date]:
-    """Upsert canonical rows by admin_id; returns every service date whose rows changed."""
+def patients_of(history_root: Path, rows: pl.DataFrame, earlier: pl.DataFrame | None = None) -> pl.Series:
+    """Patient ids of `rows` and of the history rows they supersede (same admin_id): a correction
+    that moves a dose to another patient changes both patients' history. `earlier`: those rows'
+    earlier_versions, when the caller has them."""
+    if earlier is None:
+        earlier = earlier_versions(history_root, rows)
+    return (
+        pl.concat([rows["patient_id"].cast(pl.String), earlier["patient_id"].cast(pl.String)])
+        .drop_nulls()
+        .unique()
+        .sort()
+    )
+
+
+def merge_into_history(history_root: Path, rows: pl.DataFrame, earlier: pl.DataFrame | None = None) -> list[dt.date]:
+    """Upsert canonical rows by admin_id; returns every service date whose rows changed.
+    `earlier`: the rows' earlier_versions, read from this history just before, when the caller has them."""
     if rows.height == 0:
         return []
     # Where each kept row goes: the last row of each admin_id, grouped by date in one pass (a filter
@@ -116,12 +153,7 @@ def merge_into_history(history_root: Path, rows: pl.DataFrame) -> list[dt.date]:
     # them (supersession); every other date's rows are kept as they are.
     superseded: dict[dt.date, pl.Series] = {}
     if existing:
-        found = (
-            pl.scan_parquet(list(existing.values()), include_file_paths="_path")
-            .select("admin_id", "_path")
-            .filter(pl.col("admin_id").is_in(kept["admin_id"].implode()))
-            .collect()
-        )
+        found = earlier if earlier is not None else earlier_versions(history_root, rows)
         by_path = {str(p): d for d, p in existing.items()}
         superseded = {
             by_path[key[0]]: group["admin_id"] for key, group in found.partition_by("_path", as_dict=True).items()

@@ -29,7 +29,7 @@ from b12pipeline.engine.rulefile import Ruleset
 from b12pipeline.engine.settings import SiteConfig
 from b12pipeline.facts import evaluation_facts
 from b12pipeline.files import copy_no_follow, extract_checksum, file_state, write_json
-from b12pipeline.history import history_paths, merge_into_history, patients_of, read_for_dates
+from b12pipeline.history import earlier_versions, history_paths, merge_into_history, patients_of, read_for_dates
 from b12pipeline.ingest import FileRejected
 from b12pipeline.ingest.read import read_extract
 from b12pipeline.paths import OutputLayout
@@ -300,8 +300,10 @@ def apply_staged(staged: list[str], out: Path | str, rules: Rules, run_id: str, 
     rows = pl.concat(frames, how="diagonal_relaxed", rechunk=True) if frames else None
     del frames
     # Patients whose rows change tonight: the night's, and those of rows a correction supersedes.
-    changed = patients_of(layout.history, rows) if rows is not None else None
-    touched = merge_into_history(layout.history, rows) if rows is not None else []
+    earlier = earlier_versions(layout.history, rows) if rows is not None else None
+    changed = patients_of(layout.history, rows, earlier) if rows is not None else None
+    touched = merge_into_history(layout.history, rows, earlier) if rows is not None else []
+    del earlier
     merged = rows.height if rows is not None else 0
     del rows  # in history now: the evaluation reads what it needs back (a 1M-row night holds ~0.4 GB here)
     # A late row or a correction on an earlier date changes what later dates see as their history:

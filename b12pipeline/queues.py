@@ -131,14 +131,19 @@ def write_queue_partitions(
 
 def read_queue(queues_root: Path, queue: str | None = None, dates: list[dt.date] | None = None) -> pl.DataFrame:
     """Every finding under queues_root (optionally one queue, only `dates`) as one frame, service_date restored."""
-    paths = sorted(
-        (queues_root / queue).glob("service_date=*/*.parquet")
-        if queue
-        else queues_root.glob("*/service_date=*/*.parquet")
-    )
-    if dates is not None:
-        wanted = {f"service_date={d.isoformat()}" for d in dates}
-        paths = [p for p in paths if p.parent.name in wanted]
+    if dates is None:
+        paths = sorted(
+            (queues_root / queue).glob("service_date=*/*.parquet")
+            if queue
+            else queues_root.glob("*/service_date=*/*.parquet")
+        )
+    else:
+        # Only the dates' folders are listed: a night reads a few dates of a year of partitions,
+        # and listing the whole year cost ~0.2 s.
+        queues = [queue] if queue else [p.name for p in queues_root.glob("*/")]
+        paths = sorted(
+            p for q in queues for d in set(dates) for p in partition_dir(queues_root, q, d).glob("*.parquet")
+        )
     if not paths:
         return pl.DataFrame(schema=FINDING_COLUMNS)
     # One query over every partition (a file per partition read one by one cost ~1 s for 1,000 of

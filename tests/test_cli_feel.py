@@ -141,3 +141,25 @@ def test_serve_without_a_reachable_prefect_server_says_so_and_exits(tmp_path):
     unreachable = cli(args, dict(env, PREFECT_API_URL="http://127.0.0.1:9/api"))
     assert unreachable.returncode == 4 and "http://127.0.0.1:9/api is not reachable" in unreachable.stderr
     assert "Traceback" not in unset.stderr + unreachable.stderr
+
+
+def test_a_command_line_flow_run_sends_heartbeats_only_when_the_site_asks(monkeypatch):
+    """Without a configured frequency the run sends none (its end would wait up to 1 s for the
+    heartbeat thread); a site that set PREFECT_FLOWS_HEARTBEAT_FREQUENCY keeps its value."""
+    from prefect.flow_engine import FlowRunEngine
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    from b12pipeline.cli.prefect_server import HEARTBEAT_VARIABLES, flow_run_settings
+
+    engine = FlowRunEngine(flow=lambda: None)
+    for name in HEARTBEAT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert engine.heartbeat_seconds == 180  # Prefect's default, which the check below depends on
+    with flow_run_settings():
+        assert engine.heartbeat_seconds is None
+    assert engine.heartbeat_seconds == 180
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 60}), flow_run_settings():
+        assert engine.heartbeat_seconds == 60  # a profile's value
+    monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "180")
+    with flow_run_settings():
+        assert engine.heartbeat_seconds == 180  # set in the environment, even to the default

@@ -171,6 +171,35 @@ def test_reading_dates_in_groups_returns_the_same_rows_in_the_same_order(tmp_pat
         )
 
 
+def test_earlier_rows_in_files_of_other_schemas_read_as_a_plain_read_does(tmp_path):
+    """The earlier rows are read in one query when every file has the same columns; history
+    written before a column was added (or with one more) reads as a plain read of every file gives
+    it: the same rows, the same order, the union of the columns."""
+    import b12pipeline.history as history
+
+    days = [dt.date(2024, 1, 1) + dt.timedelta(days=i) for i in range(12)]
+    specs = [
+        {"admin_id": f"A{i:03d}", "patient_id": f"P{i % 5}", "admin_time": f"{days[i % 12]}T{i % 24:02d}:00:00"}
+        for i in range(120)
+    ]
+    merge_into_history(tmp_path, case_frame(specs))
+    paths = history_paths(tmp_path)
+    for day in days[2:4]:  # written before `site` existed
+        pl.read_parquet(paths[day]).drop("site").write_parquet(paths[day])
+    pl.read_parquet(paths[days[5]]).with_columns(pl.lit("x").alias("later_column")).write_parquet(paths[days[5]])
+    wanted = [days[8], days[11]]
+    service_date = pl.col("admin_time").str.slice(0, 10).str.to_date()
+    everything = read_history(tmp_path)
+    on_dates = everything.filter(service_date.is_in(wanted))
+    expected = everything.filter(
+        service_date.is_in(wanted) | (pl.col("patient_id").is_in(on_dates["patient_id"].implode()))
+    )
+    got = history.read_for_dates(tmp_path, wanted, 30)
+    assert got.columns == expected.columns and "later_column" in got.columns
+    assert got.equals(expected)
+    assert got.filter(service_date.is_in(days[2:4]))["site"].is_null().all()
+
+
 # ---------------------------------------------------------------- archive
 
 

@@ -151,3 +151,19 @@ def test_queue_show_quarantine_lists_held_rows_with_their_reasons(two_nights):
     for r in held.iter_rows(named=True):
         assert f"{r['source_file']} row {r['source_row']}" in text
         assert r["admin_id"] in text and " ".join(r["failure_reasons"].split()) in text
+
+
+def test_reading_chosen_dates_gives_those_dates_rows_of_the_whole_queue(two_nights):
+    """read_queue(dates=...) lists only those dates' folders; the rows and their order are the
+    whole queue's rows on those dates (a date with no partition gives none)."""
+    out, _ = two_nights
+    every = read_queue(out / "queues")
+    days = sorted(set(every["service_date"]))
+    assert len(days) > 1
+    for chosen in ([days[0]], [days[-1], days[0], dt.date(1999, 1, 1)], []):
+        for queue in (None, "coding", "medical_necessity"):
+            expected = every.filter(pl.col("service_date").is_in(chosen))
+            if queue:
+                expected = expected.filter(pl.col("queue") == queue)
+            assert read_queue(out / "queues", queue, dates=chosen).equals(expected)
+    assert read_queue(out / "queues", dates=days).height == every.height > 0

@@ -182,3 +182,20 @@ def test_origin_counts_read_only_the_found_rows_and_tolerate_a_partition_without
     origin = findings_by_origin(layout, days)
     assert sorted(origin["place_of_service"]) == [("(not recorded)", 1), ("11", 1)]
     assert sorted(origin["ordering_provider_npi"]) == [("1234567893", 1), ("1518060555", 1)]
+
+
+def test_manifest_counts_only_the_dates_the_night_evaluated(two_nights):
+    """Counted from the queues as the last night left them: its dates' findings, not the other dates'."""
+    import polars as pl
+
+    from b12pipeline.queues import read_queue
+
+    out, manifests = two_nights
+    m = manifests[1]
+    every = read_queue(out / "queues")
+    evaluated = [dt.date.fromisoformat(d) for d in m["dates_evaluated"]]
+    mine = every.filter(pl.col("service_date").is_in(evaluated))
+    assert 0 < mine.height < every.height  # the queues hold other dates' findings too
+    assert m["findings"]["total"] == mine.height
+    assert m["findings"]["per_rule"] == dict(mine.group_by("rule_id").len().sort("rule_id").iter_rows())
+    assert {q: n for q, n in m["findings"]["per_queue"].items() if n} == dict(mine.group_by("queue").len().iter_rows())

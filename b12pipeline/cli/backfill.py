@@ -58,11 +58,7 @@ def register(app: typer.Typer) -> None:
             raise usage_error(f"--dask-address {dask_address!r} is not a scheduler address like tcp://HOST:8786")
         if not (out / "history").is_dir():
             raise usage_error(f"{out / 'history'} does not exist: nothing has been processed into {out} yet")
-        from b12pipeline.cli.prefect_server import ServerStart
-        from b12pipeline.cli.rules import deploy_or_exit
-        from b12pipeline.deployments import RulesetError
-        from b12pipeline.engine.rulefile import RuleFileError
-        from flows.backfill import run_backfill
+        from b12pipeline.cli.prefect_server import ServerStart, flow_run_settings
 
         with feedback(f"backfill {start}..{end}", quiet) as shown:
             shown.step("starting Prefect")
@@ -70,21 +66,26 @@ def register(app: typer.Typer) -> None:
             server.wait()  # longer start-up timeout, one retry, one clear line if it cannot start
             if server.temporary:
                 shown.step("Prefect's temporary server is up")
-            if rules is not None:  # a new rules folder is deployed, through the deploy gates
-                manifest = deploy_or_exit(
-                    rules, out, start, end, chunk_days=chunk_days, dask_address=dask_address, workers=workers
-                )
-            else:
-                try:
-                    with output_guard(out, wait=False):  # exit 3 if a night or another backfill holds --out
-                        manifest = run_backfill(
-                            start, end, str(out), chunk_days=chunk_days, dask_address=dask_address, workers=workers
-                        )
-                except (RuleFileError, RulesetError) as exc:
-                    raise usage_error(str(exc)) from None
+            with flow_run_settings():  # entered once the server's URL is set: it copies the settings
+                manifest = _backfill(start, end, out, rules, chunk_days, dask_address, workers)
             shown.step("done")
         print_diff(manifest, out)
         raise typer.Exit(EXIT_OK)
+
+
+def _backfill(start, end, out: Path, rules: Optional[Path], chunk_days, dask_address, workers) -> dict:
+    from b12pipeline.cli.rules import deploy_or_exit
+    from b12pipeline.deployments import RulesetError
+    from b12pipeline.engine.rulefile import RuleFileError
+    from flows.backfill import run_backfill
+
+    if rules is not None:  # a new rules folder is deployed, through the deploy gates
+        return deploy_or_exit(rules, out, start, end, chunk_days=chunk_days, dask_address=dask_address, workers=workers)
+    try:
+        with output_guard(out, wait=False):  # exit 3 if a night or another backfill holds --out
+            return run_backfill(start, end, str(out), chunk_days=chunk_days, dask_address=dask_address, workers=workers)
+    except (RuleFileError, RulesetError) as exc:
+        raise usage_error(str(exc)) from None
 
 
 def print_diff(manifest: dict, out: Path) -> None:

@@ -19,6 +19,7 @@ environment failed the run, not the data).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib.util
 import os
 import signal
@@ -168,3 +169,28 @@ def warm_up() -> None:
 
     suite_runner()
     billable_codes()
+
+
+HEARTBEAT_VARIABLES = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
+
+
+@contextlib.contextmanager
+def flow_run_settings():
+    """Prefect settings for a flow run this command starts and waits for.
+
+    Flow run heartbeats only serve an automation that marks silent runs Crashed, which a site
+    creates itself and enables by setting PREFECT_FLOWS_HEARTBEAT_FREQUENCY (Prefect's "detect
+    zombie flows" guide). Left at Prefect's default, the heartbeat thread costs every run up to 1 s
+    at its end: the flow waits for the thread's one-second sleep to finish. So here heartbeats are
+    sent only when the site has set a frequency (environment or profile); `serve` keeps Prefect's
+    default."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
+    from prefect.settings.models.flows import FlowsSettings
+
+    default = FlowsSettings.model_fields["heartbeat_frequency"].default
+    configured = any(os.environ.get(v) for v in HEARTBEAT_VARIABLES)
+    if configured or get_current_settings().flows.heartbeat_frequency != default:
+        yield
+        return
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield

@@ -101,7 +101,7 @@ def _with_feedback(night: dt.date, first_step: str, quiet: bool, run: Callable[[
 
     with feedback(f"night {night}", quiet) as shown:
         shown.step(first_step)
-        from b12pipeline.cli.prefect_server import ServerStart, warm_up
+        from b12pipeline.cli.prefect_server import ServerStart, flow_run_settings, warm_up
 
         server = ServerStart()
         warm_up()  # overlaps the temporary server's start-up
@@ -110,7 +110,7 @@ def _with_feedback(night: dt.date, first_step: str, quiet: bool, run: Callable[[
             shown.step("Prefect's temporary server is up")
         try:
             # The summary prints the night's warnings (stale CMS tables) itself.
-            with no_console_tracebacks(summarised=("b12pipeline.reference",)):
+            with no_console_tracebacks(summarised=("b12pipeline.reference",)), flow_run_settings():
                 result = run()
         except (RuleFileError, RulesetError) as exc:
             raise usage_error(str(exc)) from None
