@@ -134,10 +134,7 @@ def _findings(out: Path) -> pl.DataFrame:
 def test_killed_runs_leave_no_partial_files_and_the_rerun_completes_the_night(big_extract, cli_env, tmp_path):
     args = ["run", "-e", str(big_extract), "--night", NIGHT, "--out"]
     reference = tmp_path / "reference"
-    done = _run(args + [str(reference)], cli_env)
-    assert done.returncode == 0, done.stderr
-    expected = _findings(reference)
-    assert expected.height > DAYS and {"coding", "documentation"} <= set(expected["queue"])
+    clean = _start(args + [str(reference)], cli_env)  # the clean run, beside the killed ones (its own --out)
 
     out = tmp_path / "crashed"
     rng = random.Random(20240301)
@@ -164,6 +161,10 @@ def test_killed_runs_leave_no_partial_files_and_the_rerun_completes_the_night(bi
         _assert_readers_see_whole_files(out)
     print("kills (marker, reached, returncode):", killed_at)
     assert any(rc == -signal.SIGKILL for _, _, rc in killed_at), killed_at
+    _, clean_err = clean.communicate(timeout=300)
+    assert clean.returncode == 0, clean_err
+    expected = _findings(reference)
+    assert expected.height > DAYS and {"coding", "documentation"} <= set(expected["queue"])
 
     # What a death mid-write leaves (whether or not the kills above hit that instant): must be cleaned.
     stale = layout.queues / "coding" / "service_date=2024-01-02" / ".part-0.parquet.deadbeef.tmp"
