@@ -12,6 +12,7 @@ import datetime as dt
 import errno
 import os
 import re
+import resource
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator
@@ -24,6 +25,18 @@ from b12pipeline.engine.evaluate import FINDING_COLUMNS
 from b12pipeline.engine.rulefile import QUEUES
 
 PART_NAME = "part-0.parquet"
+
+
+def _refused_write(partial: Path) -> int:
+    """The OS reason for a refused write Polars words without one: the file reached the process's
+    file-size limit, or the file system has no space left; else a plain I/O error."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    size = partial.stat().st_size if partial.exists() else 0
+    if limit != resource.RLIM_INFINITY and size >= limit:
+        return errno.EFBIG
+    if os.statvfs(partial.parent).f_bavail == 0:
+        return errno.ENOSPC
+    return errno.EIO
 
 
 def atomic_write_parquet(frame: pl.DataFrame, target: Path, *, one_row_group: bool = False) -> None:
@@ -41,7 +54,7 @@ def atomic_write_parquet(frame: pl.DataFrame, target: Path, *, one_row_group: bo
             # Writing our own frame fails only when the disk does (full, a size limit, read-only);
             # Polars words that in several ways, not always with the OS error: say it as one.
             code = re.search(r"os error (\d+)", str(exc))
-            err = int(code.group(1)) if code else errno.EIO
+            err = int(code.group(1)) if code else _refused_write(tmp)
             raise OSError(err, os.strerror(err), str(target)) from None
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())

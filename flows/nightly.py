@@ -6,6 +6,7 @@ Thin by design: tasks pass file paths and counts, never frames; all logic is in 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import os
 from pathlib import Path
 
@@ -19,13 +20,18 @@ from b12pipeline.files import extract_checksum, file_state
 from b12pipeline.paths import OutputLayout
 from b12pipeline.runguard import guard_output, note_run
 
+# A full disk, a quota, a read-only file system or a file another run took does not come right in
+# the seconds between retries: the night stops at once with its one line, and the re-run (safe,
+# idempotent) follows the fix.
+_LASTING_IO_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.ENOENT})
+
 
 def _retry_on_io(task, task_run, state) -> bool:
     """Retry transient I/O failures (network shares, locked files), never data or code errors."""
     try:
         state.result()
-    except OSError:
-        return True
+    except OSError as exc:
+        return exc.errno not in _LASTING_IO_ERRORS
     except Exception:
         return False
     return False

@@ -53,7 +53,9 @@ def pull_flow(
     logger = get_run_logger()
     config = pull.load_sources(Path(sources_file))[source]
     night = night or night_of(flow_run.scheduled_start_time, tz)
-    fetch = fetch_source.with_options(retries=config.retries, retry_delay_seconds=config.retry_delay_seconds)
+    fetch = fetch_source.with_options(
+        retries=config.retries, retry_delay_seconds=config.retry_delay_seconds, retry_condition_fn=_retry_unreachable
+    )
     with guard_output(out):
         fetched = fetch(sources_file, source, out, night)
         logger.info("night %s: %d file(s) fetched from source %s", night, len(fetched), source)

@@ -247,21 +247,27 @@ def _first(paths) -> Path | None:
     return next(iter(paths), None)
 
 
+@pytest.fixture(scope="module")
+def landing_reference(big_extract, cli_env, tmp_path_factory) -> tuple[Path, int]:
+    """The uninterrupted landing night every kill point is compared with (its output, its exit code)."""
+    root = tmp_path_factory.mktemp("ref")
+    ref_out = root / "out"
+    ref = _run(
+        ["nightly", "--landing", str(_landing(root, big_extract)), "--out", str(ref_out), "--night", NIGHT], cli_env
+    )
+    assert ref.returncode == 1, ref.stderr[-2000:]
+    return ref_out, ref.returncode
+
+
 @pytest.mark.parametrize(
     "window",
     ["rejected", "manifest", "report", "index"],
     ids=["after a rejection", "after the manifest", "after the report", "after the archive index"],
 )
 def test_a_landing_night_killed_at_any_point_reruns_to_the_same_manifest_and_exit_code(
-    big_extract, cli_env, tmp_path, window
+    big_extract, cli_env, landing_reference, tmp_path, window
 ):
-    ref_out = tmp_path / "ref" / "out"
-    ref = _run(
-        ["nightly", "--landing", str(_landing(tmp_path / "ref", big_extract)), "--out", str(ref_out), "--night", NIGHT],
-        cli_env,
-    )
-    assert ref.returncode == 1, ref.stderr[-2000:]
-
+    ref_out, ref_returncode = landing_reference
     landing, out = _landing(tmp_path / "k", big_extract), tmp_path / "k" / "out"
     proc = _start(["nightly", "--landing", str(landing), "--out", str(out), "--night", NIGHT], cli_env)
     markers = {
@@ -284,7 +290,7 @@ def test_a_landing_night_killed_at_any_point_reruns_to_the_same_manifest_and_exi
     if recorded:  # the night was recorded: done, as after an uninterrupted run
         assert again.returncode == 0 and "nothing new" in again.stdout, again.stderr[-2000:]
     else:
-        assert again.returncode == ref.returncode, again.stderr[-2000:]
+        assert again.returncode == ref_returncode, again.stderr[-2000:]
     assert _manifest(out) == _manifest(ref_out)
     assert sorted(p.name for p in landing.iterdir()) == ["a_big.csv"]  # the rejected file left landing
     assert sorted(p.name for p in (out / "rejected").iterdir()) == sorted(

@@ -85,7 +85,7 @@ def test_a_full_disk_is_one_line_and_exit_4(tmp_path, fixtures_dir, cli_env):
         timeout=300,
         preexec_fn=limit_file_size,
     )
-    _assert_one_clear_line(done, str(tmp_path / "out"))
+    _assert_one_clear_line(done, str(tmp_path / "out"), "file too large")
 
 
 def test_a_landing_file_gone_mid_run_stops_the_night_as_an_environment_failure(prefect_harness, tmp_path):
