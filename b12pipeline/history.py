@@ -46,14 +46,20 @@ def read_history(history_root: Path, start: dt.date | None = None, end: dt.date 
 
 
 def read_for_dates(
-    history_root: Path, dates: list[dt.date], lookback_days: int, patients: pl.Series | None = None
+    history_root: Path,
+    dates: list[dt.date],
+    lookback_days: int,
+    patients: pl.Series | None = None,
+    earlier_columns: tuple[str, ...] | None = None,
 ) -> pl.DataFrame | None:
     """What re-evaluating `dates` needs, and no more: the rows on those dates (only `patients`' rows
-    when given), and the earlier rows of the same patients back to the first date's look-back.
+    when given), and the earlier rows of the same patients back to the first date's look-back
+    (with `earlier_columns`, only those columns of them are read; the others are null).
 
     Cross-row facts are per patient (crossrow.py), so other patients' rows cannot change a finding;
     reading only these keeps a small night on a year of history as cheap as on an empty store.
-    Rows come in date order, each date's file in its own order (as read_history gives them)."""
+    Rows come in date order, each date's file in its own order (as read_history gives them), with
+    the columns and types read_history gives them."""
     dates = sorted(set(dates))
     if not dates:
         return None
@@ -63,10 +69,10 @@ def read_for_dates(
     if patients is not None:
         ids = patients.unique().implode()
         on_dates = {d: f.filter(pl.col("patient_id").is_in(ids)) for d, f in on_dates.items()}
-    collected = _collect_in_groups(on_dates)
+    on_rows = _collect_in_groups(on_dates)
     ids = (
-        pl.concat([f.select("patient_id") for f in collected.values()])["patient_id"].drop_nulls().unique().implode()
-        if collected
+        pl.concat([f.select("patient_id") for f in on_rows.values()])["patient_id"].drop_nulls().unique().implode()
+        if on_rows
         else pl.Series("patient_id", [], dtype=pl.String).implode()
     )
     before = sorted(d for d in paths if start <= d <= dates[-1] and d not in wanted)
@@ -76,21 +82,36 @@ def read_for_dates(
     runs: dict[int, list[dt.date]] = {}
     for d in before:
         runs.setdefault(bisect.bisect(dates, d), []).append(d)
-    collected.update({run[0]: _earlier_rows([paths[d] for d in run], ids) for run in runs.values()})
-    frames = [collected[d] for d in sorted(collected) if collected[d].height]
+    pieces = {d: [f] for d, f in on_rows.items() if f.height}
+    pieces.update({run[0]: _earlier_rows([paths[d] for d in run], ids, earlier_columns) for run in runs.values()})
+    frames = [f for d in sorted(pieces) for f in pieces[d]]
     return pl.concat(frames, how="diagonal_relaxed") if frames else None
 
 
-def _earlier_rows(paths: list[Path], ids: pl.Series) -> pl.DataFrame:
-    """The rows of `ids` in `paths`, file by file in the given order (as one frame per file would give
-    them, concatenated). Files written before a column was added or changed differ in schema: one
-    query cannot read them together, so those are read a file at a time."""
+def _earlier_rows(paths: list[Path], ids: pl.Series, columns: tuple[str, ...] | None) -> list[pl.DataFrame]:
+    """The rows of `ids` in `paths`, in file order, as frames to concatenate ([] when none). With
+    `columns`, only those are read, each file's rows preceded by an empty frame of the file's own
+    columns, so the concatenation has the columns (in order) and types of whole files.
+    Files written before a column was added differ in schema: one query cannot read them
+    together, so those are read a file at a time (types of columns not read: the first file's)."""
+
+    def query(scan: pl.LazyFrame) -> tuple[pl.DataFrame, pl.LazyFrame]:
+        schema = scan.collect_schema()
+        keep = [c for c in schema if columns is None or c in columns]
+        return pl.DataFrame(schema=schema), scan.select(keep).filter(pl.col("patient_id").is_in(ids))
+
     try:
-        return pl.scan_parquet(paths).filter(pl.col("patient_id").is_in(ids)).collect()
+        queries = [query(pl.scan_parquet(paths))]
+        found = [queries[0][1].collect()]
     except (pl.exceptions.ColumnNotFoundError, pl.exceptions.SchemaError):
-        scans = {i: pl.scan_parquet(p).filter(pl.col("patient_id").is_in(ids)) for i, p in enumerate(paths)}
-        frames = [f for f in _collect_in_groups(scans).values() if f.height]
-        return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+        queries = [query(pl.scan_parquet(p)) for p in paths]
+        found = list(_collect_in_groups({i: q for i, (_, q) in enumerate(queries)}).values())
+    return [
+        frame
+        for (shape, _), rows in zip(queries, found, strict=True)
+        if rows.height
+        for frame in ([shape, rows] if columns is not None else [rows])
+    ]
 
 
 # Files read at once: enough to keep the cores busy, few enough that a year of files is never

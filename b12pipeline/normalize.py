@@ -603,6 +603,25 @@ def cms_facts(df: pl.DataFrame, ref: Reference, cfg: SiteConfig) -> pl.DataFrame
 
 DATE_OF_SERVICE = ["patient_id", "service_date", "charge_hcpcs"]
 
+# The canonical columns an earlier row's cross-row facts derive from: the patient and admin ids,
+# admin_time (service_date, admin_instant), mar_action (given), route (route_class), and the
+# ingredient and antidote_use (ndc, rxnorm_code, medication_name, dose_value, dose_unit,
+# concentration_mcg_per_ml). Facts are per row or per patient and day (DATE_OF_SERVICE), so rows
+# read only as an earlier date's look-back need no others (history.read_for_dates).
+CROSS_ROW_SOURCES = (
+    "patient_id",
+    "admin_id",
+    "admin_time",
+    "mar_action",
+    "route",
+    "ndc",
+    "rxnorm_code",
+    "medication_name",
+    "dose_value",
+    "dose_unit",
+    "concentration_mcg_per_ml",
+)
+
 
 def date_of_service_lines(df: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
     """Per row, over the patient's lines of its code on its date of service: their units summed

@@ -242,7 +242,8 @@ def findings_for_dates(
     if not dates:
         return empty_findings()
     history = OutputLayout(Path(out)).history
-    canonical = read_for_dates(history, dates, lookback_days(rules.config), patients)
+    # Earlier dates' rows only feed cross-row facts: only the columns those derive from are read.
+    canonical = read_for_dates(history, dates, lookback_days(rules.config), patients, normalize.CROSS_ROW_SOURCES)
     if canonical is None:
         return empty_findings()
     findings = _findings_by_patient_group(canonical, dates, rules, run_id, engine)

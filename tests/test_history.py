@@ -200,6 +200,51 @@ def test_earlier_rows_in_files_of_other_schemas_read_as_a_plain_read_does(tmp_pa
     assert got.filter(service_date.is_in(days[2:4]))["site"].is_null().all()
 
 
+def test_an_earlier_rows_cross_row_facts_need_only_the_columns_read_for_it(rules, tmp_path):
+    """Rows read as a date's look-back carry only normalize.CROSS_ROW_SOURCES (the other columns
+    null): on varied synthetic rows (defects included) the facts cross-row rules read of them, and
+    the cross-row facts themselves, are the same as from the whole rows."""
+    from b12pipeline import normalize, synth
+    from b12pipeline.facts import evaluation_facts
+
+    extract = tmp_path / "night.csv"
+    synth.generate(4000, seed=9, defect_rate=0.3, b12_share=1.0, days=60).frame.write_csv(extract)
+    staged = pipeline.stage_file(extract, tmp_path / "out", "r", dt.date(2024, 3, 15), rules)
+    # And rows whose ingredient comes from the name or the RxNorm code alone, and antidote doses in
+    # g-equivalent units and in mL at a charted concentration (synthetic rows always carry an NDC).
+    given = {"patient_id": "PX", "mar_action": "given", "route": "IM"}
+    hydroxo = {**given, "medication_name": "hydroxocobalamin injection"}
+    hand = case_frame(
+        [
+            {
+                **hydroxo,
+                "admin_id": "H1",
+                "admin_time": "2024-03-01T09:00:00",
+                "dose_value": "1000",
+                "dose_unit": "mcg",
+            },
+            {**given, "admin_id": "H2", "admin_time": "2024-03-02T09:00:00", "rxnorm_code": "309594"},
+            {**given, "admin_id": "H3", "admin_time": "2024-03-02T09:30:00", "rxnorm_code": "309594"},
+            {**hydroxo, "admin_id": "H4", "admin_time": "2024-03-03T09:00:00", "dose_value": "200", "dose_unit": "mg"},
+            {**hydroxo, "admin_id": "H5", "admin_time": "2024-03-04T09:00:00", "dose_value": "8", "dose_unit": "mL"}
+            | {"concentration_mcg_per_ml": "25000"},
+        ]
+    )
+    whole = pl.concat([pl.read_parquet(staged.staged), hand], how="diagonal_relaxed")
+    narrow = whole.with_columns(
+        pl.lit(None, dtype=whole.schema[c]).alias(c) for c in whole.columns if c not in normalize.CROSS_ROW_SOURCES
+    )
+    read = ["patient_id", "admin_id", "service_date", "admin_instant", "ingredient", "given", "route_class"]
+    read += ["antidote_use", "prior_injection_within_window", "days_since_first_injection", "duplicate_of_prior"]
+    facts = [
+        evaluation_facts(f, rules.reference, rules.config, rules.ruleset.payers).select(read) for f in (whole, narrow)
+    ]
+    assert facts[0]["given"].sum() > 100 and facts[0]["duplicate_of_prior"].sum() > 0
+    assert facts[0]["route_class"].n_unique() > 2 and facts[0]["ingredient"].n_unique() > 1
+    assert facts[0].filter(pl.col("patient_id") == "PX")["antidote_use"].to_list() == [False] * 3 + [True] * 2
+    assert facts[1].equals(facts[0])
+
+
 # ---------------------------------------------------------------- archive
 
 
