@@ -36,11 +36,11 @@ def test_wheel_install_runs_a_night_from_another_folder(prefect_harness, tmp_pat
     wheels, venv, elsewhere = tmp_path / "wheels", tmp_path / "venv", tmp_path / "elsewhere"
     run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", PROJECT, "-w", wheels])
     (wheel,) = wheels.glob("b12pipeline-*.whl")
-    run([sys.executable, "-m", "venv", venv])
+    run([sys.executable, "-m", "venv", "--without-pip", venv])  # this pip installs into it (--python)
     python = venv / "bin" / "python"
     target = Path(run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
     (target / "b12-test-dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", wheel])
+    run([sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps", "--no-index", wheel])
 
     elsewhere.mkdir()
     extract = shutil.copy2(FIXTURE, elsewhere / FIXTURE.name)
