@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,41 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+class _CurrentStderr:
+    """Writes to whatever `sys.stderr` is at the time of the write."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_console_follows_stderr():
+    """Prefect configures its logging once per process, when it is first imported, and its console
+    handler keeps the `sys.stderr` of that moment. When that moment is inside a CliRunner invoke
+    (a command importing Prefect lazily), the handler keeps CliRunner's stream, closed once the
+    invoke returns: every later record through it (Prefect's own, or a library's warning reaching
+    the root logger, like psycopg's on an aborted pipeline) prints "--- Logging error ---" and a
+    traceback into whichever command runs next, and a test asserting "no traceback" fails or not
+    depending on which test imported Prefect first. Configured here, before any test, the handler
+    writes to the `sys.stderr` of each write instead: each invoke's output holds its own lines."""
+    import logging
+
+    import prefect.main  # noqa: F401  (configures Prefect's logging)
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [
+        logging.getLogger(),
+        *(v for v in logging.Logger.manager.loggerDict.values() if isinstance(v, logging.Logger)),
+    ]
+    for handler in {h for lg in loggers for h in lg.handlers if isinstance(h, PrefectConsoleHandler)}:
+        handler.setStream(_CurrentStderr())  # type: ignore[arg-type]
+        handler.console.file, handler.console.stderr = None, True  # rich then writes to sys.stderr of the moment
+    yield
 
 
 @pytest.fixture(scope="session")
