@@ -163,3 +163,26 @@ def test_a_command_line_flow_run_sends_heartbeats_only_when_the_site_asks(monkey
     monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "180")
     with flow_run_settings():
         assert engine.heartbeat_seconds == 180  # set in the environment, even to the default
+
+
+def test_objects_made_by_the_startup_imports_are_frozen_and_collection_is_back_on():
+    """The imports run without the cyclic collector; what they made is frozen, not lost, and the
+    collector is on again afterwards (or stays off where the caller had turned it off)."""
+    import gc
+
+    from b12pipeline.cli.prefect_server import imports_kept_for_the_run
+
+    frozen = gc.get_freeze_count()
+    try:
+        with imports_kept_for_the_run():
+            assert not gc.isenabled()
+            made = [[i] for i in range(1000)]  # container objects the collector tracks
+        assert gc.isenabled()
+        assert gc.get_freeze_count() >= frozen + len(made)
+        gc.disable()
+        with imports_kept_for_the_run():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.unfreeze()
+        gc.enable()

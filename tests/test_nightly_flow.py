@@ -150,3 +150,44 @@ def test_flow_artifacts_hold_counts_not_identifiers(tmp_path, fixtures_dir):
     for column in ("admin_id", "patient_id", "encounter_id", "order_id"):
         for value in ids[column].drop_nulls().unique():
             assert value not in text
+
+
+def test_a_corrections_night_that_moves_administrations_re_runs_to_the_same_state(tmp_path, fixtures_dir):
+    """Corrections moving two administrations to the next date (one to another patient), run twice for
+    the same night through the CLI: the second run exits 0 with the same queues, history and worklog
+    (it was exit 1: the worklog inserted the moved findings a second time)."""
+    from sqlalchemy import func, select
+
+    from b12pipeline.worklog import open_worklog, read_states
+    from b12pipeline.worklog.models import audit
+    from tests.worklog_support import corrections_moving_admins
+
+    out = tmp_path / "out"
+    night1 = invoke(
+        "run", "--extract", str(fixtures_dir / "emar_2024-03-01.csv"), "--out", str(out), "--night", "2024-03-01"
+    )
+    assert night1.exit_code == 0, night1.output
+    moved = corrections_moving_admins(tmp_path / "emar_corrections.csv")
+    args = ["run", "--extract", str(moved), "--out", str(out), "--night", "2024-03-02"]
+
+    def state() -> tuple:
+        engine = open_worklog(out)
+        with engine.connect() as conn:
+            audited = conn.execute(select(func.count()).select_from(audit)).scalar()
+        files = {p: p.read_bytes() for part in ("history", "queues") for p in sorted((out / part).rglob("*.parquet"))}
+        return read_states(engine).sort("finding_id"), audited, files
+
+    first = invoke(*args)
+    assert first.exit_code == 0, first.output
+    states, audited, files = state()
+    queued = read_queue(out / "queues").select("finding_id", "admin_id", "service_date").sort("finding_id")
+    moved_dates = queued.filter(pl.col("admin_id").is_in(["MAR-1004-1", "MAR-1006-1"]))["service_date"]
+    assert moved_dates.dt.day().to_list() == [2, 2]
+    assert states.height == 5 and states["finding_id"].to_list() == queued["finding_id"].to_list()
+    assert states["service_date"].to_list() == queued["service_date"].to_list()  # the worklog follows the move
+
+    second = invoke(*args)
+    assert second.exit_code == 0, second.output
+    again_states, again_audited, again_files = state()
+    assert again_states.equals(states) and again_audited == audited
+    assert again_files == files

@@ -78,6 +78,29 @@ def test_dates_not_evaluated_are_left_alone(worklog_engine):
     assert statuses(worklog_engine) == {"a": "open", "z": "new"}
 
 
+def test_a_finding_moved_to_another_date_is_the_same_finding(worklog_engine):
+    """A correction moves an administration to another date: its findings (same ids) move with it,
+    whether or not their old date is evaluated again, and a re-run of that night changes nothing."""
+    later = DOS + dt.timedelta(days=1)
+    night(worklog_engine, findings("a", "b", "c"), N1)
+    night(worklog_engine, findings("a", "b"), N2)  # c resolved
+    counts = night(worklog_engine, findings("b", "c", day=later), N3, dates=[later])  # b and c moved
+    assert (counts.new, counts.reopened, counts.resolved) == (0, 1, 0)
+    states = read_states(worklog_engine).sort("finding_id")
+    assert dict(states.select("finding_id", "service_date").iter_rows()) == {"a": DOS, "b": later, "c": later}
+    assert statuses(worklog_engine) == {"a": "open", "b": "open", "c": "reopened"}
+    assert [(h["field"], h["before"], h["after"]) for h in history(worklog_engine, "c")][-2:] == [
+        ("service_date", DOS.isoformat(), later.isoformat()),
+        ("status", "resolved", "reopened"),
+    ]
+    again = night(worklog_engine, findings("b", "c", day=later), N3, dates=[later])
+    assert (again.new, again.reopened, again.resolved) == (0, 0, 0)
+    assert read_states(worklog_engine).sort("finding_id").equals(states)
+    # Their old date evaluated again: they are not there any more, and not resolved for it.
+    night(worklog_engine, findings("a"), N4, dates=[DOS])
+    assert statuses(worklog_engine) == {"a": "open", "b": "open", "c": "reopened"}
+
+
 def test_person_decisions_hold_and_rule_version_reopens_a_dismissal(worklog_engine):
     night(worklog_engine, findings("a", "b", "c"), N1)
     out = set_findings(

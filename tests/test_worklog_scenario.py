@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from b12pipeline.cli import app
 from b12pipeline.worklog import history, open_worklog, read_states
 from b12pipeline.worklog.models import audit
-from tests.worklog_support import NIGHT1_CSV, NightSeries
+from tests.worklog_support import NIGHT1_CSV, NightSeries, corrections_moving_admins
 
 N1, N2, N3 = dt.date(2024, 3, 1), dt.date(2024, 3, 2), dt.date(2024, 3, 3)
 
@@ -162,6 +162,61 @@ def test_three_nights_of_coding_work(night1, three_nights, tmp_path):
     printed = invoke("queue", "history", ids["UNITS-003"], "--out", str(out))
     assert printed.exit_code == 0
     assert "ana via cli" in printed.output and "new -> dismissed" in printed.output
+
+
+@pytest.fixture(scope="session")
+def moved_nights(tmp_path_factory) -> NightSeries:
+    """Night 1, then a corrections extract moving two administrations to the next date (one to another
+    patient) run for night 2, and the same extract run again for night 2."""
+    root = tmp_path_factory.mktemp("moved_nights")
+    moved = corrections_moving_admins(root / "emar_2024-03-02_corrections.csv")
+    return NightSeries(root, [(NIGHT1_CSV, N1), (moved, N2), (moved, N2)])
+
+
+def worklog_dates_match_queues(out: Path) -> bool:
+    from b12pipeline.queues import read_queue
+
+    queued = read_queue(out / "queues").select("finding_id", "service_date")
+    held = read_states(open_worklog(out)).select("finding_id", pl.col("service_date").alias("held"))
+    joined = queued.join(held, on="finding_id", how="full")
+    return joined.height == held.height and (joined["service_date"] == joined["held"]).all()
+
+
+def test_a_night_that_moves_findings_to_another_date_can_be_re_run(worklog_url, moved_nights, tmp_path):
+    """A moved administration keeps its finding (same id, status and history) on its new date; running
+    the same corrections again for the same night changes nothing (it was a unique violation, exit 1)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    assert moved_nights.replay(out, 0)["new"] == 5
+    ids = dict(read_states(open_worklog(out)).select("rule_id", "finding_id").iter_rows())
+    dismissed = invoke(
+        "queue", "set", ids["UNITS-002"], "--status", "dismissed", "--reason", "payer exception", "--out", str(out)
+    )
+    assert dismissed.exit_code == 0, dismissed.output
+
+    first = moved_nights.replay(out, 1)
+    assert (first["new"], first["resolved"], first["reopened"]) == (0, 0, 0)
+    assert worklog_dates_match_queues(out)
+    states = read_states(open_worklog(out))
+    assert dict(states.select("rule_id", "status").iter_rows()) == {
+        "UNITS-001": "open",
+        "UNITS-003": "open",
+        "CODE-001": "open",
+        "UNITS-002": "dismissed",  # the coder's decision moves with the administration
+        "DOC-001": "open",
+    }
+    assert dict(states.select("rule_id", "service_date").iter_rows())["DOC-001"] == N2
+    trail = [(s["field"], s["before"], s["after"]) for s in history(open_worklog(out), ids["DOC-001"])]
+    assert trail == [("status", None, "new"), ("status", "new", "open"), ("service_date", "2024-03-01", "2024-03-02")]
+    audited = audit_rows(out)
+
+    again = moved_nights.replay(out, 2)  # the same extract, the same night: it re-evaluates fewer dates
+    assert moved_nights.nights[2][3] != moved_nights.nights[1][3]
+    assert {k: v for k, v in again.items() if k != "snapshot"} == {k: 0 for k in again if k != "snapshot"}
+    assert again["snapshot"] == first["snapshot"]
+    assert read_states(open_worklog(out)).equals(states)
+    assert audit_rows(out) == audited
+    assert worklog_dates_match_queues(out)
 
 
 def test_excel_conflicting_edit_is_refused_by_row_and_nothing_else_is_lost(night1, tmp_path):

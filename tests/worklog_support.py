@@ -62,3 +62,19 @@ class NightSeries:
             shutil.rmtree(out / part, ignore_errors=True)
             shutil.copytree(snapshot / part, out / part)
         return update_night_from_queues(out, night, run_id, dates)
+
+
+def corrections_moving_admins(target: Path) -> Path:
+    """A corrections extract for the fixture night: MAR-1006-1 (DOC-001) moves to the next date of
+    service, MAR-1004-1 (UNITS-002) too and to another patient. Same admin ids, so the same findings."""
+    import polars as pl
+
+    rows = pl.read_csv(NIGHT1_CSV, infer_schema=False).filter(pl.col("admin_id").is_in(["MAR-1004-1", "MAR-1006-1"]))
+    rows.with_columns(
+        pl.col("admin_time").str.replace("2024-03-01", "2024-03-02"),
+        pl.when(pl.col("admin_id") == "MAR-1004-1")
+        .then(pl.lit("MRN00499999"))
+        .otherwise(pl.col("patient_id"))
+        .alias("patient_id"),
+    ).write_csv(target)
+    return target

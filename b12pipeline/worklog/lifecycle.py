@@ -11,6 +11,10 @@ with the worklog:
 - not produced, still open work (new/open/reopened/in_progress/deferred) -> `resolved`
 - anything else holds (a dismissal or a fix holds while the evaluation still produces it)
 
+A finding is one administration under one rule (its id), not a date: produced on an evaluated date
+while the worklog holds it on another (a correction moved the administration), it is that finding,
+moved there (`service_date` audited), and then judged as above, never inserted a second time.
+
 Work is set-based (a handful of statements per night, whatever the number of findings) so a night
 with 100k open findings adds little to its run time (bench/run_bench.py measures it).
 """
@@ -18,6 +22,7 @@ with 100k open findings adds little to its run time (bench/run_bench.py measures
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import asdict, dataclass, field
 
 import polars as pl
@@ -151,30 +156,57 @@ def _night_transition(
 
 
 def _existing(conn: Connection, dates: list[dt.date], rule_ids: list[str] | None) -> pl.DataFrame:
-    """The worklog rows of `dates`: read through the driver's cursor, not SQLAlchemy rows (a night
-    reads every finding of its dates; building 100k Row objects cost more than the query)."""
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    """The worklog rows of `dates` (only `rule_ids` when given)."""
+    mark = _mark(conn)
     as_param = (lambda d: d.isoformat()) if conn.dialect.name == "sqlite" else (lambda d: d)
-    sql = (
-        "SELECT finding_id, status, rule_version, present FROM worklog_finding "
-        f"WHERE service_date IN ({', '.join([mark] * len(dates))})"
-    )
-    params = [as_param(d) for d in dates]
+    where = f"service_date IN ({', '.join([mark] * len(dates))})"
+    params: list = [as_param(d) for d in dates]
     if rule_ids is not None:
-        sql += f" AND rule_id IN ({', '.join([mark] * len(rule_ids))})"
+        where += f" AND rule_id IN ({', '.join([mark] * len(rule_ids))})"
         params += list(rule_ids)
+    return _read_rows(conn, where, params)
+
+
+def _existing_elsewhere(conn: Connection, ids: list[str]) -> pl.DataFrame:
+    """The worklog rows of `ids` whatever their date: a correction that moves an administration to
+    another date of service moves its findings (same id) there. Their ids go as one parameter (a JSON
+    array on SQLite, an array on PostgreSQL), so a night with many new findings is still one query."""
+    if not ids:
+        return _read_rows(conn, "1 = 0", [])
+    if conn.dialect.name == "sqlite":
+        return _read_rows(conn, "finding_id IN (SELECT value FROM json_each(?))", [json.dumps(ids)])
+    return _read_rows(conn, f"finding_id = ANY({_mark(conn)})", [ids])
+
+
+def _mark(conn: Connection) -> str:
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
+
+
+def _read_rows(conn: Connection, where: str, params: list) -> pl.DataFrame:
+    """Worklog rows read through the driver's cursor, not SQLAlchemy rows (a night reads every finding
+    of its dates; building 100k Row objects cost more than the query)."""
+    sql = f"SELECT finding_id, status, rule_version, present, service_date FROM worklog_finding WHERE {where}"
     cursor = conn.connection.cursor()
     try:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     finally:
         cursor.close()
+    sqlite = conn.dialect.name == "sqlite"
     frame = pl.DataFrame(
         rows,
-        schema={"finding_id": pl.String, "status": pl.String, "old_version": pl.String, "present": pl.Int8},
+        schema={
+            "finding_id": pl.String,
+            "status": pl.String,
+            "old_version": pl.String,
+            "present": pl.Int8,
+            "old_date": pl.String if sqlite else pl.Date,
+        },
         orient="row",
     )
-    return frame.with_columns(pl.col("present").cast(pl.Boolean))
+    # SQLite hands dates back as ISO text, PostgreSQL as dates.
+    old_date = pl.col("old_date").str.to_date("%Y-%m-%d") if sqlite else pl.col("old_date")
+    return frame.with_columns(pl.col("present").cast(pl.Boolean), old_date)
 
 
 def _apply(
@@ -197,7 +229,12 @@ def _apply(
     if rule_ids is not None:
         produced = produced.filter(pl.col("rule_id").is_in(rule_ids))
     produced = produced.unique("finding_id", keep="first").with_columns(pl.lit(True).alias("produced"))
-    existing = _existing(conn, dates, rule_ids).with_columns(pl.lit(True).alias("known"))
+    existing = _existing(conn, dates, rule_ids)
+    # A finding is one administration under one rule, wherever its date: one produced here but held
+    # on a date not evaluated now has moved (a correction), and is that finding, not a new one.
+    elsewhere = produced.filter(~pl.col("finding_id").is_in(existing["finding_id"].implode()))
+    existing = pl.concat([existing, _existing_elsewhere(conn, elsewhere["finding_id"].to_list())])
+    existing = existing.with_columns(pl.lit(True).alias("known"))
     both = produced.join(existing, on="finding_id", how="full", coalesce=True).with_columns(
         pl.col("produced").fill_null(False), pl.col("known").fill_null(False)
     )
@@ -237,6 +274,22 @@ def _apply(
         counts.new = len(rows)
 
     again = both.filter(pl.col("produced") & pl.col("known"))
+    moved = again.filter(pl.col("service_date") != pl.col("old_date"))
+    if moved.height:
+        rows = moved.select("finding_id", "old_date", "service_date").to_dicts()
+        conn.execute(
+            update(finding)
+            .where(finding.c.finding_id == bindparam("b_id"))
+            .values(service_date=bindparam("b_date"), revision=finding.c.revision + 1),
+            [{"b_id": r["finding_id"], "b_date": r["service_date"]} for r in rows],
+        )
+        conn.execute(
+            insert(audit),
+            [
+                _audit(base, r, "service_date", r["old_date"].isoformat(), r["service_date"].isoformat(), cause)
+                for r in rows
+            ],
+        )
     version_changed = pl.col("rule_version") != pl.col("old_version")
     reopen = again.filter(
         (pl.col("status") == "resolved")
