@@ -125,20 +125,10 @@ def run_cases(rules_to_test, payers_to_test, rules) -> list[CaseResult]:
                 selected = [r for r in rules.ruleset.active if r.id == rule_id]
                 label = f"payers/{payer.path.name}: {rule_id}"
                 cases.append(_Case(label, kind, i, str(case.get("_note", "")), case, selected, payer))
+    # No active rule (or several of one id) for a payer case: the case alone says so.
+    shareable = {n: _own_case(c) for n, c in enumerate(cases) if c.payer is None or len(c.rules) == 1}
     verdicts: dict[int, tuple[bool, str]] = {}
-    groups: dict[tuple, list[tuple[int, pl.DataFrame, str]]] = {}
-    for n, c in enumerate(cases):
-        if c.payer is not None and len(c.rules) != 1:
-            continue  # no active rule (or several of one id): the case alone says so
-        try:
-            frame, own = _case_rows(_own_case(c), defaults, f"{n}:")
-        except Exception:  # the case alone reports the reason
-            continue
-        if frame is None:
-            continue
-        key = (repr(c.case.get("_reference") or None), repr(c.case.get("_absent_columns")))
-        groups.setdefault(key, []).append((n, frame, own))
-    for members in groups.values():
+    for members in _groups(shareable, defaults).values():
         verdicts.update(_group_verdicts([cases[n] for n, _, _ in members], members, rules))
     results = []
     for n, c in enumerate(cases):
@@ -178,16 +168,52 @@ def _case_rows(case: dict, defaults: dict, prefix: str) -> tuple[pl.DataFrame | 
     return frame, prefix + str(records[-1]["admin_id"])
 
 
+def _groups(cases: dict[int, dict], defaults: dict) -> dict[tuple, list[tuple[int, pl.DataFrame, str]]]:
+    """The cases (by number) that can share a facts frame, grouped by the frame they share (same
+    `_reference` and `_absent_columns`): (number, its rows with prefixed ids, its own admin_id)."""
+    groups: dict[tuple, list[tuple[int, pl.DataFrame, str]]] = {}
+    for n, case in cases.items():
+        try:
+            frame, own = _case_rows(case, defaults, f"{n}:")
+        except Exception:  # the case alone reports the reason
+            continue
+        if frame is not None:
+            key = (repr(case.get("_reference") or None), repr(case.get("_absent_columns")))
+            groups.setdefault(key, []).append((n, frame, own))
+    return groups
+
+
+def _shared_facts(case: dict, members: list[tuple[int, pl.DataFrame, str]], rules) -> pl.DataFrame:
+    """The facts of a group's rows, under the CMS tables its cases (`case` one of them) state."""
+    reference = rules.reference
+    if case.get("_reference"):
+        reference = with_case_tables(reference, case["_reference"])
+    frame = pl.concat([f for _, f, _ in members], how="vertical")
+    return evaluation_facts(frame, reference, rules.config, rules.ruleset.payers)
+
+
+def facts_by_case(cases: list[dict], defaults: dict, rules) -> list[pl.DataFrame | None]:
+    """Per case, its facts rows (history first, its own record last) derived together as run_cases
+    derives them, ids prefixed with the case's number; None for a case that cannot share a frame
+    (an empty or non-text id, a broken case, a failing group): case_facts derives it alone."""
+    out: list[pl.DataFrame | None] = [None] * len(cases)
+    for members in _groups(dict(enumerate(cases)), defaults).values():
+        try:
+            facts = _shared_facts(cases[members[0][0]], members, rules)
+        except Exception:  # each case alone reports its own reason
+            continue
+        start = 0
+        for n, frame, _ in members:
+            out[n] = facts.slice(start, frame.height)
+            start += frame.height
+    return out
+
+
 def _group_verdicts(group: list[_Case], members: list, rules) -> dict[int, tuple[bool, str]]:
     """Verdicts of cases sharing one facts frame (same `_reference` and `_absent_columns`); {} when
     the frame or an evaluation fails, so each of them runs alone and reports its own reason."""
-    first = group[0].case
     try:
-        reference = rules.reference
-        if first.get("_reference"):
-            reference = with_case_tables(reference, first["_reference"])
-        frame = pl.concat([f for _, f, _ in members], how="vertical")
-        facts = evaluation_facts(frame, reference, rules.config, rules.ruleset.payers)
+        facts = _shared_facts(_own_case(group[0]), members, rules)
         # Rules of one id (versions, or a payer case's active rule) are evaluated apart, so each
         # finding names the rule object that made it.
         layers: list[list[Rule]] = []

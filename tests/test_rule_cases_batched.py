@@ -18,7 +18,16 @@ from b12pipeline.engine.evaluate import evaluate
 from b12pipeline.facts import evaluation_facts
 from b12pipeline.paths import rules_dir
 from b12pipeline.pipeline import Rules
-from b12pipeline.rulecases import CaseResult, case_defaults, case_facts, case_frame, run_cases, with_case_tables
+from b12pipeline.rulecases import (
+    CASE_ID_COLUMNS,
+    CaseResult,
+    case_defaults,
+    case_facts,
+    case_frame,
+    facts_by_case,
+    run_cases,
+    with_case_tables,
+)
 
 
 def one_at_a_time(rules_to_test, payers_to_test, rules: Rules) -> list[CaseResult]:
@@ -89,6 +98,28 @@ def test_shipped_cases_batched_equal_one_at_a_time(loaded: Rules) -> None:
     batched = run_cases(rules, payers, loaded)
     assert len(batched) > 300
     assert batched == one_at_a_time(rules, payers, loaded)
+
+
+@pytest.mark.slow
+def test_shipped_case_facts_together_equal_alone(loaded: Rules) -> None:
+    """Every shipped case's facts, derived in the shared frames, are its facts derived alone: every
+    column, every row, but for the ids each case has made its own."""
+    defaults = case_defaults(loaded.ruleset.directory)
+    cases = [c for r in loaded.ruleset.rules for kind in ("fires", "passes") for c in r.cases.get(kind) or []]
+    cases += [
+        {k: v for k, v in c.items() if k not in ("_rule", "_severity")}
+        for p in loaded.ruleset.payers
+        for kind in ("fires", "passes")
+        for c in p.cases.get(kind) or []
+    ]
+    together = facts_by_case(cases, defaults, loaded)
+    assert all(f is not None for f in together)
+    for n, (case, facts) in enumerate(zip(cases, together, strict=True)):
+        alone, _ = case_facts(case, defaults, loaded.reference, loaded.config, loaded.ruleset.payers)
+        assert facts is not None
+        ids = facts.select(CASE_ID_COLUMNS)
+        assert ids.equals(alone.select((f"{n}:" + pl.col(c)).alias(c) for c in CASE_ID_COLUMNS)), case
+        assert facts.drop(CASE_ID_COLUMNS).equals(alone.drop(CASE_ID_COLUMNS)), case
 
 
 def _edit(path: Path, old: str, new: str) -> None:
