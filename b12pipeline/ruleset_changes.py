@@ -40,16 +40,15 @@ def load_folder(folder: Path | str):
 
 def gate_failures(candidate: Path | str, baseline: Path | str | None) -> list[str]:
     """Every reason `candidate` may not be deployed over `baseline` (None: nothing deployed yet)."""
-    from b12pipeline.rulecases import run_rule_cases
+    from b12pipeline.rulecases import run_cases
     from b12pipeline.rulelint import lint_rules
 
     candidate = Path(candidate)
     loaded = load_folder(candidate)
     failures = [f"lint: {p}" for p in lint_rules(candidate)]
-    for rule in loaded.ruleset.rules:
-        for res in run_rule_cases(rule, loaded):
-            if not res.ok:
-                failures.append(f"case: {res.rule_id} {res.kind}[{res.index}] {res.detail}: {res.note}".rstrip(": "))
+    for res in run_cases(loaded.ruleset.rules, (), loaded):
+        if not res.ok:
+            failures.append(f"case: {res.rule_id} {res.kind}[{res.index}] {res.detail}: {res.note}".rstrip(": "))
     if baseline is not None:
         failures += [
             f"version: {m}" for m in unbumped_changes(load_folder(baseline).ruleset.rules, loaded.ruleset.rules)

@@ -24,7 +24,7 @@ from b12pipeline.facts import evaluation_facts
 from b12pipeline.ingest.read import read_extract
 from b12pipeline.pipeline import Rules, apply_staged, stage_file
 from b12pipeline.queues import read_queue
-from b12pipeline.rulecases import case_defaults, case_facts
+from b12pipeline.rulecases import case_defaults, case_facts, facts_by_case
 from b12pipeline.validate import validate
 
 pytest.importorskip("durable.engine", reason="durable-rules not installed (pip install '.[durable]')")
@@ -53,12 +53,14 @@ def fixture_facts(loaded: Rules) -> pl.DataFrame:
 def case_rows(loaded: Rules) -> dict[str, pl.DataFrame]:
     """Per rule id: the facts of all its cases (versions together)."""
     defaults = case_defaults(loaded.ruleset.directory)
+    cases = [(r.id, c) for r in loaded.ruleset.rules for kind in ("fires", "passes") for c in r.cases.get(kind) or []]
+    # Derived together, as the case runner derives them (each case's ids its own); alone if they cannot be.
+    together = facts_by_case([c for _, c in cases], defaults, loaded)
     out: dict[str, list[pl.DataFrame]] = {}
-    for rule in loaded.ruleset.rules:
-        for kind in ("fires", "passes"):
-            for case in rule.cases.get(kind) or []:
-                facts, _ = case_facts(case, defaults, loaded.reference, loaded.config, loaded.ruleset.payers)
-                out.setdefault(rule.id, []).append(facts)
+    for (rule_id, case), facts in zip(cases, together, strict=True):
+        if facts is None:
+            facts, _ = case_facts(case, defaults, loaded.reference, loaded.config, loaded.ruleset.payers)
+        out.setdefault(rule_id, []).append(facts)
     return {rid: pl.concat(f, how="vertical_relaxed") for rid, f in out.items()}
 
 

@@ -81,20 +81,17 @@ def test_rules(
     rule_id: Optional[str] = typer.Option(None, "--id", help="Only this rule id."),
 ) -> None:
     """Run every rule's own cases (fires / passes) and every payer file's; exit 1 if any case fails."""
-    from b12pipeline.rulecases import run_payer_cases, run_rule_cases
+    from b12pipeline.rulecases import run_cases
 
     loaded = _load(rules)
     selected = [r for r in loaded.ruleset.rules if rule_id is None or r.id == rule_id]
     if not selected:
         raise usage_error(f"no rule with id {rule_id!r}")
-    results = [res for r in selected for res in run_rule_cases(r, loaded)]
-    # Payer files' cases (each names the rule it checks): all of them, or those of --id.
-    results += [
-        res
-        for p in loaded.ruleset.payers
-        for res in run_payer_cases(p, loaded)
-        if rule_id is None or res.rule_id.endswith(f": {rule_id}")
-    ]
+    # Every rule's cases and every payer file's (each names the rule it checks), evaluated together;
+    # of the payer files' cases, all of them or those of --id.
+    results = run_cases(selected, loaded.ruleset.payers, loaded)
+    own = sum(len(r.cases.get(kind, []) or []) for r in selected for kind in ("fires", "passes"))
+    results = results[:own] + [res for res in results[own:] if rule_id is None or res.rule_id.endswith(f": {rule_id}")]
     failed = [res for res in results if not res.ok]
     if failed:
         table = Table(title=f"{len(failed)} failing case(s)")
