@@ -212,7 +212,7 @@ def test_schema_is_the_migrations_head_and_matches_the_models(worklog_engine):
     from b12pipeline.worklog.models import metadata
 
     with worklog_engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
     assert {"worklog_finding", "worklog_audit", "worklog_night"} <= set(inspect(worklog_engine).get_table_names())
 
@@ -263,7 +263,7 @@ def test_a_worklog_at_the_first_migration_upgrades_and_keeps_its_rows(worklog_ur
     dispose_all()
     engine = open_worklog(url=worklog_url)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
     assert statuses(engine) == {"a": "open"}
     night(engine, findings("a"), N2)
     assert statuses(engine) == {"a": "open"}
@@ -302,3 +302,51 @@ def test_an_edit_during_a_night_waits_for_it_and_both_land_in_the_audit_log(work
 
 def utc() -> dt.datetime:
     return dt.datetime(2024, 3, 2, 3, 0, tzinfo=dt.timezone.utc)
+
+
+def test_a_new_rule_version_updates_what_the_worklog_copies_from_the_finding(worklog_engine):
+    """A rule's new version that changes a finding's severity (or moves the rule to another queue):
+    the worklog row takes the new values, one audit row per field changed, the coder's decisions
+    stay, and a re-run of that night changes nothing more."""
+    night(worklog_engine, findings("a", "b", "c"), N1)
+    set_findings(
+        worklog_engine, ["a"], actor="ana", interface="cli", reasons=REASONS, status="in_progress", owner="ana"
+    )
+    set_findings(
+        worklog_engine,
+        ["c"],
+        actor="ana",
+        interface="cli",
+        reasons=REASONS,
+        status="dismissed",
+        reason="false positive",
+    )
+    tonight = findings("a", "b", "c", version="2").with_columns(
+        pl.when(pl.col("finding_id") == "b").then(pl.lit("documentation")).otherwise("queue").alias("queue"),
+        pl.lit("warning").alias("severity"),
+    )
+    counts = night(worklog_engine, tonight, N2)
+    states = read_states(worklog_engine).sort("finding_id")
+    assert states.select("finding_id", "queue", "rule_version", "severity", "status", "owner").rows() == [
+        ("a", "coding", "2", "warning", "in_progress", "ana"),
+        ("b", "documentation", "2", "warning", "open", None),
+        ("c", "coding", "2", "warning", "reopened", None),
+    ]
+    assert counts.rule_version_changed == 3 and counts.reopened == 1
+    changes = [(h["field"], h["before"], h["after"], h["interface"]) for h in history(worklog_engine, "a")][-2:]
+    assert changes == [("rule_version", "1", "2", "night"), ("severity", "error", "warning", "night")]
+    assert [(h["field"], h["before"], h["after"]) for h in history(worklog_engine, "b")][-3:] == [
+        ("rule_version", "1", "2"),
+        ("severity", "error", "warning"),
+        ("queue", "coding", "documentation"),
+    ]
+    assert [(h["field"], h["after"]) for h in history(worklog_engine, "c")][-3:] == [
+        ("rule_version", "2"),
+        ("severity", "warning"),
+        ("status", "reopened"),
+    ]
+    audited = {i: len(history(worklog_engine, i)) for i in "abc"}
+    again = night(worklog_engine, tonight, N2)
+    assert (again.new, again.reopened, again.resolved, again.rule_version_changed) == (0, 0, 0, 0)
+    assert read_states(worklog_engine).sort("finding_id").equals(states)
+    assert {i: len(history(worklog_engine, i)) for i in "abc"} == audited

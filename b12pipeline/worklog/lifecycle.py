@@ -4,6 +4,8 @@ A night calls `update_night`: findings first seen the night before become `open`
 tonight return to `open`, then `apply_evaluation` compares the findings of every re-evaluated date
 with the worklog:
 
+- produced, known              -> what the worklog copies from the finding (COPIED: rule version,
+                                  severity, queue) takes the produced value, one audit row per field
 - produced, unknown            -> inserted as `new` (first seen = this night and run)
 - produced, `resolved`         -> `reopened` (it came back)
 - produced, `fixed` but absent since -> `reopened` (the fix did not hold)
@@ -35,6 +37,10 @@ from b12pipeline.worklog.store import write_transaction
 
 NIGHT_ACTOR = "b12pipeline"
 KEY_COLUMNS = ("finding_id", "queue", "rule_id", "rule_version", "severity", "service_date")
+# What the worklog copies from a finding that a later evaluation may produce differently for the same
+# id (a rule's new version changes its severity, or moves the rule to another queue). The rule id is
+# part of the finding id; the service date is a move (audited on its own, above the status rules).
+COPIED = ("rule_version", "severity", "queue")
 
 
 @dataclass
@@ -185,7 +191,10 @@ def _mark(conn: Connection) -> str:
 def _read_rows(conn: Connection, where: str, params: list) -> pl.DataFrame:
     """Worklog rows read through the driver's cursor, not SQLAlchemy rows (a night reads every finding
     of its dates; building 100k Row objects cost more than the query)."""
-    sql = f"SELECT finding_id, status, rule_version, present, service_date FROM worklog_finding WHERE {where}"
+    sql = (
+        "SELECT finding_id, status, rule_version, severity, queue, present, service_date "
+        f"FROM worklog_finding WHERE {where}"
+    )
     cursor = conn.connection.cursor()
     try:
         cursor.execute(sql, params)
@@ -198,7 +207,9 @@ def _read_rows(conn: Connection, where: str, params: list) -> pl.DataFrame:
         schema={
             "finding_id": pl.String,
             "status": pl.String,
-            "old_version": pl.String,
+            "old_rule_version": pl.String,
+            "old_severity": pl.String,
+            "old_queue": pl.String,
             "present": pl.Int8,
             "old_date": pl.String if sqlite else pl.Date,
         },
@@ -290,55 +301,23 @@ def _apply(
                 for r in rows
             ],
         )
-    version_changed = pl.col("rule_version") != pl.col("old_version")
+    counts.rule_version_changed = _update_copied(conn, again, base, cause)
     reopen = again.filter(
         (pl.col("status") == "resolved")
         | ((pl.col("status") == "fixed") & ~pl.col("present"))
-        | ((pl.col("status") == "dismissed") & version_changed)
+        | ((pl.col("status") == "dismissed") & (pl.col("rule_version") != pl.col("old_rule_version")))
     )
     if reopen.height:
-        rows = reopen.select("finding_id", "status", "old_version", "rule_version").to_dicts()
+        rows = reopen.select("finding_id", "status").to_dicts()
         conn.execute(
             update(finding)
             .where(finding.c.finding_id == bindparam("b_id"))
-            .values(
-                status="reopened",
-                present=True,
-                closed_on=None,
-                rule_version=bindparam("b_version"),
-                revision=finding.c.revision + 1,
-            ),
-            [{"b_id": r["finding_id"], "b_version": r["rule_version"]} for r in rows],
+            .values(status="reopened", present=True, closed_on=None, revision=finding.c.revision + 1),
+            [{"b_id": r["finding_id"]} for r in rows],
         )
         conn.execute(insert(audit), [_audit(base, r, "status", r["status"], "reopened", cause) for r in rows])
         counts.reopened = len(rows)
-    reopened_ids = reopen["finding_id"].implode() if reopen.height else pl.Series([], dtype=pl.String).implode()
-    rest = again.filter(~pl.col("finding_id").is_in(reopened_ids))
-    newer = rest.filter(version_changed)
-    if newer.height:
-        rows = newer.select("finding_id", "old_version", "rule_version").to_dicts()
-        conn.execute(
-            update(finding)
-            .where(finding.c.finding_id == bindparam("b_id"))
-            .values(rule_version=bindparam("b_version"), present=True, revision=finding.c.revision + 1),
-            [{"b_id": r["finding_id"], "b_version": r["rule_version"]} for r in rows],
-        )
-        conn.execute(
-            insert(audit),
-            [
-                {
-                    **base,
-                    "finding_id": r["finding_id"],
-                    "field": "rule_version",
-                    "before": r["old_version"],
-                    "after": r["rule_version"],
-                    "cause": cause,
-                }
-                for r in rows
-            ],
-        )
-        counts.rule_version_changed = len(rows)
-    back = rest.filter(~version_changed & ~pl.col("present"))
+    back = again.filter(~pl.col("present") & ~pl.col("finding_id").is_in(reopen["finding_id"].implode()))
     if back.height:
         _set_present(conn, back["finding_id"].to_list(), True)
 
@@ -358,6 +337,28 @@ def _apply(
     if vanished.height:
         _set_present(conn, vanished["finding_id"].to_list(), False)
     return counts
+
+
+def _update_copied(conn: Connection, again: pl.DataFrame, base: dict, cause: str) -> int:
+    """Each COPIED field the evaluation produced differently from the worklog row takes the produced
+    value, with one audit row per field (two statements per field). Returns how many rule versions
+    changed. The coder's own fields (status, owner, reason, comment, deferral) are not touched here."""
+    changed_versions = 0
+    for column in COPIED:
+        changed = again.filter(pl.col(column) != pl.col(f"old_{column}"))
+        if not changed.height:
+            continue
+        rows = changed.select("finding_id", f"old_{column}", column).to_dicts()
+        conn.execute(
+            update(finding)
+            .where(finding.c.finding_id == bindparam("b_id"))
+            .values({column: bindparam("b_value"), "revision": finding.c.revision + 1}),
+            [{"b_id": r["finding_id"], "b_value": r[column]} for r in rows],
+        )
+        conn.execute(insert(audit), [_audit(base, r, column, r[f"old_{column}"], r[column], cause) for r in rows])
+        if column == "rule_version":
+            changed_versions = len(rows)
+    return changed_versions
 
 
 def _set_present(conn: Connection, ids: list[str], present: bool) -> None:

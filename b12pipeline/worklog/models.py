@@ -57,7 +57,7 @@ finding = Table(
     Column("closed_on", Date),  # the day it reached fixed/dismissed/resolved (for days to close)
     Column("revision", Integer, nullable=False),  # +1 on every change: an export's conflict check
 )
-# What a night reads for every finding of its dates, served from the index alone (migration 0002).
+# What a night reads for every finding of its dates, served from the index alone (migrations 0002, 0003).
 Index(
     "ix_worklog_finding_date_state",
     finding.c.service_date,
@@ -65,6 +65,8 @@ Index(
     finding.c.status,
     finding.c.rule_version,
     finding.c.present,
+    finding.c.severity,
+    finding.c.queue,
 )
 
 audit = Table(
