@@ -75,7 +75,7 @@ def worklog_states(out: Path, ids: list[str]) -> pl.DataFrame | None:
         for suffix in ("", "-wal"):
             if Path(f"{path}{suffix}").is_file():
                 shutil.copyfile(f"{path}{suffix}", f"{copy}{suffix}")
-        engine = create_engine(f"sqlite:///{copy}")
+        engine = create_engine(f"sqlite:///{copy}", hide_parameters=True)
         try:
             return read_states(engine, ids)
         finally:

@@ -350,3 +350,20 @@ def test_a_new_rule_version_updates_what_the_worklog_copies_from_the_finding(wor
     assert (again.new, again.reopened, again.resolved, again.rule_version_changed) == (0, 0, 0, 0)
     assert read_states(worklog_engine).sort("finding_id").equals(states)
     assert {i: len(history(worklog_engine, i)) for i in "abc"} == audited
+
+
+def test_a_failed_statement_never_quotes_its_values(worklog_engine):
+    """A database error's text (a traceback, Prefect's task log) shows the SQL, not the values: a
+    comment may hold PHI. Here a row missing its required columns carries a comment."""
+    from sqlalchemy.exc import IntegrityError
+
+    canary = "CANARY-COMMENT-MRN-0042"
+    with pytest.raises(IntegrityError) as failed:
+        with worklog_engine.begin() as conn:
+            conn.execute(
+                text("INSERT INTO worklog_finding (finding_id, comment) VALUES (:id, :comment)"),
+                {"id": "f-canary", "comment": canary},
+            )
+    assert "worklog_finding" in str(failed.value)  # the statement is named ...
+    for text_of_error in (str(failed.value), str(failed.value.orig)):  # and in a traceback, the driver's error
+        assert canary not in text_of_error and "f-canary" not in text_of_error  # ... its values are not

@@ -76,7 +76,7 @@ def _engine(source: PullSource):
     password = source.password()
     if password is not None:
         url = url.set(password=password)
-    return create_engine(url)
+    return create_engine(url, hide_parameters=True)
 
 
 def pull_sql(source: PullSource, night: dt.date, target: Path) -> int:

@@ -61,17 +61,31 @@ def dispose_all() -> None:
     _engines.clear()
 
 
+def _without_row_values(context) -> None:
+    """PostgreSQL adds the values it refused on lines of their own ("DETAIL: Failing row contains
+    (...)", "Key (finding_id)=(...) already exists"): the error keeps its first line, which names
+    the constraint and the column only."""
+    for error in (context.original_exception, context.sqlalchemy_exception):
+        lines = str(error.args[0]).splitlines() if error is not None and len(error.args) == 1 else []
+        if len(lines) > 1:
+            error.args = (lines[0],)
+
+
 def _create(url: str) -> Engine:
+    # hide_parameters: a failed statement's text (in a traceback, Prefect's task log, a web error)
+    # shows its SQL but not its values, which can be a coder's comment or a finding's ids.
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url, pool_pre_ping=True, hide_parameters=True)
+        event.listen(engine, "handle_error", _without_row_values)
+        return engine
     if parsed.database in (None, "", ":memory:"):
         raise WorklogError("the worklog needs a SQLite file, not an in-memory database")
     path = Path(parsed.database)
     path.parent.mkdir(parents=True, exist_ok=True)
     os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
     path.chmod(0o600)  # owner-only even when the umask is wider: comments may hold PHI
-    engine = create_engine(url, connect_args={"timeout": 60, "isolation_level": None})
+    engine = create_engine(url, connect_args={"timeout": 60, "isolation_level": None}, hide_parameters=True)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):
