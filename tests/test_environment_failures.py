@@ -143,3 +143,35 @@ def test_expected_failures_are_dropped_and_others_lose_their_traceback_whatever_
     finally:
         logger.removeHandler(handler)
     assert "after the block: kept" in stream.getvalue()
+
+
+@pytest.mark.slow
+def test_a_worklog_database_out_of_reach_is_one_line_and_exit_4(tmp_path, fixtures_dir, cli_env):
+    """The worklog's PostgreSQL server is down when the night reaches it: the findings are in the
+    queues, and the night says what failed in one line (no traceback, no password), exit 4."""
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "out"
+    env = {**cli_env, "B12_WORKLOG_URL": f"postgresql+psycopg://coders:s3cret-pw@127.0.0.1:{port}/b12"}
+    done = subprocess.run(
+        [
+            CLI,
+            "run",
+            "--extract",
+            str(fixtures_dir / "emar_2024-03-01.csv"),
+            "--out",
+            str(out),
+            "--night",
+            "2024-03-01",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    _assert_one_clear_line(done, "worklog database", str(port))
+    assert "s3cret-pw" not in done.stderr + done.stdout
+    assert list((out / "queues").rglob("*.parquet"))  # the night's findings were written before it

@@ -22,8 +22,9 @@ EXIT_SOURCE = 5  # a pull source could not be reached (after its retries)
 
 def environment_problem(exc: BaseException) -> str | None:
     """One line for a failure of the machine rather than of the data (None if it is not one):
-    an OSError (read-only or full disk, a file-size limit, a landing file that vanished), or a
-    Polars error wrapping one ("... (os error 28)"). Names the path and the system's reason only."""
+    an OSError (read-only or full disk, a file-size limit, a landing file that vanished), a
+    Polars error wrapping one ("... (os error 28)"), or the worklog's database failing or out of
+    reach. Names the path (or the server) and the system's reason only."""
     import errno
     import os
     import re
@@ -37,6 +38,13 @@ def environment_problem(exc: BaseException) -> str | None:
     code = re.search(r"\(os error (\d+)\)", str(exc)) if type(exc).__module__.startswith("polars") else None
     if code:
         return f"writing the output failed: {os.strerror(int(code.group(1))).lower()}"
+    if type(exc).__module__.startswith("sqlalchemy") and type(exc).__name__ in ("OperationalError", "InterfaceError"):
+        # The worklog's database server is down or unreachable (the queues and history are written
+        # by then). The driver's first line names the server, never a value (worklog/store.py).
+        why = str(getattr(exc, "orig", None) or type(exc).__name__).splitlines()[0]
+        return (
+            f"the worklog database failed ({why}); the findings are in the queues: run the night again once it is back"
+        )
     return None
 
 
