@@ -68,11 +68,13 @@ def register(app: typer.Typer) -> None:
 
     def _pull(source: str, out: Path, night, sources_file: Path, rules: Optional[Path]) -> int:
         from b12pipeline import pull as pulling
+        from b12pipeline.cli.prefect_server import flow_run_settings, imports_kept_for_the_run
         from b12pipeline.cli.run import print_summary
-        from flows.pull import pull_flow
 
+        with imports_kept_for_the_run():  # Prefect's (GX is imported only if a file comes in)
+            from flows.pull import pull_flow
         try:
-            with no_console_tracebacks(pulling.SourceUnreachable, pulling.SourceConfigError):
+            with no_console_tracebacks(pulling.SourceUnreachable, pulling.SourceConfigError), flow_run_settings():
                 result = pull_flow(
                     source=source,
                     out=str(out),
