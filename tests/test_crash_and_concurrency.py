@@ -284,8 +284,11 @@ def test_a_landing_night_killed_at_any_point_reruns_to_the_same_manifest_and_exi
     proc.wait(timeout=60)
     assert markers[window]() is not None, "the run ended before the window"
     # The kill races the run's next step: a run that recorded its night before the signal landed is
-    # judged as one killed after the index, whichever window was aimed at.
-    recorded = markers["index"]() is not None
+    # judged as one killed after the index, whichever window was aimed at. Recorded means the index
+    # holds the night's entries: they go in one write, and the file itself is created just before it
+    # (a kill in between leaves it empty, the night unrecorded).
+    index = markers["index"]()
+    recorded = index is not None and index.stat().st_size > 0
 
     again = _run(["nightly", "--landing", str(landing), "--out", str(out), "--night", NIGHT], cli_env)
     if recorded:  # the night was recorded: done, as after an uninterrupted run
