@@ -35,6 +35,12 @@ def _read_only_folder(tmp_path: Path) -> Path:
     return folder
 
 
+def _run_night(extract: Path, out: Path, env: dict, **options) -> subprocess.CompletedProcess:
+    """`b12pipeline run` of `extract` as night 2024-03-01 into `out`, its output captured."""
+    command = [CLI, "run", "--extract", str(extract), "--out", str(out), "--night", "2024-03-01"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, **options)
+
+
 def _assert_one_clear_line(done: subprocess.CompletedProcess, *words: str) -> None:
     assert done.returncode == EXIT_ENVIRONMENT, (done.returncode, done.stderr[-2000:])
     assert "Traceback" not in done.stderr
@@ -46,22 +52,7 @@ def _assert_one_clear_line(done: subprocess.CompletedProcess, *words: str) -> No
 
 def test_a_read_only_out_is_one_line_and_exit_4(tmp_path, fixtures_dir, cli_env):
     out = _read_only_folder(tmp_path)
-    done = subprocess.run(
-        [
-            CLI,
-            "run",
-            "--extract",
-            str(fixtures_dir / "emar_2024-03-01.csv"),
-            "--out",
-            str(out),
-            "--night",
-            "2024-03-01",
-        ],
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _run_night(fixtures_dir / "emar_2024-03-01.csv", out, cli_env)
     _assert_one_clear_line(done, ".lock")
 
 
@@ -77,14 +68,7 @@ def test_a_full_disk_is_one_line_and_exit_4(tmp_path, fixtures_dir, cli_env):
     big = tmp_path / "emar_big.csv"
     lines = (fixtures_dir / "emar_2024-03-01.csv").read_text().splitlines()
     big.write_text("\n".join([lines[0]] + [f"X{i}{row}" for i in range(300) for row in lines[1:]]) + "\n")
-    done = subprocess.run(
-        [CLI, "run", "--extract", str(big), "--out", str(tmp_path / "out"), "--night", "2024-03-01"],
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        preexec_fn=limit_file_size,
-    )
+    done = _run_night(big, tmp_path / "out", cli_env, preexec_fn=limit_file_size)
     _assert_one_clear_line(done, str(tmp_path / "out"), "file too large")
 
 
@@ -156,22 +140,7 @@ def test_a_worklog_database_out_of_reach_is_one_line_and_exit_4(tmp_path, fixtur
         port = sock.getsockname()[1]
     out = tmp_path / "out"
     env = {**cli_env, "B12_WORKLOG_URL": f"postgresql+psycopg://coders:s3cret-pw@127.0.0.1:{port}/b12"}
-    done = subprocess.run(
-        [
-            CLI,
-            "run",
-            "--extract",
-            str(fixtures_dir / "emar_2024-03-01.csv"),
-            "--out",
-            str(out),
-            "--night",
-            "2024-03-01",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _run_night(fixtures_dir / "emar_2024-03-01.csv", out, env)
     _assert_one_clear_line(done, "worklog database", str(port))
     assert "s3cret-pw" not in done.stderr + done.stdout
     assert list((out / "queues").rglob("*.parquet"))  # the night's findings were written before it
