@@ -54,6 +54,18 @@ def test_test_runs_every_case_and_passes(tmp_path: Path):
     assert f"{total} of {total} case(s) passed" in result.output
 
 
+def test_test_of_one_rule_runs_its_cases_and_the_payer_cases_naming_it():
+    result = invoke("rules", "test", "--id", "FREQ-001")
+    ruleset = load_ruleset(rules_dir())
+    (rule,) = [r for r in ruleset.rules if r.id == "FREQ-001"]
+    total = len(rule.cases.get("fires") or []) + len(rule.cases.get("passes") or [])
+    payer_cases = [c for p in ruleset.payers for k in ("fires", "passes") for c in p.cases.get(k) or []]
+    naming = sum(1 for c in payer_cases if str(c["_rule"]) == "FREQ-001")
+    assert naming and naming < len(payer_cases)  # some payer cases are FREQ-001's, some are not
+    assert result.exit_code == 0, result.output
+    assert f"{total + naming} of {total + naming} case(s) passed" in result.output
+
+
 def test_test_reports_a_failing_case_and_exits_1(tmp_path: Path):
     # a "passes" case that in fact fires: the lot is missing on a given IM injection
     broken = DOC001.replace('- {_note: "lot documented"}', '- {_note: "lot documented", lot_number: null}')

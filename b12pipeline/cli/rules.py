@@ -87,11 +87,13 @@ def test_rules(
     selected = [r for r in loaded.ruleset.rules if rule_id is None or r.id == rule_id]
     if not selected:
         raise usage_error(f"no rule with id {rule_id!r}")
-    # Every rule's cases and every payer file's (each names the rule it checks), evaluated together;
-    # of the payer files' cases, all of them or those of --id.
-    results = run_cases(selected, loaded.ruleset.payers, loaded)
-    own = sum(len(r.cases.get(kind, []) or []) for r in selected for kind in ("fires", "passes"))
-    results = results[:own] + [res for res in results[own:] if rule_id is None or res.rule_id.endswith(f": {rule_id}")]
+    # Every rule's cases and every payer file's (each names the rule it checks, "payers/<file>: <id>"),
+    # evaluated together; with --id, only that rule's.
+    results = [
+        res
+        for res in run_cases(selected, loaded.ruleset.payers, loaded)
+        if rule_id is None or res.rule_id == rule_id or res.rule_id.endswith(f": {rule_id}")
+    ]
     failed = [res for res in results if not res.ok]
     if failed:
         table = Table(title=f"{len(failed)} failing case(s)")
