@@ -4,7 +4,8 @@ Validation runs once per file (validate.py) in BASIC mode with partial_unexpecte
 result holds counts and percentages but no row values; stage_file saves it as JSON under
 <out>/runs/<run_id>/gx_results/. `build_data_docs` renders those results into
 <out>/runs/<run_id>/validation/: index.html (one line per file) and validations/<file>.html (every
-expectation with the distinct values GX checked and failed, and the rows those values stand for).
+expectation with the distinct values GX checked and failed, and the rows those values stand for;
+validate.value_key).
 
 Our own pages rather than GX's Data Docs site: GX builds its index list with JavaScript from public
 CDNs, so offline (where PHI-handling machines often are) the index was empty; rendering it also
@@ -121,8 +122,9 @@ def file_page(key: str, result: dict, run_id: str) -> str:
         f"<h1>Validation of {e(key)}</h1>",
         f"<p>Run {e(run_id)}, suite <b>{e(str(result.get('suite_name', '')))}</b>: "
         f"{_status(bool(result.get('success')))}, {_rows_checked(result):,} B12 rows checked.</p>",
-        "<p>GX checks each column's distinct values (a row's verdict depends only on its cell); a row "
-        "fails where its cell is a failing value.</p>",
+        "<p>GX checks each column's distinct values (a row's verdict depends only on its cell), or one "
+        "value per length for a column checked only for presence and length; a row fails where its cell "
+        "is a failing value (or has a failing value's length).</p>",
         "<table data-table='expectations'><thead><tr><th>expectation</th><th>column</th><th>what it means</th>"
         "<th>result</th><th>values checked</th><th>values failing</th><th>rows failing</th></tr></thead><tbody>",
     ]

@@ -165,6 +165,40 @@ def test_gx_checks_each_distinct_value_once_and_every_row_holding_a_failing_valu
     assert outcome.gx_result["rows_checked"] == rows.height == outcome.rows
 
 
+def test_columns_checked_only_for_presence_and_length_are_validated_once_per_length(fixtures_dir):
+    """admin_id (present, at most 128 characters) and encounter_id (present) are checked on one
+    value per length: every row whose id is too long or missing is quarantined, whatever its value,
+    and no other row; GX saw a handful of values, not one per row."""
+    frame = validate(read_extract(fixtures_dir / NIGHT_CSV).frame).valid
+    n = frame.height
+    rows = frame.with_columns(
+        pl.when(pl.int_range(n) % 7 == 0)
+        .then(pl.format("{}-{}", pl.lit("X" * 127), pl.int_range(n)))  # over 128 characters, each different
+        .otherwise(pl.col("admin_id"))
+        .alias("admin_id"),
+        pl.when(pl.int_range(n) % 11 == 3).then(None).otherwise(pl.col("encounter_id")).alias("encounter_id"),
+    )
+    outcome = validate(rows)
+    too_long = "expect_column_value_lengths_to_be_between(admin_id)"
+    missing = "expect_column_values_to_not_be_null(encounter_id)"
+    held = outcome.quarantine
+    assert held.filter(pl.col("failed_expectations").list.contains(too_long))["admin_id"].to_list() == [
+        a for a in rows["admin_id"].to_list() if len(a) > 128
+    ]
+    assert held.filter(pl.col("failed_expectations").list.contains(missing)).height == rows["encounter_id"].null_count()
+    assert (
+        outcome.valid.height
+        == rows.filter((pl.col("admin_id").str.len_chars() <= 128) & pl.col("encounter_id").is_not_null()).height
+    )
+    checked = {
+        r["expectation_config"]["kwargs"]["column"]: r["result"]["element_count"]
+        for r in outcome.gx_result["results"]
+        if r["expectation_config"]["type"] == "expect_column_values_to_not_be_null"
+    }
+    assert checked["admin_id"] == rows["admin_id"].str.len_chars().n_unique() < n
+    assert checked["encounter_id"] == rows["encounter_id"].str.len_chars().n_unique()
+
+
 @pytest.mark.parametrize("limit", [None, 0])
 def test_scope_judged_once_per_combination_keeps_the_same_rows_in_file_order(tmp_path, rules, monkeypatch, limit):
     """The B12 scope decided per distinct NDC/RxNorm/name combination keeps exactly the rows the
