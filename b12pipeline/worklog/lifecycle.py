@@ -26,9 +26,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import polars as pl
-from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, literal, select, update
+from sqlalchemy import Connection, Engine, Table, and_, bindparam, func, insert, literal, select, update
 
 from b12pipeline.worklog.models import OPEN_STATUSES, audit, finding
 from b12pipeline.worklog.models import night as nights
@@ -254,8 +255,9 @@ def _apply(
     inserts = both.filter(pl.col("produced") & ~pl.col("known"))
     if inserts.height:
         rows = inserts.select(KEY_COLUMNS).to_dicts()
-        conn.execute(
-            insert(finding),
+        _insert_many(
+            conn,
+            finding,
             [
                 {
                     **r,
@@ -268,8 +270,9 @@ def _apply(
                 for r in rows
             ],
         )
-        conn.execute(
-            insert(audit),
+        _insert_many(
+            conn,
+            audit,
             [
                 {
                     **base,
@@ -294,8 +297,9 @@ def _apply(
             .values(service_date=bindparam("b_date"), revision=finding.c.revision + 1),
             [{"b_id": r["finding_id"], "b_date": r["service_date"]} for r in rows],
         )
-        conn.execute(
-            insert(audit),
+        _insert_many(
+            conn,
+            audit,
             [
                 _audit(base, r, "service_date", r["old_date"].isoformat(), r["service_date"].isoformat(), cause)
                 for r in rows
@@ -315,7 +319,7 @@ def _apply(
             .values(status="reopened", present=True, closed_on=None, revision=finding.c.revision + 1),
             [{"b_id": r["finding_id"]} for r in rows],
         )
-        conn.execute(insert(audit), [_audit(base, r, "status", r["status"], "reopened", cause) for r in rows])
+        _insert_many(conn, audit, [_audit(base, r, "status", r["status"], "reopened", cause) for r in rows])
         counts.reopened = len(rows)
     back = again.filter(~pl.col("present") & ~pl.col("finding_id").is_in(reopen["finding_id"].implode()))
     if back.height:
@@ -331,7 +335,7 @@ def _apply(
             .values(status="resolved", present=False, closed_on=night_date, revision=finding.c.revision + 1),
             [{"b_id": r["finding_id"]} for r in rows],
         )
-        conn.execute(insert(audit), [_audit(base, r, "status", r["status"], "resolved", cause) for r in rows])
+        _insert_many(conn, audit, [_audit(base, r, "status", r["status"], "resolved", cause) for r in rows])
         counts.resolved = len(rows)
     vanished = gone.filter(~pl.col("status").is_in(OPEN_STATUSES) & pl.col("present"))
     if vanished.height:
@@ -355,7 +359,7 @@ def _update_copied(conn: Connection, again: pl.DataFrame, base: dict, cause: str
             .values({column: bindparam("b_value"), "revision": finding.c.revision + 1}),
             [{"b_id": r["finding_id"], "b_value": r[column]} for r in rows],
         )
-        conn.execute(insert(audit), [_audit(base, r, column, r[f"old_{column}"], r[column], cause) for r in rows])
+        _insert_many(conn, audit, [_audit(base, r, column, r[f"old_{column}"], r[column], cause) for r in rows])
         if column == "rule_version":
             changed_versions = len(rows)
     return changed_versions
@@ -367,6 +371,26 @@ def _set_present(conn: Connection, ids: list[str], present: bool) -> None:
         update(finding).where(finding.c.finding_id == bindparam("b_id")).values(present=present),
         [{"b_id": i} for i in ids],
     )
+
+
+def _insert_many(conn: Connection, table: Table, rows: list[dict]) -> None:
+    """INSERT `rows` (dicts of the same keys) as one executemany of the driver, each value converted
+    by its column type's own SQLAlchemy bind processor, as `conn.execute(insert(table), rows)` would;
+    that builds each row's parameters in Python (~12 us a row, and a first night of 50k findings
+    inserts 100k rows). The statement still runs through the connection (its error handling, hidden
+    values). The worklog's columns have no Python-side defaults for this to skip."""
+    if not rows:
+        return
+    keys = list(rows[0])
+    compiled = insert(table).compile(dialect=conn.dialect, column_keys=keys)
+    convert = {k: table.c[k].type.dialect_impl(conn.dialect).bind_processor(conn.dialect) for k in keys}
+    params: list[Any]
+    if compiled.positional:
+        order = [(k, convert[k]) for k in compiled.positiontup or []]
+        params = [tuple(f(r[k]) if f else r[k] for k, f in order) for r in rows]
+    else:
+        params = [{k: (f(r[k]) if f else r[k]) for k, f in convert.items()} for r in rows]
+    conn.exec_driver_sql(compiled.string, params)
 
 
 def _audit(base: dict, row: dict, field: str, before, after, cause: str) -> dict:
