@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -266,21 +267,28 @@ def dependent_dates(history_root: Path, changed: list[dt.date], cfg: SiteConfig)
 
 # History rows evaluated at once. Facts take about twice the memory of the rows they come from;
 # a year of history in one piece held all of it at the same time.
-EVALUATE_ROWS = 200_000
+EVALUATE_ROWS = 125_000
+# Groups evaluated at once (each holds its own facts: peak memory grows by one group's).
+EVALUATORS = 2
 
 
 def _findings_by_patient_group(
     canonical: pl.DataFrame, dates: list[dt.date], rules: Rules, run_id: str, engine: str = "polars"
 ) -> pl.DataFrame:
-    """_findings in groups of whole patients of at most ~EVALUATE_ROWS rows, each group's facts let
-    go before the next: every fact is of one row or of one patient's rows (crossrow.py,
+    """_findings in groups of whole patients of at most ~EVALUATE_ROWS rows, EVALUATORS groups at a
+    time, each group's facts let go when it is done: every fact is of one row or of one patient's rows (crossrow.py,
     normalize.py's units per patient and day), so the findings are the same as in one piece; the
     engine's order (date, queue, rule, admin) is restored across the groups."""
     groups = -(-canonical.height // EVALUATE_ROWS)
     if groups <= 1:
         return _findings(canonical, dates, rules, run_id, engine)
     group = canonical["patient_id"].hash(seed=0) % groups  # a row's group is its patient's (nulls: one)
-    parts = [_findings(canonical.filter(group == i), dates, rules, run_id, engine) for i in range(groups)]
+    # Two groups at once keep both cores busy through the facts' many small steps; durable-rules
+    # holds one process-wide engine (not safe to share between threads), so it takes them in turn.
+    with ThreadPoolExecutor(max_workers=EVALUATORS if engine == "polars" else 1) as pool:
+        parts = list(
+            pool.map(lambda i: _findings(canonical.filter(group == i), dates, rules, run_id, engine), range(groups))
+        )
     return pl.concat(parts).sort("service_date", "queue", "rule_id", "admin_id")
 
 
