@@ -9,6 +9,7 @@ the user cache (public CMS data, no patient data) and every later run reads that
 from __future__ import annotations
 
 import os
+import threading
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -26,9 +27,18 @@ def _from_package() -> frozenset[str]:
     return frozenset(c for c in cm.get_all_codes(True) if cm.is_leaf(c))
 
 
-@lru_cache(maxsize=1)
+_loading = threading.Lock()
+
+
 def billable_codes() -> frozenset[str]:
-    """Every billable ICD-10-CM code, dotted (D51.0), exactly as simple-icd-10-cm's is_leaf says."""
+    """Every billable ICD-10-CM code, dotted (D51.0), exactly as simple-icd-10-cm's is_leaf says.
+    Loaded once per process; a caller waits while another thread loads it."""
+    with _loading:
+        return _billable_codes()
+
+
+@lru_cache(maxsize=1)
+def _billable_codes() -> frozenset[str]:
     path = _cache_file()
     try:
         return frozenset(path.read_text(encoding="ascii").split())

@@ -211,8 +211,18 @@ class SuiteRunner:
         return pl.Series(name, mask, dtype=pl.Boolean)
 
 
-@lru_cache(maxsize=4)
+_building = threading.Lock()
+
+
 def suite_runner(suite_path: Path | None = None) -> SuiteRunner:
+    """The suite's runner, built once per process (GX's import and context take seconds): a caller
+    waits while another thread builds it (the command line builds it while the night starts)."""
+    with _building:
+        return _suite_runner(suite_path)
+
+
+@lru_cache(maxsize=4)
+def _suite_runner(suite_path: Path | None) -> SuiteRunner:
     return SuiteRunner(Path(suite_path) if suite_path else schemas_dir() / DEFAULT_SUITE)
 
 

@@ -186,3 +186,32 @@ def test_objects_made_by_the_startup_imports_are_frozen_and_collection_is_back_o
     finally:
         gc.unfreeze()
         gc.enable()
+
+
+def test_the_suite_runner_built_in_the_background_is_the_one_validation_uses(monkeypatch):
+    """The command line builds GX's runner in a thread while the night starts; validation asking
+    for it meanwhile waits for that build and gets the same runner: GX is set up once."""
+    import gc
+
+    from b12pipeline import validate
+    from b12pipeline.cli.prefect_server import warm_up_in_background
+
+    built = []
+    real_init = validate.SuiteRunner.__init__
+
+    def counted(self, *args, **kwargs):
+        built.append(self)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(validate.SuiteRunner, "__init__", counted)
+    validate._suite_runner.cache_clear()
+    try:
+        thread = warm_up_in_background()
+        runner = validate.suite_runner()
+        thread.join(timeout=120)
+        assert not thread.is_alive()
+        assert built == [runner] and validate.suite_runner() is runner
+        assert gc.isenabled()
+    finally:
+        validate._suite_runner.cache_clear()
+        gc.unfreeze()

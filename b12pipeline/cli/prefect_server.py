@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -181,12 +182,29 @@ def imports_kept_for_the_run():
 
 
 def warm_up() -> None:
-    """Build what every night needs in this process while the server starts (both are cached)."""
+    """Build what every night needs in this process (both are cached)."""
     from b12pipeline.icd10 import billable_codes
     from b12pipeline.validate import suite_runner
 
     suite_runner()
     billable_codes()
+
+
+def warm_up_in_background() -> threading.Thread:
+    """warm_up() in a thread started now, after Prefect's import: GX's import (2-3 s of a night's
+    fixed cost) overlaps the temporary server's start-up and the night's first steps (starting the
+    flow, hashing and reading the extracts, which wait on the server or release the GIL).
+    Validation waits for it (suite_runner holds a lock while it builds). Its imports are kept as
+    imports_kept_for_the_run keeps them. A failure here is not reported here: the night builds
+    the runner again where it needs it, and that failure is reported there."""
+
+    def build() -> None:
+        with imports_kept_for_the_run(), contextlib.suppress(Exception):
+            warm_up()
+
+    thread = threading.Thread(target=build, name="b12pipeline-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 HEARTBEAT_VARIABLES = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")

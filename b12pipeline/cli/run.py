@@ -101,11 +101,16 @@ def _with_feedback(night: dt.date, first_step: str, quiet: bool, run: Callable[[
 
     with feedback(f"night {night}", quiet) as shown:
         shown.step(first_step)
-        from b12pipeline.cli.prefect_server import ServerStart, flow_run_settings, imports_kept_for_the_run, warm_up
+        from b12pipeline.cli.prefect_server import (
+            ServerStart,
+            flow_run_settings,
+            imports_kept_for_the_run,
+            warm_up_in_background,
+        )
 
         with imports_kept_for_the_run():
             server = ServerStart()
-            warm_up()  # overlaps the temporary server's start-up
+        warm_up_in_background()  # GX's import, while the server and the night start
         server.wait()
         if server.temporary:
             shown.step("Prefect's temporary server is up")
