@@ -15,7 +15,7 @@ import re
 import resource
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -129,8 +129,15 @@ def write_queue_partitions(
     return written
 
 
-def read_queue(queues_root: Path, queue: str | None = None, dates: list[dt.date] | None = None) -> pl.DataFrame:
-    """Every finding under queues_root (optionally one queue, only `dates`) as one frame, service_date restored."""
+def read_queue(
+    queues_root: Path,
+    queue: str | None = None,
+    dates: list[dt.date] | None = None,
+    columns: Sequence[str] | None = None,
+) -> pl.DataFrame:
+    """Every finding under queues_root (optionally one queue, only `dates`) as one frame, service_date
+    restored; only `columns` of them when given (the messages are most of a partition's bytes)."""
+    wanted = list(FINDING_COLUMNS) if columns is None else list(columns)
     if dates is None:
         paths = sorted(
             (queues_root / queue).glob("service_date=*/*.parquet")
@@ -145,10 +152,12 @@ def read_queue(queues_root: Path, queue: str | None = None, dates: list[dt.date]
             p for q in queues for d in set(dates) for p in partition_dir(queues_root, q, d).glob("*.parquet")
         )
     if not paths:
-        return pl.DataFrame(schema=FINDING_COLUMNS)
+        return pl.DataFrame(schema={c: FINDING_COLUMNS[c] for c in wanted})
     # One query over every partition (a file per partition read one by one cost ~1 s for 1,000 of
     # them). Partitions written before a column was added lack it: it reads as empty, not as an error.
-    stored = {c: t for c, t in FINDING_COLUMNS.items() if c != "service_date"}
+    # The sort keys are read whatever is wanted: the order is the same either way.
+    keys = ("service_date", "queue", "rule_id", "admin_id")
+    stored = {c: t for c, t in FINDING_COLUMNS.items() if c != "service_date" and (c in wanted or c in keys)}
     found = (
         scan_partitions(paths, stored, include_file_paths="_partition")
         .with_columns(
@@ -159,7 +168,7 @@ def read_queue(queues_root: Path, queue: str | None = None, dates: list[dt.date]
         )
         .collect()
     )
-    return found.select(list(FINDING_COLUMNS)).sort("service_date", "queue", "rule_id", "admin_id")
+    return found.sort(*keys).select(wanted)
 
 
 def write_quarantine(rows: pl.DataFrame, quarantine_root: Path, file_key: str, night: dt.date, run_id: str) -> int:

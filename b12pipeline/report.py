@@ -17,7 +17,8 @@ def findings_counts(queues_root: Path, dates: list[str]) -> dict:
     """Findings per rule and per queue on the given dates (what the run left in the queues; every
     date's when none is given). Only those dates' partitions are read: a small night on a year of
     queues read every finding of the year here (~+0.4 s, ~+100 MB at the night's peak)."""
-    found = read_queue(queues_root, dates=[dt.date.fromisoformat(d) for d in dates] if dates else None)
+    days = [dt.date.fromisoformat(d) for d in dates] if dates else None
+    found = read_queue(queues_root, dates=days, columns=("rule_id", "queue", "severity"))
     by_rule = {r: n for r, n in found.group_by("rule_id").len().sort("rule_id").iter_rows()}
     by_queue = {q: 0 for q in QUEUES}
     by_queue.update({q: n for q, n in found.group_by("queue").len().iter_rows()})

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from b12pipeline.worklog.actions import Edit, EditOutcome, apply_edits, history, set_findings
-from b12pipeline.worklog.lifecycle import LifecycleCounts, apply_evaluation, update_night
+from b12pipeline.worklog.lifecycle import KEY_COLUMNS, LifecycleCounts, apply_evaluation, update_night
 from b12pipeline.worklog.models import (
     CLOSED_STATUSES,
     INTERFACES,
@@ -72,7 +72,7 @@ def update_night_from_queues(out: Path | str, night: dt.date, run_id: str, dates
     from b12pipeline.queues import read_queue
 
     days = sorted({d if isinstance(d, dt.date) else dt.date.fromisoformat(d) for d in dates})
-    findings = read_queue(OutputLayout(Path(out)).queues, dates=days)
+    findings = read_queue(OutputLayout(Path(out)).queues, dates=days, columns=KEY_COLUMNS)
     return update_night(open_worklog(out), findings, days, night=night, run_id=run_id).to_dict()
 
 
@@ -92,7 +92,7 @@ def apply_evaluation_from_queues(
     from b12pipeline.queues import read_queue
 
     days = sorted({d if isinstance(d, dt.date) else dt.date.fromisoformat(d) for d in dates})
-    findings = read_queue(OutputLayout(Path(out)).queues, dates=days)
+    findings = read_queue(OutputLayout(Path(out)).queues, dates=days, columns=KEY_COLUMNS)
     from b12pipeline.worklog.lifecycle import NIGHT_ACTOR
 
     counts = apply_evaluation(
