@@ -131,10 +131,10 @@ def _collect_in_groups(scans: dict[K, pl.LazyFrame]) -> dict[K, pl.DataFrame]:
 def earlier_versions(history_root: Path, rows: pl.DataFrame) -> pl.DataFrame:
     """The history rows that `rows` supersede (same admin_id): their admin_id, patient_id and file
     (`_path`). One scan of the year's admin ids, shared by patients_of and merge_into_history."""
-    ids = rows["admin_id"].drop_nulls().unique().implode()
     paths = list(history_paths(history_root).values())
     if not paths:
         return pl.DataFrame(schema={"admin_id": pl.String, "patient_id": pl.String, "_path": pl.String})
+    ids = rows["admin_id"].drop_nulls().unique().implode()
     return (
         pl.scan_parquet(paths, include_file_paths="_path")
         .select("admin_id", "patient_id", "_path")

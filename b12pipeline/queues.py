@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Literal
 
 import polars as pl
 
@@ -25,6 +26,7 @@ from b12pipeline.engine.evaluate import FINDING_COLUMNS
 from b12pipeline.engine.rulefile import QUEUES
 
 PART_NAME = "part-0.parquet"
+Compression = Literal["zstd", "lz4"]
 
 
 def _refused_write(partial: Path) -> int:
@@ -39,17 +41,20 @@ def _refused_write(partial: Path) -> int:
     return errno.EIO
 
 
-def atomic_write_parquet(frame: pl.DataFrame, target: Path, *, one_row_group: bool = False) -> None:
+def atomic_write_parquet(
+    frame: pl.DataFrame, target: Path, *, one_row_group: bool = False, compression: Compression = "zstd"
+) -> None:
     """Write `frame` to `target` so that no reader ever sees a partial file.
 
     `one_row_group`: the file reads back as one contiguous block (a frame in several row groups
-    reads back in several pieces, and making it one block costs a second copy of it)."""
+    reads back in several pieces, and making it one block costs a second copy of it).
+    `compression`: zstd for what is kept; a file read once and removed can take a cheaper one."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
     try:
         try:
             rows_per_group = max(frame.height, 1) if one_row_group else None  # None: Polars' default
-            frame.write_parquet(tmp, compression="zstd", statistics=True, row_group_size=rows_per_group)
+            frame.write_parquet(tmp, compression=compression, statistics=True, row_group_size=rows_per_group)
         except pl.exceptions.PolarsError as exc:
             # Writing our own frame fails only when the disk does (full, a size limit, read-only);
             # Polars words that in several ways, not always with the OS error: say it as one.
