@@ -144,3 +144,25 @@ def test_a_worklog_database_out_of_reach_is_one_line_and_exit_4(tmp_path, fixtur
     _assert_one_clear_line(done, "worklog database", str(port))
     assert "s3cret-pw" not in done.stderr + done.stdout
     assert list((out / "queues").rglob("*.parquet"))  # the night's findings were written before it
+
+
+@pytest.mark.slow
+def test_a_worklog_database_refusing_the_update_is_one_line_and_exit_4(tmp_path, fixtures_dir, cli_env):
+    """The worklog's database refuses the night's inserts (here a site's trigger; a constraint or a
+    permission does the same): one line with the kind of error, the database's code and the first
+    line of its message, exit 4, no traceback, and the findings are in the queues."""
+    import sqlite3
+
+    from b12pipeline.worklog import open_worklog
+
+    out = tmp_path / "out"
+    out.mkdir()
+    open_worklog(out).dispose()
+    with sqlite3.connect(out / "worklog.sqlite") as db:
+        db.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON worklog_finding "
+            "BEGIN SELECT RAISE(ABORT, 'refused-by-site-trigger'); END"
+        )
+    done = _run_night(fixtures_dir / "emar_2024-03-01.csv", out, cli_env)
+    _assert_one_clear_line(done, "worklog database refused", "IntegrityError", "SQLITE_CONSTRAINT", "refused-by-site")
+    assert list((out / "queues").rglob("*.parquet"))

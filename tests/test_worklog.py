@@ -367,3 +367,21 @@ def test_a_failed_statement_never_quotes_its_values(worklog_engine):
     assert "worklog_finding" in str(failed.value)  # the statement is named ...
     for text_of_error in (str(failed.value), str(failed.value.orig)):  # and in a traceback, the driver's error
         assert canary not in text_of_error and "f-canary" not in text_of_error  # ... its values are not
+
+
+def test_a_value_the_database_cannot_take_is_not_quoted(worklog_engine):
+    """A value of the wrong kind (PostgreSQL: 'invalid input syntax for type date: "..."') is
+    quoted by the database on its message's first line: the worklog replaces that text."""
+    from sqlalchemy.exc import DataError
+
+    from b12pipeline.worklog.store import REFUSED_VALUE
+
+    if worklog_engine.dialect.name != "postgresql":
+        pytest.skip("SQLite takes any text as a date; its engine has the same hook")
+    canary = "CANARY-MRN-0042"
+    with pytest.raises(DataError) as failed:
+        with worklog_engine.begin() as conn:
+            conn.execute(text("SELECT CAST(:v AS date)"), {"v": canary})
+    for text_of_error in (str(failed.value), str(failed.value.orig)):
+        assert canary not in text_of_error
+    assert REFUSED_VALUE in str(failed.value.orig)

@@ -23,8 +23,8 @@ EXIT_SOURCE = 5  # a pull source could not be reached (after its retries)
 def environment_problem(exc: BaseException) -> str | None:
     """One line for a failure of the machine rather than of the data (None if it is not one):
     an OSError (read-only or full disk, a file-size limit, a landing file that vanished), a
-    Polars error wrapping one ("... (os error 28)"), or the worklog's database failing or out of
-    reach. Names the path (or the server) and the system's reason only."""
+    Polars error wrapping one ("... (os error 28)"), or the worklog's database failing, out of
+    reach or refusing the update. Names the path (or the server) and the system's reason only."""
     import errno
     import os
     import re
@@ -44,6 +44,18 @@ def environment_problem(exc: BaseException) -> str | None:
         why = str(getattr(exc, "orig", None) or type(exc).__name__).splitlines()[0]
         return (
             f"the worklog database failed ({why}); the findings are in the queues: run the night again once it is back"
+        )
+    orig = getattr(exc, "orig", None)
+    if type(exc).__module__.startswith("sqlalchemy") and isinstance(orig, Exception):
+        # The database refused the update (a constraint, a trigger, a permission): its kind, the
+        # database's own code and the first line of its message, which names the constraint or
+        # the table (worklog/store.py drops the lines with values and the text of a refused value).
+        code = getattr(orig, "sqlstate", None) or getattr(orig, "sqlite_errorname", None)
+        kind = f"{type(exc).__name__}, {code}" if code else type(exc).__name__
+        why = str(orig).splitlines()[0] if str(orig) else ""
+        return (
+            f"the worklog database refused the night's changes ({kind}{': ' + why if why else ''}); the findings "
+            "are in the queues: run the night again once the database accepts them"
         )
     return None
 

@@ -19,6 +19,7 @@ from typing import Iterator
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DataError
 
 URL_ENV = "B12_WORKLOG_URL"
 SQLITE_NAME = "worklog.sqlite"
@@ -64,11 +65,18 @@ def dispose_all() -> None:
 def _without_row_values(context) -> None:
     """PostgreSQL adds the values it refused on lines of their own ("DETAIL: Failing row contains
     (...)", "Key (finding_id)=(...) already exists"): the error keeps its first line, which names
-    the constraint and the column only."""
+    the constraint and the column only. A value the database could not take (DataError: 'invalid
+    input syntax for type date: "..."') is quoted on that first line: its text is replaced."""
     for error in (context.original_exception, context.sqlalchemy_exception):
+        if isinstance(context.sqlalchemy_exception, DataError) and error is not None:
+            error.args = (REFUSED_VALUE,)
+            continue
         lines = str(error.args[0]).splitlines() if error is not None and len(error.args) == 1 else []
         if len(lines) > 1:
             error.args = (lines[0],)
+
+
+REFUSED_VALUE = "the database could not take a value of this statement (the value is not repeated here)"
 
 
 def _create(url: str) -> Engine:
@@ -86,6 +94,7 @@ def _create(url: str) -> Engine:
     os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
     path.chmod(0o600)  # owner-only even when the umask is wider: comments may hold PHI
     engine = create_engine(url, connect_args={"timeout": 60, "isolation_level": None}, hide_parameters=True)
+    event.listen(engine, "handle_error", _without_row_values)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):
