@@ -369,18 +369,18 @@ def test_a_failed_statement_never_quotes_its_values(worklog_engine):
         assert canary not in text_of_error and "f-canary" not in text_of_error  # ... its values are not
 
 
-def test_a_value_the_database_cannot_take_is_not_quoted(worklog_engine):
-    """A value of the wrong kind (PostgreSQL: 'invalid input syntax for type date: "..."') is
-    quoted by the database on its message's first line: the worklog replaces that text."""
+def test_a_value_the_database_cannot_take_is_not_quoted(postgres_url):
+    """A value of the wrong kind is quoted by PostgreSQL on its message's first line ('invalid
+    input syntax for type date: "..."'): the worklog replaces that text (SQLite takes any text as a
+    date, so it has no such error; its engine has the same hook)."""
     from sqlalchemy.exc import DataError
 
+    from b12pipeline.worklog import open_worklog
     from b12pipeline.worklog.store import REFUSED_VALUE
 
-    if worklog_engine.dialect.name != "postgresql":
-        pytest.skip("SQLite takes any text as a date; its engine has the same hook")
     canary = "CANARY-MRN-0042"
     with pytest.raises(DataError) as failed:
-        with worklog_engine.begin() as conn:
+        with open_worklog(url=postgres_url).begin() as conn:
             conn.execute(text("SELECT CAST(:v AS date)"), {"v": canary})
     for text_of_error in (str(failed.value), str(failed.value.orig)):
         assert canary not in text_of_error
