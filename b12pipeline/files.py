@@ -6,23 +6,26 @@ import hashlib
 import json
 import os
 import shutil
-from functools import partial
 from pathlib import Path
 
 
 def sha256_file(path: Path) -> str:
     """The checksum of an extract: a file's bytes, or for a folder (a FHIR Bulk Data export) the
     names and bytes of its files in name order, so the same export arriving twice is recognised.
-    Read in 1 MiB pieces: extracts can be gigabytes."""
+    Read in 8 MiB pieces into one buffer: extracts can be gigabytes, and each piece hands Python's
+    GIL over twice; while another thread imports GX, each hand-over can wait the GIL's switch
+    interval (a 1M-row extract in 1 MiB pieces: 0.85 s instead of 0.2 s)."""
     digest = hashlib.sha256()
     path = Path(path)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    buffer = bytearray(8 << 20)
+    view = memoryview(buffer)
     for file in files:
         if path.is_dir():
             digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with open(file, "rb") as fh:
-            for chunk in iter(partial(fh.read, 1 << 20), b""):
-                digest.update(chunk)
+        with open(file, "rb", buffering=0) as fh:
+            while read := fh.readinto(buffer):
+                digest.update(view[:read])
     return digest.hexdigest()
 
 
