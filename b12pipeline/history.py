@@ -17,9 +17,13 @@ from typing import TypeVar
 
 import polars as pl
 
-from b12pipeline.queues import PART_NAME, atomic_write_parquets
+from b12pipeline.queues import PART_NAME, Compression, atomic_write_parquets
 
 K = TypeVar("K")
+# History is this store's own working data, written by every night and read back by the next: lz4
+# writes a 1M-row night's 120 partitions in ~0.6 s of CPU less than zstd (files ~40% larger). The
+# queues, which coders' tools read, stay zstd.
+HISTORY_COMPRESSION: Compression = "lz4"
 
 
 def _service_date() -> pl.Expr:
@@ -197,5 +201,5 @@ def merge_into_history(history_root: Path, rows: pl.DataFrame, earlier: pl.DataF
                 continue
             yield pl.concat(frames, how="diagonal_relaxed").sort("admin_id"), target
 
-    atomic_write_parquets(partitions())
+    atomic_write_parquets(partitions(), compression=HISTORY_COMPRESSION)
     return touched

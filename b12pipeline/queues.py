@@ -73,7 +73,7 @@ def atomic_write_parquet(
 WRITERS = max(1, min(4, os.cpu_count() or 1))
 
 
-def atomic_write_parquets(files: Iterable[tuple[pl.DataFrame, Path]]) -> None:
+def atomic_write_parquets(files: Iterable[tuple[pl.DataFrame, Path]], compression: Compression = "zstd") -> None:
     """atomic_write_parquet for each (frame, target), WRITERS at a time. `files` is consumed as
     writers free up, so a generator holds only a few frames at once; the first failure is raised."""
     with ThreadPoolExecutor(max_workers=WRITERS) as pool:
@@ -83,7 +83,7 @@ def atomic_write_parquets(files: Iterable[tuple[pl.DataFrame, Path]]) -> None:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     future.result()
-            pending.add(pool.submit(atomic_write_parquet, frame, target))
+            pending.add(pool.submit(atomic_write_parquet, frame, target, compression=compression))
         for future in pending:
             future.result()
 
