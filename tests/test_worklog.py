@@ -48,6 +48,13 @@ def night(engine, frame: pl.DataFrame, day: dt.date, run: str | None = None, dat
     return update_night(engine, frame, list(dates), night=day, run_id=run or f"night-{day}")
 
 
+def dismiss(engine, finding_id: str):
+    """Ana dismisses one finding from the CLI as a false positive."""
+    return set_findings(
+        engine, [finding_id], actor="ana", interface="cli", reasons=REASONS, status="dismissed", reason="false positive"
+    )
+
+
 def test_lifecycle_new_open_resolved_reopened(worklog_engine):
     counts = night(worklog_engine, findings("a", "b", "c"), N1)
     assert (counts.new, counts.resolved) == (3, 0)
@@ -103,16 +110,7 @@ def test_a_finding_moved_to_another_date_is_the_same_finding(worklog_engine):
 
 def test_person_decisions_hold_and_rule_version_reopens_a_dismissal(worklog_engine):
     night(worklog_engine, findings("a", "b", "c"), N1)
-    out = set_findings(
-        worklog_engine,
-        ["a"],
-        actor="ana",
-        interface="cli",
-        reasons=REASONS,
-        status="dismissed",
-        reason="false positive",
-    )
-    assert out.changed == ["a"]
+    assert dismiss(worklog_engine, "a").changed == ["a"]
     set_findings(worklog_engine, ["b"], actor="ben", interface="excel", reasons=REASONS, status="fixed")
     night(worklog_engine, findings("a", "b", "c"), N2)
     assert statuses(worklog_engine) == {"a": "dismissed", "b": "fixed", "c": "open"}
@@ -312,15 +310,7 @@ def test_a_new_rule_version_updates_what_the_worklog_copies_from_the_finding(wor
     set_findings(
         worklog_engine, ["a"], actor="ana", interface="cli", reasons=REASONS, status="in_progress", owner="ana"
     )
-    set_findings(
-        worklog_engine,
-        ["c"],
-        actor="ana",
-        interface="cli",
-        reasons=REASONS,
-        status="dismissed",
-        reason="false positive",
-    )
+    dismiss(worklog_engine, "c")
     tonight = findings("a", "b", "c", version="2").with_columns(
         pl.when(pl.col("finding_id") == "b").then(pl.lit("documentation")).otherwise("queue").alias("queue"),
         pl.lit("warning").alias("severity"),
