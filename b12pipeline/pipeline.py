@@ -278,9 +278,9 @@ def _findings_by_patient_group(
     canonical: pl.DataFrame, dates: list[dt.date], rules: Rules, run_id: str, engine: str = "polars"
 ) -> pl.DataFrame:
     """_findings in groups of whole patients of at most ~EVALUATE_ROWS rows, EVALUATORS groups at a
-    time, each group's facts let go when it is done: every fact is of one row or of one patient's rows (crossrow.py,
-    normalize.py's units per patient and day), so the findings are the same as in one piece; the
-    engine's order (date, queue, rule, admin) is restored across the groups."""
+    time, each group's facts let go when it is done: every fact is of one row or of one patient's
+    rows (crossrow.py, normalize.py's units per patient and day), so the findings are the same as in
+    one piece; the engine's order (date, queue, rule, admin) is restored across the groups."""
     # History is read as a piece per date file: a group's columns are made one block first (the
     # facts' joins and selects on 120 pieces cost more than the copy: 291 -> 221 ms a group of 125k).
     groups = -(-canonical.height // EVALUATE_ROWS)

@@ -48,7 +48,8 @@ def atomic_write_parquet(
 
     `one_row_group`: the file reads back as one contiguous block (a frame in several row groups
     reads back in several pieces, and making it one block costs a second copy of it).
-    `compression`: zstd for what is kept; a file read once and removed can take a cheaper one."""
+    `compression`: zstd for files coders' tools read (queues, quarantine); lz4 for the store's own
+    working files (history, staging), cheaper to write and read back."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
     try:

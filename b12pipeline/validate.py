@@ -4,7 +4,8 @@ Every expectation of the suite (and every check below) reads one column, and its
 depends only on that row's cell. So each column is validated once per distinct value: GX runs the
 column's expectations on the column's distinct values (a 1M-row extract has 4 HCPCS codes, not 1M),
 and a row fails where its cell is one of the failing values. A column whose checks read only
-presence and length (admin_id, encounter_id) is validated on one value per length (value_key).
+presence and length (admin_id, patient_id, encounter_id) is validated on one value per length
+(value_key).
 GX is the authority on whether each expectation holds and on how many values break it. It runs in
 BASIC mode (counts only); the failing values are then found by evaluating the same expectation in
 Polars, and the two counts must agree.
@@ -49,7 +50,8 @@ CALENDAR_CHECKS = {
         "expiration_date is not a real calendar date",
     ),
 }
-SERVICE_DATE_CHECK = "b12_service_date_in_plausible_window(admin_time)"
+SERVICE_DATE_COLUMN = "admin_time"
+SERVICE_DATE_CHECK = f"b12_service_date_in_plausible_window({SERVICE_DATE_COLUMN})"
 
 
 class SuiteError(RuntimeError):
@@ -271,14 +273,19 @@ def _checks(
     if service_dates is not None:
         first, last = service_dates
         day = normalize.local_timestamp().dt.date()
-        outside = _fails(values["admin_time"], day.is_not_null() & ~day.is_between(first, last))
+        outside = _fails(values[SERVICE_DATE_COLUMN], day.is_not_null() & ~day.is_between(first, last))
         # The window's ends are settings, not the row's value: the value itself is never quoted.
         reason = (
             f"admin_time: the date of service is outside the plausible window {first}..{last} "
             "(earliest_service_date .. the night + service_date_max_days_after_night)"
         )
         checks.append(
-            _Check(SERVICE_DATE_CHECK, "admin_time", reason, and_passed_earlier_checks(outside, "admin_time"))
+            _Check(
+                SERVICE_DATE_CHECK,
+                SERVICE_DATE_COLUMN,
+                reason,
+                and_passed_earlier_checks(outside, SERVICE_DATE_COLUMN),
+            )
         )
     for name, gx_count in gx_counts.items():
         check = next(c for c in checks if c.name == name)
@@ -313,7 +320,7 @@ def value_key(runner: SuiteRunner, frame: pl.DataFrame, column: str) -> pl.Expr:
     check of the column reads no more (presence, length). Such a column is validated on one value
     per length: a million admin ids are a few lengths, and GX took ~1 s per million values."""
     kinds = {e["type"] for e in runner.spec["expectations"] if e["kwargs"]["column"] == column}
-    value_checks = {c for c, _, _ in CALENDAR_CHECKS.values()} | {"admin_time"}  # calendar, service window
+    value_checks = {c for c, _, _ in CALENDAR_CHECKS.values()} | {SERVICE_DATE_COLUMN}
     if kinds <= LENGTH_ONLY and column not in value_checks and frame.schema[column] == pl.String:
         return pl.col(column).str.len_chars()
     return pl.col(column)

@@ -181,17 +181,9 @@ def imports_kept_for_the_run():
             gc.enable()
 
 
-def warm_up() -> None:
-    """Build what every night needs in this process (both are cached)."""
-    from b12pipeline.icd10 import billable_codes
-    from b12pipeline.validate import suite_runner
-
-    suite_runner()
-    billable_codes()
-
-
 def warm_up_in_background() -> threading.Thread:
-    """warm_up() in a thread started now, after Prefect's import: GX's import (2-3 s of a night's
+    """Build what every night needs in this process (GX's runner, the ICD-10-CM list; both cached)
+    in a thread started now, after Prefect's import: GX's import (2-3 s of a night's
     fixed cost) overlaps the temporary server's start-up and the night's first steps (starting the
     flow, hashing and reading the extracts, which wait on the server or release the GIL).
     Validation waits for it (suite_runner holds a lock while it builds). Its imports are kept as
@@ -200,7 +192,11 @@ def warm_up_in_background() -> threading.Thread:
 
     def build() -> None:
         with imports_kept_for_the_run(), contextlib.suppress(Exception):
-            warm_up()
+            from b12pipeline.icd10 import billable_codes
+            from b12pipeline.validate import suite_runner
+
+            suite_runner()
+            billable_codes()
 
     thread = threading.Thread(target=build, name="b12pipeline-warm-up", daemon=True)
     thread.start()

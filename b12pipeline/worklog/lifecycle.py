@@ -375,10 +375,11 @@ def _set_present(conn: Connection, ids: list[str], present: bool) -> None:
 
 def _insert_many(conn: Connection, table: Table, rows: list[dict]) -> None:
     """INSERT `rows` (dicts of the same keys, hashable values) as one executemany of the driver, each
-    value converted by its column type's own SQLAlchemy bind processor, as `conn.execute(insert(table), rows)` would;
-    that builds each row's parameters in Python (~12 us a row, and a first night of 50k findings
-    inserts 100k rows). The statement still runs through the connection (its error handling, hidden
-    values). The worklog's columns have no Python-side defaults for this to skip."""
+    value converted by its column type's own SQLAlchemy bind processor, as
+    `conn.execute(insert(table), rows)` would; that builds each row's parameters in Python (~12 us a
+    row, and a first night of 50k findings inserts 100k rows). The statement still runs through the
+    connection (its error handling, hidden values). The worklog's columns have no Python-side
+    defaults for this to skip."""
     if not rows:
         return
     keys = list(rows[0])
