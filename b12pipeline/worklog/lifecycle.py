@@ -252,7 +252,9 @@ def _apply(
     )
     base = {"at": at, "actor": actor, "interface": interface}
 
-    inserts = both.filter(pl.col("produced") & ~pl.col("known"))
+    # In finding_id order: the key's index (and the audit's) then grows at its end instead of
+    # splitting pages all over (a first night of 50k findings into SQLite: 0.66 -> 0.46 s).
+    inserts = both.filter(pl.col("produced") & ~pl.col("known")).sort("finding_id")
     if inserts.height:
         rows = inserts.select(KEY_COLUMNS).to_dicts()
         _insert_many(
