@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 
@@ -57,6 +58,24 @@ def copy_no_follow(source: Path, target: Path) -> None:
             dst.seek(0)
             dst.truncate()
             shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def link_into_place(source: Path, target: Path) -> None:
+    """Put `source`'s file at `target` the way writers put theirs, through a temporary name and a
+    rename (a reader sees the old file or the new one): a hard link where the file system has them,
+    else a copy. `source` stays as it is."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        try:
+            os.link(source, tmp, follow_symlinks=False)
+        except OSError:  # no hard links here (some network shares): the bytes are copied
+            copy_no_follow(source, tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_json(path: Path, payload: dict) -> None:

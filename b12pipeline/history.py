@@ -17,7 +17,9 @@ from typing import TypeVar
 
 import polars as pl
 
-from b12pipeline.queues import PART_NAME, Compression, atomic_write_parquets
+from b12pipeline.files import link_into_place
+from b12pipeline.normalize import one_chunk_in_place
+from b12pipeline.queues import PART_NAME, Compression, atomic_write_parquets, scan_partitions
 
 K = TypeVar("K")
 # History is this store's own working data, written by every night and read back by the next: lz4
@@ -161,41 +163,90 @@ def patients_of(history_root: Path, rows: pl.DataFrame, earlier: pl.DataFrame | 
     )
 
 
-def merge_into_history(history_root: Path, rows: pl.DataFrame, earlier: pl.DataFrame | None = None) -> list[dt.date]:
-    """Upsert canonical rows by admin_id; returns every service date whose rows changed.
-    `earlier`: the rows' earlier_versions, read from this history just before, when the caller has them."""
-    if rows.height == 0:
-        return []
-    # Where each kept row goes: the last row of each admin_id, grouped by date in one pass (a filter
-    # per date would scan every row once per date; partitioning would copy every row at once).
+def _partition(root: Path, day: dt.date) -> Path:
+    return root / f"service_date={day.isoformat()}" / PART_NAME
+
+
+def stage_rows(rows: pl.DataFrame, folder: Path) -> int:
+    """Stage one extract's valid rows for merge_into_history under `folder`, one file per service date
+    laid out as history is: the last row of each admin_id (a later row of the same administration in
+    the file is its correction), in admin_id order, written as history writes its files. A date
+    nothing else changes tonight then enters history as that file, linked, not written a second time
+    (a 1M-row night: ~0.8 s of the merge). Returns the rows staged."""
     kept = (
         rows.select("admin_id", _service_date().alias("_day"))
         .with_row_index("_i")
-        .unique(subset="admin_id", keep="last", maintain_order=True)
+        .unique(subset="admin_id", keep="last")
+        .sort("_day", "admin_id")
     )
+    # Gathering from one contiguous block is ~15x faster than from many (a file read in row groups):
+    # made one in place, a column at a time, so the caller's frame is not held twice.
+    one_chunk_in_place(rows, rows.columns)
+    by_day = kept.partition_by("_day", as_dict=True)
+    atomic_write_parquets(
+        ((rows[part["_i"]], _partition(folder, day)) for (day,), part in by_day.items()),
+        compression=HISTORY_COMPRESSION,
+    )
+    return kept.height
+
+
+def staged_keys(staged: list[Path]) -> pl.DataFrame:
+    """admin_id, patient_id and file (`_path`) of every row staged in the `staged` folders, in order."""
+    paths = [p for folder in staged for _, p in sorted(history_paths(folder).items())]
+    schema = {"admin_id": pl.String, "patient_id": pl.String}
+    if not paths:
+        return pl.DataFrame(schema=schema | {"_path": pl.String})
+    return scan_partitions(paths, schema, include_file_paths="_path").collect()
+
+
+def merge_into_history(
+    history_root: Path, staged: list[Path], keys: pl.DataFrame | None = None, earlier: pl.DataFrame | None = None
+) -> list[dt.date]:
+    """Upsert the rows staged in `staged` (stage_rows folders, in the night's file order: a later
+    file's row of an admin_id supersedes an earlier one's) by admin_id; returns every service date
+    whose rows changed. `keys` and `earlier`: the staged rows' staged_keys and earlier_versions, read
+    just before, when the caller has them."""
+    keys = keys if keys is not None else staged_keys(staged)
+    if keys.height == 0:
+        return []
     existing = history_paths(history_root)
     # Rows of earlier versions of incoming admin_ids, by the date holding them: those dates lose
     # them (supersession); every other date's rows are kept as they are.
     superseded: dict[dt.date, pl.Series] = {}
     if existing:
-        found = earlier if earlier is not None else earlier_versions(history_root, rows)
+        found = earlier if earlier is not None else earlier_versions(history_root, keys)
         by_path = {str(p): d for d, p in existing.items()}
         superseded = {
             by_path[key[0]]: group["admin_id"] for key, group in found.partition_by("_path", as_dict=True).items()
         }
-    by_day = dict(kept.group_by("_day").agg("_i").iter_rows())
-    # Gathering from one contiguous block is ~15x faster than from many (a file read in row groups).
-    rows = rows.rechunk()
-    touched = sorted(set(superseded) | set(by_day))
+    # Each date's staged files, and the admin_ids a later file of the night takes from each of them.
+    files: dict[dt.date, list[Path]] = {}
+    for folder in staged:
+        for day, path in sorted(history_paths(folder).items()):
+            files.setdefault(day, []).append(path)
+    rank = {str(p): n for n, folder in enumerate(staged) for p in history_paths(folder).values()}
+    ranked = keys.with_columns(pl.col("_path").replace_strict(rank, return_dtype=pl.Int64).alias("_file"))
+    taken = ranked.filter(pl.col("_file") < pl.col("_file").max().over("admin_id"))
+    later = {key[0]: group["admin_id"] for key, group in taken.partition_by("_path", as_dict=True).items()}
+    touched = sorted(set(superseded) | set(files))
 
     def partitions() -> Iterator[tuple[pl.DataFrame, Path]]:
         for day in touched:
+            target = _partition(history_root, day)
             old = pl.read_parquet(existing[day]) if day in existing else None
             if old is not None and day in superseded:
                 old = old.filter(~pl.col("admin_id").is_in(superseded[day].implode()))
-            new = rows[by_day[day]] if day in by_day else None
-            frames = [f for f in (old, new) if f is not None and f.height]
-            target = history_root / f"service_date={day.isoformat()}" / PART_NAME
+            new = files.get(day, [])
+            if (old is None or not old.height) and len(new) == 1 and str(new[0]) not in later:
+                link_into_place(new[0], target)  # already as history writes it
+                continue
+            frames = [old] if old is not None and old.height else []
+            for path in new:
+                rows = pl.read_parquet(path)
+                if str(path) in later:
+                    rows = rows.filter(~pl.col("admin_id").is_in(later[str(path)].implode()))
+                frames.append(rows)
+            frames = [f for f in frames if f.height]
             if not frames:
                 shutil.rmtree(target.parent, ignore_errors=True)
                 continue

@@ -28,6 +28,7 @@ STEPS = (
     "load rules",
     "ingest (read_extract)",
     "validate (GX + row masks)",
+    "stage rows (one file per date)",
     "merge into history",
     "read history",
     "normalize.facts",
@@ -74,7 +75,7 @@ def profile(args: argparse.Namespace) -> dict:
     from b12pipeline.crossrow import add_cross_row_facts
     from b12pipeline.engine.evaluate import evaluate
     from b12pipeline.facts import payer_facts
-    from b12pipeline.history import merge_into_history, read_for_dates
+    from b12pipeline.history import merge_into_history, read_for_dates, stage_rows
     from b12pipeline.ingest.read import read_extract
     from b12pipeline.pipeline import Rules, lookback_days
     from b12pipeline.queues import write_queue_partitions
@@ -92,7 +93,9 @@ def profile(args: argparse.Namespace) -> dict:
     outcome = validate(b12)
     t = step("validate (GX + row masks)", t)
     work = Path(args.work)
-    touched = merge_into_history(work / "history", outcome.valid)
+    stage_rows(outcome.valid, work / "staged")
+    t = step("stage rows (one file per date)", t)
+    touched = merge_into_history(work / "history", [work / "staged"])
     t = step("merge into history", t)
     # As the night reads it (history.read_for_dates); the night then derives facts a few whole
     # patients at a time (pipeline.EVALUATE_ROWS), here over all rows at once to time each step.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import polars as pl
@@ -13,6 +14,15 @@ PROJECT = Path(__file__).resolve().parent.parent
 HISTORY_FIXTURES = PROJECT / "data" / "fixtures" / "history"
 NIGHTS = [dt.date(2024, 3, d) for d in range(4, 9)]
 FIRST_DOS, LAST_DOS = dt.date(2023, 11, 1), dt.date(2024, 3, 8)
+
+
+def merge_rows(history: Path, rows: pl.DataFrame) -> list[dt.date]:
+    """`rows` merged into `history` as a night merges one extract's rows: staged, then merged."""
+    from b12pipeline.history import merge_into_history, stage_rows
+
+    with tempfile.TemporaryDirectory(prefix="b12-staged-") as staged:
+        stage_rows(rows, Path(staged))
+        return merge_into_history(history, [Path(staged)])
 
 
 def night_file(night: dt.date) -> Path:

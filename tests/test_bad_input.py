@@ -28,6 +28,7 @@ from b12pipeline import normalize
 from b12pipeline.contract import load_contract
 from b12pipeline.crossrow import add_cross_row_facts
 from b12pipeline.engine.evaluate import evaluate
+from b12pipeline.history import read_history
 from b12pipeline.ingest import FileRejected
 from b12pipeline.ingest.read import read_extract
 from b12pipeline.pipeline import Rules, stage_file
@@ -176,8 +177,11 @@ def _assert_accounted(result, path: Path, out: Path, expected_rows: int | None) 
     assert result.rows_read == result.in_scope + result.out_of_scope + result.quarantined
     if expected_rows is not None:
         assert result.rows_read == expected_rows, "a row was dropped or invented while reading"
-    staged = pl.read_parquet(result.staged).height if result.staged else 0
-    assert staged == result.in_scope
+    # A staged folder is laid out as history is: its rows read back the same way.
+    staged = read_history(Path(result.staged)) if result.staged else None
+    ids = staged["admin_id"] if staged is not None else pl.Series([], dtype=pl.String)
+    assert ids.is_unique().all(), "an administration staged twice"
+    assert ids.len() + result.superseded_in_file == result.in_scope
     quarantined = sum(pl.read_parquet(p).height for p in (out / "quarantine").rglob("*.parquet"))
     assert quarantined == result.quarantined
 

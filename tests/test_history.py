@@ -15,6 +15,7 @@ from history_support import (
     LAST_DOS,
     NIGHTS,
     copy_out,
+    merge_rows,
     night_file,
     queue_files,
     queue_frame,
@@ -27,7 +28,7 @@ from b12pipeline.archive import ArchiveError, archive_file, archive_index, archi
 from b12pipeline.crossrow import add_cross_row_facts
 from b12pipeline.engine.settings import SiteConfig
 from b12pipeline.files import sha256_file
-from b12pipeline.history import history_paths, merge_into_history, read_history
+from b12pipeline.history import history_paths, merge_into_history, read_history, stage_rows
 from b12pipeline.rulecases import case_frame, run_rule_cases
 
 # ---------------------------------------------------------------- history store (supersession)
@@ -41,15 +42,15 @@ def _rows(*specs: tuple[str, str], **changes) -> pl.DataFrame:
 
 
 def test_history_partitions_by_service_date_and_returns_touched_dates(tmp_path):
-    touched = merge_into_history(tmp_path, _rows(("A1", "2024-03-01T09:00:00"), ("A2", "2024-03-02T23:59:00")))
+    touched = merge_rows(tmp_path, _rows(("A1", "2024-03-01T09:00:00"), ("A2", "2024-03-02T23:59:00")))
     assert touched == [dt.date(2024, 3, 1), dt.date(2024, 3, 2)]
     assert sorted(history_paths(tmp_path)) == touched
     assert read_history(tmp_path, dt.date(2024, 3, 2), None)["admin_id"].to_list() == ["A2"]
 
 
 def test_correction_on_the_same_date_supersedes_the_earlier_row(tmp_path):
-    merge_into_history(tmp_path, _rows(("A1", "2024-03-01T09:00:00"), ("A2", "2024-03-01T10:00:00")))
-    touched = merge_into_history(tmp_path, _rows(("A1", "2024-03-01T09:00:00"), dose_value="2000"))
+    merge_rows(tmp_path, _rows(("A1", "2024-03-01T09:00:00"), ("A2", "2024-03-01T10:00:00")))
+    touched = merge_rows(tmp_path, _rows(("A1", "2024-03-01T09:00:00"), dose_value="2000"))
     assert touched == [dt.date(2024, 3, 1)]
     rows = read_history(tmp_path)
     assert rows.height == 2
@@ -57,30 +58,30 @@ def test_correction_on_the_same_date_supersedes_the_earlier_row(tmp_path):
 
 
 def test_correction_that_moves_an_admin_to_another_date(tmp_path):
-    merge_into_history(
+    merge_rows(
         tmp_path, _rows(("A1", "2024-03-05T10:30:00"), ("A2", "2024-03-05T11:00:00"), ("B1", "2024-03-04T08:00:00"))
     )
-    touched = merge_into_history(tmp_path, _rows(("A1", "2024-03-04T10:30:00")))
+    touched = merge_rows(tmp_path, _rows(("A1", "2024-03-04T10:30:00")))
     assert touched == [dt.date(2024, 3, 4), dt.date(2024, 3, 5)]  # both the old and the new date
     by_day = {d: pl.read_parquet(p)["admin_id"].to_list() for d, p in history_paths(tmp_path).items()}
     assert by_day == {dt.date(2024, 3, 4): ["A1", "B1"], dt.date(2024, 3, 5): ["A2"]}
     # Moving the last row off a date removes that date's partition altogether.
-    merge_into_history(tmp_path, _rows(("A2", "2024-03-06T11:00:00")))
+    merge_rows(tmp_path, _rows(("A2", "2024-03-06T11:00:00")))
     assert dt.date(2024, 3, 5) not in history_paths(tmp_path)
     assert read_history(tmp_path).height == 3  # nothing lost, nothing doubled
 
 
 def test_within_one_batch_the_last_row_of_an_admin_id_wins(tmp_path):
-    merge_into_history(tmp_path, _rows(("A1", "2024-03-01T09:00:00"), ("A1", "2024-03-02T09:00:00")))
+    merge_rows(tmp_path, _rows(("A1", "2024-03-01T09:00:00"), ("A1", "2024-03-02T09:00:00")))
     assert read_history(tmp_path)["admin_time"].to_list() == ["2024-03-02T09:00:00"]
     assert list(history_paths(tmp_path)) == [dt.date(2024, 3, 2)]
 
 
 def test_merging_the_same_rows_again_is_byte_identical(tmp_path):
     rows = _rows(("A1", "2024-03-01T09:00:00"), ("A2", "2024-03-01T10:00:00"))
-    merge_into_history(tmp_path, rows)
+    merge_rows(tmp_path, rows)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*.parquet")}
-    merge_into_history(tmp_path, rows)
+    merge_rows(tmp_path, rows)
     assert {p: p.read_bytes() for p in tmp_path.rglob("*.parquet")} == before
 
 
@@ -101,7 +102,7 @@ def test_a_merge_across_many_dates_keeps_exactly_the_last_version_of_each_admin(
         return case_frame([{"admin_id": a, "patient_id": "P1", "admin_time": t, "dose_value": v} for a, t, v in specs])
 
     first = batch([f"A{i:04d}" for i in range(600)], "f", days)
-    merge_into_history(tmp_path, frame(first))
+    merge_rows(tmp_path, frame(first))
     # A later batch: new admins, corrections of earlier ones (some moving date), repeats within it.
     second = batch(
         [f"A{i:04d}" for i in rnd.sample(range(600), 200)] + [f"B{i:04d}" for i in range(300)], "s", days[1:]
@@ -116,7 +117,7 @@ def test_a_merge_across_many_dates_keeps_exactly_the_last_version_of_each_admin(
     before = {d: set(pl.read_parquet(p)["admin_id"]) for d, p in history_paths(tmp_path).items()}
     assert days[0] in before
 
-    touched = merge_into_history(tmp_path, chunked)
+    touched = merge_rows(tmp_path, chunked)
 
     model = {a: (t, v) for a, t, v in first + second}  # the last version of each admin wins
     want: dict[dt.date, list[tuple[str, str, str]]] = {}
@@ -131,6 +132,56 @@ def test_a_merge_across_many_dates_keeps_exactly_the_last_version_of_each_admin(
     changed = {d for d in set(before) | set(want) if before.get(d) != {a for a, _, _ in want.get(d, [])}}
     changed |= {dt.date.fromisoformat(t[:10]) for _, t, _ in second}  # a re-sent row rewrites its date
     assert touched == sorted(changed | {d for d in before if any(a in before[d] for a, _, _ in second)})
+
+
+def test_a_nights_later_file_supersedes_an_earlier_files_row_and_untouched_dates_are_linked(tmp_path):
+    """Two files staged in one night: a later file's row of an admin_id replaces the earlier file's,
+    whatever the dates; a date only one file has, and nothing else changes, enters history as that
+    staged file (the same file, linked: not written again); every other date is merged and sorted."""
+    history, first, second = tmp_path / "history", tmp_path / "staged-1", tmp_path / "staged-2"
+    merge_rows(history, _rows(("H1", "2024-03-01T08:00:00"), ("H2", "2024-03-03T08:00:00")))
+    # The first file repeats an administration (its correction in the same file wins) and has A1,
+    # which the second file moves to another date; H2's date gains a row from the second file.
+    assert (
+        stage_rows(
+            _rows(("B1", "2024-03-02T09:00:00"), ("B1", "2024-03-02T10:00:00"), ("A1", "2024-03-02T11:00:00")), first
+        )
+        == 2
+    )
+    assert (
+        stage_rows(
+            _rows(("A1", "2024-03-04T09:00:00"), ("C1", "2024-03-03T09:00:00"), ("D1", "2024-03-05T09:00:00")), second
+        )
+        == 3
+    )
+
+    touched = merge_into_history(history, [first, second])
+
+    assert touched == [dt.date(2024, 3, d) for d in (2, 3, 4, 5)]
+    by_day = {d: read_history(history, d, d)["admin_id"].to_list() for d in history_paths(history)}
+    assert by_day == {
+        dt.date(2024, 3, 1): ["H1"],
+        dt.date(2024, 3, 2): ["B1"],
+        dt.date(2024, 3, 3): ["C1", "H2"],
+        dt.date(2024, 3, 4): ["A1"],
+        dt.date(2024, 3, 5): ["D1"],
+    }
+    assert read_history(history, dt.date(2024, 3, 2), dt.date(2024, 3, 2))["admin_time"].to_list() == [
+        "2024-03-02T10:00:00"
+    ]
+    staged = {d: p.stat().st_ino for folder in (first, second) for d, p in history_paths(folder).items()}
+    kept = {d: p.stat().st_ino for d, p in history_paths(history).items()}
+    linked = {d for d in kept if kept[d] == staged.get(d)}
+    assert linked == {dt.date(2024, 3, 4), dt.date(2024, 3, 5)}  # 2 lost A1 to a later file; 3 had H2
+    # The night's staging removed, the linked files are history's own; a re-sent row replaces one.
+    shutil.rmtree(first), shutil.rmtree(second)
+    before = read_history(history)
+    assert before.height == 6
+    again = tmp_path / "staged-3"
+    stage_rows(_rows(("D1", "2024-03-05T09:00:00")), again)
+    assert merge_into_history(history, [again]) == [dt.date(2024, 3, 5)]
+    lineage = ("source_file", "source_row")  # the row's place in the file it came from
+    assert read_history(history).drop(lineage).equals(before.drop(lineage))
 
 
 def test_reading_dates_in_groups_returns_the_same_rows_in_the_same_order(tmp_path, monkeypatch):
@@ -150,7 +201,7 @@ def test_reading_dates_in_groups_returns_the_same_rows_in_the_same_order(tmp_pat
         }
         for i in range(800)
     ]
-    merge_into_history(tmp_path, case_frame(specs))
+    merge_rows(tmp_path, case_frame(specs))
     wanted, lookback = [days[30], days[41], days[49]], 20
     everything = read_history(tmp_path)
     service_date = pl.col("admin_time").str.slice(0, 10).str.to_date()
@@ -182,7 +233,7 @@ def test_earlier_rows_in_files_of_other_schemas_read_as_a_plain_read_does(tmp_pa
         {"admin_id": f"A{i:03d}", "patient_id": f"P{i % 5}", "admin_time": f"{days[i % 12]}T{i % 24:02d}:00:00"}
         for i in range(120)
     ]
-    merge_into_history(tmp_path, case_frame(specs))
+    merge_rows(tmp_path, case_frame(specs))
     paths = history_paths(tmp_path)
     for day in days[2:4]:  # written before `site` existed
         pl.read_parquet(paths[day]).drop("site").write_parquet(paths[day])
@@ -230,7 +281,7 @@ def test_an_earlier_rows_cross_row_facts_need_only_the_columns_read_for_it(rules
             | {"concentration_mcg_per_ml": "25000"},
         ]
     )
-    whole = pl.concat([pl.read_parquet(staged.staged), hand], how="diagonal_relaxed")
+    whole = pl.concat([read_history(Path(staged.staged)), hand], how="diagonal_relaxed")
     narrow = whole.with_columns(
         pl.lit(None, dtype=whole.schema[c]).alias(c) for c in whole.columns if c not in normalize.CROSS_ROW_SOURCES
     )

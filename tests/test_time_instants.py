@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -18,7 +19,7 @@ from b12pipeline import normalize
 from b12pipeline.config import load_site_config
 from b12pipeline.engine.settings import ConfigError
 from b12pipeline.facts import evaluation_facts
-from b12pipeline.history import merge_into_history
+from b12pipeline.history import merge_into_history, read_history
 from b12pipeline.ingest.read import read_extract
 from b12pipeline.pipeline import Rules, stage_file
 from b12pipeline.rulecases import case_defaults, case_frame
@@ -100,9 +101,9 @@ def test_utc_typed_parquet_keeps_the_site_date_of_service(tmp_path, loaded):
     frame.write_parquet(path)
     result = stage_file(path, tmp_path / "out", "night-t", dt.date(2025, 1, 16), loaded)
     assert (result.status, result.in_scope, result.quarantined) == ("processed", 1, 0)
-    staged = pl.read_parquet(result.staged)
+    staged = read_history(Path(result.staged))
     assert staged["admin_time"].to_list() == ["2025-01-15T22:30:00-05:00"]
-    assert merge_into_history(tmp_path / "out" / "history", staged) == [dt.date(2025, 1, 15)]
+    assert merge_into_history(tmp_path / "out" / "history", [Path(result.staged)]) == [dt.date(2025, 1, 15)]
 
 
 def test_dates_of_service_outside_the_plausible_window_are_quarantined(tmp_path, loaded):
