@@ -184,6 +184,25 @@ def test_a_nights_later_file_supersedes_an_earlier_files_row_and_untouched_dates
     assert read_history(history).drop(lineage).equals(before.drop(lineage))
 
 
+def test_where_the_file_system_has_no_hard_links_a_staged_date_is_copied_into_history(tmp_path, monkeypatch):
+    """Some network shares refuse hard links: the staged file's bytes are copied instead, through the
+    same temporary name and rename, and the staged file stays as it is."""
+    import b12pipeline.files as files
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(1, "Operation not permitted")
+
+    staged, history = tmp_path / "staged", tmp_path / "history"
+    stage_rows(_rows(("A1", "2024-03-01T09:00:00"), ("A2", "2024-03-01T10:00:00")), staged)
+    (source,) = history_paths(staged).values()
+    monkeypatch.setattr(files.os, "link", refuse)
+    assert merge_into_history(history, [staged]) == [dt.date(2024, 3, 1)]
+    (target,) = history_paths(history).values()
+    assert target.read_bytes() == source.read_bytes()
+    assert target.stat().st_ino != source.stat().st_ino
+    assert [p.name for p in target.parent.iterdir()] == [target.name]  # no temporary file left
+
+
 def test_reading_dates_in_groups_returns_the_same_rows_in_the_same_order(tmp_path, monkeypatch):
     """read_for_dates collects its files a few at a time: any group size gives the rows a plain
     read of the whole history says it should (the dates' rows, then the same patients' earlier rows
