@@ -173,18 +173,14 @@ def stage_rows(rows: pl.DataFrame, folder: Path) -> int:
     the file is its correction), in admin_id order, written as history writes its files. A date
     nothing else changes tonight then enters history as that file, linked, not written a second time
     (a 1M-row night: ~0.8 s of the merge). Returns the rows staged."""
-    kept = (
-        rows.select("admin_id", _service_date().alias("_day"))
-        .with_row_index("_i")
-        .unique(subset="admin_id", keep="last")
-        .sort("_day", "admin_id")
-    )
+    kept = rows.select("admin_id", _service_date().alias("_day")).with_row_index("_i").unique("admin_id", keep="last")
+    # Each date's row numbers in admin_id order: a sort per date is ~2x cheaper than one of all rows.
+    by_day = {day: part.sort("admin_id")["_i"] for (day,), part in kept.partition_by("_day", as_dict=True).items()}
     # Gathering from one contiguous block is ~15x faster than from many (a file read in row groups):
     # made one in place, a column at a time, so the caller's frame is not held twice.
     one_chunk_in_place(rows, rows.columns)
-    by_day = kept.partition_by("_day", as_dict=True)
     atomic_write_parquets(
-        ((rows[part["_i"]], _partition(folder, day)) for (day,), part in by_day.items()),
+        ((rows[index], _partition(folder, day)) for day, index in sorted(by_day.items())),
         compression=HISTORY_COMPRESSION,
     )
     return kept.height
