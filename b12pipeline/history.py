@@ -138,7 +138,7 @@ def earlier_versions(history_root: Path, rows: pl.DataFrame) -> pl.DataFrame:
     """The history rows that `rows` supersede (same admin_id): their admin_id, patient_id and file
     (`_path`). One scan of the year's admin ids, shared by patients_of and merge_into_history."""
     paths = list(history_paths(history_root).values())
-    if not paths:
+    if not paths or rows.height == 0:  # a night whose files staged nothing reads no history
         return pl.DataFrame(schema={"admin_id": pl.String, "patient_id": pl.String, "_path": pl.String})
     ids = rows["admin_id"].drop_nulls().unique().implode()
     return (
@@ -216,11 +216,12 @@ def merge_into_history(
             by_path[key[0]]: group["admin_id"] for key, group in found.partition_by("_path", as_dict=True).items()
         }
     # Each date's staged files, and the admin_ids a later file of the night takes from each of them.
+    per_folder = [history_paths(folder) for folder in staged]
     files: dict[dt.date, list[Path]] = {}
-    for folder in staged:
-        for day, path in sorted(history_paths(folder).items()):
+    for paths in per_folder:
+        for day, path in sorted(paths.items()):
             files.setdefault(day, []).append(path)
-    rank = {str(p): n for n, folder in enumerate(staged) for p in history_paths(folder).values()}
+    rank = {str(p): n for n, paths in enumerate(per_folder) for p in paths.values()}
     ranked = keys.with_columns(pl.col("_path").replace_strict(rank, return_dtype=pl.Int64).alias("_file"))
     taken = ranked.filter(pl.col("_file") < pl.col("_file").max().over("admin_id"))
     later = {key[0]: group["admin_id"] for key, group in taken.partition_by("_path", as_dict=True).items()}
