@@ -22,9 +22,12 @@ import datetime as dt
 import json
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Protocol
 
 import polars as pl
 
@@ -213,19 +216,53 @@ class SuiteRunner:
         return pl.Series(name, mask, dtype=pl.Boolean)
 
 
+class Runner(Protocol):
+    """What validation asks of a suite's runner: SuiteRunner here, or GX's own process (gx_process)."""
+
+    spec: dict
+
+    @property
+    def columns(self) -> list[str]: ...
+
+    def run(self, values: dict[str, pl.DataFrame]) -> tuple[dict[str, int], dict]: ...
+
+    def failing_values(self, values: pl.DataFrame, name: str) -> pl.Series: ...
+
+
 _building = threading.Lock()
+_served: dict[Path, Runner] = {}
 
 
-def suite_runner(suite_path: Path | None = None) -> SuiteRunner:
-    """The suite's runner, built once per process (GX's import and context take seconds): a caller
-    waits while another thread builds it (the command line builds it while the night starts)."""
+def suite_file(suite_path: Path | None = None) -> Path:
+    """The suite a validation uses: `suite_path`, else the shipped one."""
+    return Path(suite_path) if suite_path else schemas_dir() / DEFAULT_SUITE
+
+
+@contextmanager
+def served_by(runner: Runner, suite_path: Path | None = None) -> Iterator[None]:
+    """While the block runs, suite_runner hands out `runner` for the suite (GX's own process,
+    b12pipeline/gx_process.py) instead of building GX in this process."""
+    path = suite_file(suite_path)
     with _building:
-        return _suite_runner(suite_path)
+        _served[path] = runner
+    try:
+        yield
+    finally:
+        with _building:
+            _served.pop(path, None)
+
+
+def suite_runner(suite_path: Path | None = None) -> Runner:
+    """The suite's runner, built once per process (GX's import and context take seconds): a caller
+    waits while another thread builds it. The runner served_by hands out while it does."""
+    with _building:
+        path = suite_file(suite_path)
+        return _served[path] if path in _served else _suite_runner(path)
 
 
 @lru_cache(maxsize=4)
-def _suite_runner(suite_path: Path | None) -> SuiteRunner:
-    return SuiteRunner(Path(suite_path) if suite_path else schemas_dir() / DEFAULT_SUITE)
+def _suite_runner(suite_path: Path) -> SuiteRunner:
+    return SuiteRunner(suite_path)
 
 
 def service_date_window(night: dt.date, config: SiteConfig) -> tuple[dt.date, dt.date]:
@@ -247,7 +284,7 @@ def _fails(values: pl.DataFrame, mask: pl.Expr) -> pl.Series:
 
 
 def _checks(
-    runner: SuiteRunner, values: dict[str, pl.DataFrame], service_dates: tuple[dt.date, dt.date] | None
+    runner: Runner, values: dict[str, pl.DataFrame], service_dates: tuple[dt.date, dt.date] | None
 ) -> tuple[list[_Check], dict]:
     """Every check's verdict on every distinct value, in the order reasons are listed: the suite's
     expectations, the calendar checks, the service-date window, then any validator disagreement."""
@@ -315,7 +352,7 @@ def _row_mask(check: _Check, values: pl.DataFrame, key: pl.Expr) -> pl.Expr | No
 LENGTH_ONLY = frozenset({"expect_column_values_to_not_be_null", "expect_column_value_lengths_to_be_between"})
 
 
-def value_key(runner: SuiteRunner, frame: pl.DataFrame, column: str) -> pl.Expr:
+def value_key(runner: Runner, frame: pl.DataFrame, column: str) -> pl.Expr:
     """What a row's verdict on `column` depends on: its cell, or only the cell's length when every
     check of the column reads no more (presence, length). Such a column is validated on one value
     per length: a million admin ids are a few lengths, and GX took ~1 s per million values."""

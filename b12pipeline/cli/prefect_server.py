@@ -182,13 +182,14 @@ def imports_kept_for_the_run():
 
 
 def warm_up_in_background() -> threading.Thread:
-    """Build what every night needs in this process (GX's runner, the ICD-10-CM list; both cached)
-    in a thread started now, after Prefect's import: GX's import (2-3 s of a night's
-    fixed cost) overlaps the temporary server's start-up and the night's first steps (starting the
-    flow, hashing and reading the extracts, which wait on the server or release the GIL).
-    Validation waits for it (suite_runner holds a lock while it builds). Its imports are kept as
-    imports_kept_for_the_run keeps them. A failure here is not reported here: the night builds
-    the runner again where it needs it, and that failure is reported there."""
+    """Build what every night needs in this process (the ICD-10-CM list, and GX's runner unless
+    GX has a process of its own: gx_process.gx_in_its_own_process; both cached) in a thread started
+    now, after Prefect's import, so the work overlaps the temporary server's start-up and the
+    night's first steps (starting the flow, hashing and reading the extracts, which wait on the
+    server or release the GIL). Validation waits for it (suite_runner holds a lock while it
+    builds). Its imports are kept as imports_kept_for_the_run keeps them. A failure here is not
+    reported here: the night builds the runner again where it needs it, and that failure is
+    reported there."""
 
     def build() -> None:
         with imports_kept_for_the_run(), contextlib.suppress(Exception):

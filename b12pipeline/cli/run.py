@@ -98,8 +98,10 @@ def _with_feedback(night: dt.date, first_step: str, quiet: bool, run: Callable[[
     """Run a night's flow showing its progress steps on stderr (file names and counts only)."""
     from b12pipeline.deployments import RulesetError
     from b12pipeline.engine.rulefile import RuleFileError
+    from b12pipeline.gx_process import gx_in_its_own_process
 
-    with feedback(f"night {night}", quiet) as shown:
+    # GX imports in its own process while Prefect starts in this one.
+    with feedback(f"night {night}", quiet) as shown, gx_in_its_own_process():
         shown.step(first_step)
         from b12pipeline.cli.prefect_server import (
             ServerStart,
@@ -110,7 +112,7 @@ def _with_feedback(night: dt.date, first_step: str, quiet: bool, run: Callable[[
 
         with imports_kept_for_the_run():
             server = ServerStart()
-        warm_up_in_background()  # GX's import, while the server and the night start
+        warm_up_in_background()  # the ICD-10-CM list, while the server and the night start
         server.wait()
         if server.temporary:
             shown.step("Prefect's temporary server is up")

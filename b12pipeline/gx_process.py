@@ -1,0 +1,141 @@
+"""GX in a process of its own, for the nights the command line runs.
+
+GX's import costs ~2.5 s of CPU (pandas, SciPy and SQLAlchemy come with its expectation modules).
+In the night's own process it ran beside the night's first steps and took a core from them. In a
+process of its own it starts with the command, before Prefect, on the core Prefect's
+single-threaded start leaves idle, and the night's process never imports it.
+
+Validation sends each column's values to check (distinct values: small frames) through a pipe and
+gets back what validate.SuiteRunner returns. Nothing is logged from here. The process ends with
+the command's night (gx_in_its_own_process). If it cannot start or stops, the night builds the runner in its
+own process and reports any failure there, as it does without this process.
+
+Run as `python -m b12pipeline.gx_process SUITE`: requests on stdin, answers on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+
+@contextmanager
+def gx_in_its_own_process(suite_path: Path | None = None) -> Iterator[SuiteProcess | None]:
+    """While the block runs, validation of the suite (the shipped one by default) goes to GX's own
+    process, started now; the process ends with the block."""
+    from b12pipeline.validate import served_by, suite_file
+
+    try:
+        process = SuiteProcess(suite_file(suite_path))
+    except OSError:  # no process to be had: GX in this process, as without one
+        yield None
+        return
+    try:
+        with served_by(process, suite_path):
+            yield process
+    finally:
+        process.close()
+
+
+class SuiteProcess:
+    """validate.SuiteRunner's interface (spec, columns, run, failing_values), served by GX's process."""
+
+    def __init__(self, suite_path: Path):
+        self.path = suite_path
+        self.spec = json.loads(suite_path.read_text())
+        self._lock = threading.Lock()
+        self._local: Any = None  # the runner built here, once the process has failed
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "b12pipeline.gx_process", str(suite_path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # GX's own chatter; the night reports failures itself
+        )
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._send = Connection(os.dup(self._process.stdin.fileno()), readable=False)
+        self._receive = Connection(os.dup(self._process.stdout.fileno()), writable=False)
+        self._process.stdin.close()
+        self._process.stdout.close()
+
+    def close(self) -> None:
+        """End the process now (it holds nothing to keep; it may still be importing GX)."""
+        self._send.close()
+        self._receive.close()
+        self._process.kill()
+        self._process.wait()
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns the suite reads, in the suite's order."""
+        return list(dict.fromkeys(e["kwargs"]["column"] for e in self.spec["expectations"]))
+
+    def run(self, values: dict):
+        return self._call("run", values)
+
+    def failing_values(self, values, name: str):
+        return self._call("failing_values", values, name)
+
+    def _call(self, method: str, *args):
+        with self._lock:
+            if self._local is None:
+                try:
+                    self._send.send((method, args))
+                    kind, value = self._receive.recv()
+                except (EOFError, OSError):  # the process is gone: GX in this process from now on
+                    self._local = self._runner_here()
+                else:
+                    if kind == "error":
+                        raise value
+                    return value
+        return getattr(self._local, method)(*args)
+
+    def _runner_here(self):
+        from b12pipeline.validate import SuiteRunner
+
+        self._process.kill()
+        return SuiteRunner(self.path)
+
+
+def _serve(suite: Path, requests: Connection, answers: Connection) -> None:
+    from b12pipeline.validate import SuiteRunner
+
+    try:
+        runner: SuiteRunner | None = SuiteRunner(suite)
+        failed: BaseException | None = None
+    except Exception as exc:  # answered to every request: the night reports it where it validates
+        runner, failed = None, exc
+    while True:
+        try:
+            method, args = requests.recv()
+        except EOFError:  # the command has ended
+            return
+        try:
+            if runner is None:
+                raise failed  # type: ignore[misc]
+            answers.send(("ok", getattr(runner, method)(*args)))
+        except Exception as exc:
+            answers.send(("error", _sendable(exc)))
+
+
+def _sendable(exc: Exception) -> Exception:
+    """`exc` if it survives the pipe, else a RuntimeError naming its type (GX's own exceptions do
+    not all pickle; their text can quote a value, so it is not carried over)."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__} in GX's process")
+
+
+if __name__ == "__main__":
+    _serve(Path(sys.argv[1]), Connection(os.dup(0), writable=False), Connection(os.dup(1), readable=False))
