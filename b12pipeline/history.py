@@ -221,10 +221,12 @@ def merge_into_history(
     for paths in per_folder:
         for day, path in sorted(paths.items()):
             files.setdefault(day, []).append(path)
-    rank = {str(p): n for n, paths in enumerate(per_folder) for p in paths.values()}
-    ranked = keys.with_columns(pl.col("_path").replace_strict(rank, return_dtype=pl.Int64).alias("_file"))
-    taken = ranked.filter(pl.col("_file") < pl.col("_file").max().over("admin_id"))
-    later = {key[0]: group["admin_id"] for key, group in taken.partition_by("_path", as_dict=True).items()}
+    later: dict[str, pl.Series] = {}
+    if len(staged) > 1:  # a folder holds each admin_id once (stage_rows): only another file takes one
+        rank = {str(p): n for n, paths in enumerate(per_folder) for p in paths.values()}
+        ranked = keys.with_columns(pl.col("_path").replace_strict(rank, return_dtype=pl.Int64).alias("_file"))
+        taken = ranked.filter(pl.col("_file") < pl.col("_file").max().over("admin_id"))
+        later = {key[0]: group["admin_id"] for key, group in taken.partition_by("_path", as_dict=True).items()}
     touched = sorted(set(superseded) | set(files))
 
     def partitions() -> Iterator[tuple[pl.DataFrame, Path]]:
