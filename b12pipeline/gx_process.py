@@ -74,8 +74,9 @@ class SuiteProcess:
 
     @property
     def columns(self) -> list[str]:
-        """The columns the suite reads, in the suite's order."""
-        return list(dict.fromkeys(e["kwargs"]["column"] for e in self.spec["expectations"]))
+        from b12pipeline.validate import suite_columns
+
+        return suite_columns(self.spec)
 
     def run(self, values: dict):
         return self._call("run", values)

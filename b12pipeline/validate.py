@@ -109,6 +109,11 @@ def polars_mask(config: dict) -> pl.Expr:
     raise SuiteError(f"expectation type {kind} has no row-mask translation; add one in validate.py")
 
 
+def suite_columns(spec: dict) -> list[str]:
+    """The columns a suite reads, in the suite's order."""
+    return list(dict.fromkeys(e["kwargs"]["column"] for e in spec["expectations"]))
+
+
 class SuiteRunner:
     """One ephemeral GX context and datasource per suite file, and the suite split by column."""
 
@@ -155,8 +160,7 @@ class SuiteRunner:
 
     @property
     def columns(self) -> list[str]:
-        """The columns the suite reads, in the suite's order."""
-        return list(dict.fromkeys(e["kwargs"]["column"] for e in self.spec["expectations"]))
+        return suite_columns(self.spec)
 
     def run(self, values: dict[str, pl.DataFrame]) -> tuple[dict[str, int], dict]:
         """GX on each column's distinct values: failing values per expectation, and the results as
