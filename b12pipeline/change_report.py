@@ -13,6 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from b12pipeline.backfill import CHANGES
+from b12pipeline.files import write_text_atomic
 from b12pipeline.paths import OutputLayout
 from b12pipeline.ruleset_changes import FolderChanges
 
@@ -131,11 +132,7 @@ def render_changes(
 
 
 def write_page(target: Path, page: str) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(target)
-    return target
+    return write_text_atomic(target, page)
 
 
 def write_change_report(out: Path | str, manifest: dict, changes: FolderChanges) -> Path:

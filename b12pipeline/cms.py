@@ -29,6 +29,8 @@ from pathlib import Path
 import polars as pl
 import yaml
 
+from b12pipeline.files import write_text_atomic
+
 CMS_FOLDER = "cms"
 PREAMBLE_MAX_LINES = 40  # published files carry a few title/copyright lines before the header
 
@@ -273,9 +275,7 @@ def import_cms_file(kind: str, path: Path, rules_directory: Path, quarter: str |
             "source_columns": info["columns"],
             "rows": rows.height,
         }
-        tmp = folder / f".{table}.csv.tmp"
-        rows.write_csv(tmp)
-        tmp.replace(folder / f"{table}.csv")
+        write_text_atomic(folder / f"{table}.csv", rows.write_csv())
         (folder / f"{table}.version.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
         written.append(meta)
     return written

@@ -22,6 +22,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from b12pipeline.files import write_json
 from b12pipeline.paths import OutputLayout, rules_dir
 from b12pipeline.rulesets import ruleset_version, versioned_files
 
@@ -86,10 +87,7 @@ def read_active(out: Path | str) -> Deployment | None:
 def write_active(out: Path | str, deployment: Deployment) -> None:
     """Switch the pointer atomically: readers see the old or the new record, never half of one."""
     path = OutputLayout(Path(out)).rulesets / POINTER
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(deployment.to_dict(), indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    write_json(path, deployment.to_dict())
 
 
 def snapshot(out: Path | str, folder: Path | str) -> str:

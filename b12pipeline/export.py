@@ -13,6 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from b12pipeline.engine.rulefile import SEVERITIES
+from b12pipeline.files import temporary_name
 from b12pipeline.queues import read_queue
 
 # The worklog's columns come first with fixed headings: a coder edits Status, Owner, Reason, Comment
@@ -135,8 +136,7 @@ def export_csv(findings: pl.DataFrame, target: Path) -> int:
     """CSV with readable headings and a UTF-8 BOM, so Excel shows accented names correctly."""
     view = neutralise_formulas(coder_view(findings))
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.unlink(missing_ok=True)
+    tmp = temporary_name(target)
     with _owner_only_file(tmp) as fh:
         fh.write("\ufeff".encode())
         view.write_csv(fh, datetime_format="%Y-%m-%d %H:%M", date_format="%Y-%m-%d")
@@ -182,8 +182,7 @@ def export_xlsx(findings: pl.DataFrame, target: Path, sheet: str = "findings") -
                     cell.alignment = Alignment(wrap_text=True, vertical="top")
     add_revision_sheet(wb, findings)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.unlink(missing_ok=True)
+    tmp = temporary_name(target)
     with _owner_only_file(tmp) as fh:
         wb.save(fh)
     tmp.replace(target)

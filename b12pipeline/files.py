@@ -10,6 +10,25 @@ import uuid
 from pathlib import Path
 
 
+def temporary_name(target: Path) -> Path:
+    """Where a writer puts `target`'s bytes before renaming them into place. Dot-prefixed, so
+    readers skip it; unique, so two writers never share one; ending in .tmp, the pattern the next
+    run's clean-up removes when a run died mid-write (runguard.clean_stale_temp_files)."""
+    return target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write text through a temporary file and a rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def sha256_file(path: Path) -> str:
     """The checksum of an extract: a file's bytes, or for a folder (a FHIR Bulk Data export) the
     names and bytes of its files in name order, so the same export arriving twice is recognised.
@@ -65,7 +84,7 @@ def link_into_place(source: Path, target: Path) -> None:
     rename (a reader sees the old file or the new one): a hard link where the file system has them,
     else a copy. `source` stays as it is."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+    tmp = temporary_name(target)
     try:
         try:
             os.link(source, tmp, follow_symlinks=False)
@@ -80,7 +99,4 @@ def link_into_place(source: Path, target: Path) -> None:
 
 def write_json(path: Path, payload: dict) -> None:
     """Write JSON through a temporary file and a rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")

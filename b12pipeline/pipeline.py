@@ -29,7 +29,7 @@ from b12pipeline.engine.evaluate import empty_findings
 from b12pipeline.engine.rulefile import Ruleset
 from b12pipeline.engine.settings import SiteConfig
 from b12pipeline.facts import evaluation_facts
-from b12pipeline.files import copy_no_follow, extract_checksum, file_state, write_json
+from b12pipeline.files import copy_no_follow, extract_checksum, file_state, write_json, write_text_atomic
 from b12pipeline.history import (
     earlier_versions,
     history_paths,
@@ -129,12 +129,6 @@ def reject_file(path: Path, layout: OutputLayout, reason: str, sha256: str) -> s
             tmp.unlink(missing_ok=True)
     write_text_atomic(layout.rejected / f"{name}.error.txt", f"{path.name}: {reason}\n")
     return name
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def stage_file(

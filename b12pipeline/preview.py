@@ -13,7 +13,6 @@ date either before or after that night.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import shutil
 import tempfile
@@ -32,6 +31,7 @@ from b12pipeline.backfill import (
 )
 from b12pipeline.change_report import render_changes, write_page
 from b12pipeline.deployments import RulesetError, read_active, snapshot_dir
+from b12pipeline.files import write_json
 from b12pipeline.paths import OutputLayout
 from b12pipeline.pipeline import Rules, findings_for_dates, lookback_days
 from b12pipeline.queues import atomic_write_parquet
@@ -162,9 +162,7 @@ def preview(out: Path | str, candidate: Path | str, start: dt.date | None = None
             f"b12pipeline rules preview {preview_id}", facts, summary, detail, changes, titles, work, with_yaml=True
         )
         write_page(target / "report.html", page)
-        tmp = target / ".preview.json.tmp"
-        tmp.write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
-        tmp.replace(target / "preview.json")
+        write_json(target / "preview.json", result)
         progress.step(f"report written: previews/{preview_id}")
     finally:
         os.umask(previous_umask)

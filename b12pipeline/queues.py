@@ -14,7 +14,6 @@ import os
 import re
 import resource
 import shutil
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -24,6 +23,7 @@ import polars as pl
 
 from b12pipeline.engine.evaluate import FINDING_COLUMNS
 from b12pipeline.engine.rulefile import QUEUES
+from b12pipeline.files import temporary_name
 
 PART_NAME = "part-0.parquet"
 Compression = Literal["zstd", "lz4"]
@@ -51,7 +51,7 @@ def atomic_write_parquet(
     `compression`: zstd for files coders' tools read (queues, quarantine); lz4 for the store's own
     working files (history, staging), cheaper to write and read back."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+    tmp = temporary_name(target)
     try:
         try:
             rows_per_group = max(frame.height, 1) if one_row_group else None  # None: Polars' default

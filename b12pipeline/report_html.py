@@ -17,6 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from b12pipeline.engine.rulefile import QUEUES, SEVERITIES
+from b12pipeline.files import write_text_atomic
 from b12pipeline.history import history_paths
 from b12pipeline.paths import OutputLayout
 from b12pipeline.queues import PART_NAME, partition_dir, scan_partitions
@@ -54,11 +55,7 @@ def write_run_report(out: Path | str, run_id: str, trend_nights: int = TREND_NIG
         findings_by_origin(layout, dates),
         rule_titles(manifest.get("rules_dir") or None),
     )
-    target = layout.run_dir(run_id) / "report.html"
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(target)
-    return target
+    return write_text_atomic(layout.run_dir(run_id) / "report.html", page)
 
 
 def recent_runs(layout: OutputLayout, manifest: dict, nights: int) -> list[dict]:

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from b12pipeline.cli.common import EXIT_OK, console, err_console, usage_error
 from b12pipeline.cli.feedback import feedback, quiet_option
+from b12pipeline.files import write_text_atomic
 from b12pipeline.paths import PROJECT_ROOT
 
 EXIT_FAILED = 1
@@ -143,10 +144,7 @@ def docs(
         console.print(f"{', '.join(map(str, pages))} up to date")
         return
     for page, text in pages.items():
-        page.parent.mkdir(parents=True, exist_ok=True)
-        tmp = page.with_name(f".{page.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(page)
+        write_text_atomic(page, text)
         console.print(f"wrote {page}")
 
 

@@ -18,6 +18,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from b12pipeline.files import temporary_name
+
 ROLES = ("coder", "supervisor")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MIN_PASSWORD = 10
@@ -80,7 +82,7 @@ def add_user(path: Path, name: str, password: str, role: str) -> bool:
     is_new = name not in users
     users[name] = {"role": role, "hash": _hasher().hash(password)}
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temporary_name(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         json.dump({"users": users}, fh, indent=2, sort_keys=True)
