@@ -21,6 +21,11 @@ def emit(event: str, **data) -> None:
         callback(event, data)
 
 
+# Logging `extra` for a flow's line that a command's summary also prints (a rejected file): the
+# command keeps the log line off its terminal, and Prefect's API and a worker's console still get it.
+SAID_IN_SUMMARY = {"said_in_summary": True}
+
+
 def step(text: str) -> None:
     """A step of long work, said in a few words with counts (shown by the CLI on stderr)."""
     emit("step", text=text)

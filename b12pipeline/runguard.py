@@ -11,8 +11,8 @@
   every folder and file the run creates is owner-only (0700 / 0600). Set once here instead of a
   chmod in each writer, so writers added later are covered too.
 - dot-prefixed `*.tmp` files under the root are left-overs of a run that died mid-write (every
-  writer writes `.<name>...tmp` and renames it into place; readers skip dot files). Holding the
-  lock, nothing else is writing, so they are removed, with the staging area of earlier runs.
+  writer takes its name from files.temporary_name and renames it into place; readers skip dot
+  files). Holding the lock, nothing else is writing, so they are removed, with the staging area of earlier runs.
 
 Re-entrant within a process: the CLI takes the guard before starting Prefect (fast refusal), and
 the flow takes it again (covering runs started without the CLI); the inner entry is a no-op.

@@ -173,7 +173,7 @@ def _nightly(
     inputs = [f.result() for f in futures]
     for i in inputs:
         if i["status"] in ("rejected", "deferred"):
-            logger.warning("%s %s", i["status"], i["error"])
+            logger.warning("%s %s", i["status"], i["error"], extra=progress.SAID_IN_SUMMARY)
         else:
             logger.info(
                 "%s: %d rows read, %d in scope, %d quarantined",

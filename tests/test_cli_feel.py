@@ -72,9 +72,13 @@ def test_a_stale_reference_table_is_warned_about_once(night):
 
 @pytest.mark.slow
 def test_summary_fits_80_columns_without_cutting_words(night):
-    proc, _, _ = night
+    proc, out, _ = night
     assert "…" not in proc.stdout
-    assert max(len(line) for line in proc.stdout.splitlines()) <= 80
+    lines = proc.stdout.splitlines()
+    # Paths are whole on their own line (the terminal wraps them): a copied path works.
+    assert f"queues:     {out / 'queues'}" in lines and f"quarantine: {out / 'quarantine'}" in lines
+    paths = ("queues:", "quarantine:", "run record:", "report:")
+    assert max(len(line) for line in lines if not line.startswith(paths)) <= 80
     for name in ("emar_2024-03-01.csv", "emar_2024-03-02.parquet", "emar_all_rules.csv", "quarantined"):
         assert name in proc.stdout
 
@@ -215,3 +219,45 @@ def test_the_suite_runner_built_in_the_background_is_the_one_validation_uses(mon
     finally:
         validate._suite_runner.cache_clear()
         gc.unfreeze()
+
+
+def _night_with_a_rejected_file(tmp_path: Path, env: dict) -> tuple[subprocess.CompletedProcess, str]:
+    rejected = f"unreadable-{tmp_path.name}.csv"  # a name no other test's night uses
+    (tmp_path / rejected).write_bytes(b"a,b\n1,2\n")
+    args = ["run", "-e", str(FIXTURES / "emar_2024-03-01.csv"), "-e", str(tmp_path / rejected)]
+    proc = cli([*args, "--out", str(tmp_path / "out"), "--night", "2024-03-02"], env)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    return proc, rejected
+
+
+@pytest.mark.slow
+def test_a_rejected_file_is_said_once_and_reaches_prefect(prefect_harness, tmp_path):
+    """The summary names the rejected file; Prefect's log line saying the same stays off the
+    terminal but is in Prefect's own log of the run (sent before the command exits)."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterLevel
+    from prefect.settings import PREFECT_API_URL
+
+    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value(), COLUMNS="80")
+    proc, rejected = _night_with_a_rejected_file(tmp_path, env)
+    said = proc.stdout + proc.stderr
+    assert said.count(f"{rejected}: missing required column") == 1, said[-3000:]
+
+    async def warnings() -> list[str]:
+        async with get_client() as client:
+            logs = await client.read_logs(log_filter=LogFilter(level=LogFilterLevel(ge_=30)))
+        return [log.message for log in logs]
+
+    assert any(rejected in message and "missing required column" in message for message in asyncio.run(warnings()))
+
+
+@pytest.mark.slow  # starts Prefect's temporary server
+def test_the_temporary_server_outlives_what_prefect_still_has_to_send_it(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect_home")
+    proc, rejected = _night_with_a_rejected_file(tmp_path, env)
+    said = proc.stdout + proc.stderr
+    assert said.count(f"{rejected}: missing required column") == 1, said[-3000:]
+    assert "Error logging to API" not in said and "Traceback" not in said, said[-3000:]

@@ -58,6 +58,27 @@ def main() -> None:
     exit_now(code)
 
 
+def _send_what_prefect_holds() -> None:
+    """Prefect sends logs and events from background workers that drain at interpreter shutdown,
+    in threading's exit hooks, which os._exit skips, and after the temporary server's exit handler
+    would have stopped it: they are drained here first (up to 5 s each), while the server still
+    answers. A night's warnings (a rejected file) are in Prefect's log of the run because of this."""
+    if "prefect.logging.handlers" not in sys.modules:
+        return
+    from prefect.logging.handlers import APILogWorker
+
+    workers = [APILogWorker]
+    if "prefect.events.worker" in sys.modules:
+        from prefect.events.worker import EventsWorker
+
+        workers.append(EventsWorker)
+    for worker in workers:
+        try:
+            worker.drain_all(timeout=5)
+        except Exception:  # never stop the exit: what is not sent is Prefect's own loss, said by it
+            pass
+
+
 def exit_now(code: int) -> None:
     """Exit without tearing the interpreter down object by object.
 
@@ -69,6 +90,7 @@ def exit_now(code: int) -> None:
     import atexit
 
     try:
+        _send_what_prefect_holds()
         atexit._run_exitfuncs()
     finally:
         for stream in (sys.stdout, sys.stderr):

@@ -89,11 +89,20 @@ def no_console_tracebacks(*expected: type[BaseException], summarised: tuple[str,
     failure is said once; so are records of the `summarised` loggers, whose lines the command's
     summary prints (they reach only the console: Prefect sends its own loggers' records to its API).
     Done where records are made, not on handlers: Prefect may replace its handlers while a flow
-    starts, and a filter on the old ones would be lost."""
+    starts, and a filter on the old ones would be lost. A flow's line marked SAID_IN_SUMMARY is
+    still sent to Prefect's API: only the console (the root logger's handlers) drops it, through a
+    filter put on whatever console handlers there are as each record is made."""
     import logging
+
+    from b12pipeline.progress import SAID_IN_SUMMARY
 
     make = logging.getLogRecordFactory()
     names = tuple(t.__name__ for t in expected)
+    (marker,) = SAID_IN_SUMMARY
+    root = logging.getLogger()
+
+    def not_said_in_summary(record: logging.LogRecord) -> bool:
+        return not getattr(record, marker, False)
 
     def named(record: logging.LogRecord) -> bool:
         try:
@@ -104,6 +113,9 @@ def no_console_tracebacks(*expected: type[BaseException], summarised: tuple[str,
 
     def without_traceback(*args, **kwargs) -> logging.LogRecord:
         record = make(*args, **kwargs)
+        for handler in root.handlers:
+            if not_said_in_summary not in handler.filters:
+                handler.addFilter(not_said_in_summary)
         if record.name in summarised:
             record.levelno = _DROPPED
         elif record.name.startswith("prefect"):
@@ -118,6 +130,8 @@ def no_console_tracebacks(*expected: type[BaseException], summarised: tuple[str,
         yield
     finally:
         logging.setLogRecordFactory(make)
+        for handler in root.handlers:
+            handler.removeFilter(not_said_in_summary)
 
 
 def usage_error(message: str) -> typer.Exit:

@@ -219,19 +219,21 @@ def print_summary(manifest: dict, out: Path) -> None:
     console.print(queues)
     for i in manifest["inputs"]:
         if i["status"] == "deferred":
-            err_console.print(f"[yellow]deferred[/] {escape(i['error'])}")
+            err_console.print(f"[yellow]deferred[/] {escape(i['error'])}", soft_wrap=True)
         if i["status"] == "rejected":
             kept = out / "rejected" / i.get("rejected_as", "")
-            err_console.print(f"[red]rejected[/] {escape(i['error'])}  -> {escape(str(kept))}")
+            err_console.print(f"[red]rejected[/] {escape(i['error'])}  -> {escape(str(kept))}", soft_wrap=True)
     for warning in manifest.get("warnings", []):  # stale CMS tables (reference_max_age_quarters)
         err_console.print(f"[yellow]warning[/] {escape(warning)}", soft_wrap=True)
     for entry in manifest.get("ignored", []):
-        console.print(f"ignored {escape(entry['file'])}: {escape(entry['reason'])}")
-    console.print(f"queues:     {escape(str(out / 'queues'))}")
-    console.print(f"quarantine: {escape(str(out / 'quarantine'))}")
-    console.print(f"run record: {escape(str(out / 'runs' / manifest['run_id'] / 'manifest.json'))}")
+        console.print(f"ignored {escape(entry['file'])}: {escape(entry['reason'])}", soft_wrap=True)
+    # Paths whole on one line (the terminal wraps them): copied or grepped, a path broken by a line
+    # end is a different path.
+    console.print(f"queues:     {escape(str(out / 'queues'))}", soft_wrap=True)
+    console.print(f"quarantine: {escape(str(out / 'quarantine'))}", soft_wrap=True)
+    console.print(f"run record: {escape(str(out / 'runs' / manifest['run_id'] / 'manifest.json'))}", soft_wrap=True)
     if "run_report" in manifest:
-        console.print(f"report:     {escape(str(out / manifest['run_report']))}")
+        console.print(f"report:     {escape(str(out / manifest['run_report']))}", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
