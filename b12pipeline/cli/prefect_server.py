@@ -183,13 +183,14 @@ def imports_kept_for_the_run():
 
 def warm_up_in_background() -> threading.Thread:
     """Build what every night needs in this process (the ICD-10-CM list, and GX's runner unless
-    GX has a process of its own: gx_process.gx_in_its_own_process; both cached) in a thread started
-    now, after Prefect's import, so the work overlaps the temporary server's start-up and the
-    night's first steps (starting the flow, hashing and reading the extracts, which wait on the
-    server or release the GIL). Validation waits for it (suite_runner holds a lock while it
-    builds). Its imports are kept as imports_kept_for_the_run keeps them. A failure here is not
-    reported here: the night builds the runner again where it needs it, and that failure is
-    reported there."""
+    GX has a process of its own: gx_process.gx_in_its_own_process; both cached), and import the
+    worklog's modules (SQLAlchemy, Alembic: ~0.4 s that a million-row night's single-threaded end
+    waited for), in a thread started now, after Prefect's import, so the work overlaps the
+    temporary server's start-up and the night's first steps (starting the flow, hashing and
+    reading the extracts, which wait on the server or release the GIL). Validation waits for it
+    (suite_runner holds a lock while it builds). Its imports are kept as imports_kept_for_the_run
+    keeps them. A failure here is not reported here: the night builds the runner again where it
+    needs it, and that failure is reported there."""
 
     def build() -> None:
         with imports_kept_for_the_run(), contextlib.suppress(Exception):
@@ -198,6 +199,10 @@ def warm_up_in_background() -> threading.Thread:
 
             suite_runner()
             billable_codes()
+            import alembic.command  # noqa: F401  (worklog.store.upgrade's imports)
+            import alembic.config  # noqa: F401
+
+            import b12pipeline.worklog  # noqa: F401
 
     thread = threading.Thread(target=build, name="b12pipeline-warm-up", daemon=True)
     thread.start()
