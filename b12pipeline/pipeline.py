@@ -313,16 +313,17 @@ def apply_staged(staged: list[str], out: Path | str, rules: Rules, run_id: str, 
     folders = [Path(p) for p in staged if p]
     # Only the staged rows' keys are read here: each date's rows are read (or linked) as it is merged.
     keys = staged_keys(folders)
-    # Patients whose rows change tonight: the night's, and those of rows a correction supersedes.
     earlier = earlier_versions(layout.history, keys)
-    changed = patients_of(layout.history, keys, earlier)
     touched = merge_into_history(layout.history, folders, keys, earlier)
     merged = keys.height
-    del keys, earlier
     # A late row or a correction on an earlier date changes what later dates see as their history:
     # re-evaluate those too, so nights and a history re-run agree (docs/history.md). On those later
-    # dates only the changed patients' findings can differ (cross-row facts are per patient).
+    # dates only the changed patients' findings can differ (cross-row facts are per patient): the
+    # night's, and those of rows a correction supersedes (a sort of every patient id of the night,
+    # skipped when no later date is affected).
     later = dependent_dates(layout.history, touched, rules.config)
+    changed = patients_of(layout.history, keys, earlier) if later else None
+    del keys, earlier
     progress.step(
         f"history: {merged:,} rows merged, {len(touched):,} date(s) to "
         f"evaluate, {len(later):,} later date(s) for their patients"
