@@ -67,16 +67,18 @@ def _send_what_prefect_holds() -> None:
         return
     from prefect.logging.handlers import APILogWorker
 
-    workers = [APILogWorker]
+    _drain(APILogWorker)
     if "prefect.events.worker" in sys.modules:
         from prefect.events.worker import EventsWorker
 
-        workers.append(EventsWorker)
-    for worker in workers:
-        try:
-            worker.drain_all(timeout=5)
-        except Exception:  # never stop the exit: what is not sent is Prefect's own loss, said by it
-            pass
+        _drain(EventsWorker)
+
+
+def _drain(worker) -> None:
+    try:
+        worker.drain_all(timeout=5)
+    except Exception:  # never stop the exit: what is not sent is Prefect's own loss, said by it
+        pass
 
 
 def exit_now(code: int) -> None:
