@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import polars as pl
 
@@ -127,20 +130,27 @@ def neutralise_formulas(view: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _owner_only_file(path: Path):
-    """Open `path` for writing as 0600 whatever the umask: exports hold patient identifiers."""
-    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+@contextmanager
+def _written_into_place(target: Path) -> Iterator[BinaryIO]:
+    """A file to write `target`'s bytes into, renamed into place when the block ends, removed if it
+    fails (an export folder is the user's: no later run cleans it). Owner-only (0600) whatever the
+    umask: exports hold patient identifiers."""
+    tmp = temporary_name(target)
+    try:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fh:
+            yield fh
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def export_csv(findings: pl.DataFrame, target: Path) -> int:
     """CSV with readable headings and a UTF-8 BOM, so Excel shows accented names correctly."""
     view = neutralise_formulas(coder_view(findings))
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_name(target)
-    with _owner_only_file(tmp) as fh:
+    with _written_into_place(target) as fh:
         fh.write("\ufeff".encode())
         view.write_csv(fh, datetime_format="%Y-%m-%d %H:%M", date_format="%Y-%m-%d")
-    tmp.replace(target)
     return view.height
 
 
@@ -182,10 +192,8 @@ def export_xlsx(findings: pl.DataFrame, target: Path, sheet: str = "findings") -
                     cell.alignment = Alignment(wrap_text=True, vertical="top")
     add_revision_sheet(wb, findings)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_name(target)
-    with _owner_only_file(tmp) as fh:
+    with _written_into_place(target) as fh:
         wb.save(fh)
-    tmp.replace(target)
     return view.height
 
 
