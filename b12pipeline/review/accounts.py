@@ -83,11 +83,14 @@ def add_user(path: Path, name: str, password: str, role: str) -> bool:
     users[name] = {"role": role, "hash": _hasher().hash(password)}
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = temporary_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump({"users": users}, fh, indent=2, sort_keys=True)
-    os.chmod(tmp, 0o600)
-    tmp.replace(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump({"users": users}, fh, indent=2, sort_keys=True)
+        os.chmod(tmp, 0o600)
+        tmp.replace(path)
+    finally:  # a failed write leaves no copy of the password hashes beside the file
+        tmp.unlink(missing_ok=True)
     return is_new
 
 
