@@ -238,6 +238,7 @@ def test_a_rejected_file_is_said_once_and_reaches_prefect(prefect_harness, tmp_p
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterLevel
+    from prefect.client.schemas.sorting import LogSort
     from prefect.settings import PREFECT_API_URL
 
     env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value(), COLUMNS="80")
@@ -247,7 +248,9 @@ def test_a_rejected_file_is_said_once_and_reaches_prefect(prefect_harness, tmp_p
 
     async def warnings() -> list[str]:
         async with get_client() as client:
-            logs = await client.read_logs(log_filter=LogFilter(level=LogFilterLevel(ge_=30)))
+            # The newest first: the session's server holds every test's warnings.
+            warned = LogFilter(level=LogFilterLevel(ge_=30))
+            logs = await client.read_logs(log_filter=warned, limit=50, sort=LogSort.TIMESTAMP_DESC)
         return [log.message for log in logs]
 
     assert any(rejected in message and "missing required column" in message for message in asyncio.run(warnings()))
