@@ -7,16 +7,12 @@ job); this module never logs a row, and the run reports (report.py, report_html.
 from __future__ import annotations
 
 import datetime as dt
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
 
 import polars as pl
 
 from b12pipeline.engine.rulefile import SEVERITIES
-from b12pipeline.files import temporary_name
+from b12pipeline.files import owner_only_written_into_place
 from b12pipeline.queues import read_queue
 
 # The worklog's columns come first with fixed headings: a coder edits Status, Owner, Reason, Comment
@@ -130,25 +126,11 @@ def neutralise_formulas(view: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-@contextmanager
-def _written_into_place(target: Path) -> Iterator[BinaryIO]:
-    """A file to write `target`'s bytes into, renamed into place when the block ends, removed if it
-    fails (an export folder is the user's: no later run cleans it). Owner-only (0600) whatever the
-    umask: exports hold patient identifiers."""
-    tmp = temporary_name(target)
-    try:
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fh:
-            yield fh
-        tmp.replace(target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def export_csv(findings: pl.DataFrame, target: Path) -> int:
     """CSV with readable headings and a UTF-8 BOM, so Excel shows accented names correctly."""
     view = neutralise_formulas(coder_view(findings))
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _written_into_place(target) as fh:
+    with owner_only_written_into_place(target) as fh:
         fh.write("\ufeff".encode())
         view.write_csv(fh, datetime_format="%Y-%m-%d %H:%M", date_format="%Y-%m-%d")
     return view.height
@@ -192,7 +174,7 @@ def export_xlsx(findings: pl.DataFrame, target: Path, sheet: str = "findings") -
                     cell.alignment = Alignment(wrap_text=True, vertical="top")
     add_revision_sheet(wb, findings)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _written_into_place(target) as fh:
+    with owner_only_written_into_place(target) as fh:
         wb.save(fh)
     return view.height
 

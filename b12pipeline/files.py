@@ -7,7 +7,10 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 
 def temporary_name(target: Path) -> Path:
@@ -27,6 +30,20 @@ def write_text_atomic(path: Path, text: str) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+@contextmanager
+def owner_only_written_into_place(target: Path) -> Iterator[BinaryIO]:
+    """A file to write `target`'s bytes into, renamed into place when the block ends and removed if
+    it fails (exports and the users file live in folders no later run cleans). Owner-only (0600)
+    whatever the umask: what goes through here holds patient identifiers or password hashes."""
+    tmp = temporary_name(target)
+    try:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fh:
+            yield fh
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def sha256_file(path: Path) -> str:

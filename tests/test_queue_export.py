@@ -174,16 +174,16 @@ def test_an_export_that_fails_leaves_the_folder_as_it_was(tmp_path):
     cleans it) and leaves an earlier export in place."""
     import stat
 
-    from b12pipeline.export import _written_into_place
+    from b12pipeline.files import owner_only_written_into_place
 
     target = tmp_path / "coding.xlsx"
     target.write_bytes(b"yesterday's export")
-    with pytest.raises(RuntimeError), _written_into_place(target) as fh:
+    with pytest.raises(RuntimeError), owner_only_written_into_place(target) as fh:
         fh.write(b"half a workbook")
         raise RuntimeError("the disk filled up")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["coding.xlsx"]
     assert target.read_bytes() == b"yesterday's export"
-    with _written_into_place(target) as fh:
+    with owner_only_written_into_place(target) as fh:
         fh.write(b"today's export")
     assert target.read_bytes() == b"today's export" and stat.S_IMODE(target.stat().st_mode) == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["coding.xlsx"]

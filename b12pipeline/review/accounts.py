@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from b12pipeline.files import temporary_name
+from b12pipeline.files import owner_only_written_into_place
 
 ROLES = ("coder", "supervisor")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
@@ -82,15 +81,8 @@ def add_user(path: Path, name: str, password: str, role: str) -> bool:
     is_new = name not in users
     users[name] = {"role": role, "hash": _hasher().hash(password)}
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = temporary_name(path)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"users": users}, fh, indent=2, sort_keys=True)
-        os.chmod(tmp, 0o600)
-        tmp.replace(path)
-    finally:  # a failed write leaves no copy of the password hashes beside the file
-        tmp.unlink(missing_ok=True)
+    with owner_only_written_into_place(path) as fh:  # a failed write leaves no copy of the hashes
+        fh.write(json.dumps({"users": users}, indent=2, sort_keys=True).encode())
     return is_new
 
 
