@@ -7,8 +7,8 @@ single-threaded start leaves idle, and the night's process never imports it.
 
 Validation sends each column's values to check (distinct values: small frames) through a pipe and
 gets back what validate.SuiteRunner returns. Nothing is logged from here. The process ends with
-the command's night (gx_in_its_own_process). If it cannot start or stops, the night builds the runner in its
-own process and reports any failure there, as it does without this process.
+the command's night (gx_in_its_own_process). If it cannot start or stops, the night builds the
+runner in its own process and reports any failure there, as it does without this process.
 
 Run as `python -m b12pipeline.gx_process SUITE`: requests on stdin, answers on stdout.
 """

@@ -112,7 +112,7 @@ def _with_feedback(night: dt.date, first_step: str, quiet: bool, run: Callable[[
 
         with imports_kept_for_the_run():
             server = ServerStart()
-        warm_up_in_background()  # the ICD-10-CM list, while the server and the night start
+        warm_up_in_background()  # the ICD-10-CM list and the worklog's imports, while the night starts
         server.wait()
         if server.temporary:
             shown.step("Prefect's temporary server is up")
