@@ -11,15 +11,23 @@ the command's night (gx_in_its_own_process). If it cannot start or stops, the ni
 runner in its own process and reports any failure there, as it does without this process.
 
 Run as `python -m b12pipeline.gx_process SUITE`: requests on stdin, answers on stdout.
+
+GX's own import brings modules for expectations a suite here cannot hold (every expectation needs a
+row-mask translation, validate.py): SciPy's statistics for the distribution tests and Altair for the
+KL-divergence chart, ~1.2 s of the process's ~4 s of CPU and 80 MB. The process defers them: each
+loads on its first use, so nothing GX does with them changes, only when they are read.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import threading
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
@@ -138,5 +146,41 @@ def _sendable(exc: Exception) -> Exception:
         return RuntimeError(f"{type(exc).__name__} in GX's process")
 
 
+# Modules GX imports for expectations that no suite here holds (see the module's docstring).
+DEFERRED = ("scipy.stats", "altair")
+
+
+class DeferredModule(types.ModuleType):
+    """Stands in sys.modules for a module until one of its attributes is first read; it then imports
+    the module and hands over every attribute from it. An importer that ran before holds this object,
+    which answers as the module does."""
+
+    def __getattr__(self, attr: str):  # only for attributes this object does not have itself
+        name = self.__name__
+        if sys.modules.get(name) is self:
+            del sys.modules[name]
+            importlib.import_module(name)
+        return getattr(sys.modules[name], attr)
+
+
+def defer(name: str) -> bool:
+    """Put a DeferredModule for `name` in sys.modules (nothing of it runs yet); False when `name` is
+    imported already or cannot be found (then nothing changes)."""
+    if name in sys.modules:
+        return False
+    try:
+        spec = importlib.util.find_spec(name)  # imports the parent package only (SciPy's is small)
+    except ImportError:
+        return False
+    if spec is None:
+        return False
+    module = DeferredModule(name)
+    module.__spec__, module.__loader__, module.__file__ = spec, spec.loader, spec.origin
+    sys.modules[name] = module
+    return True
+
+
 if __name__ == "__main__":
+    for deferred in DEFERRED:
+        defer(deferred)
     _serve(Path(sys.argv[1]), Connection(os.dup(0), writable=False), Connection(os.dup(1), readable=False))

@@ -94,3 +94,26 @@ def test_the_process_that_starts_gx_elsewhere_never_imports_it(fixtures_dir):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["3", "False", "False", "False"]
+
+
+def test_gx_process_defers_what_no_suite_here_uses_until_it_is_used():
+    """SciPy's statistics and Altair stay unread through GX's import and the suite's runner; the first
+    use of either still gets the real module, for GX's own references as for a new importer."""
+    script = textwrap.dedent(
+        """
+        import sys
+        from b12pipeline.gx_process import DEFERRED, DeferredModule, defer
+        assert all(defer(name) for name in DEFERRED)
+        from b12pipeline.validate import SuiteRunner, suite_file
+        SuiteRunner(suite_file(None))
+        print(*(type(sys.modules[name]) is DeferredModule for name in DEFERRED), "scipy.special" in sys.modules)
+        from great_expectations.expectations.core import expect_column_kl_divergence_to_be_less_than as kl
+        print(kl.stats.norm.cdf(0.0), type(sys.modules["scipy.stats"]) is DeferredModule)
+        from scipy.stats import norm
+        import altair
+        print(norm is kl.stats.norm, kl.alt.Chart is altair.Chart, defer("scipy.stats"))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True", "False", "0.5", "False", "True", "True", "False"]
