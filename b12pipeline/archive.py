@@ -126,21 +126,27 @@ def _entry(sha256: str, target: Path, archive_root: Path, night: str, **extra) -
     return {"sha256": sha256, "file": target.name, "night": night, "path": path, **extra}
 
 
-def commit_night(
-    archive_root: Path, night: str, run_id: str, processed: list[tuple[Path, str]], rejected: list[tuple[str, str]]
-) -> list[str]:
-    """The night's last step: archive its processed files, then record them and its rejected files
-    (`(name in rejected/, sha256)`) in the index with one append. Nothing before this marks a file
-    as done, so a run killed earlier is re-run whole; entries already recorded are not repeated.
+def copy_for_night(archive_root: Path, processed: list[tuple[Path, str]]) -> tuple[list[tuple[Path, str]], list[str]]:
+    """Copy each processed `(path, sha256)` into the archive, unindexed (`copy_into_archive`): nothing
+    marks a file done until `commit_night`, so the copies can be made while the night still works.
 
-    Returns the problems of files not archived (changed since they were read): they stay unrecorded,
-    so the next night reads them again."""
+    Returns the `(copy, sha256)` of each file copied, and the problems of files not copied (changed
+    since they were read): they stay unrecorded, so the next night reads them again."""
     copies, problems = [], []
     for path, sha in processed:
         try:
             copies.append((copy_into_archive(path, sha, archive_root), sha))
         except ArchiveError as exc:
             problems.append(str(exc))
+    return copies, problems
+
+
+def commit_night(
+    archive_root: Path, night: str, run_id: str, copies: list[tuple[Path, str]], rejected: list[tuple[str, str]]
+) -> None:
+    """The night's last step: record its archived copies (`copy_for_night`) and its rejected files
+    (`(name in rejected/, sha256)`) in the index with one append. Nothing before this marks a file
+    as done, so a run killed earlier is re-run whole; entries already recorded are not repeated."""
     with _locked(archive_root):
         done, refused = archived_checksums(archive_root), rejected_checksums(archive_root)
         lines = [_entry(sha, copy, archive_root, night, run_id=run_id) for copy, sha in copies if sha not in done]
@@ -151,7 +157,6 @@ def commit_night(
             if sha and sha not in refused
         ]
         _append_lines(archive_root, lines)
-    return problems
 
 
 def _append_lines(archive_root: Path, entries: list[dict]) -> None:

@@ -15,7 +15,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 import b12pipeline  # noqa: F401  (telemetry defaults before prefect is imported)
 from b12pipeline import deployments, pipeline, progress, report
-from b12pipeline.archive import commit_night
+from b12pipeline.archive import commit_night, copy_for_night
 from b12pipeline.files import extract_checksum, file_state
 from b12pipeline.paths import OutputLayout
 from b12pipeline.runguard import guard_output, note_run
@@ -53,24 +53,39 @@ def stage_extract(
     return result.to_dict()
 
 
+@task(name="archive-extracts", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_on_io)
+def archive_extracts(paths: list[str], inputs: list[dict], out: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """The processed files' bytes into the archive, verified against their checksums and not yet
+    recorded (archive.copy_for_night): the `(copy, sha256)` pairs commit-night records, and the
+    problems of files that changed since they were read."""
+    processed = [(Path(p), i["sha256"]) for p, i in zip(paths, inputs, strict=True) if i["status"] == "processed"]
+    copies, problems = copy_for_night(OutputLayout(Path(out)).archive, processed)
+    return [(str(copy), sha) for copy, sha in copies], problems
+
+
 @task(name="commit-night", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_on_io)
 def commit(
-    paths: list[str], inputs: list[dict], out: str, night: dt.date, run_id: str, from_landing: bool
-) -> list[str]:
-    """The night's last step: archive the processed files and record them and the rejected ones in
+    paths: list[str],
+    inputs: list[dict],
+    out: str,
+    night: dt.date,
+    run_id: str,
+    from_landing: bool,
+    copies: list[tuple[str, str]],
+) -> None:
+    """The night's last step: record the archived copies (archive-extracts) and the rejected files in
     the archive index (one append), then take rejected files out of the landing folder.
 
     `nightly` skips recorded checksums, so recording any earlier would let a run killed before its
     manifest, report or a rejection was written leave that night unfinished for good; recorded
     last, a re-run after a kill at any point redoes the same night with the same result."""
-    processed = [(Path(p), i["sha256"]) for p, i in zip(paths, inputs, strict=True) if i["status"] == "processed"]
     rejected = [(i["rejected_as"], i["sha256"]) for i in inputs if i["status"] == "rejected"]
-    problems = commit_night(OutputLayout(Path(out)).archive, night.isoformat(), run_id, processed, rejected)
+    archived = [(Path(copy), sha) for copy, sha in copies]
+    commit_night(OutputLayout(Path(out)).archive, night.isoformat(), run_id, archived, rejected)
     if from_landing:  # their bytes are in rejected/ (a symbolic link: only the link is removed)
         for path, result in zip(paths, inputs, strict=True):
             if result["status"] == "rejected":
                 Path(path).unlink(missing_ok=True)
-    return problems
 
 
 @task(name="apply-night", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_on_io)
@@ -183,6 +198,8 @@ def _nightly(
                 i["quarantined"],
             )
     applied = apply_night([i["staged"] for i in inputs if i["staged"]], out, rules_dir, run_id, engine)
+    # Bytes only, recorded by commit-night: copied on a core the worklog's update leaves idle.
+    archiving = archive_extracts.submit(extracts, inputs, out)
     applied["worklog"] = update_worklog(out, night, run_id, applied["dates"])
     manifest = write_run_record(
         run_id, night, started_at, inputs, applied, out, rules_dir, rules.ruleset.version, ignored
@@ -192,7 +209,9 @@ def _nightly(
     report_state = write_run_report(run_id, out, started_at, return_state=True)
     if report_state.is_failed():
         logger.error("run report not written for %s: %s", run_id, report_state.message)
-    for problem in commit(extracts, inputs, out, night, run_id, move_rejected):
+    copies, problems = archiving.result()
+    commit(extracts, inputs, out, night, run_id, move_rejected, copies)
+    for problem in problems:
         logger.warning("not archived (read again next night): %s", problem)
     create_markdown_artifact(
         key="b12-nightly-summary",
