@@ -97,6 +97,10 @@ def scan_partitions(paths: Iterable[Path], schema: dict, **options) -> pl.LazyFr
     )
 
 
+# The row order within a queue partition file.
+PARTITION_ORDER = ("rule_id", "admin_id")
+
+
 def partition_dir(root: Path, queue: str, service_date: dt.date) -> Path:
     return root / queue / f"service_date={service_date.isoformat()}"
 
@@ -109,8 +113,13 @@ def write_queue_partitions(
     With `patients`, only those patients' findings in each partition are replaced (`findings` holds
     theirs); the other patients' findings are kept as they are."""
     written = {q: 0 for q in QUEUES}
-    findings = findings.select(list(FINDING_COLUMNS))
-    by_key = {(k[0], k[1]): g for k, g in findings.group_by(["queue", "service_date"])} if findings.height else {}
+    # One sort, then partitions that keep its order: each is in its file's row order already (a sort
+    # per partition cost ~0.15 s of a night's 360). A stable row order keeps re-runs byte-identical.
+    order = ["queue", "service_date", *PARTITION_ORDER]
+    findings = findings.select(list(FINDING_COLUMNS)).sort(order)
+    by_key = (
+        findings.partition_by(["queue", "service_date"], as_dict=True, maintain_order=True) if findings.height else {}
+    )
 
     def partitions() -> Iterator[tuple[pl.DataFrame, Path]]:
         for queue in QUEUES:
@@ -123,12 +132,12 @@ def write_queue_partitions(
                     )
                     kept = kept.with_columns(pl.lit(day).alias("service_date")).select(list(FINDING_COLUMNS))
                     rows = kept if rows is None else pl.concat([kept, rows], how="vertical_relaxed")
+                    rows = rows.sort(PARTITION_ORDER)
                 if rows is None or rows.height == 0:
                     if part.exists():
                         shutil.rmtree(part)
                     continue
-                # The partition value lives in the path; a stable row order keeps re-runs byte-identical.
-                yield rows.drop("service_date").sort("rule_id", "admin_id"), part / PART_NAME
+                yield rows.drop("service_date"), part / PART_NAME  # the partition value lives in the path
                 written[queue] += rows.height
 
     atomic_write_parquets(partitions())
