@@ -114,10 +114,13 @@ class SuiteProcess:
 
 
 def _serve(suite: Path, requests: Connection, answers: Connection) -> None:
-    from b12pipeline.validate import SuiteRunner
+    from b12pipeline.imports import imports_kept_for_the_run
 
     try:
-        runner: SuiteRunner | None = SuiteRunner(suite)
+        with imports_kept_for_the_run():  # GX's import and context
+            from b12pipeline.validate import SuiteRunner
+
+            runner: SuiteRunner | None = SuiteRunner(suite)
         failed: BaseException | None = None
     except Exception as exc:  # answered to every request: the night reports it where it validates
         runner, failed = None, exc

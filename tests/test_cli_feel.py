@@ -174,7 +174,7 @@ def test_objects_made_by_the_startup_imports_are_frozen_and_collection_is_back_o
     collector is on again afterwards (or stays off where the caller had turned it off)."""
     import gc
 
-    from b12pipeline.cli.prefect_server import imports_kept_for_the_run
+    from b12pipeline.imports import imports_kept_for_the_run
 
     frozen = gc.get_freeze_count()
     try:

@@ -58,7 +58,8 @@ def register(app: typer.Typer) -> None:
             raise usage_error(f"--dask-address {dask_address!r} is not a scheduler address like tcp://HOST:8786")
         if not (out / "history").is_dir():
             raise usage_error(f"{out / 'history'} does not exist: nothing has been processed into {out} yet")
-        from b12pipeline.cli.prefect_server import ServerStart, flow_run_settings, imports_kept_for_the_run
+        from b12pipeline.cli.prefect_server import ServerStart, flow_run_settings
+        from b12pipeline.imports import imports_kept_for_the_run
 
         with feedback(f"backfill {start}..{end}", quiet) as shown:
             shown.step("starting Prefect")

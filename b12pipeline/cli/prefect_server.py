@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import gc
 import importlib.util
 import os
 import signal
@@ -36,6 +35,7 @@ from pathlib import Path
 import typer
 
 from b12pipeline.cli.common import EXIT_ENVIRONMENT, err_console
+from b12pipeline.imports import imports_kept_for_the_run
 
 TIMEOUT_VARIABLE = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 DEFAULT_TIMEOUT_S = 60
@@ -162,23 +162,6 @@ class ServerStart:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-@contextlib.contextmanager
-def imports_kept_for_the_run():
-    """Prefect's and Great Expectations' imports make over a million objects that live as long as
-    the process. Python's cyclic garbage collector scans every one of them again at each full
-    collection: about 1.2 s of CPU in a 70-row night, most of it during the imports themselves. It
-    is off while they import; then everything they made is frozen (gc.freeze: never scanned again)
-    and it is back on for the night's own objects (about 0.1 s of collection in the same night)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        if enabled:
-            gc.enable()
 
 
 def warm_up_in_background() -> threading.Thread:

@@ -68,8 +68,9 @@ def register(app: typer.Typer) -> None:
 
     def _pull(source: str, out: Path, night, sources_file: Path, rules: Optional[Path]) -> int:
         from b12pipeline import pull as pulling
-        from b12pipeline.cli.prefect_server import flow_run_settings, imports_kept_for_the_run
+        from b12pipeline.cli.prefect_server import flow_run_settings
         from b12pipeline.cli.run import print_summary
+        from b12pipeline.imports import imports_kept_for_the_run
 
         with imports_kept_for_the_run():  # Prefect's (GX is imported only if a file comes in)
             from flows.pull import pull_flow

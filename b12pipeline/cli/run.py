@@ -103,12 +103,8 @@ def _with_feedback(night: dt.date, first_step: str, quiet: bool, run: Callable[[
     # GX imports in its own process while Prefect starts in this one.
     with feedback(f"night {night}", quiet) as shown, gx_in_its_own_process():
         shown.step(first_step)
-        from b12pipeline.cli.prefect_server import (
-            ServerStart,
-            flow_run_settings,
-            imports_kept_for_the_run,
-            warm_up_in_background,
-        )
+        from b12pipeline.cli.prefect_server import ServerStart, flow_run_settings, warm_up_in_background
+        from b12pipeline.imports import imports_kept_for_the_run
 
         with imports_kept_for_the_run():
             server = ServerStart()
