@@ -24,6 +24,7 @@ with 100k open findings adds little to its run time (bench/run_bench.py measures
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -256,57 +257,31 @@ def _apply(
     # splitting pages all over (a first night of 50k findings into SQLite: 0.66 -> 0.46 s).
     inserts = both.filter(pl.col("produced") & ~pl.col("known")).sort("finding_id")
     if inserts.height:
-        rows = inserts.select(KEY_COLUMNS).to_dicts()
-        _insert_many(
+        _insert_rows(
             conn,
             finding,
-            [
-                {
-                    **r,
-                    "status": "new",
-                    "first_seen_night": night_date,
-                    "first_seen_run": run_id,
-                    "present": True,
-                    "revision": 1,
-                }
-                for r in rows
-            ],
+            inserts.select(KEY_COLUMNS),
+            status="new",
+            first_seen_night=night_date,
+            first_seen_run=run_id,
+            present=True,
+            revision=1,
         )
-        _insert_many(
-            conn,
-            audit,
-            [
-                {
-                    **base,
-                    "finding_id": r["finding_id"],
-                    "field": "status",
-                    "before": None,
-                    "after": "new",
-                    "cause": cause,
-                }
-                for r in rows
-            ],
+        _insert_rows(
+            conn, audit, inserts.select("finding_id"), **base, field="status", before=None, after="new", cause=cause
         )
-        counts.new = len(rows)
+        counts.new = inserts.height
 
     again = both.filter(pl.col("produced") & pl.col("known"))
     moved = again.filter(pl.col("service_date") != pl.col("old_date"))
     if moved.height:
-        rows = moved.select("finding_id", "old_date", "service_date").to_dicts()
         conn.execute(
             update(finding)
             .where(finding.c.finding_id == bindparam("b_id"))
             .values(service_date=bindparam("b_date"), revision=finding.c.revision + 1),
-            [{"b_id": r["finding_id"], "b_date": r["service_date"]} for r in rows],
+            [{"b_id": i, "b_date": d} for i, d in moved.select("finding_id", "service_date").iter_rows()],
         )
-        _insert_many(
-            conn,
-            audit,
-            [
-                _audit(base, r, "service_date", r["old_date"].isoformat(), r["service_date"].isoformat(), cause)
-                for r in rows
-            ],
-        )
+        _insert_audit(conn, moved, "service_date", pl.col("old_date"), pl.col("service_date"), base, cause)
     counts.rule_version_changed = _update_copied(conn, again, base, cause)
     reopen = again.filter(
         (pl.col("status") == "resolved")
@@ -314,15 +289,14 @@ def _apply(
         | ((pl.col("status") == "dismissed") & (pl.col("rule_version") != pl.col("old_rule_version")))
     )
     if reopen.height:
-        rows = reopen.select("finding_id", "status").to_dicts()
         conn.execute(
             update(finding)
             .where(finding.c.finding_id == bindparam("b_id"))
             .values(status="reopened", present=True, closed_on=None, revision=finding.c.revision + 1),
-            [{"b_id": r["finding_id"]} for r in rows],
+            [{"b_id": i} for i in reopen["finding_id"].to_list()],
         )
-        _insert_many(conn, audit, [_audit(base, r, "status", r["status"], "reopened", cause) for r in rows])
-        counts.reopened = len(rows)
+        _insert_audit(conn, reopen, "status", pl.col("status"), pl.lit("reopened"), base, cause)
+        counts.reopened = reopen.height
     back = again.filter(~pl.col("present") & ~pl.col("finding_id").is_in(reopen["finding_id"].implode()))
     if back.height:
         _set_present(conn, back["finding_id"].to_list(), True)
@@ -330,15 +304,14 @@ def _apply(
     gone = both.filter(~pl.col("produced") & pl.col("known"))
     resolve = gone.filter(pl.col("status").is_in(OPEN_STATUSES))
     if resolve.height:
-        rows = resolve.select("finding_id", "status").to_dicts()
         conn.execute(
             update(finding)
             .where(finding.c.finding_id == bindparam("b_id"))
             .values(status="resolved", present=False, closed_on=night_date, revision=finding.c.revision + 1),
-            [{"b_id": r["finding_id"]} for r in rows],
+            [{"b_id": i} for i in resolve["finding_id"].to_list()],
         )
-        _insert_many(conn, audit, [_audit(base, r, "status", r["status"], "resolved", cause) for r in rows])
-        counts.resolved = len(rows)
+        _insert_audit(conn, resolve, "status", pl.col("status"), pl.lit("resolved"), base, cause)
+        counts.resolved = resolve.height
     vanished = gone.filter(~pl.col("status").is_in(OPEN_STATUSES) & pl.col("present"))
     if vanished.height:
         _set_present(conn, vanished["finding_id"].to_list(), False)
@@ -354,16 +327,15 @@ def _update_copied(conn: Connection, again: pl.DataFrame, base: dict, cause: str
         changed = again.filter(pl.col(column) != pl.col(f"old_{column}"))
         if not changed.height:
             continue
-        rows = changed.select("finding_id", f"old_{column}", column).to_dicts()
         conn.execute(
             update(finding)
             .where(finding.c.finding_id == bindparam("b_id"))
             .values({column: bindparam("b_value"), "revision": finding.c.revision + 1}),
-            [{"b_id": r["finding_id"], "b_value": r[column]} for r in rows],
+            [{"b_id": i, "b_value": v} for i, v in changed.select("finding_id", column).iter_rows()],
         )
-        _insert_many(conn, audit, [_audit(base, r, column, r[f"old_{column}"], r[column], cause) for r in rows])
+        _insert_audit(conn, changed, column, pl.col(f"old_{column}"), pl.col(column), base, cause)
         if column == "rule_version":
-            changed_versions = len(rows)
+            changed_versions = changed.height
     return changed_versions
 
 
@@ -375,34 +347,40 @@ def _set_present(conn: Connection, ids: list[str], present: bool) -> None:
     )
 
 
-def _insert_many(conn: Connection, table: Table, rows: list[dict]) -> None:
-    """INSERT `rows` (dicts of the same keys, hashable values) as one executemany of the driver, each
-    value converted by its column type's own SQLAlchemy bind processor, as
-    `conn.execute(insert(table), rows)` would; that builds each row's parameters in Python (~12 us a
-    row, and a first night of 50k findings inserts 100k rows). The statement still runs through the
-    connection (its error handling, hidden values). The worklog's columns have no Python-side
-    defaults for this to skip."""
-    if not rows:
+def _insert_audit(
+    conn: Connection, rows: pl.DataFrame, field: str, before: pl.Expr, after: pl.Expr, base: dict, cause: str
+) -> None:
+    """One audit row per row of `rows` (by its finding_id): `field` went from `before` to `after`."""
+    changes = rows.select("finding_id", before.cast(pl.String).alias("before"), after.cast(pl.String).alias("after"))
+    _insert_rows(conn, audit, changes, **base, field=field, cause=cause)
+
+
+def _insert_rows(conn: Connection, table: Table, frame: pl.DataFrame, **constants: Any) -> None:
+    """INSERT a row per row of `frame` (its columns by name, and `constants` in every row) as one
+    executemany of the driver, each value converted by its column type's own SQLAlchemy bind
+    processor, as `conn.execute(insert(table), rows)` would; that builds each row's parameters in
+    Python (~12 us a row, and a first night of 50k findings inserts 100k rows). The statement still
+    runs through the connection (its error handling, hidden values). The worklog's columns have no
+    Python-side defaults for this to skip."""
+    if frame.height == 0:
         return
-    keys = list(rows[0])
+    keys = [*frame.columns, *constants]
     compiled = insert(table).compile(dialect=conn.dialect, column_keys=keys)
-    # Column by column: a night's rows share a few dates, one run and one time, so each processor
-    # runs once per distinct value.
-    columns = {}
-    for k in keys:
-        values = [r[k] for r in rows]
-        process = table.c[k].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
-        if process is not None:
+    columns: dict[str, Any] = {}
+    for key in keys:
+        process = table.c[key].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+        if key in constants:
+            value = constants[key] if process is None else process(constants[key])
+            columns[key] = itertools.repeat(value, frame.height)
+            continue
+        values = frame[key].to_list()
+        if process is not None:  # once per distinct value: a night's rows share a few dates and codes
             done = {v: process(v) for v in set(values)}
             values = [done[v] for v in values]
-        columns[k] = values
+        columns[key] = values
     params: list[Any]
     if compiled.positional:
         params = list(zip(*(columns[k] for k in compiled.positiontup or []), strict=True))
     else:
         params = [dict(zip(keys, row, strict=True)) for row in zip(*(columns[k] for k in keys), strict=True)]
     conn.exec_driver_sql(compiled.string, params)
-
-
-def _audit(base: dict, row: dict, field: str, before, after, cause: str) -> dict:
-    return {**base, "finding_id": row["finding_id"], "field": field, "before": before, "after": after, "cause": cause}
