@@ -98,10 +98,8 @@ def _with_feedback(night: dt.date, first_step: str, quiet: bool, run: Callable[[
     """Run a night's flow showing its progress steps on stderr (file names and counts only)."""
     from b12pipeline.deployments import RulesetError
     from b12pipeline.engine.rulefile import RuleFileError
-    from b12pipeline.gx_process import gx_in_its_own_process
 
-    # GX imports in its own process while Prefect starts in this one.
-    with feedback(f"night {night}", quiet) as shown, gx_in_its_own_process():
+    with feedback(f"night {night}", quiet) as shown:
         shown.step(first_step)
         from b12pipeline.cli.prefect_server import ServerStart, flow_run_settings, warm_up_in_background
         from b12pipeline.imports import imports_kept_for_the_run
@@ -232,6 +230,15 @@ def print_summary(manifest: dict, out: Path) -> None:
         console.print(f"report:     {escape(str(out / manifest['run_report']))}", soft_wrap=True)
 
 
+def gx_started():
+    """GX in a process of its own (gx_process.py) from the command's first step: its import (~2 s of
+    CPU) runs on the core this process leaves idle while it checks its arguments and rules and
+    starts Prefect, and ends with the command."""
+    from b12pipeline.gx_process import gx_in_its_own_process
+
+    return gx_in_its_own_process()
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def run(
@@ -254,8 +261,9 @@ def register(app: typer.Typer) -> None:
         missing = [str(p) for p in extract if not (p.is_file() or p.is_dir())]
         if missing:
             raise usage_error(f"no such file: {', '.join(missing)}")
-        day = preflight(night, rules, engine, out)
-        raise typer.Exit(run_night(extract, out, day, rules, source, False, engine, wait, quiet))
+        with gx_started():
+            day = preflight(night, rules, engine, out)
+            raise typer.Exit(run_night(extract, out, day, rules, source, False, engine, wait, quiet))
 
     @app.command()
     def nightly(
@@ -271,6 +279,7 @@ def register(app: typer.Typer) -> None:
         """Process the files in LANDING that were not processed before (by checksum)."""
         if not landing.is_dir():
             raise usage_error(f"--landing {landing} is not a folder")
-        day = preflight(night, rules, engine, out)
-        with environment_failures(), output_guard(out, wait):  # held from the archive lookup to the end
-            raise typer.Exit(run_landing(landing, out, day, rules, source, engine, quiet))
+        with gx_started():
+            day = preflight(night, rules, engine, out)
+            with environment_failures(), output_guard(out, wait):  # held from the archive lookup to the end
+                raise typer.Exit(run_landing(landing, out, day, rules, source, engine, quiet))
