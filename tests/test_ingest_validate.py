@@ -200,15 +200,21 @@ def test_columns_checked_only_for_presence_and_length_are_validated_once_per_len
 
 
 @pytest.mark.parametrize("limit", [None, 0])
-def test_scope_judged_once_per_combination_keeps_the_same_rows_in_file_order(tmp_path, rules, monkeypatch, limit):
+@pytest.mark.parametrize("one_pass", [True, False], ids=["read once", "read twice"])
+def test_scope_judged_once_per_combination_keeps_the_same_rows_in_file_order(
+    tmp_path, rules, monkeypatch, limit, one_pass
+):
     """The B12 scope decided per distinct NDC/RxNorm/name combination keeps exactly the rows the
     expression keeps row by row, in file order, and counts the rest (also past the combination
-    limit, where rows are filtered directly)."""
+    limit, where rows are filtered directly), whether the file is read once (a CSV up to
+    ONE_PASS_MAX_BYTES) or twice, streaming (a larger one)."""
     import b12pipeline.ingest as ingest
     from b12pipeline import normalize, synth
 
     if limit is not None:
         monkeypatch.setattr(ingest, "MAX_SCOPE_COMBINATIONS", limit)
+    if not one_pass:
+        monkeypatch.setattr(ingest, "ONE_PASS_MAX_BYTES", 0)
     frame = synth.generate(3000, seed=5, b12_share=0.3).frame
     # Blank some scope cells so null keys take part in the combinations.
     frame = frame.with_columns(

@@ -115,19 +115,38 @@ def canonicalise(
 # Above this many distinct combinations of the scope's columns, judging each combination once
 # stops paying for the extra pass: the rows are filtered with the expression directly.
 MAX_SCOPE_COMBINATIONS = 200_000
+# A CSV up to this size is read in one pass, every row, and the rows out of scope dropped in memory:
+# its canonical frame is about the file's own size (a 260 MiB extract: 234 MiB), and the second
+# pass over the file cost ~0.4 s of a 1M-row night. A larger one is read twice, streaming, so an
+# all-medication extract never holds its other rows (docs/decisions.md).
+ONE_PASS_MAX_BYTES = 512 << 20
 
 
-def collect_kept(frame: pl.LazyFrame, keep: pl.Expr | None) -> tuple[pl.DataFrame, int]:
-    """Materialise only the rows that satisfy `keep` (streaming), and count the rest.
+def collect_kept(frame: pl.LazyFrame, keep: pl.Expr | None, whole: bool = False) -> tuple[pl.DataFrame, int]:
+    """Materialise only the rows that satisfy `keep`, in file order, and count the rest.
 
     A nightly extract may hold every medication: keeping 5% of 5M rows instead of all of them is
-    what holds an all-medication night within a few GB. `keep` is row-wise (a row's verdict
-    depends only on its own cells), so it is judged once per distinct combination of the columns
-    it reads (a few hundred NDC/RxNorm/name combinations in a million rows, where the NDC's shape
-    rules cost most) and the rows are then kept by those combinations, in file order."""
+    what holds an all-medication night within a few GB, so by default the rows are read twice,
+    streaming: once for the combinations below, once keeping only the rows in scope. `whole`: the
+    frame is small enough (or in memory already) to collect every row in one pass and drop the rest.
+    `keep` is row-wise (a row's verdict depends only on its own cells), so it is judged once per
+    distinct combination of the columns it reads (a few hundred NDC/RxNorm/name combinations in a
+    million rows, where the NDC's shape rules cost most) and the rows are then kept by those
+    combinations."""
     if keep is None:
         return frame.collect(), 0
     columns = sorted(set(keep.meta.root_names()))
+    if whole:
+        rows = frame.collect(engine="streaming")
+        combinations = rows.group_by(columns).len()
+        if combinations.height > MAX_SCOPE_COMBINATIONS:
+            kept = rows.filter(keep)
+        else:
+            wanted = combinations.filter(keep).select(columns)
+            if wanted.height == combinations.height:  # every row in scope (a B12-only extract)
+                return rows, 0
+            kept = rows.join(wanted, on=columns, how="semi", nulls_equal=True, maintain_order="left")
+        return kept, rows.height - kept.height
     combinations = frame.group_by(columns).len().collect(engine="streaming")
     total = int(combinations["len"].sum())
     if combinations.height > MAX_SCOPE_COMBINATIONS:

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from b12pipeline import ingest
 from b12pipeline.contract import load_contract
 from b12pipeline.engine.settings import SiteConfig
 from b12pipeline.ingest import FileRejected, canonicalise, collect_kept
@@ -62,7 +63,7 @@ def read_csv(path: Path, keep: pl.Expr | None = None) -> tuple[pl.DataFrame, lis
         if repeated:
             raise FileRejected(path, f"duplicate column name(s) in the header: {column_names(repeated)}")
         frame, ignored = canonicalise(raw, path)
-        kept, skipped = collect_kept(frame, keep)
+        kept, skipped = collect_kept(frame, keep, whole=path.stat().st_size <= ingest.ONE_PASS_MAX_BYTES)
     except pl.exceptions.NoDataError:
         raise FileRejected(path, "the file is empty (no header row)") from None
     except (pl.exceptions.ComputeError, pl.exceptions.PolarsError) as exc:

@@ -68,7 +68,7 @@ def read_extract(
         else:
             known = sorted(set(readers) | {"fhir", fhirbulk.FORMAT} | set(sourcemapped.delimited_names()))
             raise FileRejected(path, f"unknown source format {fmt!r}; expected one of {', '.join(known)}")
-        extract.frame, extract.rows_skipped = collect_kept(extract.frame.lazy(), keep)
+        extract.frame, extract.rows_skipped = collect_kept(extract.frame.lazy(), keep, whole=True)  # in memory
     problem = frame_problem(extract.frame, load_contract().names, limits)
     if problem:
         raise FileRejected(path, problem)
