@@ -21,6 +21,7 @@ loads on its first use, so nothing GX does with them changes, only when they are
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -35,23 +36,44 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from b12pipeline.paths import suite_file
+
+_started: dict[Path, SuiteProcess] = {}  # by suite: processes gx_process_started holds open
+
+
+@contextmanager
+def gx_process_started(suite_path: Path | None = None) -> Iterator[SuiteProcess | None]:
+    """GX's process for the suite (the shipped one by default), started now and ended with the
+    block; gx_in_its_own_process inside the block serves validation from it. Starting it imports
+    no GX, Polars or validation code here: a command that stops at its argument checks is as quick
+    as without it."""
+    path = suite_file(suite_path)
+    try:
+        process = SuiteProcess(path)
+    except OSError:  # no process to be had: GX in this process, as without one
+        yield None
+        return
+    _started[path] = process
+    try:
+        yield process
+    finally:
+        _started.pop(path, None)
+        process.close()
+
 
 @contextmanager
 def gx_in_its_own_process(suite_path: Path | None = None) -> Iterator[SuiteProcess | None]:
     """While the block runs, validation of the suite (the shipped one by default) goes to GX's own
-    process, started now; the process ends with the block."""
-    from b12pipeline.validate import served_by, suite_file
+    process: the one gx_process_started holds, else one started now and ended with the block."""
+    from b12pipeline.validate import served_by
 
-    try:
-        process = SuiteProcess(suite_file(suite_path))
-    except OSError:  # no process to be had: GX in this process, as without one
-        yield None
-        return
-    try:
+    held = _started.get(suite_file(suite_path))
+    with contextlib.nullcontext(held) if held is not None else gx_process_started(suite_path) as process:
+        if process is None:
+            yield None
+            return
         with served_by(process, suite_path):
             yield process
-    finally:
-        process.close()
 
 
 class SuiteProcess:

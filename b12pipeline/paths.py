@@ -28,6 +28,15 @@ def schemas_dir() -> Path:
     return Path(os.environ.get("B12_SCHEMAS_DIR") or _data_dir("schemas"))
 
 
+# The GX expectation suite validation uses unless given another, under schemas/.
+DEFAULT_SUITE = "expectations/canonical_extract.json"
+
+
+def suite_file(suite_path: Path | str | None = None) -> Path:
+    """The suite a validation uses: `suite_path`, else the shipped one."""
+    return Path(suite_path) if suite_path else schemas_dir() / DEFAULT_SUITE
+
+
 def cache_dir() -> Path:
     """Derived public data (never patient data) kept between runs: B12_CACHE_DIR, else the user cache."""
     if os.environ.get("B12_CACHE_DIR"):

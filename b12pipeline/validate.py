@@ -34,9 +34,8 @@ import polars as pl
 from b12pipeline import normalize
 from b12pipeline.engine.settings import SiteConfig
 from b12pipeline.ingest.canonical import scrub
-from b12pipeline.paths import schemas_dir
+from b12pipeline.paths import DEFAULT_SUITE, schemas_dir, suite_file  # noqa: F401  (DEFAULT_SUITE: callers name it here)
 
-DEFAULT_SUITE = "expectations/canonical_extract.json"
 RESULT_FORMAT = {"result_format": "BASIC", "partial_unexpected_count": 0}
 
 # Checks GX cannot express on text (a regex cannot know February has no 30th): same value-mask
@@ -235,11 +234,6 @@ class Runner(Protocol):
 
 _building = threading.Lock()
 _served: dict[Path, Runner] = {}
-
-
-def suite_file(suite_path: Path | None = None) -> Path:
-    """The suite a validation uses: `suite_path`, else the shipped one."""
-    return Path(suite_path) if suite_path else schemas_dir() / DEFAULT_SUITE
 
 
 @contextmanager

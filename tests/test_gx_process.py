@@ -117,3 +117,21 @@ def test_gx_process_defers_what_no_suite_here_uses_until_it_is_used():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "True", "False", "0.5", "False", "True", "True", "False"]
+
+
+def test_starting_gx_process_imports_nothing_a_data_free_error_would_wait_for():
+    """`run` and `nightly` start GX's process before their argument checks (cli/run.py gx_started):
+    starting it must not import Polars or the validation code, or a malformed rule file would be
+    reported later than without it."""
+    script = textwrap.dedent(
+        """
+        import sys
+        from b12pipeline.gx_process import gx_process_started
+        with gx_process_started() as process:
+            started = process is not None and process._process.poll() is None
+        print(started, *(m in sys.modules for m in ("polars", "b12pipeline.validate", "great_expectations")))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "False", "False", "False"]

@@ -98,8 +98,10 @@ def _with_feedback(night: dt.date, first_step: str, quiet: bool, run: Callable[[
     """Run a night's flow showing its progress steps on stderr (file names and counts only)."""
     from b12pipeline.deployments import RulesetError
     from b12pipeline.engine.rulefile import RuleFileError
+    from b12pipeline.gx_process import gx_in_its_own_process
 
-    with feedback(f"night {night}", quiet) as shown:
+    # Validation goes to GX's process, started with the command (gx_started).
+    with feedback(f"night {night}", quiet) as shown, gx_in_its_own_process():
         shown.step(first_step)
         from b12pipeline.cli.prefect_server import ServerStart, flow_run_settings, warm_up_in_background
         from b12pipeline.imports import imports_kept_for_the_run
@@ -231,12 +233,12 @@ def print_summary(manifest: dict, out: Path) -> None:
 
 
 def gx_started():
-    """GX in a process of its own (gx_process.py) from the command's first step: its import (~2 s of
-    CPU) runs on the core this process leaves idle while it checks its arguments and rules and
-    starts Prefect, and ends with the command."""
-    from b12pipeline.gx_process import gx_in_its_own_process
+    """GX's process (gx_process.py) from the command's first step: its import (~2 s of CPU) runs on
+    the core this process leaves idle while it checks its arguments and rules and starts Prefect,
+    and it ends with the command. Starting it costs a data-free error nothing measurable."""
+    from b12pipeline.gx_process import gx_process_started
 
-    return gx_in_its_own_process()
+    return gx_process_started()
 
 
 def register(app: typer.Typer) -> None:
