@@ -2,9 +2,9 @@
 
 GX's import costs ~2.5 s of CPU (pandas, SciPy and SQLAlchemy come with its expectation modules).
 In the night's own process it ran beside the night's first steps and took a core from them. In a
-process of its own it starts with the command (cli/run.py gx_started), before the argument and
-rule checks and Prefect, on the core their single-threaded work leaves idle, and the night's
-process never imports it.
+process of its own it starts with the command once its arguments and rules have passed their
+checks (cli/run.py gx_started), before Prefect, on the core Prefect's single-threaded start leaves
+idle, and the night's process never imports it.
 
 Validation sends each column's values to check (distinct values: small frames) through a pipe and
 gets back what validate.SuiteRunner returns. Nothing is logged from here. The process ends with

@@ -119,10 +119,10 @@ def test_gx_process_defers_what_no_suite_here_uses_until_it_is_used():
     assert done.stdout.split() == ["True", "True", "False", "0.5", "False", "True", "True", "False"]
 
 
-def test_starting_gx_process_imports_nothing_a_data_free_error_would_wait_for():
-    """`run` and `nightly` start GX's process before their argument checks (cli/run.py gx_started):
-    starting it must not import Polars or the validation code, or a malformed rule file would be
-    reported later than without it."""
+def test_starting_gx_process_imports_nothing_the_command_would_wait_for():
+    """`run` and `nightly` start GX's process before they take --out and start Prefect (cli/run.py
+    gx_started): starting it must not import Polars or the validation code, which a refused --out
+    (another run holds it) would then wait for, and which Prefect's start has no use for yet."""
     script = textwrap.dedent(
         """
         import sys
