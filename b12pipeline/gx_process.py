@@ -21,7 +21,6 @@ loads on its first use, so nothing GX does with them changes, only when they are
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
 import json
@@ -31,7 +30,7 @@ import sys
 import threading
 import types
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -68,7 +67,7 @@ def gx_in_its_own_process(suite_path: Path | None = None) -> Iterator[SuiteProce
     from b12pipeline.validate import served_by
 
     held = _started.get(suite_file(suite_path))
-    with contextlib.nullcontext(held) if held is not None else gx_process_started(suite_path) as process:
+    with nullcontext(held) if held is not None else gx_process_started(suite_path) as process:
         if process is None:
             yield None
             return

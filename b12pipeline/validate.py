@@ -34,7 +34,7 @@ import polars as pl
 from b12pipeline import normalize
 from b12pipeline.engine.settings import SiteConfig
 from b12pipeline.ingest.canonical import scrub
-from b12pipeline.paths import DEFAULT_SUITE, schemas_dir, suite_file  # noqa: F401  (DEFAULT_SUITE: callers name it here)
+from b12pipeline.paths import suite_file
 
 RESULT_FORMAT = {"result_format": "BASIC", "partial_unexpected_count": 0}
 

@@ -14,7 +14,7 @@ import pytest
 from b12pipeline import validate as validation
 from b12pipeline.gx_process import gx_in_its_own_process
 from b12pipeline.ingest.read import read_extract
-from b12pipeline.paths import schemas_dir
+from b12pipeline.paths import suite_file
 
 NIGHT_CSV = "emar_2024-03-01.csv"
 
@@ -23,7 +23,7 @@ NIGHT_CSV = "emar_2024-03-01.csv"
 def suite_copy(tmp_path):
     """The shipped suite under another path, so its process serves only this test."""
     path = tmp_path / "suite.json"
-    shutil.copyfile(schemas_dir() / validation.DEFAULT_SUITE, path)
+    shutil.copyfile(suite_file(), path)
     return path
 
 
@@ -104,7 +104,8 @@ def test_gx_process_defers_what_no_suite_here_uses_until_it_is_used():
         import sys
         from b12pipeline.gx_process import DEFERRED, DeferredModule, defer
         assert all(defer(name) for name in DEFERRED)
-        from b12pipeline.validate import SuiteRunner, suite_file
+        from b12pipeline.paths import suite_file
+        from b12pipeline.validate import SuiteRunner
         SuiteRunner(suite_file(None))
         print(*(type(sys.modules[name]) is DeferredModule for name in DEFERRED), "scipy.special" in sys.modules)
         from great_expectations.expectations.core import expect_column_kl_divergence_to_be_less_than as kl

@@ -114,7 +114,7 @@ def test_a_suite_expectation_that_reads_no_single_column_is_refused(tmp_path):
 
 
 def test_the_shipped_suite_loads_every_expectation():
-    from b12pipeline.validate import suite_file
+    from b12pipeline.paths import suite_file
 
     runner = SuiteRunner(suite_file())
     assert len(runner.suite.expectations) == len(runner.spec["expectations"]) > 10
